@@ -1,0 +1,61 @@
+//! Accounting and the memory limit (zend_alloc.c's `ZEND_MM_STAT` / `ZEND_MM_LIMIT` parts).
+//!
+//! Owns the rules behind `zend_memory_usage`, the peaks and `zend_set_memory_limit`:
+//! - `size` grows by the block size of every block handed out (bin size, whole pages, page-rounded
+//!   huge size) and shrinks by the same when it is freed; internal blocks (the reserve) are not
+//!   counted;
+//! - `real_size` counts every byte taken from storage: segments (cached ones too) and huge blocks
+//!   with their header page;
+//! - the limit is checked only when memory is taken from storage, as in PHP 8, and not while a
+//!   fatal error is being reported (the handler may need memory).
+
+use crate::heap::Heap;
+
+/// `zend_set_memory_limit` refused the new limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitBelowUsage;
+
+impl Heap {
+    /// Counts `bytes` handed out, updating the peak.
+    #[inline(always)]
+    pub fn count_alloc(&mut self, bytes: usize) {
+        self.size += bytes;
+        if self.size > self.peak {
+            self.peak = self.size;
+        }
+    }
+
+    /// `zend_memory_usage(real)`.
+    pub fn usage(&self, real: bool) -> usize {
+        if real { self.real_size } else { self.size }
+    }
+
+    /// `zend_memory_peak_usage(real)`.
+    pub fn peak_usage(&self, real: bool) -> usize {
+        if real { self.real_peak } else { self.peak }
+    }
+
+    /// `zend_memory_reset_peak_usage()`: the peaks restart from the current usage.
+    pub fn reset_peak(&mut self) {
+        self.peak = self.size;
+        self.real_peak = self.real_size;
+    }
+
+    /// `zend_set_memory_limit(limit)` with PHP 8's rules: a limit below the current real usage is
+    /// accepted only if dropping cached segments gets usage under it (they are dropped then).
+    pub fn set_limit(&mut self, limit: usize) -> Result<(), LimitBelowUsage> {
+        if limit < self.real_size {
+            let cached_bytes = self.cached_count * self.segment_size;
+            if limit < self.real_size - cached_bytes {
+                return Err(LimitBelowUsage);
+            }
+            while self.real_size > limit {
+                self.drop_one_cached_segment();
+            }
+        }
+        self.limit = limit;
+        // A new limit ends any error report in progress: the limit applies again.
+        self.overflow = 0;
+        Ok(())
+    }
+}

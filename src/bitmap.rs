@@ -1,0 +1,225 @@
+//! Page bitmaps (zend_alloc.c "Bitmask"): one bit per page of a segment, set = page in use.
+//!
+//! Owns the run arithmetic the segment's page allocator needs: find the best-fitting free run, the
+//! longest free run, mark and clear runs. Bits past the last page are kept set, so no search ever
+//! returns a page the segment does not have.
+
+/// A view of a segment's page bitmap.
+pub struct PageBitmap<'a> {
+    words: &'a mut [u64],
+    pages: usize,
+}
+
+const ONES: u64 = u64::MAX;
+
+impl<'a> PageBitmap<'a> {
+    /// Wraps `words` as the bitmap of a segment with `pages` pages.
+    pub fn new(words: &'a mut [u64], pages: usize) -> Self {
+        debug_assert!(words.len() * 64 >= pages);
+        PageBitmap { words, pages }
+    }
+
+    /// Words needed for `pages` pages.
+    pub const fn words_for(pages: usize) -> usize {
+        pages.div_ceil(64)
+    }
+
+    /// Marks every page free, and the bits past the end as used.
+    pub fn reset(&mut self) {
+        self.words.fill(0);
+        let tail = self.pages % 64;
+        if tail != 0 {
+            let last = self.words.len() - 1;
+            self.words[last] = ONES << tail;
+        }
+        for w in self.words.iter_mut().skip(self.pages.div_ceil(64)) {
+            *w = ONES;
+        }
+    }
+
+    /// Marks `len` pages from `start` used.
+    pub fn set_range(&mut self, start: usize, len: usize) {
+        self.apply(start, len, |w, m| *w |= m);
+    }
+
+    /// Marks `len` pages from `start` free.
+    pub fn clear_range(&mut self, start: usize, len: usize) {
+        self.apply(start, len, |w, m| *w &= !m);
+    }
+
+    fn apply(&mut self, start: usize, len: usize, f: impl Fn(&mut u64, u64)) {
+        debug_assert!(start + len <= self.pages);
+        let (mut i, end) = (start, start + len);
+        while i < end {
+            let bit = i % 64;
+            let n = (64 - bit).min(end - i);
+            let mask = if n == 64 {
+                ONES
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
+            f(&mut self.words[i / 64], mask);
+            i += n;
+        }
+    }
+
+    /// Whether all `len` pages from `start` are free (false if the range leaves the segment).
+    pub fn is_free(&self, start: usize, len: usize) -> bool {
+        start + len <= self.pages && self.next_used(start) >= start + len
+    }
+
+    /// Whether page `i` is in use.
+    pub fn is_used(&self, i: usize) -> bool {
+        self.words[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// First free page at or after `i`, or `pages`.
+    fn next_free(&self, i: usize) -> usize {
+        let mut w = i / 64;
+        if w >= self.words.len() {
+            return self.pages;
+        }
+        let mut bits = !self.words[w] & (ONES << (i % 64));
+        loop {
+            if bits != 0 {
+                return (w * 64 + bits.trailing_zeros() as usize).min(self.pages);
+            }
+            w += 1;
+            if w >= self.words.len() {
+                return self.pages;
+            }
+            bits = !self.words[w];
+        }
+    }
+
+    /// First used page at or after `i`, or `pages`.
+    fn next_used(&self, i: usize) -> usize {
+        let mut w = i / 64;
+        if w >= self.words.len() {
+            return self.pages;
+        }
+        let mut bits = self.words[w] & (ONES << (i % 64));
+        loop {
+            if bits != 0 {
+                return (w * 64 + bits.trailing_zeros() as usize).min(self.pages);
+            }
+            w += 1;
+            if w >= self.words.len() {
+                return self.pages;
+            }
+            bits = self.words[w];
+        }
+    }
+
+    /// Calls `f(start, len)` for each free run, in address order, until it returns false.
+    fn for_each_free_run(&self, mut f: impl FnMut(usize, usize) -> bool) {
+        let mut i = 0;
+        while i < self.pages {
+            let start = self.next_free(i);
+            if start >= self.pages {
+                return;
+            }
+            let end = self.next_used(start);
+            if !f(start, end - start) {
+                return;
+            }
+            i = end;
+        }
+    }
+
+    /// The smallest free run of at least `n` pages (lowest address on ties): `(start, run length)`.
+    pub fn best_fit(&self, n: usize) -> Option<(usize, usize)> {
+        let mut best: Option<(usize, usize)> = None;
+        self.for_each_free_run(|start, len| {
+            if len >= n && best.is_none_or(|(_, b)| len < b) {
+                best = Some((start, len));
+            }
+            // An exact fit cannot be beaten.
+            best.is_none_or(|(_, b)| b != n)
+        });
+        best
+    }
+
+    /// Length of the longest free run.
+    pub fn longest_free_run(&self) -> usize {
+        let mut longest = 0;
+        self.for_each_free_run(|_, len| {
+            longest = longest.max(len);
+            true
+        });
+        longest
+    }
+
+    /// Length of the free run containing page `i` (which must be free).
+    pub fn free_run_around(&self, i: usize) -> usize {
+        debug_assert!(!self.is_used(i));
+        let end = self.next_used(i);
+        let mut start = i;
+        while start > 0 && !self.is_used(start - 1) {
+            // Skip whole free words quickly.
+            if start % 64 == 0 && start >= 64 && self.words[start / 64 - 1] == 0 {
+                start -= 64;
+            } else {
+                start -= 1;
+            }
+        }
+        end - start
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pages: usize) -> Vec<u64> {
+        let mut v = vec![0; PageBitmap::words_for(pages)];
+        PageBitmap::new(&mut v, pages).reset();
+        v
+    }
+
+    #[test]
+    fn best_fit_prefers_the_smallest_then_the_lowest_run() {
+        let mut w = map(511);
+        let mut b = PageBitmap::new(&mut w, 511);
+        assert_eq!(b.best_fit(1), Some((0, 511)));
+        assert_eq!(b.best_fit(512), None);
+        b.set_range(0, 10);
+        b.set_range(13, 100); // free run 10..13 (3 pages)
+        b.set_range(120, 5); // free run 113..120 (7 pages), 125..511
+        assert_eq!(b.best_fit(3), Some((10, 3)));
+        assert_eq!(b.best_fit(2), Some((10, 3)));
+        assert_eq!(b.best_fit(4), Some((113, 7)));
+        assert_eq!(b.best_fit(8), Some((125, 386)));
+        assert_eq!(b.longest_free_run(), 386);
+        assert_eq!(b.free_run_around(11), 3);
+        assert_eq!(b.free_run_around(300), 386);
+        assert!(b.is_free(125, 386));
+        assert!(!b.is_free(125, 387));
+        b.clear_range(0, 10);
+        assert_eq!(b.free_run_around(0), 13);
+    }
+
+    #[test]
+    fn bits_past_the_end_are_never_free() {
+        let mut w = map(70);
+        let mut b = PageBitmap::new(&mut w, 70);
+        assert_eq!(b.longest_free_run(), 70);
+        b.set_range(0, 70);
+        assert_eq!(b.best_fit(1), None);
+        assert_eq!(b.longest_free_run(), 0);
+        b.clear_range(64, 6);
+        assert_eq!(b.best_fit(1), Some((64, 6)));
+    }
+
+    #[test]
+    fn runs_across_word_boundaries() {
+        let mut w = map(512);
+        let mut b = PageBitmap::new(&mut w, 512);
+        b.set_range(60, 130);
+        assert!(b.is_used(60) && b.is_used(189) && !b.is_used(190) && !b.is_used(59));
+        assert_eq!(b.best_fit(60), Some((0, 60)));
+        assert_eq!(b.free_run_around(200), 512 - 190);
+        b.clear_range(60, 130);
+        assert_eq!(b.free_run_around(130), 512);
+    }
+}

@@ -1,0 +1,260 @@
+//! Heap checking (PHP 5.3's `mem_block_check` / `full_mem_check`).
+//!
+//! Owns the slow, thorough questions: what is the status of this pointer, and is the whole heap
+//! consistent (page bitmaps against page maps, free lists against runs, counters against blocks).
+//! Nothing here trusts a pointer before the region map vouches for it, so checking a wild pointer
+//! reports it instead of crashing.
+
+use core::fmt;
+use core::ptr;
+
+use crate::heap::{FreeSlot, Heap};
+use crate::huge::HugeBlock;
+use crate::region_map;
+use crate::segment::{
+    LARGE_PAGES_MASK, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, PAGE_SMALL_CONT,
+    SMALL_BIN_MASK, SMALL_OFFSET_SHIFT, Segment,
+};
+use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
+
+/// What a pointer is, as far as the heap can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockStatus {
+    Null,
+    /// Not in any segment or huge block of this heap.
+    Foreign,
+    /// Inside this heap but not at the start of a block.
+    NotABlock,
+    /// The start of a block that is free.
+    Freed,
+    /// A live block of this usable size.
+    Live(usize),
+}
+
+impl Heap {
+    /// The status of `p` in this heap. Walks a free list for small blocks: meant for checks, not
+    /// for hot paths.
+    pub fn block_status(&self, p: *const u8) -> BlockStatus {
+        if p.is_null() {
+            return BlockStatus::Null;
+        }
+        if !self.owns(p) {
+            return BlockStatus::Foreign;
+        }
+        let region = region_map::lookup(p as usize);
+        if region & region_map::TAG_HUGE != 0 {
+            // SAFETY: the region map names live huge blocks only.
+            let b = unsafe { &*((region & !region_map::TAG_HUGE) as *const HugeBlock) };
+            return if b.data.cast_const() == p {
+                BlockStatus::Live(b.size)
+            } else {
+                BlockStatus::NotABlock
+            };
+        }
+        // SAFETY: the region map names live segments only.
+        let s = unsafe { &*(region as *const Segment) };
+        let Some(page) = s.page_of(p as usize) else {
+            return BlockStatus::NotABlock;
+        };
+        let info = s.map_get(page);
+        match info & PAGE_KIND_MASK {
+            PAGE_LARGE if (p as usize) % ZEND_MM_PAGE_SIZE == 0 => {
+                BlockStatus::Live((info & LARGE_PAGES_MASK) as usize * ZEND_MM_PAGE_SIZE)
+            }
+            PAGE_SMALL | PAGE_SMALL_CONT => {
+                let bin = (info & SMALL_BIN_MASK) as usize;
+                let first = if info & PAGE_KIND_MASK == PAGE_SMALL_CONT {
+                    page - ((info >> SMALL_OFFSET_SHIFT) & 7) as usize
+                } else {
+                    page
+                };
+                let offset = p as usize - s.page_addr(first) as usize;
+                if offset % BIN_SIZE[bin] != 0 || offset / BIN_SIZE[bin] >= BINS[bin].count as usize
+                {
+                    BlockStatus::NotABlock
+                } else if self.on_free_list(bin, p) {
+                    BlockStatus::Freed
+                } else {
+                    BlockStatus::Live(BIN_SIZE[bin])
+                }
+            }
+            PAGE_FREE if s.page_addr(page).cast_const() == p => BlockStatus::Freed,
+            _ => BlockStatus::NotABlock,
+        }
+    }
+
+    fn on_free_list(&self, bin: usize, p: *const u8) -> bool {
+        let mut slot = self.free_slots[bin];
+        while !slot.is_null() {
+            if slot.cast_const().cast() == p {
+                return true;
+            }
+            // SAFETY: free slots hold their next link.
+            slot = unsafe { (*slot).next };
+        }
+        false
+    }
+
+    /// Checks the whole heap; reports each problem through `report` and returns how many it found.
+    pub fn check_all(&self, report: &mut dyn FnMut(fmt::Arguments<'_>)) -> usize {
+        let mut errors = 0;
+        let mut error = |args: fmt::Arguments<'_>| {
+            errors += 1;
+            report(args);
+        };
+        let mut used_bytes = 0usize;
+        let mut used_slots = [0usize; ZEND_MM_BINS];
+        let mut seg = self.main;
+        while !seg.is_null() {
+            // SAFETY: the all-list holds live segments of this heap.
+            let s = unsafe { &*seg };
+            used_bytes += self.check_segment(s, &mut used_slots, &mut error);
+            seg = s.all_next;
+        }
+        let mut seg = self.cached;
+        while !seg.is_null() {
+            // SAFETY: cached segments are live segments of this heap.
+            let s = unsafe { &*seg };
+            if !s.is_empty() {
+                error(format_args!("cached segment {:p} has pages in use\n", seg));
+            }
+            seg = s.class_next;
+        }
+        for (bin, slots) in used_slots.iter().enumerate() {
+            let mut free = 0usize;
+            let mut slot: *mut FreeSlot = self.free_slots[bin];
+            while !slot.is_null() {
+                match self.block_status(slot.cast()) {
+                    BlockStatus::Freed => {}
+                    other => {
+                        error(format_args!(
+                            "free list of bin {bin} holds {:p} ({other:?})\n",
+                            slot
+                        ));
+                        break;
+                    }
+                }
+                free += 1;
+                if free > *slots {
+                    error(format_args!(
+                        "free list of bin {bin} is longer than its runs (a loop?)\n"
+                    ));
+                    break;
+                }
+                // SAFETY: free slots hold their next link (checked above).
+                slot = unsafe { (*slot).next };
+            }
+            used_bytes += slots.saturating_sub(free) * BIN_SIZE[bin];
+        }
+        let mut block = self.huge_list;
+        while !block.is_null() {
+            // SAFETY: the huge list holds live huge blocks of this heap.
+            let b = unsafe { &*block };
+            if !ptr::eq(b.heap, self)
+                || region_map::lookup(b.data as usize) & !region_map::TAG_HUGE != block as usize
+            {
+                error(format_args!(
+                    "huge block {:p} is not registered to this heap\n",
+                    b.data
+                ));
+            }
+            used_bytes += b.size;
+            block = b.next;
+        }
+        let reserve = if self.reserve.is_null() {
+            0
+        } else {
+            self.block_size(self.reserve)
+        };
+        if used_bytes != self.size + reserve {
+            error(format_args!(
+                "usage is {} bytes but the blocks in use add up to {}\n",
+                self.size,
+                used_bytes - reserve
+            ));
+        }
+        errors
+    }
+
+    /// Checks one segment; returns the bytes of its large blocks and adds its small slots per bin.
+    fn check_segment(
+        &self,
+        s: &Segment,
+        slots: &mut [usize; ZEND_MM_BINS],
+        error: &mut dyn FnMut(fmt::Arguments<'_>),
+    ) -> usize {
+        if !ptr::eq(s.heap, self) {
+            error(format_args!("segment {:p} belongs to another heap\n", s));
+        }
+        if region_map::lookup(s.first_page as usize) != s as *const Segment as usize {
+            error(format_args!("segment {:p} is not registered\n", s));
+        }
+        let pages = s.pages as usize;
+        // SAFETY: the bitmap has words_for(pages) words.
+        let bits = |i: usize| unsafe { *s.bitmap.add(i / 64) } & (1 << (i % 64)) != 0;
+        let (mut used, mut large_bytes, mut page) = (0usize, 0usize, 0usize);
+        while page < pages {
+            let info = s.map_get(page);
+            let run = match info & PAGE_KIND_MASK {
+                PAGE_LARGE => {
+                    let n = (info & LARGE_PAGES_MASK) as usize;
+                    large_bytes += n * ZEND_MM_PAGE_SIZE;
+                    n
+                }
+                PAGE_SMALL => {
+                    let bin = (info & SMALL_BIN_MASK) as usize;
+                    if bin >= ZEND_MM_BINS {
+                        error(format_args!("segment {:p} page {page}: bad bin {bin}\n", s));
+                        1
+                    } else {
+                        slots[bin] += BINS[bin].count as usize;
+                        BINS[bin].pages as usize
+                    }
+                }
+                PAGE_SMALL_CONT => {
+                    error(format_args!(
+                        "segment {:p} page {page}: run continuation without a start\n",
+                        s
+                    ));
+                    1
+                }
+                _ => {
+                    if bits(page) {
+                        error(format_args!(
+                            "segment {:p} page {page}: marked used but belongs to no run\n",
+                            s
+                        ));
+                    }
+                    page += 1;
+                    continue;
+                }
+            };
+            if run == 0 || page + run > pages {
+                error(format_args!(
+                    "segment {:p} page {page}: run of {run} pages overruns the segment\n",
+                    s
+                ));
+                break;
+            }
+            for i in page..page + run {
+                if !bits(i) {
+                    error(format_args!(
+                        "segment {:p} page {i}: in a run but marked free\n",
+                        s
+                    ));
+                }
+            }
+            used += run;
+            page += run;
+        }
+        if used + s.free_pages as usize != pages {
+            error(format_args!(
+                "segment {:p}: {} free pages recorded, {} found\n",
+                s,
+                s.free_pages,
+                pages - used
+            ));
+        }
+        large_bytes
+    }
+}

@@ -1,0 +1,346 @@
+//! Diagnostics: fatal errors, heap corruption and the messages they print (zend_alloc.c's
+//! `zend_mm_safe_error`, `zend_mm_panic`, `zend_out_of_memory`).
+//!
+//! Owns the error handler an embedding program installs and every text the library prints. Texts are
+//! PHP's, byte for byte. Nothing here allocates: messages are formatted into stack buffers and written
+//! with `write(2)`, so the error path works when memory is what ran out.
+//!
+//! Fatal errors are raised only from frames that hold no values with destructors, because the error
+//! handler may `longjmp` over them (as PHP's bailout does).
+
+use core::ffi::{CStr, c_char, c_int};
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+use crate::ffi::types::zend_mm_error_handler_t;
+use crate::heap::Heap;
+
+/// PHP's `E_ERROR`, the type every fatal error is reported with.
+pub(crate) const E_ERROR: c_int = 1;
+
+/// Where an allocation came from and what to do when it cannot be satisfied.
+#[derive(Clone, Copy)]
+pub struct Site {
+    /// The caller's C file (`__FILE__` via `ZEND_FILE_LINE_CC`), or null.
+    pub file: *const c_char,
+    pub line: u32,
+    /// Return null instead of raising a fatal error (`erealloc_recoverable`, internal allocations).
+    pub may_fail: bool,
+}
+
+impl Site {
+    pub const fn new(file: *const c_char, line: u32) -> Site {
+        Site {
+            file,
+            line,
+            may_fail: false,
+        }
+    }
+
+    /// An allocation the library makes for itself: failures are handled by the caller.
+    pub const INTERNAL: Site = Site {
+        file: core::ptr::null(),
+        line: 0,
+        may_fail: true,
+    };
+
+    pub const fn may_fail(self) -> Site {
+        Site {
+            may_fail: true,
+            ..self
+        }
+    }
+}
+
+/// The fatal errors an allocation can end in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fatal {
+    /// The memory limit would be exceeded.
+    Limit { limit: usize, tried: usize },
+    /// The storage (or the C library) returned no memory.
+    OutOfMemory { allocated: usize, tried: usize },
+    /// `nmemb * size + offset` does not fit in `size_t`.
+    Overflow3 {
+        nmemb: usize,
+        size: usize,
+        offset: usize,
+    },
+    /// `size + add` does not fit in `size_t` (rounding a huge block up to pages).
+    Overflow2 { size: usize, add: usize },
+    /// A string function was given a NULL string.
+    NullString { function: &'static str },
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Fatal::Limit { limit, tried } => {
+                write!(
+                    f,
+                    "Allowed memory size of {limit} bytes exhausted (tried to allocate {tried} bytes)"
+                )
+            }
+            Fatal::OutOfMemory { allocated, tried } => {
+                write!(
+                    f,
+                    "Out of memory (allocated {allocated} bytes) (tried to allocate {tried} bytes)"
+                )
+            }
+            Fatal::Overflow3 {
+                nmemb,
+                size,
+                offset,
+            } => {
+                write!(
+                    f,
+                    "Possible integer overflow in memory allocation ({nmemb} * {size} + {offset})"
+                )
+            }
+            Fatal::Overflow2 { size, add } => {
+                write!(
+                    f,
+                    "Possible integer overflow in memory allocation ({size} + {add})"
+                )
+            }
+            Fatal::NullString { function } => write!(f, "{function}(): the string is NULL"),
+        }
+    }
+}
+
+/// A fixed buffer that `write!` formats into, truncating (and always leaving room for a NUL).
+pub struct MsgBuf<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> MsgBuf<N> {
+    pub const fn new() -> Self {
+        MsgBuf {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// The text as a C string (the buffer keeps a NUL after it).
+    pub fn as_c_ptr(&self) -> *const c_char {
+        self.buf.as_ptr().cast()
+    }
+}
+
+impl<const N: usize> Default for MsgBuf<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> Write for MsgBuf<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = N - 1 - self.len;
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        self.buf[self.len] = 0;
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to standard error, retrying short writes.
+pub fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writing a valid byte slice to fd 2.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// Formats a line into a stack buffer and writes it to standard error.
+pub fn eprint(args: fmt::Arguments<'_>) {
+    let mut msg = MsgBuf::<1024>::new();
+    let _ = msg.write_fmt(args);
+    write_stderr(msg.as_bytes());
+}
+
+static ERROR_HANDLER: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Installs the process-wide fatal error handler; returns the previous one.
+pub fn set_error_handler(handler: zend_mm_error_handler_t) -> zend_mm_error_handler_t {
+    let new = handler.map_or(core::ptr::null_mut(), |f| f as *mut ());
+    let old = ERROR_HANDLER.swap(new, Ordering::AcqRel);
+    if old.is_null() {
+        None
+    } else {
+        // SAFETY: only values of this exact function pointer type are stored.
+        Some(unsafe {
+            core::mem::transmute::<
+                *mut (),
+                unsafe extern "C" fn(c_int, *const c_char, u32, *const c_char),
+            >(old)
+        })
+    }
+}
+
+fn error_handler() -> zend_mm_error_handler_t {
+    let h = ERROR_HANDLER.load(Ordering::Acquire);
+    if h.is_null() {
+        None
+    } else {
+        // SAFETY: only values of this exact function pointer type are stored.
+        Some(unsafe {
+            core::mem::transmute::<
+                *mut (),
+                unsafe extern "C" fn(c_int, *const c_char, u32, *const c_char),
+            >(h)
+        })
+    }
+}
+
+/// The file name to report for `site` (PHP says "Unknown" when it has none).
+fn site_file(site: &Site) -> &CStr {
+    if site.file.is_null() {
+        c"Unknown"
+    } else {
+        // SAFETY: the ZEND_FILE_LINE_* macros pass `__FILE__`, a C string literal.
+        unsafe { CStr::from_ptr(site.file) }
+    }
+}
+
+/// Raises a fatal error: hands PHP's message to the error handler, or prints
+/// `Fatal error: <message> in <file> on line <line>` and exits with status 255.
+///
+/// `heap` (if not null) is marked as reporting an error, so the handler may allocate beyond the
+/// memory limit; its reserve is given back for the same reason.
+///
+/// # Safety
+/// `heap` must be null or a live heap in a consistent state. The caller's frames must hold no values
+/// with destructors: the handler may `longjmp` over them.
+#[cold]
+#[inline(never)]
+pub unsafe fn raise(heap: *mut Heap, site: Site, fatal: Fatal) -> ! {
+    let mut msg = MsgBuf::<256>::new();
+    let _ = write!(msg, "{fatal}");
+    if !heap.is_null() {
+        // SAFETY: live heap (caller contract).
+        unsafe { (*heap).begin_error_report() };
+    }
+    let file = site_file(&site);
+    if let Some(handler) = error_handler() {
+        // SAFETY: calling the embedder's handler with valid C strings; it may longjmp away.
+        unsafe {
+            handler(
+                E_ERROR,
+                file.as_ptr(),
+                if site.file.is_null() { 0 } else { site.line },
+                msg.as_c_ptr(),
+            )
+        };
+    } else {
+        let line = if site.file.is_null() { 0 } else { site.line };
+        let file = core::str::from_utf8(file.to_bytes()).unwrap_or("Unknown");
+        let msg = core::str::from_utf8(msg.as_bytes()).unwrap_or("");
+        eprint(format_args!(
+            "\nFatal error: {msg} in {file} on line {line}\n"
+        ));
+    }
+    // SAFETY: terminating the process.
+    unsafe { libc::exit(255) }
+}
+
+/// PHP's `zend_mm_panic("zend_mm_heap corrupted")`: the heap was handed a pointer it does not own
+/// (or its metadata is inconsistent). Prints the message and aborts.
+#[cold]
+#[inline(never)]
+pub fn heap_corrupted() -> ! {
+    write_stderr(b"zend_mm_heap corrupted\n");
+    std::process::abort()
+}
+
+/// A call the library cannot make sense of (a NULL or unknown heap, an incomplete handler set):
+/// prints `<function>: <problem>` and aborts, as heap corruption does.
+#[cold]
+#[inline(never)]
+pub fn misuse(function: &str, problem: &str) -> ! {
+    eprint(format_args!("{function}: {problem}\n"));
+    std::process::abort()
+}
+
+/// PHP's `zend_out_of_memory()`: a persistent (libc) allocation failed.
+#[cold]
+#[inline(never)]
+pub fn persistent_out_of_memory() -> ! {
+    write_stderr(b"Out of memory\n");
+    // SAFETY: terminating the process.
+    unsafe { libc::exit(1) }
+}
+
+/// A usage error the library cannot continue from (bad environment, bad arguments at startup):
+/// prints `message` and exits with status 255, as PHP's startup errors do.
+#[cold]
+#[inline(never)]
+pub fn startup_error(args: fmt::Arguments<'_>) -> ! {
+    eprint(args);
+    // SAFETY: terminating the process.
+    unsafe { libc::exit(255) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(f: Fatal) -> String {
+        let mut m = MsgBuf::<256>::new();
+        write!(m, "{f}").unwrap();
+        String::from_utf8(m.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn messages_are_phps() {
+        assert_eq!(
+            text(Fatal::Limit {
+                limit: 2097152,
+                tried: 4096
+            }),
+            "Allowed memory size of 2097152 bytes exhausted (tried to allocate 4096 bytes)"
+        );
+        assert_eq!(
+            text(Fatal::OutOfMemory {
+                allocated: 2097152,
+                tried: 100
+            }),
+            "Out of memory (allocated 2097152 bytes) (tried to allocate 100 bytes)"
+        );
+        assert_eq!(
+            text(Fatal::Overflow3 {
+                nmemb: 1 << 62,
+                size: 8,
+                offset: 0
+            }),
+            "Possible integer overflow in memory allocation (4611686018427387904 * 8 + 0)"
+        );
+        assert_eq!(
+            text(Fatal::Overflow2 {
+                size: usize::MAX - 99,
+                add: 4096
+            }),
+            "Possible integer overflow in memory allocation (18446744073709551516 + 4096)"
+        );
+    }
+
+    #[test]
+    fn msgbuf_truncates_and_stays_nul_terminated() {
+        let mut m = MsgBuf::<8>::new();
+        write!(m, "abcdefghijk").unwrap();
+        assert_eq!(m.as_bytes(), b"abcdefg");
+        // SAFETY: the buffer is NUL-terminated.
+        assert_eq!(
+            unsafe { CStr::from_ptr(m.as_c_ptr()) }.to_bytes(),
+            b"abcdefg"
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! `_emalloc`, `_efree`, `_erealloc` & co.: request memory from the calling thread's current heap.
+
+use core::ffi::{c_char, c_int, c_void};
+use core::ptr;
+
+use super::{safe_address, site};
+use crate::diagnostics::{self, Fatal, Site};
+use crate::heap::Heap;
+use crate::thread;
+
+/// The current heap, made if the thread has none.
+#[inline(always)]
+fn heap_for(size: usize, site: Site) -> &'static mut Heap {
+    let heap = thread::current_or_create(size, site);
+    // SAFETY: a live heap, used by this thread only while it is current.
+    unsafe { &mut *heap }
+}
+
+/// The current heap for an operation on an existing block `p` (non-null). A thread without a heap
+/// cannot own `p`: that is heap corruption, as in PHP.
+#[inline(always)]
+fn heap_of_block(p: *mut c_void) -> &'static mut Heap {
+    let heap = thread::current();
+    if heap.is_null() {
+        let _ = p;
+        diagnostics::heap_corrupted();
+    }
+    // SAFETY: a live heap, used by this thread only while it is current.
+    unsafe { &mut *heap }
+}
+
+/// Allocates `size` bytes from the current request heap; never returns NULL (the memory limit and
+/// out-of-memory end in a fatal error). `emalloc(0)` returns a valid 8-byte block.
+/// cbindgen:postfix=ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE(1)
+#[unsafe(no_mangle)]
+pub extern "C" fn _emalloc(
+    size: usize,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> *mut c_void {
+    let site = site(__zend_filename, __zend_lineno);
+    heap_for(size, site).emalloc(size, site).cast()
+}
+
+/// Allocates `nmemb * size + offset` bytes; a product or sum that does not fit is a fatal error
+/// ("Possible integer overflow in memory allocation").
+/// cbindgen:postfix=ZEND_ATTRIBUTE_MALLOC
+#[unsafe(no_mangle)]
+pub extern "C" fn _safe_emalloc(
+    nmemb: usize,
+    size: usize,
+    offset: usize,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> *mut c_void {
+    let site = site(__zend_filename, __zend_lineno);
+    let total = safe_address(nmemb, size, offset, site);
+    heap_for(total, site).emalloc(total, site).cast()
+}
+
+/// Frees a block of the current heap. NULL is a no-op; a pointer the heap does not own ends with
+/// "zend_mm_heap corrupted" and abort().
+///
+/// # Safety
+/// `ptr` must not be used after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _efree(
+    ptr: *mut c_void,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) {
+    if ptr.is_null() {
+        return;
+    }
+    heap_of_block(ptr).efree(ptr.cast());
+}
+
+/// Allocates `nmemb * size` zeroed bytes (overflow is a fatal error).
+/// cbindgen:postfix=ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE2(1, 2)
+#[unsafe(no_mangle)]
+pub extern "C" fn _ecalloc(
+    nmemb: usize,
+    size: usize,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> *mut c_void {
+    let site = site(__zend_filename, __zend_lineno);
+    let total = safe_address(nmemb, size, 0, site);
+    let p = heap_for(total, site).emalloc(total, site);
+    if !p.is_null() {
+        // SAFETY: `p` is a fresh block of at least `total` bytes.
+        unsafe { ptr::write_bytes(p, 0, total) };
+    }
+    p.cast()
+}
+
+/// Resizes `ptr` to `size` bytes, keeping its contents up to the smaller size. NULL `ptr` allocates.
+/// With `allow_failure` non-zero (`erealloc_recoverable`) a failure returns NULL and leaves `ptr`
+/// intact instead of raising a fatal error.
+///
+/// # Safety
+/// `ptr` must be NULL or a live block of the current heap; it must not be used after a successful
+/// call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _erealloc(
+    ptr: *mut c_void,
+    size: usize,
+    allow_failure: c_int,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> *mut c_void {
+    let mut site = site(__zend_filename, __zend_lineno);
+    if allow_failure != 0 {
+        site = site.may_fail();
+    }
+    heap_for(size, site)
+        .erealloc(ptr.cast(), size, size, site)
+        .cast()
+}
+
+/// Like `_erealloc`, but copies at most `copy_size` bytes of the old contents.
+///
+/// # Safety
+/// As `_erealloc`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _erealloc2(
+    ptr: *mut c_void,
+    size: usize,
+    copy_size: usize,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> *mut c_void {
+    let site = site(__zend_filename, __zend_lineno);
+    heap_for(size, site)
+        .erealloc(ptr.cast(), size, copy_size, site)
+        .cast()
+}
+
+/// Resizes `ptr` to `nmemb * size + offset` bytes (overflow is a fatal error).
+///
+/// # Safety
+/// As `_erealloc`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _safe_erealloc(
+    ptr: *mut c_void,
+    nmemb: usize,
+    size: usize,
+    offset: usize,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> *mut c_void {
+    let site = site(__zend_filename, __zend_lineno);
+    let total = safe_address(nmemb, size, offset, site);
+    heap_for(total, site)
+        .erealloc(ptr.cast(), total, total, site)
+        .cast()
+}
+
+/// Copies a C string into the current heap.
+///
+/// # Safety
+/// `s` must be a NUL-terminated string (NULL is a fatal error).
+/// cbindgen:postfix=ZEND_ATTRIBUTE_MALLOC
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _estrdup(
+    s: *const c_char,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> *mut c_char {
+    let site = site(__zend_filename, __zend_lineno);
+    if s.is_null() {
+        // SAFETY: nothing with a destructor is live.
+        unsafe {
+            diagnostics::raise(
+                thread::current(),
+                site,
+                Fatal::NullString {
+                    function: "estrdup",
+                },
+            )
+        }
+    }
+    // SAFETY: `s` is a C string (caller contract).
+    let len = unsafe { libc::strlen(s) };
+    // SAFETY: `s` has `len` readable bytes.
+    unsafe { copy_string(s, len, site) }
+}
+
+/// Copies the first `length` bytes of `s` into the current heap and appends a NUL.
+///
+/// # Safety
+/// `s` must have `length` readable bytes (NULL only with `length` 0).
+/// cbindgen:postfix=ZEND_ATTRIBUTE_MALLOC
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _estrndup(
+    s: *const c_char,
+    length: usize,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> *mut c_char {
+    let site = site(__zend_filename, __zend_lineno);
+    if s.is_null() && length != 0 {
+        // SAFETY: nothing with a destructor is live.
+        unsafe {
+            diagnostics::raise(
+                thread::current(),
+                site,
+                Fatal::NullString {
+                    function: "estrndup",
+                },
+            )
+        }
+    }
+    // SAFETY: `s` has `length` readable bytes (caller contract).
+    unsafe { copy_string(s, length, site) }
+}
+
+/// `length` bytes of `s` plus a NUL, in the current heap.
+///
+/// # Safety
+/// `s` must have `length` readable bytes (it may be NULL when `length` is 0).
+unsafe fn copy_string(s: *const c_char, length: usize, site: Site) -> *mut c_char {
+    let total = safe_address(1, length, 1, site);
+    let p = heap_for(total, site).emalloc(total, site);
+    if p.is_null() {
+        return p.cast();
+    }
+    // SAFETY: `p` has `length + 1` bytes; `s` has `length` readable bytes.
+    unsafe {
+        if length != 0 {
+            ptr::copy_nonoverlapping(s.cast::<u8>(), p, length);
+        }
+        *p.add(length) = 0;
+    }
+    p.cast()
+}
+
+/// Usable size of a block of the current heap: its bin size, whole pages, or page-rounded huge
+/// size. 0 for NULL and on custom heaps; a foreign pointer ends with "zend_mm_heap corrupted".
+///
+/// # Safety
+/// `ptr` must be NULL or a pointer the caller got from the current heap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _zend_mem_block_size(
+    ptr: *mut c_void,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> usize {
+    if ptr.is_null() {
+        return 0;
+    }
+    heap_of_block(ptr).mem_block_size(ptr.cast())
+}

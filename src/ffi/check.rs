@@ -1,0 +1,99 @@
+//! `_mem_block_check` and `_full_mem_check` (PHP 5.3's debug checks, available in every build).
+
+use core::ffi::{CStr, c_char, c_int, c_void};
+
+use crate::check::BlockStatus;
+use crate::diagnostics::eprint;
+use crate::thread;
+
+fn file_of(file: *const c_char) -> &'static str {
+    if file.is_null() {
+        return "Unknown";
+    }
+    // SAFETY: the ZEND_FILE_LINE_* macros pass `__FILE__`, a C string literal.
+    unsafe { CStr::from_ptr(file) }.to_str().unwrap_or("?")
+}
+
+/// Checks one pointer of the current heap: 1 if it is a live block, 0 otherwise. Unless `silent`,
+/// prints PHP 5.3's block status report to stderr.
+#[unsafe(no_mangle)]
+pub extern "C" fn _mem_block_check(
+    ptr: *mut c_void,
+    silent: c_int,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> c_int {
+    let heap = thread::current();
+    let status = if ptr.is_null() {
+        BlockStatus::Null
+    } else if heap.is_null() {
+        BlockStatus::Foreign
+    } else {
+        // SAFETY: the current heap is live.
+        unsafe { (*heap).block_status(ptr.cast()) }
+    };
+    if silent == 0 {
+        let dashes = "---------------------------------------\n";
+        eprint(format_args!("{dashes}"));
+        eprint(format_args!(
+            "{}({}) : Block 0x{:08x} status:\n",
+            file_of(__zend_filename),
+            __zend_lineno,
+            ptr as usize
+        ));
+        if !__zend_orig_filename.is_null() {
+            eprint(format_args!(
+                "{}({}) : Actual location (location was relayed)\n",
+                file_of(__zend_orig_filename),
+                __zend_orig_lineno
+            ));
+        }
+        match status {
+            BlockStatus::Null => eprint(format_args!("NULL\n")),
+            BlockStatus::Foreign => {
+                eprint(format_args!("Invalid pointer: (not owned by this heap)\n"))
+            }
+            BlockStatus::NotABlock => eprint(format_args!(
+                "Invalid pointer: (not the start of a block)\n"
+            )),
+            BlockStatus::Freed => eprint(format_args!("{:>10}\tFreed\n", "Beginning:  ")),
+            BlockStatus::Live(size) => {
+                eprint(format_args!("{:>10}\tOK ({size} bytes)\n", "Beginning:  "))
+            }
+        }
+        eprint(format_args!("{dashes}"));
+    }
+    c_int::from(matches!(status, BlockStatus::Live(_)))
+}
+
+/// Checks the whole current heap (page maps, free lists, counters) and returns the number of
+/// problems found. Prints PHP 5.3's report frame to stderr, and each problem unless `silent`.
+#[unsafe(no_mangle)]
+pub extern "C" fn _full_mem_check(
+    silent: c_int,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> c_int {
+    let heap = thread::current();
+    // SAFETY: the current heap is live.
+    if heap.is_null() || unsafe { (*heap).use_custom_heap != 0 } {
+        return 0;
+    }
+    let (file, line) = (file_of(__zend_filename), __zend_lineno);
+    let dashes = "------------------------------------------------\n";
+    eprint(format_args!("{dashes}Full Memory Check at {file}:{line}\n"));
+    // SAFETY: the current heap is live.
+    let errors = unsafe { &*heap }.check_all(&mut |args| {
+        if silent == 0 {
+            eprint(args);
+        }
+    });
+    eprint(format_args!(
+        "End of full memory check {file}:{line} ({errors} errors)\n{dashes}"
+    ));
+    errors as c_int
+}

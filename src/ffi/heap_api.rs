@@ -1,0 +1,101 @@
+//! `_zend_mm_alloc` & co.: the same operations on an explicit heap (from `zend_mm_startup`).
+//! A NULL or unknown heap pointer is reported and aborts; a block of another heap is heap
+//! corruption.
+
+use core::ffi::{c_char, c_void};
+
+use super::{checked_heap, site};
+use crate::ffi::types::zend_mm_heap;
+
+/// Allocates `size` bytes from `heap`.
+///
+/// # Safety
+/// `heap` must be a heap made by `zend_mm_startup*` and not shut down, used by one thread at a time.
+/// cbindgen:postfix=ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE(2)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _zend_mm_alloc(
+    heap: *mut zend_mm_heap,
+    size: usize,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> *mut c_void {
+    let site = site(__zend_filename, __zend_lineno);
+    checked_heap(heap, "zend_mm_alloc")
+        .emalloc(size, site)
+        .cast()
+}
+
+/// Frees a block of `heap` (NULL is a no-op).
+///
+/// # Safety
+/// As `_zend_mm_alloc`; `p` must not be used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _zend_mm_free(
+    heap: *mut zend_mm_heap,
+    p: *mut c_void,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) {
+    checked_heap(heap, "zend_mm_free").efree(p.cast());
+}
+
+/// Resizes a block of `heap` (NULL `p` allocates).
+///
+/// # Safety
+/// As `_zend_mm_alloc`; `p` must not be used after a successful call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _zend_mm_realloc(
+    heap: *mut zend_mm_heap,
+    p: *mut c_void,
+    size: usize,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> *mut c_void {
+    let site = site(__zend_filename, __zend_lineno);
+    checked_heap(heap, "zend_mm_realloc")
+        .erealloc(p.cast(), size, size, site)
+        .cast()
+}
+
+/// Resizes a block of `heap`, copying at most `copy_size` bytes.
+///
+/// # Safety
+/// As `_zend_mm_realloc`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _zend_mm_realloc2(
+    heap: *mut zend_mm_heap,
+    p: *mut c_void,
+    size: usize,
+    copy_size: usize,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> *mut c_void {
+    let site = site(__zend_filename, __zend_lineno);
+    checked_heap(heap, "zend_mm_realloc2")
+        .erealloc(p.cast(), size, copy_size, site)
+        .cast()
+}
+
+/// Usable size of a block of `heap` (0 for NULL and on custom heaps).
+///
+/// # Safety
+/// As `_zend_mm_alloc`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _zend_mm_block_size(
+    heap: *mut zend_mm_heap,
+    p: *mut c_void,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> usize {
+    checked_heap(heap, "zend_mm_block_size").mem_block_size(p.cast())
+}

@@ -1,0 +1,312 @@
+//! The memory manager API: heap lifecycle, accounting, the limit, custom handlers, storage.
+
+use super::{FAILURE, SUCCESS, checked_heap};
+use crate::custom::CustomHandlers;
+use crate::diagnostics::{self, misuse, startup_error};
+use crate::ffi::types::zend_mm_heap;
+use crate::ffi::types::{
+    zend_mm_custom_free_t, zend_mm_custom_malloc_t, zend_mm_custom_realloc_t,
+    zend_mm_error_handler_t, zend_mm_mem_handlers, zend_mm_storage,
+};
+use crate::heap::Heap;
+use crate::sizes::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
+use crate::storage::Storage;
+use crate::thread;
+use core::ffi::{CStr, c_int, c_void};
+
+/// The calling thread's current heap, made if needed.
+fn current() -> &'static mut Heap {
+    // SAFETY: a live heap, used by this thread only while it is current.
+    unsafe { &mut *thread::ensure_current() }
+}
+
+/// Starts the memory manager for the calling thread: makes its heap if it has none.
+#[unsafe(no_mangle)]
+pub extern "C" fn start_memory_manager() {
+    thread::ensure_current();
+}
+
+/// Ends a request on the calling thread's heap (`full_shutdown` 0): every block is released at
+/// once and the heap stays ready for the next request. With `full_shutdown` set, the heap and all
+/// its memory go back to storage (a later allocation starts a new heap).
+#[unsafe(no_mangle)]
+pub extern "C" fn shutdown_memory_manager(silent: c_int, full_shutdown: c_int) {
+    let heap = thread::current();
+    if !heap.is_null() {
+        // SAFETY: the current heap is live.
+        unsafe { zend_mm_shutdown(heap, full_shutdown, silent) };
+    }
+}
+
+/// Whether the calling thread's heap is the Zend heap (not custom handlers).
+#[unsafe(no_mangle)]
+pub extern "C" fn is_zend_mm() -> c_int {
+    c_int::from(current().use_custom_heap == 0)
+}
+
+/// Whether `ptr` points into memory of the calling thread's heap (a segment or a huge block).
+#[unsafe(no_mangle)]
+pub extern "C" fn is_zend_ptr(ptr: *const c_void) -> c_int {
+    let heap = thread::current();
+    // SAFETY: the current heap is live.
+    c_int::from(!heap.is_null() && unsafe { (*heap).owns(ptr.cast()) })
+}
+
+/// Bytes handed out by the calling thread's heap (`real_usage` 0), or taken from storage.
+#[unsafe(no_mangle)]
+pub extern "C" fn zend_memory_usage(real_usage: c_int) -> usize {
+    current().usage(real_usage != 0)
+}
+
+/// Peak of [`zend_memory_usage`] since the request started or the last reset.
+#[unsafe(no_mangle)]
+pub extern "C" fn zend_memory_peak_usage(real_usage: c_int) -> usize {
+    current().peak_usage(real_usage != 0)
+}
+
+/// Restarts both peaks from the current usage.
+#[unsafe(no_mangle)]
+pub extern "C" fn zend_memory_reset_peak_usage() {
+    current().reset_peak();
+}
+
+/// Sets the calling thread's memory limit. FAILURE (-1) when the limit is below the memory in
+/// use even after dropping cached segments; SUCCESS (0) otherwise.
+#[unsafe(no_mangle)]
+pub extern "C" fn zend_set_memory_limit(memory_limit: usize) -> c_int {
+    match current().set_limit(memory_limit) {
+        Ok(()) => SUCCESS,
+        Err(_) => FAILURE,
+    }
+}
+
+/// Non-zero while a fatal error about memory is being reported (the limit is suspended).
+#[unsafe(no_mangle)]
+pub extern "C" fn zend_alloc_in_memory_limit_error_reporting() -> c_int {
+    let heap = thread::current();
+    // SAFETY: the current heap is live.
+    c_int::from(!heap.is_null() && unsafe { (*heap).overflow != 0 })
+}
+
+/// A new heap on the storage selected by `ZEND_MM_MEM_TYPE` with `ZEND_MM_SEG_SIZE` segments.
+/// NULL (after a message) if the storage cannot provide the first segment.
+#[unsafe(no_mangle)]
+pub extern "C" fn zend_mm_startup() -> *mut zend_mm_heap {
+    let heap = thread::new_default_heap(false);
+    if heap.is_null() {
+        let name = crate::options::get().storage.name;
+        // SAFETY: built-in handler names are static C strings.
+        report_no_heap(unsafe { CStr::from_ptr(name) });
+    }
+    heap
+}
+
+fn report_no_heap(storage: &CStr) {
+    diagnostics::eprint(format_args!(
+        "Cannot allocate heap for zend_mm storage [{}]\n",
+        storage.to_str().unwrap_or("?")
+    ));
+}
+
+/// A new heap whose segments come from `handlers` (PHP 5.3's storage managers): `init(params)`
+/// makes the storage, segments are `block_size` bytes (a power of two, 64K to 1G), and
+/// `reserve_size` bytes are held back for the error path. `internal` is accepted for PHP 5.3
+/// compatibility: the heap always lives inside its first segment. Returns NULL (after a message) if
+/// the storage has no memory for the first segment; bad arguments end the process with status 255.
+///
+/// # Safety
+/// `handlers` must point to a handler table that outlives the heap; its functions must behave as
+/// `zend_mm_mem_handlers` documents.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn zend_mm_startup_ex(
+    handlers: *const zend_mm_mem_handlers,
+    block_size: usize,
+    reserve_size: usize,
+    internal: c_int,
+    params: *mut c_void,
+) -> *mut zend_mm_heap {
+    let _ = internal;
+    if handlers.is_null() {
+        misuse("zend_mm_startup_ex", "the storage handlers are NULL");
+    }
+    // SAFETY: a handler table (caller contract).
+    let h = unsafe { &*handlers };
+    let name = if h.name.is_null() {
+        c"(unnamed)"
+    } else {
+        // SAFETY: a handler name is a C string (caller contract).
+        unsafe { CStr::from_ptr(h.name) }
+    };
+    let (Some(init), Some(_), Some(_)) = (h.init, h._alloc, h._free) else {
+        misuse(
+            "zend_mm_startup_ex",
+            "the storage handlers need init, _alloc and _free",
+        )
+    };
+    if !block_size.is_power_of_two() {
+        startup_error(format_args!("'block_size' must be a power of two\n"));
+    }
+    if block_size < MIN_SEGMENT_SIZE {
+        startup_error(format_args!("'block_size' is too small (at least 64K)\n"));
+    }
+    if block_size > MAX_SEGMENT_SIZE {
+        startup_error(format_args!("'block_size' is too large (at most 1G)\n"));
+    }
+    // SAFETY: the embedder's init handler (caller contract).
+    let raw: *mut zend_mm_storage = unsafe { init(params) };
+    if raw.is_null() {
+        startup_error(format_args!(
+            "Cannot initialize zend_mm storage [{}]\n",
+            name.to_str().unwrap_or("?")
+        ));
+    }
+    // SAFETY: PHP 5.3 sets the handlers of the storage init returned.
+    unsafe { (*raw).handlers = handlers };
+    // SAFETY: a storage fresh from init with _alloc and _free.
+    let storage = unsafe { Storage::from_raw(raw) };
+    let compact = crate::options::get().compact_size;
+    // SAFETY: the storage is used by this heap only; block_size was checked.
+    let heap = unsafe { Heap::create(storage, block_size, reserve_size, compact) };
+    if heap.is_null() {
+        report_no_heap(name);
+        // SAFETY: no segment of the storage is live.
+        unsafe { storage.destroy() };
+    }
+    heap
+}
+
+/// Shuts `heap` down: with `full_shutdown`, everything returns to storage and the heap is gone;
+/// otherwise only its blocks are released (request end). `silent` is accepted for PHP
+/// compatibility (leak reports come with block tracking).
+///
+/// # Safety
+/// `heap` must be a live heap; none of its blocks may be used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn zend_mm_shutdown(
+    heap: *mut zend_mm_heap,
+    full_shutdown: c_int,
+    silent: c_int,
+) {
+    let _ = silent;
+    checked_heap(heap, "zend_mm_shutdown");
+    if full_shutdown != 0 {
+        thread::forget(heap);
+    }
+    // SAFETY: a checked live heap; the caller gives up its blocks.
+    unsafe { Heap::shutdown(heap, full_shutdown != 0) };
+}
+
+/// Makes `new_heap` the calling thread's current heap (what `emalloc` uses); returns the previous
+/// one. NULL goes back to the thread's own heap on the next allocation.
+///
+/// # Safety
+/// `new_heap` must be NULL or a live heap not used by another thread meanwhile.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn zend_mm_set_heap(new_heap: *mut zend_mm_heap) -> *mut zend_mm_heap {
+    if !new_heap.is_null() {
+        checked_heap(new_heap, "zend_mm_set_heap");
+    }
+    thread::set_current(new_heap)
+}
+
+/// The calling thread's current heap (made if needed).
+#[unsafe(no_mangle)]
+pub extern "C" fn zend_mm_get_heap() -> *mut zend_mm_heap {
+    thread::ensure_current()
+}
+
+/// The storage instance `heap` gets its segments from.
+///
+/// # Safety
+/// `heap` must be a live heap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn zend_mm_get_storage(heap: *mut zend_mm_heap) -> *mut zend_mm_storage {
+    checked_heap(heap, "zend_mm_get_storage").storage.raw()
+}
+
+/// Frees every small run whose blocks are all free; returns the bytes given back (0 on custom
+/// heaps).
+///
+/// # Safety
+/// `heap` must be a live heap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn zend_mm_gc(heap: *mut zend_mm_heap) -> usize {
+    checked_heap(heap, "zend_mm_gc").gc()
+}
+
+/// Whether `heap` (NULL: the current heap) forwards to custom handlers.
+///
+/// # Safety
+/// `heap` must be NULL or a live heap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn zend_mm_is_custom_heap(heap: *mut zend_mm_heap) -> c_int {
+    let h = if heap.is_null() {
+        current()
+    } else {
+        checked_heap(heap, "zend_mm_is_custom_heap")
+    };
+    c_int::from(h.use_custom_heap != 0)
+}
+
+/// Sends `heap`'s allocations to `_malloc`/`_free`/`_realloc`; three NULLs switch back to the
+/// heap's own allocator. A partial set is refused (message, abort).
+///
+/// # Safety
+/// `heap` must be a live heap; the handlers must behave like malloc, free and realloc.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn zend_mm_set_custom_handlers(
+    heap: *mut zend_mm_heap,
+    _malloc: zend_mm_custom_malloc_t,
+    _free: zend_mm_custom_free_t,
+    _realloc: zend_mm_custom_realloc_t,
+) {
+    let h = checked_heap(heap, "zend_mm_set_custom_handlers");
+    if h.set_custom(CustomHandlers {
+        malloc: _malloc,
+        free: _free,
+        realloc: _realloc,
+    })
+    .is_err()
+    {
+        misuse(
+            "zend_mm_set_custom_handlers",
+            "malloc, free and realloc must all be set, or all be NULL",
+        );
+    }
+}
+
+/// Reads `heap`'s custom handlers (NULLs when it has none); NULL out-pointers are skipped.
+///
+/// # Safety
+/// `heap` must be a live heap; non-NULL out-pointers must be writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn zend_mm_get_custom_handlers(
+    heap: *mut zend_mm_heap,
+    _malloc: *mut zend_mm_custom_malloc_t,
+    _free: *mut zend_mm_custom_free_t,
+    _realloc: *mut zend_mm_custom_realloc_t,
+) {
+    let c = checked_heap(heap, "zend_mm_get_custom_handlers").custom_handlers();
+    // SAFETY: non-NULL out-pointers are writable (caller contract).
+    unsafe {
+        if !_malloc.is_null() {
+            *_malloc = c.malloc;
+        }
+        if !_free.is_null() {
+            *_free = c.free;
+        }
+        if !_realloc.is_null() {
+            *_realloc = c.realloc;
+        }
+    }
+}
+
+/// Installs the handler fatal errors go to (memory limit, out of memory, size overflow); returns
+/// the previous one. NULL restores the default: print `Fatal error: … in <file> on line <n>` and
+/// exit(255). The handler may longjmp out; if it returns, the process exits with status 255.
+#[unsafe(no_mangle)]
+pub extern "C" fn zend_mm_set_error_handler(
+    handler: zend_mm_error_handler_t,
+) -> zend_mm_error_handler_t {
+    diagnostics::set_error_handler(handler)
+}

@@ -1,0 +1,107 @@
+//! Garbage collection of small runs (PHP's `zend_mm_gc`, `gc_mem_caches()`).
+//!
+//! Owns the one operation that returns memory held by free small slots: runs whose slots are all
+//! free go back to their segment, and segments left empty go to the cache or the storage. It walks
+//! the free lists only (never every segment): pass 1 counts free slots per run in the run's first
+//! page-map entry, pass 2 unlinks the slots of complete runs and frees those runs, pass 3 clears
+//! the counters of the runs that stay. Segments are given up only after the walk, since a list may
+//! still lead into them.
+
+use core::ptr;
+
+use crate::heap::{FreeSlot, Heap};
+use crate::segment::{
+    PAGE_KIND_MASK, PAGE_SMALL, SMALL_COUNTER_MASK, SMALL_COUNTER_SHIFT, Segment,
+};
+use crate::sizes::{BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
+
+impl Heap {
+    /// Frees every small run whose slots are all free; returns the bytes given back.
+    pub fn gc(&mut self) -> usize {
+        if self.use_custom_heap != 0 {
+            return 0;
+        }
+        // Pass 1: count free slots per run.
+        for bin in 0..ZEND_MM_BINS {
+            let mut slot = self.free_slots[bin];
+            while !slot.is_null() {
+                let (seg, first) = self.small_run_of(slot.cast());
+                // SAFETY: free-list slots lie in live segments of this heap.
+                let s = unsafe { &mut *seg };
+                s.map_set(first, s.map_get(first) + (1 << SMALL_COUNTER_SHIFT));
+                // SAFETY: free slots hold their next link.
+                slot = unsafe { (*slot).next };
+            }
+        }
+        // Pass 2: unlink the slots of complete runs and free those runs.
+        let mut collected_pages = 0;
+        let mut emptied: *mut Segment = ptr::null_mut();
+        for bin in 0..ZEND_MM_BINS {
+            let info = BINS[bin];
+            let mut link: *mut *mut FreeSlot = &mut self.free_slots[bin];
+            loop {
+                // SAFETY: `link` points at the list head or at the `next` field of a kept slot.
+                let slot = unsafe { *link };
+                if slot.is_null() {
+                    break;
+                }
+                let (seg, first) = self.small_run_of(slot.cast());
+                // SAFETY: free-list slots lie in live segments of this heap.
+                let entry = unsafe { (*seg).map_get(first) };
+                let complete = entry & PAGE_KIND_MASK == PAGE_SMALL
+                    && (entry & SMALL_COUNTER_MASK) >> SMALL_COUNTER_SHIFT == info.count;
+                // A run freed earlier in this pass reads as free pages now.
+                let freed_already = entry & PAGE_KIND_MASK != PAGE_SMALL;
+                if !complete && !freed_already {
+                    // SAFETY: a kept slot; advance to its link field.
+                    link = unsafe { &mut (*slot).next };
+                    continue;
+                }
+                // SAFETY: unlinking a slot; its memory stays mapped until the walk ends.
+                unsafe { *link = (*slot).next };
+                if complete {
+                    // SAFETY: a live segment of this heap; the run is all free slots.
+                    let emptied_now = unsafe {
+                        (*seg).free_pages(first, info.pages as usize);
+                        (*seg).is_empty() && seg != self.main
+                    };
+                    collected_pages += info.pages as usize;
+                    // Emptied segments are given up after the walk; the rest are refiled now.
+                    // SAFETY: as above.
+                    if emptied_now && unsafe { !(*seg).gc_emptied } {
+                        // SAFETY: as above.
+                        unsafe {
+                            (*seg).gc_emptied = true;
+                            (*seg).gc_next = emptied;
+                        }
+                        emptied = seg;
+                    } else if !emptied_now {
+                        self.reclassify(seg);
+                    }
+                }
+            }
+        }
+        // Pass 3: clear the counters of the runs that stay.
+        for bin in 0..ZEND_MM_BINS {
+            let mut slot = self.free_slots[bin];
+            while !slot.is_null() {
+                let (seg, first) = self.small_run_of(slot.cast());
+                // SAFETY: as pass 1.
+                let s = unsafe { &mut *seg };
+                s.map_set(first, s.map_get(first) & !SMALL_COUNTER_MASK);
+                // SAFETY: free slots hold their next link.
+                slot = unsafe { (*slot).next };
+            }
+        }
+        // Give up the segments left empty; refile the others that lost runs.
+        while !emptied.is_null() {
+            // SAFETY: segments collected above are live segments of this heap.
+            let next = unsafe { (*emptied).gc_next };
+            // SAFETY: as above.
+            unsafe { (*emptied).gc_emptied = false };
+            self.segment_pages_freed(emptied);
+            emptied = next;
+        }
+        collected_pages * ZEND_MM_PAGE_SIZE
+    }
+}

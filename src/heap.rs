@@ -1,0 +1,871 @@
+//! The heap (zend_alloc.c "Heap" and "Initialization"): one request-scoped memory manager.
+//!
+//! Owns the segments of one heap, the routing of each request to the small, large or huge paths,
+//! realloc, the segment cache and the request lifecycle (`zend_mm_shutdown`). The paths themselves
+//! live in `small`, `large` and `huge`; the counters and the memory limit in `accounting`.
+//!
+//! The heap struct lives in the header of its first ("main") segment, as in PHP 7+, so creating a
+//! heap needs nothing but one segment from its storage, and a request-end shutdown keeps the heap
+//! at the same address.
+//!
+//! Invariants:
+//! - every segment in `all` belongs to this heap (`segment.heap == self`) and is registered in the
+//!   region map; cached segments are registered too and have every page free;
+//! - a segment is on the class list of its longest free run (`class_of(longest_free)`), or on none
+//!   when it has no free page or is cached; `class_bits` has a bit set exactly for non-empty lists;
+//! - `free_slots[b]` is a list of free slots of bin `b` inside small runs of this heap's segments;
+//! - `size`, `real_size` and the peaks follow `accounting`'s rules.
+
+use core::ptr;
+
+use crate::custom::CustomHandlers;
+use crate::diagnostics::{self, Fatal, Site};
+use crate::huge::HugeBlock;
+use crate::region_map;
+use crate::segment::{
+    NO_CLASS, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, PAGE_SMALL_CONT, SMALL_BIN_MASK, Segment,
+};
+use crate::sizes::{
+    BIN_SIZE, MAX_SEGMENT_SIZE, ZEND_MM_BINS, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of,
+};
+use crate::storage::Storage;
+
+/// A free slot of a small bin: the next free slot of the same bin.
+#[repr(C)]
+pub struct FreeSlot {
+    pub next: *mut FreeSlot,
+}
+
+/// Segment classes by longest free run: one per length below 64 pages, then 8 per power of two.
+pub(crate) const NUM_CLASSES: usize = class_of((MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE) as u32) + 1;
+const CLASS_WORDS: usize = NUM_CLASSES.div_ceil(64);
+
+/// The class list for a segment whose longest free run is `len` (>= 1) pages.
+pub(crate) const fn class_of(len: u32) -> usize {
+    if len < 64 {
+        len as usize
+    } else {
+        let log = 31 - len.leading_zeros();
+        64 + (log as usize - 6) * 8 + ((len >> (log - 3)) & 7) as usize
+    }
+}
+
+/// The smallest longest-free-run a segment on class list `class` can have.
+pub(crate) const fn class_floor(class: usize) -> u32 {
+    if class < 64 {
+        class as u32
+    } else {
+        let log = (class - 64) / 8 + 6;
+        ((8 + (class - 64) % 8) as u32) << (log - 3)
+    }
+}
+
+const _: () = {
+    assert!(class_of(63) == 63 && class_of(64) == 64 && class_floor(64) == 64);
+    assert!(class_of(511) == 64 + 2 * 8 + 7 && class_floor(class_of(511)) == 480);
+    assert!(class_floor(class_of(100)) <= 100 && class_floor(class_of(100) + 1) > 100);
+};
+
+/// Why [`Heap::alloc_pages`] found no run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoPages {
+    /// The limit or the storage said no, and the caller may fail.
+    Failed,
+    /// A fresh segment has fewer pages than asked for (it was not page aligned).
+    TooShort,
+}
+
+/// Kinds of block a pointer can name, found by [`Heap::locate`].
+pub enum Block {
+    Small {
+        seg: *mut Segment,
+        bin: usize,
+    },
+    Large {
+        seg: *mut Segment,
+        page: usize,
+        pages: usize,
+    },
+    Huge(*mut HugeBlock),
+}
+
+#[repr(C)]
+pub struct Heap {
+    /// Non-zero when allocation is forwarded to custom handlers (kept first, as in PHP 7+, where
+    /// extensions read it).
+    pub use_custom_heap: i32,
+    /// Non-zero while a fatal error is being reported: the limit is not enforced meanwhile.
+    pub overflow: i32,
+    pub free_slots: [*mut FreeSlot; ZEND_MM_BINS],
+    /// Bytes handed out (bin sizes, whole pages, page-rounded huge sizes), and its peak.
+    pub size: usize,
+    pub peak: usize,
+    /// Bytes taken from storage (segments, cached ones included, and huge blocks), and its peak.
+    pub real_size: usize,
+    pub real_peak: usize,
+    pub limit: usize,
+    pub segment_size: usize,
+    /// Longest page run served from a segment; longer requests are huge blocks.
+    pub max_large_pages: usize,
+    pub main: *mut Segment,
+    pub segments_count: usize,
+    pub peak_segments_count: usize,
+    pub class_heads: [*mut Segment; NUM_CLASSES],
+    pub class_bits: [u64; CLASS_WORDS],
+    /// Empty segments kept for reuse (linked through `class_next`).
+    pub cached: *mut Segment,
+    pub cached_count: usize,
+    /// Moving average of segments per request, steering how many are cached (PHP's heuristic).
+    pub avg_segments: f64,
+    pub last_delete_boundary: usize,
+    pub last_delete_count: usize,
+    pub next_num: u64,
+    pub huge_list: *mut HugeBlock,
+    pub storage: Storage,
+    /// Real peak above which a request end asks the storage to compact (0: never).
+    pub compact_size: usize,
+    /// Memory held back for the error path (PHP 5.3's reserve), and its requested size.
+    pub reserve: *mut u8,
+    pub reserve_size: usize,
+    pub custom: CustomHandlers,
+}
+
+impl Heap {
+    /// Creates a heap on `storage`: maps its main segment and builds the heap inside it. Null if the
+    /// storage has no memory for the first segment.
+    ///
+    /// # Safety
+    /// `storage` must be live and used by this heap only from now on. `segment_size` must be a power
+    /// of two within the segment bounds.
+    pub unsafe fn create(
+        storage: Storage,
+        segment_size: usize,
+        reserve_size: usize,
+        compact_size: usize,
+    ) -> *mut Heap {
+        let base = storage.alloc(segment_size);
+        if base.is_null() {
+            return ptr::null_mut();
+        }
+        let heap_at = base.wrapping_add(size_of::<Segment>()).cast::<Heap>();
+        // SAFETY: `base` holds `segment_size` fresh bytes; the heap struct goes right after the
+        // segment struct, inside the header `init` accounts for with `extra`.
+        let main = unsafe { Segment::init(base, segment_size, heap_at, size_of::<Heap>(), 0) };
+        // SAFETY: as above: `heap_at` is inside the main segment's header, 8-aligned.
+        unsafe {
+            heap_at.write(Heap {
+                use_custom_heap: 0,
+                overflow: 0,
+                free_slots: [ptr::null_mut(); ZEND_MM_BINS],
+                size: 0,
+                peak: 0,
+                real_size: segment_size,
+                real_peak: segment_size,
+                limit: usize::MAX >> 1,
+                segment_size,
+                max_large_pages: crate::segment::max_large_pages(segment_size),
+                main,
+                segments_count: 1,
+                peak_segments_count: 1,
+                class_heads: [ptr::null_mut(); NUM_CLASSES],
+                class_bits: [0; CLASS_WORDS],
+                cached: ptr::null_mut(),
+                cached_count: 0,
+                avg_segments: 1.0,
+                last_delete_boundary: 0,
+                last_delete_count: 0,
+                next_num: 1,
+                huge_list: ptr::null_mut(),
+                storage,
+                compact_size,
+                reserve: ptr::null_mut(),
+                reserve_size,
+                custom: CustomHandlers::NONE,
+            })
+        };
+        // SAFETY: the heap was just written.
+        let heap = unsafe { &mut *heap_at };
+        // SAFETY: `main` is the segment just laid out.
+        let main_end = unsafe { (*main).end() };
+        if !region_map::register(base as usize, main_end, main as usize) {
+            // SAFETY: the segment was never handed out.
+            unsafe { storage.free(base) };
+            return ptr::null_mut();
+        }
+        heap.link_segment(main);
+        heap.fill_reserve();
+        heap_at
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Interface: what `_emalloc` & co. call; custom handlers take over when installed.
+
+    #[inline(always)]
+    pub fn emalloc(&mut self, size: usize, site: Site) -> *mut u8 {
+        if self.use_custom_heap != 0 {
+            return self.custom_alloc(size, site);
+        }
+        self.alloc(size, site)
+    }
+
+    #[inline(always)]
+    pub fn efree(&mut self, p: *mut u8) {
+        if self.use_custom_heap != 0 {
+            return self.custom_free(p);
+        }
+        self.free(p)
+    }
+
+    pub fn erealloc(&mut self, p: *mut u8, size: usize, copy_size: usize, site: Site) -> *mut u8 {
+        if self.use_custom_heap != 0 {
+            return self.custom_realloc(p, size, site);
+        }
+        self.realloc(p, size, copy_size, site)
+    }
+
+    /// `zend_mem_block_size`: 0 for custom heaps, which keep no sizes.
+    pub fn mem_block_size(&self, p: *mut u8) -> usize {
+        if self.use_custom_heap != 0 {
+            return 0;
+        }
+        self.block_size(p)
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Routing
+
+    /// Allocates `size` bytes (PHP's `zend_mm_alloc_heap`). Null only when `site.may_fail`.
+    #[inline(always)]
+    pub fn alloc(&mut self, size: usize, site: Site) -> *mut u8 {
+        if size <= ZEND_MM_MAX_SMALL_SIZE {
+            self.alloc_small(bin_of(size), site)
+        } else {
+            self.alloc_big(size, site)
+        }
+    }
+
+    #[inline(never)]
+    fn alloc_big(&mut self, size: usize, site: Site) -> *mut u8 {
+        if size <= self.max_large_pages * ZEND_MM_PAGE_SIZE {
+            self.alloc_large(size, site)
+        } else {
+            self.alloc_huge(size, site)
+        }
+    }
+
+    /// Finds the block `p` names in this heap; panics ("zend_mm_heap corrupted") for any pointer that
+    /// is not the start of a live block of this heap as far as the metadata tells.
+    #[inline(always)]
+    pub fn locate(&self, p: *mut u8) -> Block {
+        let region = region_map::lookup(p as usize);
+        if region & region_map::TAG_HUGE != 0 {
+            return self.locate_huge(p, region);
+        }
+        let seg = region as *mut Segment;
+        if seg.is_null() {
+            diagnostics::heap_corrupted();
+        }
+        // SAFETY: the region map names live segments only (region_map invariant).
+        let s = unsafe { &*seg };
+        if !ptr::eq(s.heap, self) {
+            diagnostics::heap_corrupted();
+        }
+        let Some(page) = s.page_of(p as usize) else {
+            diagnostics::heap_corrupted()
+        };
+        let info = s.map_get(page);
+        match info & PAGE_KIND_MASK {
+            PAGE_SMALL | PAGE_SMALL_CONT => Block::Small {
+                seg,
+                bin: (info & SMALL_BIN_MASK) as usize,
+            },
+            PAGE_LARGE if (p as usize) % ZEND_MM_PAGE_SIZE == 0 => Block::Large {
+                seg,
+                page,
+                pages: (info & crate::segment::LARGE_PAGES_MASK) as usize,
+            },
+            _ => diagnostics::heap_corrupted(),
+        }
+    }
+
+    #[cold]
+    fn locate_huge(&self, p: *mut u8, region: usize) -> Block {
+        let block = (region & !region_map::TAG_HUGE) as *mut HugeBlock;
+        // SAFETY: the region map names live huge blocks only (region_map invariant).
+        let b = unsafe { &*block };
+        if !ptr::eq(b.heap, self) || b.data != p {
+            diagnostics::heap_corrupted();
+        }
+        Block::Huge(block)
+    }
+
+    /// Frees `p` (PHP's `zend_mm_free_heap`); null is a no-op.
+    #[inline(always)]
+    pub fn free(&mut self, p: *mut u8) {
+        if p.is_null() {
+            return;
+        }
+        match self.locate(p) {
+            Block::Small { bin, .. } => self.free_small(p, bin),
+            Block::Large { seg, page, pages } => self.free_large(seg, page, pages),
+            Block::Huge(block) => self.free_huge(block),
+        }
+    }
+
+    /// Usable size of the block at `p` (bin size, whole pages, page-rounded huge size); 0 for null.
+    pub fn block_size(&self, p: *mut u8) -> usize {
+        if p.is_null() {
+            return 0;
+        }
+        match self.locate(p) {
+            Block::Small { bin, .. } => BIN_SIZE[bin],
+            Block::Large { pages, .. } => pages * ZEND_MM_PAGE_SIZE,
+            // SAFETY: `locate` returned a live huge block of this heap.
+            Block::Huge(block) => unsafe { (*block).size },
+        }
+    }
+
+    /// Resizes `p` to `size` bytes keeping at most `copy_size` bytes of its contents (PHP's
+    /// `zend_mm_realloc_heap`). Null only when `site.may_fail`, and then `p` is untouched.
+    pub fn realloc(&mut self, p: *mut u8, size: usize, copy_size: usize, site: Site) -> *mut u8 {
+        if p.is_null() {
+            return self.alloc(size, site);
+        }
+        match self.locate(p) {
+            Block::Small { bin, .. } => {
+                let old_size = BIN_SIZE[bin];
+                if size <= old_size {
+                    // Shrinking stays in place unless the block now fits the next smaller bin.
+                    if bin == 0 || size > BIN_SIZE[bin - 1] {
+                        return p;
+                    }
+                }
+                self.move_block(p, old_size, size, copy_size, site)
+            }
+            Block::Large { seg, page, pages } => {
+                if size > ZEND_MM_MAX_SMALL_SIZE
+                    && size <= self.max_large_pages * ZEND_MM_PAGE_SIZE
+                    && self.resize_large_in_place(seg, page, pages, size)
+                {
+                    return p;
+                }
+                self.move_block(p, pages * ZEND_MM_PAGE_SIZE, size, copy_size, site)
+            }
+            Block::Huge(block) => self.realloc_huge(block, size, copy_size, site),
+        }
+    }
+
+    /// Moves a block to a new one of `size` bytes (PHP's `zend_mm_realloc_slow`); the transient
+    /// double allocation does not count towards the peak.
+    pub fn move_block(
+        &mut self,
+        p: *mut u8,
+        old_size: usize,
+        size: usize,
+        copy_size: usize,
+        site: Site,
+    ) -> *mut u8 {
+        let orig_peak = self.peak;
+        let new = self.alloc(size, site);
+        if new.is_null() {
+            return new;
+        }
+        let n = old_size.min(size).min(copy_size);
+        // SAFETY: both blocks are live, distinct, and at least `n` bytes long.
+        unsafe { ptr::copy_nonoverlapping(p, new, n) };
+        self.free(p);
+        self.peak = orig_peak.max(self.size);
+        new
+    }
+
+    /// Whether `p` points into memory of this heap (any segment or huge block).
+    pub fn owns(&self, p: *const u8) -> bool {
+        let region = region_map::lookup(p as usize);
+        if region == 0 {
+            return false;
+        }
+        let owner = if region & region_map::TAG_HUGE != 0 {
+            // SAFETY: the region map names live huge blocks only.
+            unsafe { (*((region & !region_map::TAG_HUGE) as *const HugeBlock)).heap }
+        } else {
+            // SAFETY: the region map names live segments only.
+            unsafe { (*(region as *const Segment)).heap }
+        };
+        ptr::eq(owner, self)
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Pages across segments
+
+    /// Takes a run of `pages` pages from some segment of this heap, mapping a new segment if no
+    /// existing one has room. Fails only when `site.may_fail`, or when a fresh segment is too short
+    /// for `pages` (unaligned storage; only large requests near the maximum meet it).
+    pub fn alloc_pages(
+        &mut self,
+        pages: usize,
+        tried: usize,
+        site: Site,
+    ) -> Result<(*mut Segment, usize), NoPages> {
+        let mut gc_done = false;
+        loop {
+            if let Some(seg) = self.segment_with_run(pages) {
+                // SAFETY: class lists hold live segments of this heap.
+                let s = unsafe { &mut *seg };
+                if let Some(page) = s.alloc_pages(pages) {
+                    self.reclassify(seg);
+                    return Ok((seg, page));
+                }
+            }
+            let seg = if !self.cached.is_null() {
+                self.take_cached_segment()
+            } else if self.segment_size <= self.limit.saturating_sub(self.real_size)
+                || self.overflow != 0
+            {
+                self.map_segment(tried, site).ok_or(NoPages::Failed)?
+            } else if !gc_done {
+                gc_done = true;
+                self.gc();
+                continue;
+            } else {
+                if site.may_fail {
+                    return Err(NoPages::Failed);
+                }
+                self.fatal(
+                    site,
+                    Fatal::Limit {
+                        limit: self.limit,
+                        tried,
+                    },
+                )
+            };
+            // SAFETY: a segment just linked into this heap.
+            let s = unsafe { &mut *seg };
+            let page = s.alloc_pages(pages).ok_or(NoPages::TooShort)?;
+            self.reclassify(seg);
+            return Ok((seg, page));
+        }
+    }
+
+    /// A segment whose longest free run has at least `pages` pages, preferring the tightest.
+    fn segment_with_run(&self, pages: usize) -> Option<*mut Segment> {
+        let wanted = pages as u32;
+        let class = class_of(wanted);
+        // Every segment on a list at or above `first_sure` has a long enough run.
+        let first_sure = if class_floor(class) >= wanted {
+            class
+        } else {
+            class + 1
+        };
+        if let Some(c) = self.next_class(first_sure) {
+            return Some(self.class_heads[c]);
+        }
+        if first_sure != class {
+            // The shared class may still hold a fit; look at a few of its segments only.
+            let mut seg = self.class_heads[class];
+            let mut probes = 0;
+            while !seg.is_null() && probes < 8 {
+                // SAFETY: class lists hold live segments of this heap.
+                let s = unsafe { &*seg };
+                if s.longest_free >= wanted {
+                    return Some(seg);
+                }
+                seg = s.class_next;
+                probes += 1;
+            }
+        }
+        None
+    }
+
+    /// The first non-empty class list at or after `from`.
+    fn next_class(&self, from: usize) -> Option<usize> {
+        let mut w = from / 64;
+        if w >= CLASS_WORDS {
+            return None;
+        }
+        let mut bits = self.class_bits[w] & (u64::MAX << (from % 64));
+        loop {
+            if bits != 0 {
+                return Some(w * 64 + bits.trailing_zeros() as usize);
+            }
+            w += 1;
+            if w >= CLASS_WORDS {
+                return None;
+            }
+            bits = self.class_bits[w];
+        }
+    }
+
+    /// Puts `seg` on the class list matching its longest free run (none if it has no free page).
+    pub fn reclassify(&mut self, seg: *mut Segment) {
+        // SAFETY: a live segment of this heap.
+        let s = unsafe { &mut *seg };
+        let class = if s.longest_free == 0 {
+            NO_CLASS
+        } else {
+            class_of(s.longest_free) as u32
+        };
+        if class == s.class {
+            return;
+        }
+        self.unclassify(seg);
+        if class != NO_CLASS {
+            let c = class as usize;
+            let head = self.class_heads[c];
+            s.class = class;
+            s.class_prev = ptr::null_mut();
+            s.class_next = head;
+            if !head.is_null() {
+                // SAFETY: list members are live segments of this heap.
+                unsafe { (*head).class_prev = seg };
+            }
+            self.class_heads[c] = seg;
+            self.class_bits[c / 64] |= 1 << (c % 64);
+        }
+    }
+
+    /// Takes `seg` off its class list, if it is on one.
+    fn unclassify(&mut self, seg: *mut Segment) {
+        // SAFETY: a live segment of this heap.
+        let s = unsafe { &mut *seg };
+        if s.class == NO_CLASS {
+            return;
+        }
+        let c = s.class as usize;
+        // SAFETY: list neighbours are live segments of this heap.
+        unsafe {
+            if s.class_prev.is_null() {
+                self.class_heads[c] = s.class_next;
+            } else {
+                (*s.class_prev).class_next = s.class_next;
+            }
+            if !s.class_next.is_null() {
+                (*s.class_next).class_prev = s.class_prev;
+            }
+        }
+        if self.class_heads[c].is_null() {
+            self.class_bits[c / 64] &= !(1 << (c % 64));
+        }
+        s.class = NO_CLASS;
+        s.class_prev = ptr::null_mut();
+        s.class_next = ptr::null_mut();
+    }
+
+    /// Adds a segment to the list of live segments (after the main one) and to its class list.
+    fn link_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: `seg` is a live segment of this heap; `main` too.
+        unsafe {
+            if seg != self.main {
+                let main = &mut *self.main;
+                (*seg).all_prev = self.main;
+                (*seg).all_next = main.all_next;
+                if !main.all_next.is_null() {
+                    (*main.all_next).all_prev = seg;
+                }
+                main.all_next = seg;
+            }
+        }
+        self.reclassify(seg);
+    }
+
+    fn unlink_segment(&mut self, seg: *mut Segment) {
+        self.unclassify(seg);
+        // SAFETY: `seg` is a live non-main segment, so it has a predecessor.
+        unsafe {
+            let s = &mut *seg;
+            (*s.all_prev).all_next = s.all_next;
+            if !s.all_next.is_null() {
+                (*s.all_next).all_prev = s.all_prev;
+            }
+            s.all_prev = ptr::null_mut();
+            s.all_next = ptr::null_mut();
+        }
+    }
+
+    fn count_new_segment(&mut self) {
+        self.segments_count += 1;
+        self.peak_segments_count = self.peak_segments_count.max(self.segments_count);
+    }
+
+    fn take_cached_segment(&mut self) -> *mut Segment {
+        let seg = self.cached;
+        // SAFETY: cached segments are live segments of this heap, all pages free.
+        unsafe {
+            self.cached = (*seg).class_next;
+            (*seg).class_next = ptr::null_mut();
+            (*seg).reset();
+        }
+        self.cached_count -= 1;
+        self.count_new_segment();
+        self.link_segment(seg);
+        seg
+    }
+
+    /// Maps a new segment from storage (PHP's chunk allocation); on failure collects garbage once
+    /// and retries, then raises "Out of memory" (or returns `None` when `site.may_fail`).
+    fn map_segment(&mut self, tried: usize, site: Site) -> Option<*mut Segment> {
+        let size = self.segment_size;
+        let base = self.storage_alloc(size, tried, site)?;
+        let num = self.next_num;
+        self.next_num += 1;
+        // SAFETY: `base` holds `size` fresh bytes from our storage.
+        let seg = unsafe { Segment::init(base, size, self, 0, num) };
+        if !region_map::register(base as usize, base as usize + size, seg as usize) {
+            // SAFETY: never handed out.
+            unsafe { self.storage.free(base) };
+            return self.out_of_memory(tried, site);
+        }
+        self.real_size += size;
+        self.real_peak = self.real_peak.max(self.real_size);
+        self.count_new_segment();
+        self.link_segment(seg);
+        Some(seg)
+    }
+
+    /// `size` bytes from storage, retrying once after `gc`; `None` (or a fatal error) on failure.
+    pub fn storage_alloc(&mut self, size: usize, tried: usize, site: Site) -> Option<*mut u8> {
+        let mut p = self.storage.alloc(size);
+        if p.is_null() && self.gc() > 0 {
+            p = self.storage.alloc(size);
+        }
+        if p.is_null() {
+            self.out_of_memory(tried, site)
+        } else {
+            Some(p)
+        }
+    }
+
+    fn out_of_memory<T>(&mut self, tried: usize, site: Site) -> Option<T> {
+        if site.may_fail {
+            return None;
+        }
+        self.fatal(
+            site,
+            Fatal::OutOfMemory {
+                allocated: self.real_size,
+                tried,
+            },
+        )
+    }
+
+    /// Raises `fatal` for this heap (see [`diagnostics::raise`]).
+    pub fn fatal(&mut self, site: Site, fatal: Fatal) -> ! {
+        // SAFETY: `self` is live and consistent; callers hold no values with destructors.
+        unsafe { diagnostics::raise(self, site, fatal) }
+    }
+
+    /// Called when a segment may have become empty: gives it up (to the cache or the storage)
+    /// unless it is the main one, or files it under its new class.
+    pub fn segment_pages_freed(&mut self, seg: *mut Segment) {
+        // SAFETY: a live segment of this heap.
+        if seg != self.main && unsafe { (*seg).is_empty() } {
+            self.delete_segment(seg);
+        } else {
+            self.reclassify(seg);
+        }
+    }
+
+    /// An empty non-main segment leaves the live list: cached if the recent demand says it will be
+    /// needed again soon, released otherwise (PHP's `zend_mm_delete_chunk`).
+    fn delete_segment(&mut self, seg: *mut Segment) {
+        self.unlink_segment(seg);
+        self.segments_count -= 1;
+        let keep = ((self.segments_count + self.cached_count) as f64) < self.avg_segments + 0.1
+            || (self.segments_count == self.last_delete_boundary && self.last_delete_count >= 4);
+        if keep {
+            self.push_cached(seg);
+            return;
+        }
+        self.real_size -= self.segment_size;
+        if self.cached.is_null() {
+            if self.segments_count != self.last_delete_boundary {
+                self.last_delete_boundary = self.segments_count;
+                self.last_delete_count = 0;
+            } else {
+                self.last_delete_count += 1;
+            }
+        }
+        // Keep the older of this segment and the newest cached one; release the other.
+        // SAFETY: cached segments are live segments of this heap.
+        if self.cached.is_null() || unsafe { (*seg).num > (*self.cached).num } {
+            self.release_segment(seg);
+        } else {
+            let old = self.cached;
+            // SAFETY: as above.
+            unsafe { (*seg).class_next = (*old).class_next };
+            self.cached = seg;
+            self.release_segment(old);
+        }
+    }
+
+    /// Returns the most recently cached segment to storage (`zend_set_memory_limit`).
+    pub fn drop_one_cached_segment(&mut self) {
+        let seg = self.cached;
+        if seg.is_null() {
+            return;
+        }
+        // SAFETY: cached segments are live segments of this heap.
+        self.cached = unsafe { (*seg).class_next };
+        self.cached_count -= 1;
+        self.real_size -= self.segment_size;
+        self.release_segment(seg);
+    }
+
+    fn push_cached(&mut self, seg: *mut Segment) {
+        // SAFETY: a live segment of this heap, off every list.
+        unsafe { (*seg).class_next = self.cached };
+        self.cached = seg;
+        self.cached_count += 1;
+    }
+
+    /// Returns a segment to storage (its accounting is the caller's business).
+    fn release_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: a live segment of this heap that no list references any more.
+        unsafe {
+            let base = (*seg).base();
+            region_map::unregister(base as usize, (*seg).end());
+            self.storage.free(base);
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Reserve
+
+    /// Sets the error-path reserve aside (not counted as usage).
+    fn fill_reserve(&mut self) {
+        if self.reserve_size == 0 || !self.reserve.is_null() {
+            return;
+        }
+        let (size, peak) = (self.size, self.peak);
+        self.reserve = self.alloc(self.reserve_size, Site::INTERNAL);
+        self.size = size;
+        self.peak = peak;
+    }
+
+    /// Gives the reserve back so an error handler has memory to work with.
+    fn release_reserve(&mut self) {
+        let p = core::mem::replace(&mut self.reserve, ptr::null_mut());
+        if !p.is_null() {
+            self.size += self.block_size(p);
+            self.free(p);
+        }
+    }
+
+    /// Entered when a fatal error is about to be reported for this heap.
+    pub fn begin_error_report(&mut self) {
+        self.overflow = 1;
+        self.release_reserve();
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Shutdown
+
+    /// Ends a request (`full == false`): releases every block at once, at a cost proportional to
+    /// segments, and leaves the heap ready at the same address with a cache of segments sized by
+    /// recent demand. `full == true` returns everything to storage, the heap itself included.
+    ///
+    /// # Safety
+    /// `heap` must be live; no block of it may be used afterwards, and after a full shutdown not the
+    /// heap either.
+    pub unsafe fn shutdown(heap: *mut Heap, full: bool) {
+        // SAFETY: live heap (caller contract).
+        let h = unsafe { &mut *heap };
+        h.release_reserve();
+        h.release_huge_blocks();
+        if full {
+            // SAFETY: forwarded caller contract.
+            unsafe { Heap::destroy(heap) };
+            return;
+        }
+        // Every segment but the main one goes to the cache, then the cache is cut to the average.
+        // SAFETY: `main` is live; the all-list holds live segments of this heap.
+        let mut seg = unsafe { (*h.main).all_next };
+        while !seg.is_null() {
+            // SAFETY: as above.
+            let next = unsafe { (*seg).all_next };
+            h.unlink_segment(seg);
+            h.segments_count -= 1;
+            h.push_cached(seg);
+            seg = next;
+        }
+        h.avg_segments = (h.avg_segments + h.peak_segments_count as f64) / 2.0;
+        while (h.cached_count as f64) + 0.9 > h.avg_segments && !h.cached.is_null() {
+            let seg = h.cached;
+            // SAFETY: cached segments are live segments of this heap.
+            h.cached = unsafe { (*seg).class_next };
+            h.cached_count -= 1;
+            h.release_segment(seg);
+        }
+        if h.compact_size != 0 && h.real_peak > h.compact_size {
+            h.storage.compact();
+        }
+        // SAFETY: the main segment is live.
+        unsafe { (*h.main).reset() };
+        h.reclassify(h.main);
+        h.free_slots = [ptr::null_mut(); ZEND_MM_BINS];
+        h.size = 0;
+        h.peak = 0;
+        h.real_size = (h.cached_count + 1) * h.segment_size;
+        h.real_peak = h.real_size;
+        h.segments_count = 1;
+        h.peak_segments_count = 1;
+        h.last_delete_boundary = 0;
+        h.last_delete_count = 0;
+        h.overflow = 0;
+        h.fill_reserve();
+    }
+
+    /// Returns every segment to storage, the main one (and with it the heap) last, then destroys
+    /// the storage.
+    ///
+    /// # Safety
+    /// As [`Heap::shutdown`] with `full`.
+    unsafe fn destroy(heap: *mut Heap) {
+        // SAFETY: live heap (caller contract).
+        let h = unsafe { &mut *heap };
+        let storage = h.storage;
+        // SAFETY: the all-list and the cache hold live segments of this heap.
+        unsafe {
+            let mut seg = (*h.main).all_next;
+            while !seg.is_null() {
+                let next = (*seg).all_next;
+                h.release_segment(seg);
+                seg = next;
+            }
+            let mut seg = h.cached;
+            while !seg.is_null() {
+                let next = (*seg).class_next;
+                h.release_segment(seg);
+                seg = next;
+            }
+        }
+        let main = h.main;
+        // From here on the heap struct is gone with its segment.
+        // SAFETY: the main segment is live and nothing references it after this.
+        unsafe {
+            let base = (*main).base();
+            region_map::unregister(base as usize, (*main).end());
+            storage.free(base);
+            storage.destroy();
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Slot location helpers shared by `small` and `gc`
+
+    /// The segment and page of the first page of the small run containing slot `p`.
+    pub fn small_run_of(&self, p: *mut u8) -> (*mut Segment, usize) {
+        let seg = region_map::lookup(p as usize) as *mut Segment;
+        // SAFETY: free-list slots lie in small runs of this heap's live segments.
+        let s = unsafe { &*seg };
+        let page = s
+            .page_of(p as usize)
+            .unwrap_or_else(|| diagnostics::heap_corrupted());
+        let info = s.map_get(page);
+        let first = if info & PAGE_KIND_MASK == PAGE_SMALL_CONT {
+            page - ((info >> crate::segment::SMALL_OFFSET_SHIFT) & 0x7) as usize
+        } else {
+            page
+        };
+        (seg, first)
+    }
+}

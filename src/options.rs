@@ -1,0 +1,363 @@
+//! Options: every environment variable the library reads, in one table, parsed once.
+//!
+//! Owns the parsing rules (PHP 5.3's `zend_atoi`: decimal, `0x` hex or `0` octal, then an optional
+//! `k`/`m`/`g` suffix) and the startup errors: PHP's exact texts where PHP has one, a clear message
+//! otherwise, always exit status 255. Values are read with `getenv` into the stack; nothing here
+//! allocates. PHP reads them again for every thread; this library reads them once per process.
+
+use core::ffi::{CStr, c_char};
+use std::sync::OnceLock;
+
+use crate::diagnostics::startup_error;
+use crate::ffi::types::zend_mm_mem_handlers;
+use crate::sizes::{DEFAULT_COMPACT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, ZEND_MM_SEG_SIZE};
+use crate::storage;
+
+/// One environment variable: its name, default and meaning (the README's table mirrors this).
+pub struct EnvVar {
+    pub name: &'static CStr,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+pub static ENV_VARS: [EnvVar; 4] = [
+    EnvVar {
+        name: c"ZEND_MM_MEM_TYPE",
+        default: "malloc",
+        doc: "storage for segments: `malloc`, `mmap_anon` or `mmap_zero` (exact name)",
+    },
+    EnvVar {
+        name: c"ZEND_MM_SEG_SIZE",
+        default: "2M",
+        doc: "segment size: a power of two from 64K to 1G (`zend_atoi` syntax: 262144, 256k, 0x40000)",
+    },
+    EnvVar {
+        name: c"ZEND_MM_COMPACT",
+        default: "2M",
+        doc: "at request end, ask the storage to compact when the request's real peak passed this (0: never)",
+    },
+    EnvVar {
+        name: c"USE_ZEND_ALLOC",
+        default: "1",
+        doc: "`0` sends emalloc/efree/erealloc straight to the C library's malloc/free/realloc",
+    },
+];
+
+/// The options every default heap is made with.
+pub struct Options {
+    pub storage: &'static zend_mm_mem_handlers,
+    pub segment_size: usize,
+    pub compact_size: usize,
+    pub use_zend_alloc: bool,
+}
+
+static OPTIONS: OnceLock<Options> = OnceLock::new();
+
+/// The process's options (read from the environment on first use; a bad value ends the process).
+pub fn get() -> &'static Options {
+    OPTIONS.get_or_init(|| read(|name| getenv(name)))
+}
+
+fn getenv(name: &CStr) -> Option<&'static [u8]> {
+    // SAFETY: getenv with a C string; the value stays valid while the environment is not changed.
+    let v: *const c_char = unsafe { libc::getenv(name.as_ptr()) };
+    if v.is_null() {
+        None
+    } else {
+        // SAFETY: getenv returns a C string.
+        Some(unsafe { CStr::from_ptr(v) }.to_bytes())
+    }
+}
+
+/// What is wrong with a number.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NumberError {
+    NotANumber,
+    TooLarge,
+}
+
+/// PHP's `zend_atoi`, strictly: optional whitespace and sign, digits in base 10, 16 (`0x`) or 8
+/// (leading `0`), then at most one `k`/`m`/`g` suffix (any case) and nothing else.
+pub fn parse_zend_atoi(s: &[u8]) -> Result<i64, NumberError> {
+    let mut i = 0;
+    while i < s.len() && s[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    let negative = match s.get(i) {
+        Some(b'-') => {
+            i += 1;
+            true
+        }
+        Some(b'+') => {
+            i += 1;
+            false
+        }
+        _ => false,
+    };
+    let (radix, start) = match (s.get(i), s.get(i + 1)) {
+        (Some(b'0'), Some(b'x' | b'X')) => (16, i + 2),
+        (Some(b'0'), Some(c)) if c.is_ascii_digit() => (8, i + 1),
+        _ => (10, i),
+    };
+    let mut end = start;
+    let mut value: i64 = 0;
+    while let Some(d) = s.get(end).and_then(|c| (*c as char).to_digit(radix)) {
+        value = value
+            .checked_mul(radix as i64)
+            .and_then(|v| v.checked_add(d as i64))
+            .ok_or(NumberError::TooLarge)?;
+        end += 1;
+    }
+    if end == start {
+        return Err(NumberError::NotANumber);
+    }
+    let factor: i64 = match &s[end..] {
+        [] => 1,
+        [b'k' | b'K'] => 1 << 10,
+        [b'm' | b'M'] => 1 << 20,
+        [b'g' | b'G'] => 1 << 30,
+        _ => return Err(NumberError::NotANumber),
+    };
+    let value = value.checked_mul(factor).ok_or(NumberError::TooLarge)?;
+    Ok(if negative { -value } else { value })
+}
+
+/// Parses the options from an environment (`getenv` in production, a table in tests).
+pub fn read<'a>(env: impl Fn(&CStr) -> Option<&'a [u8]>) -> Options {
+    match try_read(env) {
+        Ok(o) => o,
+        Err(e) => startup_error(format_args!("{e}")),
+    }
+}
+
+/// A bad environment value and the message it gets.
+pub struct OptionError {
+    msg: crate::diagnostics::MsgBuf<512>,
+}
+
+impl core::fmt::Display for OptionError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(core::str::from_utf8(self.msg.as_bytes()).unwrap_or("bad environment value\n"))
+    }
+}
+
+fn error(args: core::fmt::Arguments<'_>) -> OptionError {
+    use core::fmt::Write;
+    let mut msg = crate::diagnostics::MsgBuf::new();
+    let _ = msg.write_fmt(args);
+    OptionError { msg }
+}
+
+fn show(v: &[u8]) -> &str {
+    core::str::from_utf8(v).unwrap_or("(not UTF-8)")
+}
+
+fn number(name: &str, v: &[u8]) -> Result<i64, OptionError> {
+    parse_zend_atoi(v).map_err(|e| match e {
+        NumberError::NotANumber => error(format_args!(
+            "{name} must be a number (optionally followed by k, m or g), got '{}'\n",
+            show(v)
+        )),
+        NumberError::TooLarge => error(format_args!("{name} is out of range: '{}'\n", show(v))),
+    })
+}
+
+/// Parses the options, or says what is wrong.
+pub fn try_read<'a>(env: impl Fn(&CStr) -> Option<&'a [u8]>) -> Result<Options, OptionError> {
+    let storage = match env(c"ZEND_MM_MEM_TYPE") {
+        None => storage::BUILTIN[0],
+        Some(name) => storage::builtin_by_name(name).ok_or_else(|| unknown_storage(name))?,
+    };
+    let segment_size = match env(c"ZEND_MM_SEG_SIZE") {
+        None => ZEND_MM_SEG_SIZE,
+        Some(v) => {
+            let n = number("ZEND_MM_SEG_SIZE", v)?;
+            if n <= 0 || (n as u64).count_ones() != 1 {
+                return Err(error(format_args!(
+                    "ZEND_MM_SEG_SIZE must be a power of two\n"
+                )));
+            }
+            let n = n as u64;
+            if n < MIN_SEGMENT_SIZE as u64 {
+                return Err(error(format_args!("ZEND_MM_SEG_SIZE is too small\n")));
+            }
+            if n > MAX_SEGMENT_SIZE as u64 {
+                return Err(error(format_args!(
+                    "ZEND_MM_SEG_SIZE is too large (at most 1G)\n"
+                )));
+            }
+            n as usize
+        }
+    };
+    let compact_size = match env(c"ZEND_MM_COMPACT") {
+        None => DEFAULT_COMPACT_SIZE,
+        Some(v) => {
+            let n = number("ZEND_MM_COMPACT", v)?;
+            if n < 0 {
+                return Err(error(format_args!(
+                    "ZEND_MM_COMPACT must not be negative, got '{}'\n",
+                    show(v)
+                )));
+            }
+            n as usize
+        }
+    };
+    let use_zend_alloc = match env(c"USE_ZEND_ALLOC") {
+        None => true,
+        Some(v) => number("USE_ZEND_ALLOC", v)? != 0,
+    };
+    Ok(Options {
+        storage,
+        segment_size,
+        compact_size,
+        use_zend_alloc,
+    })
+}
+
+fn unknown_storage(name: &[u8]) -> OptionError {
+    use core::fmt::Write;
+    let mut msg = crate::diagnostics::MsgBuf::new();
+    let _ = write!(
+        msg,
+        "Wrong or unsupported zend_mm storage type '{}'\n  supported types:\n",
+        show(name)
+    );
+    for h in storage::BUILTIN {
+        // SAFETY: built-in handler names are static C strings.
+        let n = unsafe { CStr::from_ptr(h.name) };
+        let _ = write!(msg, "    '{}'\n", show(n.to_bytes()));
+    }
+    OptionError { msg }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(vars: &[(&str, &'static str)]) -> Result<Options, String> {
+        let vars: Vec<(String, &'static str)> =
+            vars.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        try_read(|name| {
+            let name = name.to_str().unwrap();
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_bytes())
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn zend_atoi_accepts_php_syntax() {
+        assert_eq!(parse_zend_atoi(b"262144"), Ok(262144));
+        assert_eq!(parse_zend_atoi(b"256k"), Ok(262144));
+        assert_eq!(parse_zend_atoi(b"1M"), Ok(1 << 20));
+        assert_eq!(parse_zend_atoi(b"1g"), Ok(1 << 30));
+        assert_eq!(parse_zend_atoi(b"0x100k"), Ok(262144));
+        assert_eq!(parse_zend_atoi(b"0400"), Ok(256));
+        assert_eq!(parse_zend_atoi(b"  +64K"), Ok(65536));
+        assert_eq!(parse_zend_atoi(b"-2M"), Ok(-(2 << 20)));
+        assert_eq!(parse_zend_atoi(b"0"), Ok(0));
+    }
+
+    #[test]
+    fn zend_atoi_rejects_garbage_and_overflow() {
+        assert_eq!(parse_zend_atoi(b""), Err(NumberError::NotANumber));
+        assert_eq!(parse_zend_atoi(b"abc"), Err(NumberError::NotANumber));
+        assert_eq!(parse_zend_atoi(b"12xyzk"), Err(NumberError::NotANumber));
+        assert_eq!(parse_zend_atoi(b"1MB"), Err(NumberError::NotANumber));
+        assert_eq!(parse_zend_atoi(b"0x"), Err(NumberError::NotANumber));
+        assert_eq!(
+            parse_zend_atoi(b"99999999999999999999"),
+            Err(NumberError::TooLarge)
+        );
+        assert_eq!(
+            parse_zend_atoi(b"9999999999999g"),
+            Err(NumberError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let o = with(&[]).unwrap();
+        assert_eq!(o.segment_size, 2 << 20);
+        assert_eq!(o.compact_size, 2 << 20);
+        assert!(o.use_zend_alloc);
+        // SAFETY: static C string.
+        assert_eq!(unsafe { CStr::from_ptr(o.storage.name) }, c"malloc");
+    }
+
+    #[test]
+    fn every_value_error_has_its_message() {
+        assert_eq!(
+            with(&[("ZEND_MM_MEM_TYPE", "shm")]).err().unwrap(),
+            "Wrong or unsupported zend_mm storage type 'shm'\n  supported types:\n    'malloc'\n    'mmap_anon'\n    'mmap_zero'\n"
+        );
+        assert_eq!(
+            with(&[("ZEND_MM_SEG_SIZE", "3M")]).err().unwrap(),
+            "ZEND_MM_SEG_SIZE must be a power of two\n"
+        );
+        assert_eq!(
+            with(&[("ZEND_MM_SEG_SIZE", "-2M")]).err().unwrap(),
+            "ZEND_MM_SEG_SIZE must be a power of two\n"
+        );
+        assert_eq!(
+            with(&[("ZEND_MM_SEG_SIZE", "0")]).err().unwrap(),
+            "ZEND_MM_SEG_SIZE must be a power of two\n"
+        );
+        assert_eq!(
+            with(&[("ZEND_MM_SEG_SIZE", "32k")]).err().unwrap(),
+            "ZEND_MM_SEG_SIZE is too small\n"
+        );
+        assert_eq!(
+            with(&[("ZEND_MM_SEG_SIZE", "2g")]).err().unwrap(),
+            "ZEND_MM_SEG_SIZE is too large (at most 1G)\n"
+        );
+        assert!(
+            with(&[("ZEND_MM_SEG_SIZE", "lots")])
+                .err()
+                .unwrap()
+                .starts_with("ZEND_MM_SEG_SIZE must be a number")
+        );
+        assert!(
+            with(&[("ZEND_MM_SEG_SIZE", "1e99")])
+                .err()
+                .unwrap()
+                .contains("'1e99'")
+        );
+        assert!(
+            with(&[("ZEND_MM_COMPACT", "-1")])
+                .err()
+                .unwrap()
+                .starts_with("ZEND_MM_COMPACT must not be negative")
+        );
+        assert!(
+            with(&[("USE_ZEND_ALLOC", "no")])
+                .err()
+                .unwrap()
+                .starts_with("USE_ZEND_ALLOC must be a number")
+        );
+    }
+
+    #[test]
+    fn accepted_values() {
+        let o = with(&[
+            ("ZEND_MM_SEG_SIZE", "256k"),
+            ("ZEND_MM_MEM_TYPE", "mmap_zero"),
+            ("USE_ZEND_ALLOC", "0"),
+        ])
+        .unwrap();
+        assert_eq!(o.segment_size, 256 << 10);
+        assert!(!o.use_zend_alloc);
+        // SAFETY: static C string.
+        assert_eq!(unsafe { CStr::from_ptr(o.storage.name) }, c"mmap_zero");
+        assert_eq!(
+            with(&[("ZEND_MM_SEG_SIZE", "64k")]).unwrap().segment_size,
+            65536
+        );
+        assert_eq!(
+            with(&[("ZEND_MM_SEG_SIZE", "1G")]).unwrap().segment_size,
+            1 << 30
+        );
+        assert!(with(&[("USE_ZEND_ALLOC", "1k")]).unwrap().use_zend_alloc);
+    }
+}

@@ -1,0 +1,204 @@
+//! Sizes and size classes (PHP's `zend_alloc_sizes.h`).
+//!
+//! Owns the constants every other module sizes itself by: the page size, the segment size bounds, and
+//! the one table of the 30 small size classes ("bins"). The table is PHP 8's, number for number, so
+//! block sizes and `zend_memory_usage()` deltas match PHP's; compile-time checks below keep it
+//! self-consistent (each run of pages holds exactly `count` slots, sizes ascend, every slot of a bin
+//! whose size is a multiple of 16 is 16-aligned).
+
+/// The allocation unit inside a segment; large blocks are whole runs of pages.
+pub const ZEND_MM_PAGE_SIZE: usize = 4096;
+/// log2 of [`ZEND_MM_PAGE_SIZE`].
+pub(crate) const PAGE_SHIFT: u32 = 12;
+/// Alignment every block has at least (PHP's `ZEND_MM_ALIGNMENT` on x86-64).
+pub const ZEND_MM_ALIGNMENT: usize = 8;
+/// log2 of [`ZEND_MM_ALIGNMENT`].
+pub const ZEND_MM_ALIGNMENT_LOG2: usize = 3;
+/// Segment size when `ZEND_MM_SEG_SIZE` is not set: PHP 7+'s 2 MiB chunk.
+pub(crate) const ZEND_MM_SEG_SIZE: usize = 2 * 1024 * 1024;
+/// The default segment size under PHP 8's name.
+pub const ZEND_MM_CHUNK_SIZE: usize = 2 * 1024 * 1024;
+/// Smallest request size class.
+pub const ZEND_MM_MIN_SMALL_SIZE: usize = 8;
+/// Bytes of bookkeeping per block: none (PHP's release value; engine code sizes requests by it).
+pub const ZEND_MM_OVERHEAD: usize = 0;
+/// Smallest segment: a header page, the longest small-bin run (7 pages) and a page lost when the
+/// storage returns memory that is not page aligned, rounded up to a power of two.
+pub(crate) const MIN_SEGMENT_SIZE: usize = 64 * 1024;
+/// Largest segment: the largest power of two PHP's `zend_atoi` (an `int`) can express.
+pub(crate) const MAX_SEGMENT_SIZE: usize = 1024 * 1024 * 1024;
+/// Largest request served from a bin; larger requests get whole pages.
+pub const ZEND_MM_MAX_SMALL_SIZE: usize = 3072;
+/// Largest request served as a page run of a default-sized segment (511 pages); larger requests are
+/// huge blocks with storage of their own. Other segment sizes move this bound, see
+/// [`crate::segment::max_large_pages`].
+pub const ZEND_MM_MAX_LARGE_SIZE: usize = 2 * 1024 * 1024 - 4096;
+/// Number of small size classes.
+pub(crate) const ZEND_MM_BINS: usize = 30;
+/// Bytes `zend_mm_startup()` keeps in reserve for the error path (PHP 5.3's `ZEND_MM_RESERVE_SIZE`).
+pub(crate) const ZEND_MM_RESERVE_SIZE: usize = 8 * 1024;
+/// Default storage compaction threshold (PHP 5.3's `ZEND_MM_COMPACT` default).
+pub(crate) const DEFAULT_COMPACT_SIZE: usize = 2 * 1024 * 1024;
+
+/// One small size class: `count` slots of `size` bytes fill `pages` pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bin {
+    pub size: u32,
+    pub count: u32,
+    pub pages: u32,
+}
+
+const fn bin(size: u32, count: u32, pages: u32) -> Bin {
+    Bin { size, count, pages }
+}
+
+/// PHP's `ZEND_MM_BINS_INFO`: slot size, slots per run, pages per run.
+pub(crate) const BINS: [Bin; ZEND_MM_BINS] = [
+    bin(8, 512, 1),
+    bin(16, 256, 1),
+    bin(24, 170, 1),
+    bin(32, 128, 1),
+    bin(40, 102, 1),
+    bin(48, 85, 1),
+    bin(56, 73, 1),
+    bin(64, 64, 1),
+    bin(80, 51, 1),
+    bin(96, 42, 1),
+    bin(112, 36, 1),
+    bin(128, 32, 1),
+    bin(160, 25, 1),
+    bin(192, 21, 1),
+    bin(224, 18, 1),
+    bin(256, 16, 1),
+    bin(320, 64, 5),
+    bin(384, 32, 3),
+    bin(448, 9, 1),
+    bin(512, 8, 1),
+    bin(640, 32, 5),
+    bin(768, 16, 3),
+    bin(896, 9, 2),
+    bin(1024, 8, 2),
+    bin(1280, 16, 5),
+    bin(1536, 8, 3),
+    bin(1792, 16, 7),
+    bin(2048, 8, 4),
+    bin(2560, 8, 5),
+    bin(3072, 4, 3),
+];
+
+/// Longest run of pages any bin uses.
+pub(crate) const MAX_BIN_PAGES: u32 = 7;
+
+const _: () = {
+    let mut i = 0;
+    while i < ZEND_MM_BINS {
+        let b = BINS[i];
+        // A run holds exactly `count` slots and wastes less than one slot.
+        assert!(b.size * b.count <= b.pages * ZEND_MM_PAGE_SIZE as u32);
+        assert!(b.size * (b.count + 1) > b.pages * ZEND_MM_PAGE_SIZE as u32);
+        assert!(b.size % ZEND_MM_ALIGNMENT as u32 == 0);
+        assert!(b.pages >= 1 && b.pages <= MAX_BIN_PAGES);
+        // The gc counter in the page map has 12 bits.
+        assert!(b.count < 4096);
+        if i > 0 {
+            assert!(BINS[i - 1].size < b.size);
+        }
+        i += 1;
+    }
+    assert!(BINS[0].size as usize == 8);
+    assert!(BINS[ZEND_MM_BINS - 1].size as usize == ZEND_MM_MAX_SMALL_SIZE);
+    assert!(1 << PAGE_SHIFT == ZEND_MM_PAGE_SIZE);
+    assert!(1 << ZEND_MM_ALIGNMENT_LOG2 == ZEND_MM_ALIGNMENT);
+    assert!(MIN_SEGMENT_SIZE.is_power_of_two() && MAX_SEGMENT_SIZE.is_power_of_two());
+    assert!(MIN_SEGMENT_SIZE >= (2 + MAX_BIN_PAGES as usize) * ZEND_MM_PAGE_SIZE);
+    assert!(ZEND_MM_CHUNK_SIZE == ZEND_MM_SEG_SIZE);
+    assert!(ZEND_MM_MAX_LARGE_SIZE == ZEND_MM_SEG_SIZE - ZEND_MM_PAGE_SIZE);
+};
+
+/// Bin index for every request size 0..=3072 in 8-byte steps: `SIZE_TO_BIN[(size + 7) >> 3]`.
+/// A table lookup replaces PHP's bit arithmetic on the allocation fast path.
+pub static SIZE_TO_BIN: [u8; ZEND_MM_MAX_SMALL_SIZE / 8 + 1] = size_to_bin_table();
+
+const fn size_to_bin_table() -> [u8; ZEND_MM_MAX_SMALL_SIZE / 8 + 1] {
+    let mut table = [0u8; ZEND_MM_MAX_SMALL_SIZE / 8 + 1];
+    let mut step = 0;
+    let mut b = 0;
+    while step < table.len() {
+        // The smallest bin whose size is >= step * 8 (and >= 8, so size 0 maps to bin 0).
+        while (BINS[b].size as usize) < step * 8 {
+            b += 1;
+        }
+        table[step] = b as u8;
+        step += 1;
+    }
+    table
+}
+
+/// The bin serving a request of `size` bytes; `size` must be at most [`ZEND_MM_MAX_SMALL_SIZE`].
+#[inline(always)]
+pub fn bin_of(size: usize) -> usize {
+    debug_assert!(size <= ZEND_MM_MAX_SMALL_SIZE);
+    SIZE_TO_BIN[(size + 7) >> 3] as usize
+}
+
+/// Slot size of each bin as `usize`, for the fast paths.
+pub static BIN_SIZE: [usize; ZEND_MM_BINS] = {
+    let mut t = [0usize; ZEND_MM_BINS];
+    let mut i = 0;
+    while i < ZEND_MM_BINS {
+        t[i] = BINS[i].size as usize;
+        i += 1;
+    }
+    t
+};
+
+/// Rounds `n` up to a multiple of `align` (a power of two); `None` on overflow.
+#[inline]
+pub const fn align_up(n: usize, align: usize) -> Option<usize> {
+    match n.checked_add(align - 1) {
+        Some(v) => Some(v & !(align - 1)),
+        None => None,
+    }
+}
+
+/// Number of pages needed for `size` bytes (no overflow for sizes a segment can hold).
+#[inline]
+pub const fn pages_for(size: usize) -> usize {
+    size.div_ceil(ZEND_MM_PAGE_SIZE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PHP's own formula (`zend_mm_small_size_to_bin`), used as the reference for the table.
+    fn php_small_size_to_bin(size: usize) -> usize {
+        if size <= 64 {
+            (size - usize::from(size != 0)) >> 3
+        } else {
+            let t1 = size - 1;
+            let t2 = (usize::BITS - t1.leading_zeros()) as usize - 3;
+            let t1 = t1 >> t2;
+            let t2 = t2 - 3;
+            (t2 << 2) + t1
+        }
+    }
+
+    #[test]
+    fn table_matches_php_formula_for_every_size() {
+        for size in 0..=ZEND_MM_MAX_SMALL_SIZE {
+            assert_eq!(bin_of(size), php_small_size_to_bin(size), "size {size}");
+            assert!(BIN_SIZE[bin_of(size)] >= size.max(1));
+            if bin_of(size) > 0 {
+                assert!(BIN_SIZE[bin_of(size) - 1] < size);
+            }
+        }
+    }
+
+    #[test]
+    fn align_up_detects_overflow() {
+        assert_eq!(align_up(1, 4096), Some(4096));
+        assert_eq!(align_up(4096, 4096), Some(4096));
+        assert_eq!(align_up(usize::MAX - 10, 4096), None);
+    }
+}

@@ -1,0 +1,77 @@
+//! Small blocks (zend_alloc.c "Small Runs"): requests up to 3072 bytes, served from bins.
+//!
+//! Owns the per-bin free lists and the runs behind them. A run is 1-7 pages of one bin, cut into
+//! equal slots; free slots form a LIFO list per bin (the next pointer lives in the slot). A new run
+//! is threaded in address order, so consecutive allocations of one bin return adjacent blocks, as
+//! in PHP.
+//!
+//! Invariant: a slot is on `free_slots[bin]` iff it is free; its run's first page-map entry names
+//! `bin`.
+
+use core::ptr;
+
+use crate::diagnostics::Site;
+use crate::heap::{FreeSlot, Heap};
+use crate::segment::{PAGE_SMALL, PAGE_SMALL_CONT, SMALL_OFFSET_SHIFT};
+use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_PAGE_SIZE};
+
+impl Heap {
+    /// Pops a slot of `bin` (PHP's `zend_mm_alloc_small`).
+    #[inline(always)]
+    pub fn alloc_small(&mut self, bin: usize, site: Site) -> *mut u8 {
+        let slot = self.free_slots[bin];
+        if slot.is_null() {
+            return self.alloc_small_slow(bin, site);
+        }
+        // SAFETY: free-list slots are free slots of this heap holding the next link.
+        self.free_slots[bin] = unsafe { (*slot).next };
+        self.count_alloc(BIN_SIZE[bin]);
+        slot.cast()
+    }
+
+    /// Pushes slot `p` back on `bin`'s list (PHP's `zend_mm_free_small`).
+    #[inline(always)]
+    pub fn free_small(&mut self, p: *mut u8, bin: usize) {
+        let slot = p.cast::<FreeSlot>();
+        // SAFETY: `p` is a slot of this heap's bin `bin` (found by `locate`).
+        unsafe { (*slot).next = self.free_slots[bin] };
+        self.free_slots[bin] = slot;
+        self.size -= BIN_SIZE[bin];
+    }
+
+    /// Takes a fresh run for `bin`, threads all slots but the first onto the free list and returns
+    /// the first.
+    #[cold]
+    #[inline(never)]
+    fn alloc_small_slow(&mut self, bin: usize, site: Site) -> *mut u8 {
+        let info = BINS[bin];
+        let Ok((seg, page)) = self.alloc_pages(info.pages as usize, info.size as usize, site)
+        else {
+            return ptr::null_mut();
+        };
+        // SAFETY: `alloc_pages` returned a run of `info.pages` pages of a live segment of ours.
+        let s = unsafe { &mut *seg };
+        s.map_set(page, PAGE_SMALL | bin as u32);
+        for i in 1..info.pages as usize {
+            s.map_set(
+                page + i,
+                PAGE_SMALL_CONT | ((i as u32) << SMALL_OFFSET_SHIFT) | bin as u32,
+            );
+        }
+        let run = s.page_addr(page);
+        let size = info.size as usize;
+        debug_assert!(size * info.count as usize <= info.pages as usize * ZEND_MM_PAGE_SIZE);
+        // Thread slots 1..count in address order, ending the list with whatever it held (nothing:
+        // the slow path runs only when the list is empty).
+        let mut next = self.free_slots[bin];
+        for i in (1..info.count as usize).rev() {
+            let slot = run.wrapping_add(i * size).cast::<FreeSlot>();
+            // SAFETY: slot i lies inside the run just taken.
+            unsafe { (*slot).next = next };
+            next = slot;
+        }
+        self.free_slots[bin] = next;
+        self.count_alloc(size);
+        run
+    }
+}

@@ -1,0 +1,164 @@
+//! Per-thread heaps (PHP's ZTS model: `AG(mm_heap)` per thread).
+//!
+//! Owns the calling thread's *current* heap (what `emalloc` uses; `zend_mm_set_heap` changes it)
+//! and its *own* default heap, made on first use from the process options and released in full
+//! when the thread exits. Heaps take no locks: a heap is used by one thread at a time.
+
+use core::cell::Cell;
+use core::ffi::c_void;
+use core::ptr;
+use std::sync::OnceLock;
+
+use crate::diagnostics::{Fatal, Site};
+use crate::heap::Heap;
+use crate::options;
+use crate::storage::Storage;
+
+thread_local! {
+    static CURRENT: Cell<*mut Heap> = const { Cell::new(ptr::null_mut()) };
+    static OWN: Cell<*mut Heap> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// The calling thread's current heap, or null if it has none yet.
+#[inline(always)]
+pub fn current() -> *mut Heap {
+    CURRENT.with(Cell::get)
+}
+
+/// The calling thread's current heap, made (as its own default heap) if it has none. Raises the
+/// out-of-memory error if the storage cannot provide the first segment.
+#[inline(always)]
+pub fn current_or_create(tried: usize, site: Site) -> *mut Heap {
+    let heap = current();
+    if heap.is_null() {
+        adopt_own(tried, site)
+    } else {
+        heap
+    }
+}
+
+/// Makes `heap` the calling thread's current heap; returns the previous one.
+pub fn set_current(heap: *mut Heap) -> *mut Heap {
+    CURRENT.with(|c| c.replace(heap))
+}
+
+/// Forgets `heap` wherever this thread refers to it (it was shut down for good).
+pub fn forget(heap: *mut Heap) {
+    CURRENT.with(|c| {
+        if c.get() == heap {
+            c.set(ptr::null_mut())
+        }
+    });
+    OWN.with(|c| {
+        if c.get() == heap {
+            c.set(ptr::null_mut());
+            set_exit_hook(ptr::null_mut());
+        }
+    });
+}
+
+/// A new heap from the process options, or null if storage fails. `per_thread` applies
+/// `USE_ZEND_ALLOC` (read for thread heaps, as PHP's `alloc_globals_ctor` does, not for
+/// `zend_mm_startup`).
+pub fn new_default_heap(per_thread: bool) -> *mut Heap {
+    let opts = options::get();
+    let Some(init) = opts.storage.init else {
+        return ptr::null_mut();
+    };
+    // SAFETY: built-in init handlers take no parameters.
+    let raw = unsafe { init(ptr::null_mut()) };
+    if raw.is_null() {
+        // SAFETY: built-in handler names are static C strings.
+        let name = unsafe { core::ffi::CStr::from_ptr(opts.storage.name) };
+        crate::diagnostics::startup_error(format_args!(
+            "Cannot initialize zend_mm storage [{}]\n",
+            name.to_str().unwrap_or("?")
+        ));
+    }
+    // SAFETY: a storage fresh from its built-in init.
+    let storage = unsafe { Storage::from_raw(raw) };
+    // SAFETY: the storage is ours; the segment size was validated by the options.
+    let heap = unsafe {
+        Heap::create(
+            storage,
+            opts.segment_size,
+            crate::sizes::ZEND_MM_RESERVE_SIZE,
+            opts.compact_size,
+        )
+    };
+    if heap.is_null() {
+        // SAFETY: no segment of the storage is live.
+        unsafe { storage.destroy() };
+        return heap;
+    }
+    if per_thread && !opts.use_zend_alloc {
+        // SAFETY: the heap was just made.
+        let _ = unsafe { (*heap).set_custom(crate::custom::CustomHandlers::LIBC) };
+    }
+    heap
+}
+
+/// Makes the thread's own heap current again, or makes it first.
+#[cold]
+#[inline(never)]
+fn adopt_own(tried: usize, site: Site) -> *mut Heap {
+    let own = OWN.with(Cell::get);
+    if !own.is_null() {
+        CURRENT.with(|c| c.set(own));
+        return own;
+    }
+    let heap = new_default_heap(true);
+    if heap.is_null() {
+        if site.may_fail {
+            return heap;
+        }
+        // SAFETY: no heap to mark; nothing with a destructor is live here.
+        unsafe {
+            crate::diagnostics::raise(
+                ptr::null_mut(),
+                site,
+                Fatal::OutOfMemory {
+                    allocated: 0,
+                    tried,
+                },
+            )
+        }
+    }
+    OWN.with(|c| c.set(heap));
+    CURRENT.with(|c| c.set(heap));
+    set_exit_hook(heap);
+    heap
+}
+
+/// Makes sure the calling thread has a current heap (`start_memory_manager`).
+pub fn ensure_current() -> *mut Heap {
+    current_or_create(0, Site::new(ptr::null(), 0))
+}
+
+static EXIT_KEY: OnceLock<libc::pthread_key_t> = OnceLock::new();
+
+/// Arranges for `heap` (the thread's own heap, or nothing) to be released when the thread exits.
+fn set_exit_hook(heap: *mut Heap) {
+    let key = *EXIT_KEY.get_or_init(|| {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: creating a key with a destructor that only shuts a heap down.
+        if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } != 0 {
+            crate::diagnostics::startup_error(format_args!(
+                "Cannot create the thread exit hook of zend_alloc\n"
+            ));
+        }
+        key
+    });
+    // SAFETY: `key` was created above; the value is only read by `thread_exit`.
+    unsafe { libc::pthread_setspecific(key, heap.cast()) };
+}
+
+unsafe extern "C" fn thread_exit(heap: *mut c_void) {
+    let heap = heap.cast::<Heap>();
+    if heap.is_null() {
+        return;
+    }
+    forget(heap);
+    // SAFETY: the exiting thread's own heap; nothing can use it any more.
+    unsafe { Heap::shutdown(heap, true) };
+}
