@@ -338,9 +338,7 @@ mod tests {
         write!(m, "abcdefghijk").unwrap();
         assert_eq!(m.as_bytes(), b"abcdefg");
         // SAFETY: the buffer is NUL-terminated.
-        assert_eq!(
-            unsafe { CStr::from_ptr(m.as_c_ptr()) }.to_bytes(),
-            b"abcdefg"
-        );
+        let text = unsafe { CStr::from_ptr(m.as_c_ptr()) };
+        assert_eq!(text.to_bytes(), b"abcdefg");
     }
 }

@@ -36,8 +36,7 @@ impl Heap {
         // Pass 2: unlink the slots of complete runs and free those runs.
         let mut collected_pages = 0;
         let mut emptied: *mut Segment = ptr::null_mut();
-        for bin in 0..ZEND_MM_BINS {
-            let info = BINS[bin];
+        for (bin, info) in BINS.iter().enumerate() {
             let mut link: *mut *mut FreeSlot = &mut self.free_slots[bin];
             loop {
                 // SAFETY: `link` points at the list head or at the `next` field of a kept slot.

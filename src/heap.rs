@@ -592,7 +592,6 @@ impl Heap {
         unsafe {
             self.cached = (*seg).class_next;
             (*seg).class_next = ptr::null_mut();
-            (*seg).reset();
         }
         self.cached_count -= 1;
         self.count_new_segment();
@@ -784,6 +783,9 @@ impl Heap {
             let next = unsafe { (*seg).all_next };
             h.unlink_segment(seg);
             h.segments_count -= 1;
+            // Forget the request's blocks now, so a stale pointer into a cached segment is caught.
+            // SAFETY: as above.
+            unsafe { (*seg).reset() };
             h.push_cached(seg);
             seg = next;
         }

@@ -26,20 +26,20 @@
 // cross the C boundary. (Test builds unwind, so this cannot be a compile-time guard; since Rust
 // 1.81 a panic escaping an `extern "C"` function aborts anyway.)
 
-pub mod accounting;
-pub mod bitmap;
-pub mod check;
-pub mod custom;
-pub mod diagnostics;
+pub(crate) mod accounting;
+pub(crate) mod bitmap;
+pub(crate) mod check;
+pub(crate) mod custom;
+pub(crate) mod diagnostics;
 pub mod ffi;
-pub mod gc;
-pub mod heap;
-pub mod huge;
-pub mod large;
-pub mod options;
-pub mod region_map;
-pub mod segment;
+pub(crate) mod gc;
+pub(crate) mod heap;
+pub(crate) mod huge;
+pub(crate) mod large;
+pub(crate) mod options;
+pub(crate) mod region_map;
+pub(crate) mod segment;
 pub mod sizes;
-pub mod small;
-pub mod storage;
-pub mod thread;
+pub(crate) mod small;
+pub(crate) mod storage;
+pub(crate) mod thread;

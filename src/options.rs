@@ -13,36 +13,6 @@ use crate::ffi::types::zend_mm_mem_handlers;
 use crate::sizes::{DEFAULT_COMPACT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, ZEND_MM_SEG_SIZE};
 use crate::storage;
 
-/// One environment variable: its name, default and meaning (the README's table mirrors this).
-pub struct EnvVar {
-    pub name: &'static CStr,
-    pub default: &'static str,
-    pub doc: &'static str,
-}
-
-pub static ENV_VARS: [EnvVar; 4] = [
-    EnvVar {
-        name: c"ZEND_MM_MEM_TYPE",
-        default: "malloc",
-        doc: "storage for segments: `malloc`, `mmap_anon` or `mmap_zero` (exact name)",
-    },
-    EnvVar {
-        name: c"ZEND_MM_SEG_SIZE",
-        default: "2M",
-        doc: "segment size: a power of two from 64K to 1G (`zend_atoi` syntax: 262144, 256k, 0x40000)",
-    },
-    EnvVar {
-        name: c"ZEND_MM_COMPACT",
-        default: "2M",
-        doc: "at request end, ask the storage to compact when the request's real peak passed this (0: never)",
-    },
-    EnvVar {
-        name: c"USE_ZEND_ALLOC",
-        default: "1",
-        doc: "`0` sends emalloc/efree/erealloc straight to the C library's malloc/free/realloc",
-    },
-];
-
 /// The options every default heap is made with.
 pub struct Options {
     pub storage: &'static zend_mm_mem_handlers,
@@ -51,11 +21,90 @@ pub struct Options {
     pub use_zend_alloc: bool,
 }
 
+impl Options {
+    /// The options with no variable set.
+    pub fn defaults() -> Options {
+        Options {
+            storage: storage::BUILTIN[0],
+            segment_size: ZEND_MM_SEG_SIZE,
+            compact_size: DEFAULT_COMPACT_SIZE,
+            use_zend_alloc: true,
+        }
+    }
+}
+
+/// One environment variable: its name, default, meaning (the README's table mirrors these) and
+/// how its value changes the options.
+pub struct EnvVar {
+    pub name: &'static CStr,
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "documentation: a test holds the README to it")
+    )]
+    pub default: &'static str,
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "documentation: a test holds the README to it")
+    )]
+    pub doc: &'static str,
+    apply: fn(&mut Options, &[u8]) -> Result<(), OptionError>,
+}
+
+pub static ENV_VARS: [EnvVar; 4] = [
+    EnvVar {
+        name: c"ZEND_MM_MEM_TYPE",
+        default: "malloc",
+        doc: "storage for segments: `malloc`, `mmap_anon` or `mmap_zero` (exact name)",
+        apply: |o, v| {
+            o.storage = storage::builtin_by_name(v).ok_or(OptionError::UnknownStorage)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: c"ZEND_MM_SEG_SIZE",
+        default: "2M",
+        doc: "segment size: a power of two from 64K to 1G, in `zend_atoi` syntax (`262144`, `256k`, `0x40000`)",
+        apply: |o, v| {
+            let n = number(v)?;
+            if n <= 0 || (n as u64).count_ones() != 1 {
+                return Err(OptionError::SegSizeNotPowerOfTwo);
+            }
+            if (n as u64) < MIN_SEGMENT_SIZE as u64 {
+                return Err(OptionError::SegSizeTooSmall);
+            }
+            if (n as u64) > MAX_SEGMENT_SIZE as u64 {
+                return Err(OptionError::SegSizeTooLarge);
+            }
+            o.segment_size = n as usize;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: c"ZEND_MM_COMPACT",
+        default: "2M",
+        doc: "at request end, ask the storage to compact if the request's real peak passed this many bytes (`0`: never)",
+        apply: |o, v| {
+            let n = number(v)?;
+            o.compact_size = usize::try_from(n).map_err(|_| OptionError::Negative)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: c"USE_ZEND_ALLOC",
+        default: "1",
+        doc: "`0` sends `emalloc`/`efree`/`erealloc` of thread heaps straight to the C library's `malloc`/`free`/`realloc`",
+        apply: |o, v| {
+            o.use_zend_alloc = number(v)? != 0;
+            Ok(())
+        },
+    },
+];
+
 static OPTIONS: OnceLock<Options> = OnceLock::new();
 
 /// The process's options (read from the environment on first use; a bad value ends the process).
 pub fn get() -> &'static Options {
-    OPTIONS.get_or_init(|| read(|name| getenv(name)))
+    OPTIONS.get_or_init(|| read(getenv))
 }
 
 fn getenv(name: &CStr) -> Option<&'static [u8]> {
@@ -122,112 +171,88 @@ pub fn parse_zend_atoi(s: &[u8]) -> Result<i64, NumberError> {
     Ok(if negative { -value } else { value })
 }
 
-/// Parses the options from an environment (`getenv` in production, a table in tests).
+fn number(v: &[u8]) -> Result<i64, OptionError> {
+    parse_zend_atoi(v).map_err(|e| match e {
+        NumberError::NotANumber => OptionError::NotANumber,
+        NumberError::TooLarge => OptionError::OutOfRange,
+    })
+}
+
+/// What is wrong with an environment value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionError {
+    UnknownStorage,
+    NotANumber,
+    OutOfRange,
+    Negative,
+    SegSizeNotPowerOfTwo,
+    SegSizeTooSmall,
+    SegSizeTooLarge,
+}
+
+/// A bad value, the variable it was given to, and the message it gets.
+pub struct BadValue<'a> {
+    pub var: &'static CStr,
+    pub value: &'a [u8],
+    pub error: OptionError,
+}
+
+impl core::fmt::Display for BadValue<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let var = self.var.to_str().unwrap_or("?");
+        let value = core::str::from_utf8(self.value).unwrap_or("(not UTF-8)");
+        match self.error {
+            OptionError::UnknownStorage => {
+                writeln!(f, "Wrong or unsupported zend_mm storage type '{value}'")?;
+                writeln!(f, "  supported types:")?;
+                for h in storage::BUILTIN {
+                    // SAFETY: built-in handler names are static C strings.
+                    let name = unsafe { CStr::from_ptr(h.name) };
+                    writeln!(f, "    '{}'", name.to_str().unwrap_or("?"))?;
+                }
+                Ok(())
+            }
+            OptionError::NotANumber => {
+                writeln!(
+                    f,
+                    "{var} must be a number (optionally followed by k, m or g), got '{value}'"
+                )
+            }
+            OptionError::OutOfRange => writeln!(f, "{var} is out of range: '{value}'"),
+            OptionError::Negative => writeln!(f, "{var} must not be negative, got '{value}'"),
+            OptionError::SegSizeNotPowerOfTwo => {
+                writeln!(f, "ZEND_MM_SEG_SIZE must be a power of two")
+            }
+            OptionError::SegSizeTooSmall => writeln!(f, "ZEND_MM_SEG_SIZE is too small"),
+            OptionError::SegSizeTooLarge => {
+                writeln!(f, "ZEND_MM_SEG_SIZE is too large (at most 1G)")
+            }
+        }
+    }
+}
+
+/// Parses the options from an environment (`getenv` in production, a table in tests); a bad value
+/// ends the process with its message and status 255.
 pub fn read<'a>(env: impl Fn(&CStr) -> Option<&'a [u8]>) -> Options {
     match try_read(env) {
         Ok(o) => o,
-        Err(e) => startup_error(format_args!("{e}")),
+        Err(bad) => startup_error(format_args!("{bad}")),
     }
 }
 
-/// A bad environment value and the message it gets.
-pub struct OptionError {
-    msg: crate::diagnostics::MsgBuf<512>,
-}
-
-impl core::fmt::Display for OptionError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(core::str::from_utf8(self.msg.as_bytes()).unwrap_or("bad environment value\n"))
-    }
-}
-
-fn error(args: core::fmt::Arguments<'_>) -> OptionError {
-    use core::fmt::Write;
-    let mut msg = crate::diagnostics::MsgBuf::new();
-    let _ = msg.write_fmt(args);
-    OptionError { msg }
-}
-
-fn show(v: &[u8]) -> &str {
-    core::str::from_utf8(v).unwrap_or("(not UTF-8)")
-}
-
-fn number(name: &str, v: &[u8]) -> Result<i64, OptionError> {
-    parse_zend_atoi(v).map_err(|e| match e {
-        NumberError::NotANumber => error(format_args!(
-            "{name} must be a number (optionally followed by k, m or g), got '{}'\n",
-            show(v)
-        )),
-        NumberError::TooLarge => error(format_args!("{name} is out of range: '{}'\n", show(v))),
-    })
-}
-
-/// Parses the options, or says what is wrong.
-pub fn try_read<'a>(env: impl Fn(&CStr) -> Option<&'a [u8]>) -> Result<Options, OptionError> {
-    let storage = match env(c"ZEND_MM_MEM_TYPE") {
-        None => storage::BUILTIN[0],
-        Some(name) => storage::builtin_by_name(name).ok_or_else(|| unknown_storage(name))?,
-    };
-    let segment_size = match env(c"ZEND_MM_SEG_SIZE") {
-        None => ZEND_MM_SEG_SIZE,
-        Some(v) => {
-            let n = number("ZEND_MM_SEG_SIZE", v)?;
-            if n <= 0 || (n as u64).count_ones() != 1 {
-                return Err(error(format_args!(
-                    "ZEND_MM_SEG_SIZE must be a power of two\n"
-                )));
-            }
-            let n = n as u64;
-            if n < MIN_SEGMENT_SIZE as u64 {
-                return Err(error(format_args!("ZEND_MM_SEG_SIZE is too small\n")));
-            }
-            if n > MAX_SEGMENT_SIZE as u64 {
-                return Err(error(format_args!(
-                    "ZEND_MM_SEG_SIZE is too large (at most 1G)\n"
-                )));
-            }
-            n as usize
+/// Parses the options, or says which value is wrong.
+pub fn try_read<'a>(env: impl Fn(&CStr) -> Option<&'a [u8]>) -> Result<Options, BadValue<'a>> {
+    let mut options = Options::defaults();
+    for var in &ENV_VARS {
+        if let Some(value) = env(var.name) {
+            (var.apply)(&mut options, value).map_err(|error| BadValue {
+                var: var.name,
+                value,
+                error,
+            })?;
         }
-    };
-    let compact_size = match env(c"ZEND_MM_COMPACT") {
-        None => DEFAULT_COMPACT_SIZE,
-        Some(v) => {
-            let n = number("ZEND_MM_COMPACT", v)?;
-            if n < 0 {
-                return Err(error(format_args!(
-                    "ZEND_MM_COMPACT must not be negative, got '{}'\n",
-                    show(v)
-                )));
-            }
-            n as usize
-        }
-    };
-    let use_zend_alloc = match env(c"USE_ZEND_ALLOC") {
-        None => true,
-        Some(v) => number("USE_ZEND_ALLOC", v)? != 0,
-    };
-    Ok(Options {
-        storage,
-        segment_size,
-        compact_size,
-        use_zend_alloc,
-    })
-}
-
-fn unknown_storage(name: &[u8]) -> OptionError {
-    use core::fmt::Write;
-    let mut msg = crate::diagnostics::MsgBuf::new();
-    let _ = write!(
-        msg,
-        "Wrong or unsupported zend_mm storage type '{}'\n  supported types:\n",
-        show(name)
-    );
-    for h in storage::BUILTIN {
-        // SAFETY: built-in handler names are static C strings.
-        let n = unsafe { CStr::from_ptr(h.name) };
-        let _ = write!(msg, "    '{}'\n", show(n.to_bytes()));
     }
-    OptionError { msg }
+    Ok(options)
 }
 
 #[cfg(test)]
@@ -244,6 +269,21 @@ mod tests {
                 .map(|(_, v)| v.as_bytes())
         })
         .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn readme_lists_every_variable_as_the_table_says() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for var in &ENV_VARS {
+            let row = format!(
+                "| `{}` | `{}` | {} |",
+                var.name.to_str().unwrap(),
+                var.default,
+                var.doc
+            );
+            assert!(readme.contains(&row), "README.md lacks the row:\n{row}");
+        }
     }
 
     #[test]

@@ -35,8 +35,6 @@ pub const ZEND_MM_MAX_SMALL_SIZE: usize = 3072;
 pub const ZEND_MM_MAX_LARGE_SIZE: usize = 2 * 1024 * 1024 - 4096;
 /// Number of small size classes.
 pub(crate) const ZEND_MM_BINS: usize = 30;
-/// Bytes `zend_mm_startup()` keeps in reserve for the error path (PHP 5.3's `ZEND_MM_RESERVE_SIZE`).
-pub(crate) const ZEND_MM_RESERVE_SIZE: usize = 8 * 1024;
 /// Default storage compaction threshold (PHP 5.3's `ZEND_MM_COMPACT` default).
 pub(crate) const DEFAULT_COMPACT_SIZE: usize = 2 * 1024 * 1024;
 

@@ -57,7 +57,9 @@ pub fn forget(heap: *mut Heap) {
     });
 }
 
-/// A new heap from the process options, or null if storage fails. `per_thread` applies
+/// A new heap from the process options, or null if storage fails. It keeps no reserve: as in PHP 8,
+/// the error handler gets headroom from the suspended limit, and the first segment keeps all its
+/// pages for blocks. `per_thread` applies
 /// `USE_ZEND_ALLOC` (read for thread heaps, as PHP's `alloc_globals_ctor` does, not for
 /// `zend_mm_startup`).
 pub fn new_default_heap(per_thread: bool) -> *mut Heap {
@@ -78,14 +80,7 @@ pub fn new_default_heap(per_thread: bool) -> *mut Heap {
     // SAFETY: a storage fresh from its built-in init.
     let storage = unsafe { Storage::from_raw(raw) };
     // SAFETY: the storage is ours; the segment size was validated by the options.
-    let heap = unsafe {
-        Heap::create(
-            storage,
-            opts.segment_size,
-            crate::sizes::ZEND_MM_RESERVE_SIZE,
-            opts.compact_size,
-        )
-    };
+    let heap = unsafe { Heap::create(storage, opts.segment_size, 0, opts.compact_size) };
     if heap.is_null() {
         // SAFETY: no segment of the storage is live.
         unsafe { storage.destroy() };

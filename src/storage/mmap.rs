@@ -116,10 +116,6 @@ static ANON_INSTANCE: StaticStorage = StaticStorage::new(&ANON_HANDLERS);
 impl SegmentSource for MmapAnon {
     const NAME: &'static CStr = c"mmap_anon";
 
-    fn handlers() -> &'static zend_mm_mem_handlers {
-        &ANON_HANDLERS
-    }
-
     fn instance() -> *mut zend_mm_storage {
         ANON_INSTANCE.get()
     }
@@ -158,10 +154,6 @@ fn dev_zero_fd() -> i32 {
 
 impl SegmentSource for MmapZero {
     const NAME: &'static CStr = c"mmap_zero";
-
-    fn handlers() -> &'static zend_mm_mem_handlers {
-        &ZERO_HANDLERS
-    }
 
     fn instance() -> *mut zend_mm_storage {
         ZERO_INSTANCE.get()

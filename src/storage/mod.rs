@@ -17,9 +17,6 @@ use core::ptr;
 
 use crate::ffi::types::{zend_mm_mem_handlers, zend_mm_segment, zend_mm_storage};
 
-pub use malloc::MallocStorage;
-pub use mmap::{MmapAnon, MmapZero};
-
 /// A source of segments, implemented by the built-in storage managers.
 ///
 /// All methods are associated functions: a storage manager is process-wide state (a libc heap, an
@@ -27,8 +24,6 @@ pub use mmap::{MmapAnon, MmapZero};
 pub trait SegmentSource {
     /// The name `ZEND_MM_MEM_TYPE` selects this storage by.
     const NAME: &'static CStr;
-    /// The handler table C sees (built by [`handlers_for`]).
-    fn handlers() -> &'static zend_mm_mem_handlers;
     /// The storage instance `init` returns.
     fn instance() -> *mut zend_mm_storage;
     /// Prepares the storage for one more heap; false if it cannot be used.
@@ -316,7 +311,7 @@ mod tests {
 
     #[test]
     fn mmap_storages_align_segment_sized_requests() {
-        for h in [MmapAnon::handlers(), MmapZero::handlers()] {
+        for h in [&mmap::ANON_HANDLERS, &mmap::ZERO_HANDLERS] {
             let s = open(h);
             let p = s.alloc(2 << 20);
             assert_eq!(p as usize % (2 << 20), 0);

@@ -1,0 +1,100 @@
+# zend_alloc: build, demo, tests.
+#
+#   make            build libzend_alloc.so / .a (release) and the header
+#   make demo       build and run the demo (a few PHP-like requests)
+#   make test       everything: header drift, lint, Rust tests, C tests (.so and .a, every storage)
+#   make bench      benchmarks against PHP's allocator and the malloc peers (see bench/)
+
+CARGO   ?= cargo
+CC      = gcc
+CXX     = g++
+RELEASE := target/release
+LIB_SO  := $(RELEASE)/libzend_alloc.so
+LIB_A   := $(RELEASE)/libzend_alloc.a
+HEADER  := include/zend_alloc.h
+OUT     := c_tests/build
+WARN    := -Wall -Wextra -Werror
+CFLAGS  ?= -O2 -g
+# Link against the shared library without installing it.
+LINK_SO := -L$(RELEASE) -lzend_alloc -Wl,-rpath,$(abspath $(RELEASE))
+# What the static library needs from the system.
+LINK_A  := $(LIB_A) -lpthread -ldl -lm
+STORAGES := malloc mmap_anon mmap_zero
+
+C_TESTS := test_api test_storage test_threads test_php_parity
+
+.PHONY: all build demo test check-header lint rust-test c-tests symbols headers bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+	@ln -sf libzend_alloc.so $(RELEASE)/libzend_alloc.so.0
+
+$(OUT):
+	@mkdir -p $(OUT)
+
+demo: build | $(OUT)
+	$(CC) -std=c99 $(WARN) $(CFLAGS) -Iinclude c_tests/demo.c $(LINK_SO) -o $(OUT)/demo
+	$(OUT)/demo
+
+test: check-header lint rust-test c-tests
+	@echo "make test: all passed"
+
+# The committed header must be what the sources generate.
+check-header:
+	ZEND_ALLOC_HEADER=check $(CARGO) build --release
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+rust-test:
+	$(CARGO) test --release
+
+# Every C test, linked against the shared and the static library; the behaviour suite once per
+# storage manager and with other segment sizes; then the symbol, header and coverage checks, the
+# demo and the benchmark harness at a tiny scale (correctness only, no timing).
+c-tests: build symbols headers $(OUT)/php_probe | $(OUT)
+	@set -e; for t in $(C_TESTS); do \
+		$(CC) -std=c99 $(WARN) $(CFLAGS) -Iinclude c_tests/$$t.c $(LINK_SO) -lpthread -ldl -o $(OUT)/$$t; \
+		$(CC) -std=c99 $(WARN) $(CFLAGS) -Iinclude c_tests/$$t.c $(LINK_A) -o $(OUT)/$$t.static; \
+	done
+	@set -e; for s in $(STORAGES); do \
+		c_tests/run.sh test_api-$$s ZEND_MM_MEM_TYPE=$$s $(OUT)/test_api; \
+	done
+	@c_tests/run.sh test_api-static-256k ZEND_MM_SEG_SIZE=256k $(OUT)/test_api.static
+	@c_tests/run.sh test_api-static-mmap_anon-64k ZEND_MM_MEM_TYPE=mmap_anon ZEND_MM_SEG_SIZE=64k $(OUT)/test_api.static
+	@c_tests/run.sh test_api-static-mmap_zero-16M ZEND_MM_MEM_TYPE=mmap_zero ZEND_MM_SEG_SIZE=16M $(OUT)/test_api.static
+	@set -e; for t in test_storage test_threads test_php_parity; do \
+		c_tests/run.sh $$t $(OUT)/$$t; \
+		c_tests/run.sh $$t-static $(OUT)/$$t.static; \
+	done
+	c_tests/check_coverage.sh c_tests/exports.txt $(HEADER) $(addprefix $(OUT)/,$(C_TESTS) test_macros_c99)
+	$(MAKE) --no-print-directory demo
+	$(MAKE) --no-print-directory -C bench smoke
+
+# PHP 8.2's own allocator (Debian's libphp8.2-embed) in a process of its own: its symbols clash
+# with ours. test_php_parity compares the two.
+$(OUT)/php_probe: c_tests/php_probe.c | $(OUT)
+	$(CC) -std=c99 $(WARN) $(CFLAGS) c_tests/php_probe.c -L/usr/lib -lphp8.2 -o $@
+
+# Exports, header prototypes and c_tests/exports.txt agree.
+symbols: build
+	c_tests/check_symbols.sh $(LIB_SO) $(LIB_A) $(HEADER) c_tests/exports.txt
+
+# The header compiles cleanly as C99, C11 and C++17, and its macro layer works from each.
+headers: build | $(OUT)
+	$(CC) -std=c99 $(WARN) -pedantic $(CFLAGS) -Iinclude c_tests/test_macros.c $(LINK_SO) -o $(OUT)/test_macros_c99
+	$(CC) -std=c11 $(WARN) -pedantic $(CFLAGS) -Iinclude c_tests/test_macros.c $(LINK_SO) -o $(OUT)/test_macros_c11
+	$(CXX) -std=c++17 $(WARN) -pedantic $(CFLAGS) -Iinclude -x c++ c_tests/test_macros.c -x none $(LINK_SO) -o $(OUT)/test_macros_cxx17
+	@c_tests/run.sh test_macros-c99 $(OUT)/test_macros_c99
+	@c_tests/run.sh test_macros-c11 $(OUT)/test_macros_c11
+	@c_tests/run.sh test_macros-c++17 $(OUT)/test_macros_cxx17
+
+bench: build
+	$(MAKE) -C bench
+
+clean:
+	$(CARGO) clean
+	rm -rf $(OUT)

@@ -1,0 +1,207 @@
+/*
+ * Threads (PHP's ZTS model): each thread has its own heap, made on first use and released when the
+ * thread exits; start/shutdown_memory_manager act on the calling thread's heap; a block freed by
+ * another thread's heap is heap corruption; an explicit heap may move between threads.
+ */
+#include "test.h"
+
+#include <pthread.h>
+
+typedef struct {
+    zend_mm_heap *heap;
+    size_t usage_after;
+    int ok;
+} thread_report;
+
+static void *churn(void *arg)
+{
+    thread_report *report = arg;
+    void *live[512] = {0};
+    report->ok = 1;
+    report->heap = zend_mm_get_heap();
+    for (int i = 0; i < 200000; i++) {
+        int slot = (i * 7919) % 512;
+        if (live[slot]) {
+            report->ok &= ((unsigned char *)live[slot])[0] == (unsigned char)slot;
+            efree(live[slot]);
+        }
+        live[slot] = emalloc((size_t)(i % 500) + 1);
+        ((unsigned char *)live[slot])[0] = (unsigned char)slot;
+    }
+    for (int slot = 0; slot < 512; slot++) {
+        efree(live[slot]);
+    }
+    char *big = emalloc(3000000);
+    big[0] = 1;
+    report->usage_after = zend_memory_usage(0); /* only the huge block is left */
+    report->ok &= full_mem_check(1) == 0;
+    return NULL; /* exits without freeing `big`: the heap goes with the thread */
+}
+
+static void test_threads_have_their_own_heaps(void)
+{
+    pthread_t t[2];
+    thread_report r[2];
+    void *mine = emalloc(100);
+    size_t my_usage = zend_memory_usage(0);
+    for (int i = 0; i < 2; i++) {
+        pthread_create(&t[i], NULL, churn, &r[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+    }
+    CHECK(r[0].ok && r[1].ok);
+    CHECK(r[0].heap != r[1].heap && r[0].heap != zend_mm_get_heap() && r[1].heap != zend_mm_get_heap());
+    CHECK_EQ(r[0].usage_after, 3002368);
+    CHECK_EQ(r[1].usage_after, 3002368);
+    CHECK_EQ(zend_memory_usage(0), my_usage); /* untouched by the other threads */
+    efree(mine);
+}
+
+static void *leave_memory_behind(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 64; i++) {
+        char *p = emalloc(1 << 20);
+        memset(p, 1, 1 << 20);
+    }
+    return NULL;
+}
+
+static void test_thread_exit_releases_the_heap(void)
+{
+    /* Each thread leaves 64 MiB behind; without release at exit, 20 threads would keep 1.25 GiB. */
+    long before = rss_kib();
+    for (int i = 0; i < 20; i++) {
+        pthread_t t;
+        pthread_create(&t, NULL, leave_memory_behind, NULL);
+        pthread_join(t, NULL);
+    }
+    long after = rss_kib();
+    if (!(after < before + 16 * 1024)) {
+        fprintf(stderr, "  RSS before %ld KiB, after 20 threads %ld KiB\n", before, after);
+    }
+    CHECK(after < before + 16 * 1024);
+}
+
+static void *requests_in_a_thread(void *arg)
+{
+    int *ok = arg;
+    start_memory_manager();
+    zend_mm_heap *heap = zend_mm_get_heap();
+    *ok = 1;
+    for (int request = 0; request < 50; request++) {
+        for (int i = 0; i < 1000; i++) {
+            emalloc((size_t)i);
+        }
+        *ok &= zend_memory_usage(0) > 0;
+        shutdown_memory_manager(1, 0);
+        *ok &= zend_memory_usage(0) == 0 && zend_mm_get_heap() == heap;
+    }
+    shutdown_memory_manager(1, 1);
+    *ok &= emalloc(10) != NULL; /* a fresh heap after a full shutdown */
+    return NULL;
+}
+
+static void test_request_lifecycle_per_thread(void)
+{
+    pthread_t t[2];
+    int ok[2];
+    for (int i = 0; i < 2; i++) {
+        pthread_create(&t[i], NULL, requests_in_a_thread, &ok[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+    }
+    CHECK(ok[0] && ok[1]);
+}
+
+static void *free_it(void *p)
+{
+    efree(p);
+    return NULL;
+}
+
+static void free_from_another_thread(void *arg)
+{
+    (void)arg;
+    pthread_t t;
+    void *p = emalloc(100);
+    pthread_create(&t, NULL, free_it, p);
+    pthread_join(t, NULL);
+}
+
+static void *touch_heap_then_free(void *p)
+{
+    efree(emalloc(10)); /* this thread has a heap of its own now */
+    efree(p);
+    return NULL;
+}
+
+static void free_from_a_thread_with_a_heap(void *arg)
+{
+    (void)arg;
+    pthread_t t;
+    void *p = emalloc(5000);
+    pthread_create(&t, NULL, touch_heap_then_free, p);
+    pthread_join(t, NULL);
+}
+
+static void test_cross_thread_free_is_corruption(void)
+{
+    child_result r = run_child(free_from_another_thread, NULL, NULL);
+    CHECK_CORRUPTED(r);
+    r = run_child(free_from_a_thread_with_a_heap, NULL, NULL);
+    CHECK_CORRUPTED(r);
+}
+
+typedef struct {
+    zend_mm_heap *heap;
+    void *block;
+    int ok;
+} handover;
+
+static void *first_user(void *arg)
+{
+    handover *h = arg;
+    h->heap = zend_mm_startup();
+    zend_mm_set_heap(h->heap);
+    h->block = estrdup("made by the first thread");
+    zend_mm_set_heap(NULL);
+    return NULL;
+}
+
+static void *second_user(void *arg)
+{
+    handover *h = arg;
+    zend_mm_heap *own = zend_mm_set_heap(h->heap);
+    h->ok = strcmp(h->block, "made by the first thread") == 0;
+    h->block = erealloc(h->block, 10000);
+    efree(h->block);
+    h->ok &= zend_memory_usage(0) == 0;
+    zend_mm_set_heap(own);
+    zend_mm_shutdown(h->heap, 1, 1);
+    return NULL;
+}
+
+static void test_explicit_heap_moves_between_threads(void)
+{
+    handover h = {0};
+    pthread_t t;
+    pthread_create(&t, NULL, first_user, &h);
+    pthread_join(t, NULL);
+    pthread_create(&t, NULL, second_user, &h);
+    pthread_join(t, NULL);
+    CHECK(h.ok);
+}
+
+int main(void)
+{
+    start_memory_manager();
+    RUN(test_threads_have_their_own_heaps);
+    RUN(test_thread_exit_releases_the_heap);
+    RUN(test_request_lifecycle_per_thread);
+    RUN(test_cross_thread_free_is_corruption);
+    RUN(test_explicit_heap_moves_between_threads);
+    return test_summary();
+}
