@@ -23,7 +23,11 @@ STORAGES := malloc mmap_anon mmap_zero
 
 C_TESTS := test_api test_storage test_threads test_php_parity
 
-.PHONY: all build demo test check-header lint rust-test c-tests symbols headers bench clean
+.PHONY: all build deps demo test check-header lint rust-test c-tests symbols headers bench clean
+
+# What the tests and benchmarks compare against (Debian packages): PHP 8.2's allocator, the
+# malloc peers, valgrind for instruction counts.
+DEPS := libphp8.2-embed libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 valgrind
 
 all: build
 
@@ -33,6 +37,16 @@ build:
 
 $(OUT):
 	@mkdir -p $(OUT)
+
+# Installs the missing packages of $(DEPS) (needs root); does nothing when all are there.
+deps:
+	@missing=$$(for p in $(DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else \
+		echo "deps: all of $(DEPS) are installed"; \
+	fi
 
 demo: build | $(OUT)
 	$(CC) -std=c99 $(WARN) $(CFLAGS) -Iinclude c_tests/demo.c $(LINK_SO) -o $(OUT)/demo

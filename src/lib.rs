@@ -43,3 +43,6 @@ pub mod sizes;
 pub(crate) mod small;
 pub(crate) mod storage;
 pub(crate) mod thread;
+
+#[cfg(test)]
+mod model_tests;

@@ -1,0 +1,324 @@
+//! Seeded property tests: random alloc / realloc / free / gc / request-end sequences against a model.
+//!
+//! After every operation the heap must agree with the model: live blocks never overlap, keep their
+//! contents, have PHP's block size and alignment, `size` is the sum of live block sizes, `real_size`
+//! stays under the limit, and (periodically) the heap's own consistency check finds nothing.
+//! Sequences run on every built-in storage, on an unaligned `std::alloc` storage of the test's own,
+//! and with several segment sizes.
+
+use core::ffi::CStr;
+use std::alloc::{Layout, alloc, dealloc, realloc};
+use std::collections::BTreeMap;
+
+use crate::diagnostics::Site;
+use crate::ffi::types::{zend_mm_mem_handlers, zend_mm_storage};
+use crate::heap::Heap;
+use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of};
+use crate::storage::{self, SegmentSource, StaticStorage, Storage, handlers_for};
+
+/// A storage on Rust's global allocator that hands out 16-byte aligned (never page aligned)
+/// segments, to exercise the heap on addresses no mmap storage would return.
+struct UnalignedStdStorage;
+
+const MISALIGN: usize = 16;
+
+static STD_HANDLERS: zend_mm_mem_handlers = handlers_for::<UnalignedStdStorage>();
+static STD_INSTANCE: StaticStorage = StaticStorage::new(&STD_HANDLERS);
+
+fn std_layout(size: usize) -> Layout {
+    Layout::from_size_align(size + MISALIGN, ZEND_MM_PAGE_SIZE).unwrap()
+}
+
+impl SegmentSource for UnalignedStdStorage {
+    const NAME: &'static CStr = c"std";
+
+    fn instance() -> *mut zend_mm_storage {
+        STD_INSTANCE.get()
+    }
+
+    fn alloc(size: usize) -> *mut u8 {
+        // SAFETY: a non-zero layout.
+        let p = unsafe { alloc(std_layout(size)) };
+        if p.is_null() {
+            p
+        } else {
+            p.wrapping_add(MISALIGN)
+        }
+    }
+
+    unsafe fn realloc(p: *mut u8, old_size: usize, new_size: usize) -> *mut u8 {
+        // SAFETY: `p - MISALIGN` was allocated with `std_layout(old_size)`.
+        let q = unsafe {
+            realloc(
+                p.wrapping_sub(MISALIGN),
+                std_layout(old_size),
+                new_size + MISALIGN,
+            )
+        };
+        if q.is_null() {
+            q
+        } else {
+            q.wrapping_add(MISALIGN)
+        }
+    }
+
+    unsafe fn free(p: *mut u8, size: usize) {
+        // SAFETY: `p - MISALIGN` was allocated with `std_layout(size)`.
+        unsafe { dealloc(p.wrapping_sub(MISALIGN), std_layout(size)) }
+    }
+}
+
+/// xorshift64*: a small, seeded, reproducible generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A request size with PHP's mix: mostly small, some large, a few huge.
+    fn size(&mut self, segment_size: usize) -> usize {
+        match self.below(100) {
+            0..=79 => self.below(257) as usize,
+            80..=91 => self.below(ZEND_MM_MAX_SMALL_SIZE as u64 + 1) as usize,
+            92..=98 => ZEND_MM_MAX_SMALL_SIZE + 1 + self.below(segment_size as u64) as usize,
+            _ => segment_size + self.below(3 * segment_size as u64) as usize,
+        }
+    }
+}
+
+/// What PHP says the block for `size` is.
+fn expected_block_size(size: usize) -> usize {
+    if size <= ZEND_MM_MAX_SMALL_SIZE {
+        BIN_SIZE[bin_of(size)]
+    } else {
+        size.div_ceil(4096) * 4096
+    }
+}
+
+struct Block {
+    size: usize,
+    seed: u8,
+}
+
+/// The model: live blocks by address.
+struct Model {
+    live: BTreeMap<usize, Block>,
+}
+
+fn stamp(p: *mut u8, size: usize, seed: u8) {
+    // Stamp the ends and a few bytes in between: enough to catch overlap and lost data.
+    for off in [0, size / 3, size / 2, size.saturating_sub(1)] {
+        if off < size {
+            // SAFETY: `off` is inside the live block of `size` bytes.
+            unsafe { p.add(off).write(seed.wrapping_add(off as u8)) };
+        }
+    }
+}
+
+fn stamped(p: *const u8, size: usize, seed: u8) -> bool {
+    [0, size / 3, size / 2, size.saturating_sub(1)]
+        .iter()
+        .all(|&off| {
+            // SAFETY: `off` is inside the live block of `size` bytes.
+            off >= size || unsafe { p.add(off).read() } == seed.wrapping_add(off as u8)
+        })
+}
+
+impl Model {
+    fn check_new_block(&self, heap: &Heap, p: *mut u8, size: usize) {
+        let start = p as usize;
+        let block = heap.block_size(p);
+        assert_eq!(block, expected_block_size(size), "block size for {size}");
+        let end = start + block;
+        if let Some((&prev, b)) = self.live.range(..start).next_back() {
+            assert!(
+                prev + heap_block(b) <= start,
+                "{start:#x} overlaps the block at {prev:#x}"
+            );
+        }
+        if let Some((&next, _)) = self.live.range(start..).next() {
+            assert!(
+                end <= next,
+                "{start:#x}+{block} overlaps the block at {next:#x}"
+            );
+        }
+        assert_eq!(start % 8, 0);
+        if size <= ZEND_MM_MAX_SMALL_SIZE && block % 16 == 0 {
+            assert_eq!(start % 16, 0, "bin {block} blocks are 16-aligned");
+        }
+    }
+
+    fn usage(&self) -> usize {
+        self.live.values().map(heap_block).sum()
+    }
+}
+
+fn heap_block(b: &Block) -> usize {
+    expected_block_size(b.size)
+}
+
+fn run(handlers: &'static zend_mm_mem_handlers, segment_size: usize, seed: u64, steps: usize) {
+    // SAFETY: built-in and test init handlers take no parameters.
+    let raw = unsafe { handlers.init.unwrap()(core::ptr::null_mut()) };
+    // SAFETY: a fresh storage with every handler.
+    let storage = unsafe { Storage::from_raw(raw) };
+    // SAFETY: the storage is ours; the segment size is valid.
+    let heap_ptr = unsafe { Heap::create(storage, segment_size, 0, 0) };
+    assert!(!heap_ptr.is_null());
+    // SAFETY: a live heap used by this thread only.
+    let heap = unsafe { &mut *heap_ptr };
+    let site = Site::INTERNAL;
+    let limit = 40 * segment_size;
+    heap.set_limit(limit).unwrap();
+    let mut rng = Rng(seed | 1);
+    let mut model = Model {
+        live: BTreeMap::new(),
+    };
+    for step in 0..steps {
+        match rng.below(100) {
+            0..=44 => {
+                let size = rng.size(segment_size);
+                let p = heap.alloc(size, site);
+                if p.is_null() {
+                    // Only the limit may refuse, and only when storage would be needed: a segment,
+                    // or a huge block with its header page.
+                    let need = segment_size.max(expected_block_size(size) + 4096);
+                    assert!(
+                        heap.real_size + need > limit,
+                        "refused {size} bytes below the limit"
+                    );
+                    continue;
+                }
+                model.check_new_block(heap, p, size);
+                let seed = rng.next() as u8;
+                stamp(p, size, seed);
+                model.live.insert(p as usize, Block { size, seed });
+            }
+            45..=79 if !model.live.is_empty() => {
+                let key = *model
+                    .live
+                    .keys()
+                    .nth(rng.below(model.live.len() as u64) as usize)
+                    .unwrap();
+                let b = model.live.remove(&key).unwrap();
+                assert!(
+                    stamped(key as *const u8, b.size, b.seed),
+                    "contents of {key:#x} survived"
+                );
+                heap.free(key as *mut u8);
+            }
+            80..=96 if !model.live.is_empty() => {
+                let key = *model
+                    .live
+                    .keys()
+                    .nth(rng.below(model.live.len() as u64) as usize)
+                    .unwrap();
+                let b = model.live.remove(&key).unwrap();
+                let size = rng.size(segment_size);
+                let q = heap.realloc(key as *mut u8, size, size, site);
+                if q.is_null() {
+                    // Refused by the limit: the old block is intact.
+                    assert!(stamped(key as *const u8, b.size, b.seed));
+                    model.live.insert(key, b);
+                    continue;
+                }
+                model.check_new_block(heap, q, size);
+                // The kept prefix moved along; restamp the whole new block.
+                let kept = b.size.min(size);
+                if kept > 0 {
+                    // SAFETY: `q` holds at least `kept` bytes.
+                    assert_eq!(unsafe { q.read() }, b.seed, "first byte kept by realloc");
+                }
+                let seed = rng.next() as u8;
+                stamp(q, size, seed);
+                model.live.insert(q as usize, Block { size, seed });
+            }
+            97 => {
+                heap.gc();
+            }
+            98 if step % 7 == 0 => {
+                // SAFETY: the model forgets every block with the request.
+                unsafe { Heap::shutdown(heap_ptr, false) };
+                model.live.clear();
+                heap.set_limit(limit).unwrap();
+            }
+            _ => {}
+        }
+        assert_eq!(heap.size, model.usage(), "usage after step {step}");
+        assert!(
+            heap.real_size <= limit || heap.overflow != 0,
+            "real usage under the limit"
+        );
+        if step % 500 == 0 {
+            let mut problems = Vec::new();
+            let errors = heap.check_all(&mut |args| problems.push(args.to_string()));
+            assert_eq!(errors, 0, "heap check at step {step}: {problems:?}");
+        }
+    }
+    for (&key, b) in &model.live {
+        assert!(stamped(key as *const u8, b.size, b.seed));
+    }
+    // SAFETY: the model's blocks die with the heap.
+    unsafe { Heap::shutdown(heap_ptr, true) };
+}
+
+fn steps() -> usize {
+    if cfg!(miri) { 50 } else { 6000 }
+}
+
+#[test]
+fn random_sequences_on_every_builtin_storage() {
+    for (i, handlers) in storage::BUILTIN.iter().enumerate() {
+        run(handlers, 2 << 20, 0x5eed_0000 + i as u64, steps());
+    }
+}
+
+#[test]
+fn random_sequences_on_unaligned_storage() {
+    for seed in 1..4 {
+        run(&STD_HANDLERS, 2 << 20, seed, steps());
+    }
+}
+
+#[test]
+fn random_sequences_with_other_segment_sizes() {
+    for (i, segment_size) in [64 << 10, 256 << 10, 8 << 20].into_iter().enumerate() {
+        run(&STD_HANDLERS, segment_size, 77 + i as u64, steps());
+        run(storage::BUILTIN[1], segment_size, 99 + i as u64, steps());
+    }
+}
+
+#[test]
+fn heaps_on_many_threads_at_once() {
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                run(
+                    storage::BUILTIN[(t % 3) as usize],
+                    2 << 20,
+                    1000 + t,
+                    steps(),
+                )
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn the_test_storage_really_is_unaligned() {
+    let p = UnalignedStdStorage::alloc(4096);
+    assert_eq!(p as usize % ZEND_MM_PAGE_SIZE, MISALIGN);
+    // SAFETY: just allocated with this size.
+    unsafe { UnalignedStdStorage::free(p, 4096) };
+}
