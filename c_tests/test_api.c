@@ -907,6 +907,137 @@ static void test_use_zend_alloc_0_uses_the_c_library(void)
     CHECK(strcmp(r.out, "custom 0\n") == 0);
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* Ported from PHP's own tests (Zend/tests): the same situations in C                      */
+
+/* memory_get_peak_usage.phpt: the peaks grow while a big array (range(1, 1024*1024)) is built. */
+static void test_php_memory_get_peak_usage(void)
+{
+    shutdown_memory_manager(1, 0);
+    size_t peak = zend_memory_peak_usage(0), real_peak = zend_memory_peak_usage(1);
+    void **buckets = emalloc(1024 * 1024 * sizeof(void *));
+    for (int i = 0; i < 1024 * 1024; i += 64) {
+        buckets[i] = emalloc(32);
+    }
+    CHECK(zend_memory_peak_usage(0) > peak);
+    /* ... and the real peak once the first segment is full (however large segments are). */
+    size_t real = zend_memory_usage(1);
+    for (int i = 0; i < 1 << 20 && zend_memory_usage(1) == real; i++) {
+        emalloc(3000);
+    }
+    CHECK(zend_memory_peak_usage(1) > real_peak);
+    shutdown_memory_manager(1, 0);
+}
+
+/* memory_reset_peak_usage.phpt: after freeing two big arrays and resetting, the peak is lower. */
+static void test_php_memory_reset_peak_usage(void)
+{
+    shutdown_memory_manager(1, 0);
+    void *a = emalloc(8 * 1024 * 1024), *b = emalloc(8 * 1024 * 1024);
+    efree(a);
+    efree(b);
+    size_t peak = zend_memory_peak_usage(0);
+    zend_memory_reset_peak_usage();
+    void *c = emalloc(1024);
+    CHECK(zend_memory_peak_usage(0) < peak);
+    CHECK_EQ(zend_memory_peak_usage(0), 1024);
+    efree(c);
+}
+
+/* bug40770.phpt: under an 8M limit, a string grown by 1 MiB at a time ends in the limit error. */
+static void grow_string_past_the_limit(void *arg)
+{
+    (void)arg;
+    zend_set_memory_limit(8 * 1024 * 1024);
+    size_t len = 0;
+    char *s = NULL;
+    ANNOUNCE_LINE(__LINE__ + 2);
+    for (;;) {
+        s = erealloc(s, len + 1048576 + 1);
+        memset(s + len, 'x', 1048576);
+        len += 1048576;
+    }
+}
+
+static void test_php_bug40770(void)
+{
+    if (segment_size() > 2 * 1024 * 1024) {
+        return; /* the first segment alone passes the limit */
+    }
+    child_result r = run_child(grow_string_past_the_limit, NULL, NULL);
+    CHECK(r.exited && r.status == 255);
+    CHECK_CONTAINS(r.err, "\nFatal error: Allowed memory size of 8388608 bytes exhausted (tried to allocate ");
+    char where[128];
+    snprintf(where, sizeof where, " bytes) in %s on line %d\n", __FILE__, announced_line(&r));
+    CHECK_CONTAINS(r.err, where);
+}
+
+/* bug43450.phpt: 100000 rounds of building and dropping a temporary must not grow the usage. */
+static void test_php_bug43450(void)
+{
+    size_t usage = zend_memory_usage(0);
+    for (int i = 0; i < 100000; i++) {
+        char *tmp = estrdup("an object's string representation");
+        char *md5 = estrndup(tmp, 32);
+        efree(tmp);
+        efree(md5);
+    }
+    CHECK(zend_memory_usage(0) <= usage + 16 * 1024);
+}
+
+/* bug81070.phpt: with a 5 MiB string alive, lowering the limit to 3M fails. */
+static void test_php_bug81070(void)
+{
+    shutdown_memory_manager(1, 0);
+    char *s = emalloc(5 * 1024 * 1024);
+    memset(s, 'a', 5 * 1024 * 1024);
+    CHECK(zend_set_memory_limit(3 * 1024 * 1024) == FAILURE);
+    CHECK(zend_set_memory_limit(128 * 1024 * 1024) == SUCCESS);
+    efree(s);
+    zend_set_memory_limit((size_t)-1);
+}
+
+/* gh11189.phpt: an out-of-memory error while an array grows leaves the heap valid, and the code that
+ * runs after the bailout (PHP: an output-buffer callback at shutdown) can still allocate. */
+static jmp_buf gh11189_bailout;
+static void gh11189_handler(int type, const char *file, uint32_t line, const char *message)
+{
+    (void)type, (void)file, (void)line, (void)message;
+    longjmp(gh11189_bailout, 1);
+}
+
+static void test_php_gh11189(void)
+{
+    shutdown_memory_manager(1, 0);
+    size_t seg = zend_memory_usage(1);
+    zend_set_memory_limit(2 * seg);
+    zend_mm_error_handler_t old = zend_mm_set_error_handler(gh11189_handler);
+    /* volatile: they change between setjmp and longjmp */
+    volatile size_t n = 0, cap = 8;
+    size_t *volatile array = emalloc(cap * sizeof *array);
+    if (setjmp(gh11189_bailout) == 0) {
+        for (;;) {
+            if (n == cap) {
+                cap *= 2;
+                array = erealloc(array, cap * sizeof *array);
+            }
+            array[n] = n;
+            n++;
+        }
+    }
+    zend_mm_set_error_handler(old);
+    int intact = 1;
+    for (size_t i = 0; i < n; i++) {
+        intact &= array[i] == i;
+    }
+    CHECK(intact && n > 1000);
+    CHECK(full_mem_check(1) == 0);
+    char *appended = estrdup("Success");
+    CHECK(strcmp(appended, "Success") == 0);
+    shutdown_memory_manager(1, 0);
+    zend_set_memory_limit((size_t)-1);
+}
+
 /* What the fresh processes do. */
 static int probe(const char *mode)
 {
@@ -978,6 +1109,12 @@ int main(int argc, char **argv)
     RUN(test_a_handler_that_returns_ends_the_process);
     RUN(test_foreign_pointers_are_reported_not_crashed_on);
     RUN(test_bad_arguments_are_reported);
+    RUN(test_php_memory_get_peak_usage);
+    RUN(test_php_memory_reset_peak_usage);
+    RUN(test_php_bug40770);
+    RUN(test_php_bug43450);
+    RUN(test_php_bug81070);
+    RUN(test_php_gh11189);
     RUN(test_storage_selection);
     RUN(test_segment_sizes);
     RUN(test_bad_environment_values);

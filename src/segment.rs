@@ -13,6 +13,11 @@
 //!   page is `FREE`, so a pointer into it is not a block;
 //! - `free_pages` and `longest_free` are exact;
 //! - `heap` is the owning heap (the segment's owner, checked on every free).
+//!
+//! Ownership is per segment so that frees from other threads can be added without a redesign: a
+//! free whose segment belongs to another thread's heap is, today, heap corruption (PHP's rule); it
+//! can instead push the block onto a list kept in this header for the owner to drain, as mimalloc
+//! does per page. The header has room for such fields (its size is computed, not fixed).
 
 use core::ptr;
 
