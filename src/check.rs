@@ -78,7 +78,9 @@ impl Heap {
                     BlockStatus::Live(BIN_SIZE[bin])
                 }
             }
-            PAGE_FREE if s.page_addr(page).cast_const() == p => BlockStatus::Freed,
+            PAGE_FREE if page >= s.header_pages as usize && s.page_addr(page).cast_const() == p => {
+                BlockStatus::Freed
+            }
             _ => BlockStatus::NotABlock,
         }
     }
@@ -186,13 +188,21 @@ impl Heap {
         if !ptr::eq(s.heap, self) {
             error(format_args!("segment {:p} belongs to another heap\n", s));
         }
-        if region_map::lookup(s.first_page as usize) != s as *const Segment as usize {
+        if region_map::lookup(s.base() as usize) != s as *const Segment as usize {
             error(format_args!("segment {:p} is not registered\n", s));
         }
-        let pages = s.pages as usize;
-        // SAFETY: the bitmap has words_for(pages) words.
-        let bits = |i: usize| unsafe { *s.bitmap.add(i / 64) } & (1 << (i % 64)) != 0;
-        let (mut used, mut large_bytes, mut page) = (0usize, 0usize, 0usize);
+        let pages = s.page_count as usize;
+        let header = s.header_pages as usize;
+        let bits = |i: usize| s.page_used(i);
+        for i in 0..header {
+            if !bits(i) || s.map_get(i) != PAGE_FREE {
+                error(format_args!(
+                    "segment {:p} header page {i} is not reserved\n",
+                    s
+                ));
+            }
+        }
+        let (mut used, mut large_bytes, mut page) = (0usize, 0usize, header);
         while page < pages {
             let info = s.map_get(page);
             let run = match info & PAGE_KIND_MASK {
@@ -247,12 +257,12 @@ impl Heap {
             used += run;
             page += run;
         }
-        if used + s.free_pages as usize != pages {
+        if used + s.free_pages as usize != pages - header {
             error(format_args!(
                 "segment {:p}: {} free pages recorded, {} found\n",
                 s,
                 s.free_pages,
-                pages - used
+                pages - header - used
             ));
         }
         large_bytes

@@ -147,9 +147,11 @@ impl Heap {
         if base.is_null() {
             return ptr::null_mut();
         }
-        let heap_at = base.wrapping_add(size_of::<Segment>()).cast::<Heap>();
-        // SAFETY: `base` holds `segment_size` fresh bytes; the heap struct goes right after the
-        // segment struct, inside the header `init` accounts for with `extra`.
+        let heap_at = base
+            .wrapping_add(crate::segment::heap_offset(segment_size))
+            .cast::<Heap>();
+        // SAFETY: `base` holds `segment_size` fresh bytes; the heap struct goes after the segment's
+        // bitmap, inside the header `init` accounts for with `extra`.
         let main = unsafe { Segment::init(base, segment_size, heap_at, size_of::<Heap>(), 0) };
         // SAFETY: as above: `heap_at` is inside the main segment's header, 8-aligned.
         unsafe {

@@ -1,16 +1,19 @@
 //! Segments (zend_alloc.c "Chunks"): the memory a heap gets from its storage, cut into 4 KiB pages.
 //!
 //! Owns the segment header and its page allocator. A segment is one storage allocation of the heap's
-//! segment size. Its header sits at the start (PHP 5.3's `zend_mm_segment` first, so storages can
-//! read the size) and is followed by the page bitmap and the page map; the page grid starts at the
-//! first page boundary after the header. Storage memory need not be aligned: an unaligned segment
-//! simply has one page fewer.
+//! segment size. Its header sits at the start: the segment struct (PHP 5.3's `zend_mm_segment`
+//! first, so storages can read the size), the page map at the fixed offset [`MAP_OFFSET`], the page
+//! bitmap, and in the heap's first segment the heap itself. Pages are numbered from the page that
+//! holds the segment's first byte; the pages the header covers (and, when the storage returned
+//! memory that is not page aligned, the partial first page) are never handed out. For a segment
+//! aligned to its size, a pointer's page is `(p - base) >> 12` and its map entry sits at
+//! `base + MAP_OFFSET + 4 * page`: the free fast path reads it with no other lookup.
 //!
 //! Invariants:
-//! - `bitmap` bit i is set iff page i is in use (by a small run, a large block or the reserve);
+//! - `bitmap` bit i is set iff page i is in use (by the header, a small run or a large block);
 //! - `map[i]` describes page i: the first page of a small run names its bin, the other pages of the
 //!   run point back to the first; the first page of a large run holds its page count; every other
-//!   page is `FREE`, so a pointer into it is not a block;
+//!   page (header pages included) is `FREE`, so a pointer into it is not a block;
 //! - `free_pages` and `longest_free` are exact;
 //! - `heap` is the owning heap (the segment's owner, checked on every free).
 //!
@@ -24,7 +27,7 @@ use core::ptr;
 use crate::bitmap::PageBitmap;
 use crate::ffi::types::zend_mm_segment;
 use crate::heap::Heap;
-use crate::sizes::{PAGE_SHIFT, ZEND_MM_PAGE_SIZE, align_up};
+use crate::sizes::{PAGE_SHIFT, ZEND_MM_PAGE_SIZE};
 
 /// Page-map entry kinds (top two bits).
 pub(crate) const PAGE_FREE: u32 = 0;
@@ -50,15 +53,19 @@ pub struct Segment {
     pub raw: zend_mm_segment,
     /// The owning heap.
     pub heap: *mut Heap,
-    /// Address of page 0 (page aligned).
-    pub first_page: *mut u8,
-    /// Pages in the grid.
-    pub pages: u32,
+    /// Address of page 0: the segment's start rounded down to a page.
+    pub page0: *mut u8,
+    /// Pages numbered in the map (the segment size over the page size).
+    pub page_count: u32,
+    /// Pages at the start that the header occupies.
+    pub header_pages: u32,
     pub free_pages: u32,
     /// Longest run of free pages.
     pub longest_free: u32,
     /// The heap's class list this segment is on ([`NO_CLASS`] if none).
     pub class: u32,
+    /// `zend_mm_gc`: already on its list of emptied segments.
+    pub gc_emptied: bool,
     /// Creation ordinal: younger segments have larger numbers.
     pub num: u64,
     /// Every live segment of the heap, main segment first.
@@ -67,20 +74,29 @@ pub struct Segment {
     /// The class list (or the cache list).
     pub class_prev: *mut Segment,
     pub class_next: *mut Segment,
-    pub bitmap: *mut u64,
-    pub map: *mut u32,
     /// `zend_mm_gc`'s list of segments it emptied.
     pub gc_next: *mut Segment,
-    pub gc_emptied: bool,
+    pub bitmap: *mut u64,
+}
+
+/// Offset of the page map from the segment's start.
+pub(crate) const MAP_OFFSET: usize = size_of::<Segment>();
+const _: () = assert!(MAP_OFFSET % 8 == 0);
+
+/// Offset of the page bitmap from the segment's start.
+const fn bitmap_offset(size: usize) -> usize {
+    (MAP_OFFSET + 4 * (size / ZEND_MM_PAGE_SIZE)).div_ceil(8) * 8
 }
 
 /// Bytes of header for a segment of `size` bytes, with `extra` bytes (the heap struct of a main
-/// segment) after the segment struct. Sized for the most pages the segment can have.
+/// segment) after the bitmap.
 pub(crate) const fn header_bytes(size: usize, extra: usize) -> usize {
-    let max_pages = size / ZEND_MM_PAGE_SIZE;
-    let fixed = size_of::<Segment>() + extra;
-    let fixed = fixed.div_ceil(8) * 8;
-    fixed + PageBitmap::words_for(max_pages) * 8 + max_pages * 4
+    bitmap_offset(size) + PageBitmap::words_for(size / ZEND_MM_PAGE_SIZE) * 8 + extra
+}
+
+/// Where the heap struct goes in a main segment of `size` bytes (8-aligned).
+pub(crate) const fn heap_offset(size: usize) -> usize {
+    header_bytes(size, 0)
 }
 
 /// Pages of a page-aligned segment of `size` bytes that no large block can use (its header).
@@ -108,7 +124,7 @@ const _: () = {
 
 impl Segment {
     /// Lays a segment out over `size` bytes at `base` (fresh from storage) for `heap`, reserving
-    /// `extra` bytes after the header struct, and returns it with every page free.
+    /// `extra` bytes after the bitmap, and returns it with every page past the header free.
     ///
     /// # Safety
     /// `base` must point to `size` writable bytes (at least 16-byte aligned) that nothing else uses.
@@ -120,13 +136,10 @@ impl Segment {
         num: u64,
     ) -> *mut Segment {
         let seg = base.cast::<Segment>();
-        let after_struct = base as usize + (size_of::<Segment>() + extra).div_ceil(8) * 8;
-        let max_pages = size / ZEND_MM_PAGE_SIZE;
-        let bitmap = after_struct as *mut u64;
-        let map = (after_struct + PageBitmap::words_for(max_pages) * 8) as *mut u32;
+        let page0 = base as usize & !(ZEND_MM_PAGE_SIZE - 1);
+        let page_count = size / ZEND_MM_PAGE_SIZE;
         let header_end = base as usize + header_bytes(size, extra);
-        let first_page = align_up(header_end, ZEND_MM_PAGE_SIZE).unwrap_or(usize::MAX);
-        let pages = (base as usize + size).saturating_sub(first_page) / ZEND_MM_PAGE_SIZE;
+        let header_pages = (header_end - page0).div_ceil(ZEND_MM_PAGE_SIZE);
         // SAFETY: the header lies within the segment (header_bytes < size, checked by callers'
         // size bounds) and nothing else references this memory yet.
         unsafe {
@@ -136,43 +149,62 @@ impl Segment {
                     next_segment: ptr::null_mut(),
                 },
                 heap,
-                first_page: first_page as *mut u8,
-                pages: pages as u32,
-                free_pages: pages as u32,
-                longest_free: pages as u32,
+                page0: page0 as *mut u8,
+                page_count: page_count as u32,
+                header_pages: header_pages as u32,
+                free_pages: 0,
+                longest_free: 0,
                 class: NO_CLASS,
+                gc_emptied: false,
                 num,
                 all_prev: ptr::null_mut(),
                 all_next: ptr::null_mut(),
                 class_prev: ptr::null_mut(),
                 class_next: ptr::null_mut(),
-                bitmap,
-                map,
                 gc_next: ptr::null_mut(),
-                gc_emptied: false,
+                bitmap: base.add(bitmap_offset(size)).cast(),
             });
             (*seg).reset();
         }
         seg
     }
 
-    /// Marks every page free again (for a segment taken back from the cache or a reset main one).
+    /// Marks every page past the header free again (for a segment taken back from the cache or a
+    /// reset main one).
     pub fn reset(&mut self) {
-        let pages = self.pages as usize;
-        self.bitmap().reset();
-        // SAFETY: the map has room for `pages` entries (init).
-        unsafe { ptr::write_bytes(self.map, 0, pages) };
-        self.free_pages = self.pages;
-        self.longest_free = self.pages;
+        let (pages, header) = (self.page_count as usize, self.header_pages as usize);
+        let mut bitmap = self.bitmap();
+        bitmap.reset();
+        bitmap.set_range(0, header);
+        // SAFETY: the map has `page_count` entries.
+        unsafe { ptr::write_bytes(self.map(), 0, pages) };
+        self.free_pages = (pages - header) as u32;
+        self.longest_free = self.free_pages;
+    }
+
+    /// Pages blocks can use.
+    pub fn usable_pages(&self) -> u32 {
+        self.page_count - self.header_pages
+    }
+
+    #[inline(always)]
+    fn map(&self) -> *mut u32 {
+        self.base().wrapping_add(MAP_OFFSET).cast()
     }
 
     fn bitmap(&mut self) -> PageBitmap<'_> {
-        let pages = self.pages as usize;
-        // SAFETY: the bitmap has words_for(max pages) >= words_for(pages) words (init) and is only
-        // reached through this exclusive borrow of the segment.
+        let pages = self.page_count as usize;
+        // SAFETY: the bitmap has words_for(page_count) words (init) and is only reached through
+        // this exclusive borrow of the segment.
         let words =
             unsafe { core::slice::from_raw_parts_mut(self.bitmap, PageBitmap::words_for(pages)) };
         PageBitmap::new(words, pages)
+    }
+
+    /// Whether page `i` is in use (the header's pages are).
+    pub fn page_used(&self, i: usize) -> bool {
+        // SAFETY: i < page_count (callers' invariant) and the bitmap has that many bits.
+        unsafe { *self.bitmap.add(i / 64) & (1 << (i % 64)) != 0 }
     }
 
     /// Start address of the segment (what the storage returned).
@@ -188,14 +220,14 @@ impl Segment {
 
     #[inline(always)]
     pub fn page_addr(&self, page: usize) -> *mut u8 {
-        self.first_page.wrapping_add(page << PAGE_SHIFT)
+        self.page0.wrapping_add(page << PAGE_SHIFT)
     }
 
-    /// The page `p` lies in, if it lies in the page grid.
+    /// The page `p` lies in, if it lies in the segment's pages.
     #[inline(always)]
     pub fn page_of(&self, p: usize) -> Option<usize> {
-        let page = p.wrapping_sub(self.first_page as usize) >> PAGE_SHIFT;
-        if page < self.pages as usize {
+        let page = p.wrapping_sub(self.page0 as usize) >> PAGE_SHIFT;
+        if page < self.page_count as usize {
             Some(page)
         } else {
             None
@@ -204,18 +236,17 @@ impl Segment {
 
     #[inline(always)]
     pub fn map_get(&self, page: usize) -> u32 {
-        debug_assert!(page < self.pages as usize);
-        // SAFETY: page < pages (callers get pages from page_of or their own runs).
-        unsafe { *self.map.add(page) }
+        debug_assert!(page < self.page_count as usize);
+        // SAFETY: page < page_count (callers get pages from page_of or their own runs).
+        unsafe { *self.map().add(page) }
     }
 
     #[inline(always)]
     pub fn map_set(&mut self, page: usize, info: u32) {
-        debug_assert!(page < self.pages as usize);
+        debug_assert!(page < self.page_count as usize);
         // SAFETY: as map_get.
-        unsafe { *self.map.add(page) = info }
+        unsafe { *self.map().add(page) = info }
     }
-
     /// Takes the best-fitting run of `n` free pages; `None` if the segment has no such run.
     pub fn alloc_pages(&mut self, n: usize) -> Option<usize> {
         if n > self.longest_free as usize {
@@ -250,17 +281,17 @@ impl Segment {
 
     /// Gives back `n` pages from `start` and clears their map entries.
     pub fn free_pages(&mut self, start: usize, n: usize) {
-        debug_assert!(start + n <= self.pages as usize);
+        debug_assert!(start >= self.header_pages as usize && start + n <= self.page_count as usize);
         self.bitmap().clear_range(start, n);
-        // SAFETY: the run lies within the map (start + n <= pages).
-        unsafe { ptr::write_bytes(self.map.add(start), PAGE_FREE as u8, n) };
+        // SAFETY: the run lies within the map (start + n <= page_count).
+        unsafe { ptr::write_bytes(self.map().add(start), PAGE_FREE as u8, n) };
         self.free_pages += n as u32;
         let run = self.bitmap().free_run_around(start) as u32;
         self.longest_free = self.longest_free.max(run);
     }
 
-    /// Whether no page is in use.
+    /// Whether no page past the header is in use.
     pub fn is_empty(&self) -> bool {
-        self.free_pages == self.pages
+        self.free_pages == self.usable_pages()
     }
 }
