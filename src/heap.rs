@@ -16,6 +16,7 @@
 //! - `free_slots[b]` is a list of free slots of bin `b` inside small runs of this heap's segments;
 //! - `size`, `real_size` and the peaks follow `accounting`'s rules.
 
+use core::cell::UnsafeCell;
 use core::ptr;
 
 use crate::custom::CustomHandlers;
@@ -23,10 +24,12 @@ use crate::diagnostics::{self, Fatal, Site};
 use crate::huge::HugeBlock;
 use crate::region_map;
 use crate::segment::{
-    NO_CLASS, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, PAGE_SMALL_CONT, SMALL_BIN_MASK, Segment,
+    MAP_OFFSET, NO_CLASS, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, PAGE_SMALL_CONT, SMALL_BIN_MASK,
+    Segment,
 };
 use crate::sizes::{
-    BIN_SIZE, MAX_SEGMENT_SIZE, ZEND_MM_BINS, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of,
+    BIN_SIZE, BIN_SLOTS, MAX_SEGMENT_SIZE, PAGE_SHIFT, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE,
+    bin_of,
 };
 use crate::storage::Storage;
 
@@ -36,35 +39,48 @@ pub struct FreeSlot {
     pub next: *mut FreeSlot,
 }
 
-/// Segment classes by longest free run: one per length below 64 pages, then 8 per power of two.
+/// Segment classes by longest free run: one per length below 16 pages (every bin run and the
+/// commonest large blocks are exact), then 4 per power of two.
 pub(crate) const NUM_CLASSES: usize = class_of((MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE) as u32) + 1;
 const CLASS_WORDS: usize = NUM_CLASSES.div_ceil(64);
 
 /// The class list for a segment whose longest free run is `len` (>= 1) pages.
 pub(crate) const fn class_of(len: u32) -> usize {
-    if len < 64 {
+    if len < 16 {
         len as usize
     } else {
         let log = 31 - len.leading_zeros();
-        64 + (log as usize - 6) * 8 + ((len >> (log - 3)) & 7) as usize
+        16 + (log as usize - 4) * 4 + ((len >> (log - 2)) & 3) as usize
     }
 }
 
 /// The smallest longest-free-run a segment on class list `class` can have.
 pub(crate) const fn class_floor(class: usize) -> u32 {
-    if class < 64 {
+    if class < 16 {
         class as u32
     } else {
-        let log = (class - 64) / 8 + 6;
-        ((8 + (class - 64) % 8) as u32) << (log - 3)
+        let log = (class - 16) / 4 + 4;
+        ((4 + (class - 16) % 4) as u32) << (log - 2)
     }
 }
 
 const _: () = {
-    assert!(class_of(63) == 63 && class_of(64) == 64 && class_floor(64) == 64);
-    assert!(class_of(511) == 64 + 2 * 8 + 7 && class_floor(class_of(511)) == 480);
+    assert!(class_of(15) == 15 && class_of(16) == 16 && class_floor(16) == 16);
+    assert!(class_of(511) == 16 + 4 * 4 + 3 && class_floor(class_of(511)) == 448);
     assert!(class_floor(class_of(100)) <= 100 && class_floor(class_of(100) + 1) > 100);
 };
+
+#[cfg(test)]
+#[test]
+fn every_run_length_falls_in_the_class_whose_floor_it_meets() {
+    for len in 1..=(MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE) as u32 {
+        let class = class_of(len);
+        assert!(class < NUM_CLASSES);
+        assert!(
+            class_floor(class) <= len && (class + 1 == NUM_CLASSES || class_floor(class + 1) > len)
+        );
+    }
+}
 
 /// Why [`Heap::alloc_pages`] found no run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,15 +112,22 @@ pub struct Heap {
     pub use_custom_heap: i32,
     /// Non-zero while a fatal error is being reported: the limit is not enforced meanwhile.
     pub overflow: i32,
-    pub free_slots: [*mut FreeSlot; ZEND_MM_BINS],
     /// Bytes handed out (bin sizes, whole pages, page-rounded huge sizes), and its peak.
     pub size: usize,
     pub peak: usize,
+    pub segment_size: usize,
+    /// log2 of `segment_size`.
+    pub segment_shift: u32,
+    /// Free slots per bin (indexed by bin; the entries past the last bin stay empty).
+    pub free_slots: [*mut FreeSlot; BIN_SLOTS],
+    /// This heap's segments that are aligned to their size, by segment number
+    /// (`(p >> segment_shift) % FAST_SEGMENTS`); [`NO_SEGMENT`] where there is none. The free fast
+    /// path finds a pointer's segment here without the region map.
+    pub fast_segments: [*mut Segment; FAST_SEGMENTS],
     /// Bytes taken from storage (segments, cached ones included, and huge blocks), and its peak.
     pub real_size: usize,
     pub real_peak: usize,
     pub limit: usize,
-    pub segment_size: usize,
     /// Longest page run served from a segment; longer requests are huge blocks.
     pub max_large_pages: usize,
     pub main: *mut Segment,
@@ -130,7 +153,82 @@ pub struct Heap {
     pub custom: CustomHandlers,
 }
 
+/// Entries of [`Heap::fast_segments`].
+pub(crate) const FAST_SEGMENTS: usize = 64;
+
+/// What an empty [`Heap::fast_segments`] entry points at: zeroed memory as large as the biggest
+/// segment's header, so the fast path may read "its" page map (all free pages, so the fast path
+/// declines) without a null check. In `.bss`: it costs no memory.
+#[repr(C, align(64))]
+pub struct NoSegment(UnsafeCell<[u8; MAP_OFFSET + 4 * (MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE)]>);
+
+// SAFETY: never written; read as zeroes by any thread.
+unsafe impl Sync for NoSegment {}
+
+pub(crate) static NO_SEGMENT: NoSegment = NoSegment(UnsafeCell::new(
+    [0; MAP_OFFSET + 4 * (MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE)],
+));
+
+fn no_segment() -> *mut Segment {
+    NO_SEGMENT.0.get().cast()
+}
+
+/// The heap the fast paths of a thread without a usable heap see: no free slot in any bin and no
+/// segment (its segment size is 0), so every fast path declines and the slow path decides.
+#[repr(transparent)]
+pub struct SentinelHeap(UnsafeCell<Heap>);
+
+// SAFETY: the fast paths only read the sentinel, and every read declines; nothing writes it.
+unsafe impl Sync for SentinelHeap {}
+
+impl SentinelHeap {
+    pub fn get(&self) -> *mut Heap {
+        self.0.get()
+    }
+}
+
+pub(crate) static SENTINEL: SentinelHeap = SentinelHeap(UnsafeCell::new(Heap::blank(
+    NO_SEGMENT.0.get().cast(),
+    0,
+    Storage::NONE,
+)));
+
 impl Heap {
+    /// A heap with no segment, no block and no limit; `create` fills in the rest.
+    const fn blank(no_segment: *mut Segment, segment_size: usize, storage: Storage) -> Heap {
+        Heap {
+            use_custom_heap: 0,
+            overflow: 0,
+            size: 0,
+            peak: 0,
+            segment_size,
+            segment_shift: segment_size.trailing_zeros(),
+            free_slots: [ptr::null_mut(); BIN_SLOTS],
+            fast_segments: [no_segment; FAST_SEGMENTS],
+            real_size: 0,
+            real_peak: 0,
+            limit: usize::MAX >> 1,
+            max_large_pages: 0,
+            main: ptr::null_mut(),
+            segments_count: 0,
+            peak_segments_count: 0,
+            class_heads: [ptr::null_mut(); NUM_CLASSES],
+            class_bits: [0; CLASS_WORDS],
+            cached: ptr::null_mut(),
+            cached_count: 0,
+            avg_segments: 1.0,
+            last_delete_boundary: 0,
+            last_delete_count: 0,
+            next_num: 1,
+            huge_list: ptr::null_mut(),
+            storage,
+            compact_size: 0,
+            reserve: ptr::null_mut(),
+            reserve_size: 0,
+            custom: CustomHandlers::NONE,
+        }
+    }
+
     /// Creates a heap on `storage`: maps its main segment and builds the heap inside it. Null if the
     /// storage has no memory for the first segment.
     ///
@@ -156,33 +254,15 @@ impl Heap {
         // SAFETY: as above: `heap_at` is inside the main segment's header, 8-aligned.
         unsafe {
             heap_at.write(Heap {
-                use_custom_heap: 0,
-                overflow: 0,
-                free_slots: [ptr::null_mut(); ZEND_MM_BINS],
-                size: 0,
-                peak: 0,
                 real_size: segment_size,
                 real_peak: segment_size,
-                limit: usize::MAX >> 1,
-                segment_size,
                 max_large_pages: crate::segment::max_large_pages(segment_size),
                 main,
                 segments_count: 1,
                 peak_segments_count: 1,
-                class_heads: [ptr::null_mut(); NUM_CLASSES],
-                class_bits: [0; CLASS_WORDS],
-                cached: ptr::null_mut(),
-                cached_count: 0,
-                avg_segments: 1.0,
-                last_delete_boundary: 0,
-                last_delete_count: 0,
-                next_num: 1,
-                huge_list: ptr::null_mut(),
-                storage,
                 compact_size,
-                reserve: ptr::null_mut(),
                 reserve_size,
-                custom: CustomHandlers::NONE,
+                ..Heap::blank(no_segment(), segment_size, storage)
             })
         };
         // SAFETY: the heap was just written.
@@ -195,8 +275,70 @@ impl Heap {
             return ptr::null_mut();
         }
         heap.link_segment(main);
+        heap.remember_fast(main);
         heap.fill_reserve();
         heap_at
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Fast paths: small blocks only, no error can happen; null/false sends the caller to the slow
+    // path, which handles everything (and the sentinel heap makes these decline).
+
+    /// Pops a free slot for `size` bytes if `size` is small and its bin has one.
+    #[inline(always)]
+    pub fn alloc_small_fast(&mut self, size: usize) -> *mut u8 {
+        if size > ZEND_MM_MAX_SMALL_SIZE {
+            return ptr::null_mut();
+        }
+        let bin = bin_of(size);
+        let slot = self.free_slots[bin];
+        if slot.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: free-list slots are free slots of this heap holding the next link.
+        self.free_slots[bin] = unsafe { (*slot).next };
+        self.count_alloc(BIN_SIZE[bin]);
+        slot.cast()
+    }
+
+    /// Frees `p` if it is a small block in one of this heap's aligned segments; false otherwise.
+    #[inline(always)]
+    pub fn free_small_fast(&mut self, p: *mut u8) -> bool {
+        let seg = self.fast_segments[(p as usize >> self.segment_shift) % FAST_SEGMENTS];
+        let offset = (p as usize).wrapping_sub(seg as usize);
+        if offset >= self.segment_size {
+            return false;
+        }
+        // SAFETY: `seg` is a live segment of this heap aligned to its size, or NO_SEGMENT (whose
+        // zeroes cover any page map); `offset` lies inside it, so the entry is inside its map.
+        let info = unsafe {
+            seg.cast::<u8>()
+                .add(MAP_OFFSET + (offset >> PAGE_SHIFT) * 4)
+                .cast::<u32>()
+                .read()
+        };
+        // Small runs' pages have the top bit set (PAGE_SMALL and PAGE_SMALL_CONT).
+        if (info as i32) >= 0 {
+            return false;
+        }
+        self.free_small(p, (info & SMALL_BIN_MASK) as usize);
+        true
+    }
+
+    /// Enters `seg` in the fast table if it is aligned to its size (a newer segment takes the place
+    /// of an older one with the same number).
+    fn remember_fast(&mut self, seg: *mut Segment) {
+        let base = seg as usize;
+        if base % self.segment_size == 0 {
+            self.fast_segments[(base >> self.segment_shift) % FAST_SEGMENTS] = seg;
+        }
+    }
+
+    fn forget_fast(&mut self, seg: *mut Segment) {
+        let entry = &mut self.fast_segments[(seg as usize >> self.segment_shift) % FAST_SEGMENTS];
+        if *entry == seg {
+            *entry = no_segment();
+        }
     }
 
     // ----------------------------------------------------------------------------------------
@@ -619,6 +761,7 @@ impl Heap {
         self.real_peak = self.real_peak.max(self.real_size);
         self.count_new_segment();
         self.link_segment(seg);
+        self.remember_fast(seg);
         Some(seg)
     }
 
@@ -720,6 +863,7 @@ impl Heap {
 
     /// Returns a segment to storage (its accounting is the caller's business).
     fn release_segment(&mut self, seg: *mut Segment) {
+        self.forget_fast(seg);
         // SAFETY: a live segment of this heap that no list references any more.
         unsafe {
             let base = (*seg).base();
@@ -805,7 +949,7 @@ impl Heap {
         // SAFETY: the main segment is live.
         unsafe { (*h.main).reset() };
         h.reclassify(h.main);
-        h.free_slots = [ptr::null_mut(); ZEND_MM_BINS];
+        h.free_slots = [ptr::null_mut(); BIN_SLOTS];
         h.size = 0;
         h.peak = 0;
         h.real_size = (h.cached_count + 1) * h.segment_size;
@@ -871,5 +1015,69 @@ impl Heap {
             page
         };
         (seg, first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_heap() -> *mut Heap {
+        let handlers = crate::storage::BUILTIN[1];
+        // SAFETY: built-in init handlers take no parameters.
+        let storage = unsafe { Storage::from_raw(handlers.init.unwrap()(ptr::null_mut())) };
+        // SAFETY: a fresh storage, a valid segment size.
+        unsafe { Heap::create(storage, 2 << 20, 0, 0) }
+    }
+
+    #[test]
+    fn the_fast_paths_decline_everything_on_the_sentinel() {
+        // SAFETY: the sentinel is only read by declining fast paths.
+        let sentinel = unsafe { &mut *SENTINEL.get() };
+        for size in [0, 1, 64, 3072] {
+            assert!(sentinel.alloc_small_fast(size).is_null());
+        }
+        let heap = new_heap();
+        // SAFETY: a live heap of this thread.
+        let h = unsafe { &mut *heap };
+        let p = h.alloc(64, Site::INTERNAL);
+        assert!(!sentinel.free_small_fast(p));
+        assert!(!sentinel.free_small_fast(no_segment().cast()));
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn the_free_fast_path_takes_only_small_blocks_of_its_own_aligned_segments() {
+        let (a, b) = (new_heap(), new_heap());
+        // SAFETY: live heaps of this thread.
+        let (ha, hb) = unsafe { (&mut *a, &mut *b) };
+        let small = ha.alloc(100, Site::INTERNAL);
+        let large = ha.alloc(10000, Site::INTERNAL);
+        let huge = ha.alloc(3 << 20, Site::INTERNAL);
+        let theirs = hb.alloc(100, Site::INTERNAL);
+        let foreign = Box::into_raw(Box::new([0u8; 64])).cast::<u8>();
+        for p in [
+            ptr::null_mut(),
+            large,
+            huge,
+            theirs,
+            foreign,
+            no_segment().cast::<u8>().wrapping_add(5000),
+            small.wrapping_add(1 << 20).wrapping_add(4096 * 300),
+        ] {
+            assert!(!ha.free_small_fast(p), "{p:?} declined");
+        }
+        let usage = ha.size;
+        assert!(ha.free_small_fast(small));
+        assert_eq!(ha.size, usage - 112);
+        assert_eq!(ha.alloc_small_fast(100), small, "the slot is reused first");
+        // SAFETY: the Box allocation above.
+        drop(unsafe { Box::from_raw(foreign.cast::<[u8; 64]>()) });
+        // SAFETY: the heaps die with their blocks.
+        unsafe {
+            Heap::shutdown(a, true);
+            Heap::shutdown(b, true);
+        }
     }
 }

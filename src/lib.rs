@@ -14,7 +14,7 @@
 //! | [`gc`] | returning free small runs (`zend_mm_gc`) |
 //! | [`custom`] | custom handlers, `USE_ZEND_ALLOC=0` |
 //! | [`options`] | the environment variables |
-//! | [`thread`] | per-thread heaps |
+//! | [`thread`], [`tls`] | per-thread heaps |
 //! | [`diagnostics`], [`check`] | fatal errors, corruption, heap checks |
 //! | [`ffi`] | the C ABI: every export and C type |
 //!
@@ -43,6 +43,7 @@ pub mod sizes;
 pub(crate) mod small;
 pub(crate) mod storage;
 pub(crate) mod thread;
+pub(crate) mod tls;
 
 #[cfg(test)]
 mod model_tests;

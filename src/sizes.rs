@@ -114,8 +114,9 @@ const _: () = {
 };
 
 /// Bin index for every request size 0..=3072 in 8-byte steps: `SIZE_TO_BIN[(size + 7) >> 3]`.
-/// A table lookup replaces PHP's bit arithmetic on the allocation fast path.
-pub static SIZE_TO_BIN: [u8; ZEND_MM_MAX_SMALL_SIZE / 8 + 1] = size_to_bin_table();
+/// A table lookup replaces PHP's bit arithmetic on the allocation fast path. (A `const`, not a
+/// `static`: the library reaches constants directly, statics through the GOT.)
+pub(crate) const SIZE_TO_BIN: [u8; ZEND_MM_MAX_SMALL_SIZE / 8 + 1] = size_to_bin_table();
 
 const fn size_to_bin_table() -> [u8; ZEND_MM_MAX_SMALL_SIZE / 8 + 1] {
     let mut table = [0u8; ZEND_MM_MAX_SMALL_SIZE / 8 + 1];
@@ -139,9 +140,14 @@ pub fn bin_of(size: usize) -> usize {
     SIZE_TO_BIN[(size + 7) >> 3] as usize
 }
 
-/// Slot size of each bin as `usize`, for the fast paths.
-pub static BIN_SIZE: [usize; ZEND_MM_BINS] = {
-    let mut t = [0usize; ZEND_MM_BINS];
+/// Bin-indexed arrays have this many entries: a bin read from a page-map entry (5 bits) indexes
+/// them without a bounds check; the entries past the last bin are never used.
+pub(crate) const BIN_SLOTS: usize = 32;
+const _: () = assert!(ZEND_MM_BINS <= BIN_SLOTS && BIN_SLOTS == 1 << 5);
+
+/// Slot size of each bin as `usize`, for the fast paths (0 past the last bin).
+pub(crate) const BIN_SIZE: [usize; BIN_SLOTS] = {
+    let mut t = [0usize; BIN_SLOTS];
     let mut i = 0;
     while i < ZEND_MM_BINS {
         t[i] = BINS[i].size as usize;

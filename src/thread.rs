@@ -4,25 +4,28 @@
 //! and its *own* default heap, made on first use from the process options and released in full
 //! when the thread exits. Heaps take no locks: a heap is used by one thread at a time.
 
-use core::cell::Cell;
 use core::ffi::c_void;
 use core::ptr;
 use std::sync::OnceLock;
 
 use crate::diagnostics::{Fatal, Site};
-use crate::heap::Heap;
+use crate::heap::{Heap, SENTINEL};
 use crate::options;
 use crate::storage::Storage;
-
-thread_local! {
-    static CURRENT: Cell<*mut Heap> = const { Cell::new(ptr::null_mut()) };
-    static OWN: Cell<*mut Heap> = const { Cell::new(ptr::null_mut()) };
-}
+use crate::tls;
 
 /// The calling thread's current heap, or null if it has none yet.
 #[inline(always)]
 pub fn current() -> *mut Heap {
-    CURRENT.with(Cell::get)
+    // SAFETY: this thread's own slots.
+    unsafe { (*tls::slots()).current }
+}
+
+/// The heap the fast paths use: the current heap, or the sentinel (whose fast paths always
+/// decline) when there is none or it forwards to custom handlers.
+#[inline(always)]
+pub fn fast() -> *mut Heap {
+    tls::fast()
 }
 
 /// The calling thread's current heap, made (as its own default heap) if it has none. Raises the
@@ -37,24 +40,51 @@ pub fn current_or_create(tried: usize, site: Site) -> *mut Heap {
     }
 }
 
+/// Points the fast paths at the current heap, unless it is missing or custom.
+fn refresh_fast() {
+    let slots = tls::slots();
+    // SAFETY: this thread's own slots; a non-null current heap is live.
+    unsafe {
+        let current = (*slots).current;
+        (*slots).fast = if !current.is_null() && (*current).use_custom_heap == 0 {
+            current
+        } else {
+            SENTINEL.get()
+        };
+    }
+}
+
 /// Makes `heap` the calling thread's current heap; returns the previous one.
 pub fn set_current(heap: *mut Heap) -> *mut Heap {
-    CURRENT.with(|c| c.replace(heap))
+    // SAFETY: this thread's own slots.
+    let old = unsafe { core::mem::replace(&mut (*tls::slots()).current, heap) };
+    refresh_fast();
+    old
+}
+
+/// Tells the thread that `heap` switched to or from custom handlers. Only the calling thread's
+/// fast path follows at once: a heap is used by one thread at a time, and another thread using it
+/// meanwhile is a race PHP has too.
+pub fn heap_changed(heap: *mut Heap) {
+    if heap == current() {
+        refresh_fast();
+    }
 }
 
 /// Forgets `heap` wherever this thread refers to it (it was shut down for good).
 pub fn forget(heap: *mut Heap) {
-    CURRENT.with(|c| {
-        if c.get() == heap {
-            c.set(ptr::null_mut())
+    let slots = tls::slots();
+    // SAFETY: this thread's own slots.
+    unsafe {
+        if (*slots).current == heap {
+            (*slots).current = ptr::null_mut();
         }
-    });
-    OWN.with(|c| {
-        if c.get() == heap {
-            c.set(ptr::null_mut());
+        if (*slots).own == heap {
+            (*slots).own = ptr::null_mut();
             set_exit_hook(ptr::null_mut());
         }
-    });
+    }
+    refresh_fast();
 }
 
 /// A new heap from the process options, or null if storage fails. It keeps no reserve: as in PHP 8,
@@ -97,9 +127,10 @@ pub fn new_default_heap(per_thread: bool) -> *mut Heap {
 #[cold]
 #[inline(never)]
 fn adopt_own(tried: usize, site: Site) -> *mut Heap {
-    let own = OWN.with(Cell::get);
+    // SAFETY: this thread's own slots.
+    let own = unsafe { (*tls::slots()).own };
     if !own.is_null() {
-        CURRENT.with(|c| c.set(own));
+        set_current(own);
         return own;
     }
     let heap = new_default_heap(true);
@@ -119,8 +150,9 @@ fn adopt_own(tried: usize, site: Site) -> *mut Heap {
             )
         }
     }
-    OWN.with(|c| c.set(heap));
-    CURRENT.with(|c| c.set(heap));
+    // SAFETY: this thread's own slots.
+    unsafe { (*tls::slots()).own = heap };
+    set_current(heap);
     set_exit_hook(heap);
     heap
 }

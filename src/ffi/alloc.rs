@@ -40,7 +40,20 @@ pub extern "C" fn _emalloc(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
-    let site = site(__zend_filename, __zend_lineno);
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    let p = unsafe { (*thread::fast()).alloc_small_fast(size) };
+    if !p.is_null() {
+        return p.cast();
+    }
+    emalloc_slow(size, __zend_filename, __zend_lineno)
+}
+
+/// Everything `_emalloc`'s fast path declines: making the heap, refilling a bin, large and huge
+/// blocks, custom handlers, errors.
+#[cold]
+#[inline(never)]
+fn emalloc_slow(size: usize, file: *const c_char, line: u32) -> *mut c_void {
+    let site = site(file, line);
     heap_for(size, site).emalloc(size, site).cast()
 }
 
@@ -75,6 +88,18 @@ pub unsafe extern "C" fn _efree(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) {
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    if unsafe { (*thread::fast()).free_small_fast(ptr.cast()) } {
+        return;
+    }
+    efree_slow(ptr);
+}
+
+/// Everything `_efree`'s fast path declines: NULL, large and huge blocks, unaligned segments,
+/// custom handlers, and every pointer that is not a block of the current heap.
+#[cold]
+#[inline(never)]
+fn efree_slow(ptr: *mut c_void) {
     if ptr.is_null() {
         return;
     }

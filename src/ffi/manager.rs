@@ -273,6 +273,7 @@ pub unsafe extern "C" fn zend_mm_set_custom_handlers(
             "malloc, free and realloc must all be set, or all be NULL",
         );
     }
+    thread::heap_changed(heap);
 }
 
 /// Reads `heap`'s custom handlers (NULLs when it has none); NULL out-pointers are skipped.

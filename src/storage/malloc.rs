@@ -1,15 +1,13 @@
 //! The `malloc` storage: segments from the C library's heap (PHP 5.3's default storage).
 //!
-//! Segments are page aligned (`posix_memalign`), so no page of a segment is lost to alignment and
-//! huge blocks are page aligned as with the mmap storages; a `realloc` that comes back unaligned is
-//! redone aligned. `compact` calls `malloc_trim`, which gives the C library's free memory back to
+//! Blocks are aligned as the mmap storages align them (`posix_memalign`): segments to their size,
+//! huge blocks to a page; a `realloc` that comes back unaligned is redone aligned. `compact` calls `malloc_trim`, which gives the C library's free memory back to
 //! the system.
 
 use core::ffi::CStr;
 
-use super::{SegmentSource, StaticStorage, handlers_for};
+use super::{SegmentSource, StaticStorage, alignment_for, handlers_for};
 use crate::ffi::types::{zend_mm_mem_handlers, zend_mm_storage};
-use crate::sizes::ZEND_MM_PAGE_SIZE;
 
 pub struct MallocStorage;
 
@@ -26,7 +24,7 @@ impl SegmentSource for MallocStorage {
     fn alloc(size: usize) -> *mut u8 {
         let mut p: *mut libc::c_void = core::ptr::null_mut();
         // SAFETY: plain libc allocation into a local out-pointer.
-        if unsafe { libc::posix_memalign(&mut p, ZEND_MM_PAGE_SIZE, size) } != 0 {
+        if unsafe { libc::posix_memalign(&mut p, alignment_for(size), size) } != 0 {
             return core::ptr::null_mut();
         }
         p.cast()
@@ -35,7 +33,7 @@ impl SegmentSource for MallocStorage {
     unsafe fn realloc(p: *mut u8, old_size: usize, new_size: usize) -> *mut u8 {
         // SAFETY: `p` came from this storage (caller contract).
         let q: *mut u8 = unsafe { libc::realloc(p.cast(), new_size).cast() };
-        if q.is_null() || (q as usize) % ZEND_MM_PAGE_SIZE == 0 {
+        if q.is_null() || (q as usize) % alignment_for(new_size) == 0 {
             return q;
         }
         // The C library moved the block to an unaligned place: move it once more, aligned. If no

@@ -1,28 +1,18 @@
 //! The `mmap_anon` and `mmap_zero` storages: segments mapped straight from the kernel.
 //!
 //! `mmap_anon` uses anonymous private mappings; `mmap_zero` private mappings of `/dev/zero` (one file
-//! descriptor, opened by the first heap that uses it and closed after the last one). Requests of a
-//! segment's size are aligned to that size (up to 2 MiB) as PHP aligns its chunks, so the kernel can
-//! back them with transparent huge pages. Growing and shrinking use `mremap`.
+//! descriptor, opened by the first heap that uses it and closed after the last one). Segments (their
+//! sizes are powers of two) are aligned to their size, as PHP aligns its chunks: the heap's free fast
+//! path relies on it, and the kernel can back them with transparent huge pages. Growing and shrinking
+//! use `mremap`.
 
 use core::ffi::CStr;
 use core::ptr;
 use std::sync::Mutex;
 
-use super::{SegmentSource, StaticStorage, handlers_for};
+use super::{SegmentSource, StaticStorage, alignment_for, handlers_for};
 use crate::ffi::types::{zend_mm_mem_handlers, zend_mm_storage};
 use crate::sizes::ZEND_MM_PAGE_SIZE;
-
-/// Alignment for a mapping of `size` bytes: the largest power of two not above it, at most 2 MiB.
-fn alignment_for(size: usize) -> usize {
-    const MAX_ALIGN: usize = 2 * 1024 * 1024;
-    if size >= MAX_ALIGN {
-        MAX_ALIGN
-    } else {
-        // Largest power of two <= size (size >= 1 page here).
-        1usize << (usize::BITS - 1 - size.leading_zeros())
-    }
-}
 
 /// Maps `size` bytes from `fd` (-1: anonymous), aligned as [`alignment_for`] says. Null on failure.
 fn map_aligned(size: usize, fd: i32) -> *mut u8 {

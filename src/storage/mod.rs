@@ -49,6 +49,17 @@ pub trait SegmentSource {
     fn compact() {}
 }
 
+/// Alignment the built-in storages give a block of `size` bytes: segments (sizes that are powers of
+/// two) are aligned to their size, so that `p & !(size - 1)` finds a block's segment; anything else
+/// (huge blocks) to a page.
+pub fn alignment_for(size: usize) -> usize {
+    if size.is_power_of_two() && size >= crate::sizes::ZEND_MM_PAGE_SIZE {
+        size
+    } else {
+        crate::sizes::ZEND_MM_PAGE_SIZE
+    }
+}
+
 /// The PHP handler table for a [`SegmentSource`].
 pub const fn handlers_for<S: SegmentSource>() -> zend_mm_mem_handlers {
     zend_mm_mem_handlers {
@@ -155,6 +166,11 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// No storage (the sentinel heap's).
+    pub const NONE: Storage = Storage {
+        raw: ptr::null_mut(),
+    };
+
     /// Wraps a storage returned by `handlers.init`.
     ///
     /// # Safety
@@ -310,11 +326,32 @@ mod tests {
     }
 
     #[test]
-    fn mmap_storages_align_segment_sized_requests() {
-        for h in [&mmap::ANON_HANDLERS, &mmap::ZERO_HANDLERS] {
+    fn builtins_align_segments_to_their_size() {
+        for h in BUILTIN {
             let s = open(h);
             let p = s.alloc(2 << 20);
             assert_eq!(p as usize % (2 << 20), 0);
+            // SAFETY: live segment of this storage.
+            unsafe { s.free(p) };
+            let p = s.alloc(256 << 10);
+            assert_eq!(p as usize % (256 << 10), 0);
+            // SAFETY: live segment of this storage.
+            unsafe { s.free(p) };
+            let p = s.alloc(3 << 20);
+            assert_eq!(p as usize % 4096, 0, "other sizes are page aligned");
+            // SAFETY: live segment of this storage.
+            unsafe { s.free(p) };
+            s.compact();
+            // SAFETY: nothing of the storage is live.
+            unsafe { s.destroy() };
+        }
+    }
+
+    #[test]
+    fn mmap_storages_give_zeroed_memory() {
+        for h in [&mmap::ANON_HANDLERS, &mmap::ZERO_HANDLERS] {
+            let s = open(h);
+            let p = s.alloc(2 << 20);
             // SAFETY: live segment of this storage.
             unsafe {
                 assert_eq!(p.add(4096).read(), 0, "fresh mappings are zeroed");
