@@ -326,6 +326,60 @@ static void test_reserve_is_held_back_for_the_error_handler(void)
     CHECK_EQ(arena_state.outstanding, 0);
 }
 
+/* ---- The segment cache ---- */
+
+/* One request that needs `segments` segments at its peak (one large block fills each, the first
+ * segment's included). */
+static void request_of(int segments)
+{
+    size_t block = 256 * 1024 - 2 * 4096;
+    for (int i = 0; i < segments; i++) {
+        emalloc(block);
+    }
+    shutdown_memory_manager(1, 0);
+}
+
+static void test_segment_cache_follows_recent_requests(void)
+{
+    reset_arena(0);
+    zend_mm_heap *heap = zend_mm_startup_ex(&arena_handlers, 256 * 1024, 0, 0, NULL);
+    zend_mm_heap *old = zend_mm_set_heap(heap);
+    /* Requests whose peak wobbles between 6 and 9 segments: once the cache has seen 9, it keeps
+     * them and no request maps a segment again. */
+    for (int i = 0; i < 10; i++) {
+        request_of(i % 2 ? 9 : 6);
+    }
+    int allocs = arena_state.allocs;
+    for (int i = 0; i < 20; i++) {
+        request_of(i % 3 ? 6 : 9);
+    }
+    CHECK_EQ(arena_state.allocs, allocs);
+
+    /* Within a request, segments emptied and needed again are reused, not unmapped. */
+    void *blocks[9];
+    for (int round = 0; round < 5; round++) {
+        for (int i = 0; i < 8; i++) {
+            blocks[i] = emalloc(256 * 1024 - 2 * 4096);
+        }
+        for (int i = 0; i < 8; i++) {
+            efree(blocks[i]);
+        }
+    }
+    CHECK_EQ(arena_state.allocs, allocs);
+    shutdown_memory_manager(1, 0);
+
+    /* After a spike, small requests let the cache shrink back. */
+    request_of(40);
+    CHECK(arena_state.outstanding >= 40);
+    for (int i = 0; i < 300; i++) {
+        request_of(2);
+    }
+    CHECK(arena_state.outstanding <= 3);
+    zend_mm_set_heap(old);
+    zend_mm_shutdown(heap, 1, 1);
+    CHECK_EQ(arena_state.outstanding, 0);
+}
+
 /* ---- Compaction (ZEND_MM_COMPACT) ---- */
 
 static void test_compaction_after_big_requests(void)
@@ -385,6 +439,7 @@ int main(int argc, char **argv)
     RUN(test_no_first_segment_gives_null);
     RUN(test_startup_argument_errors);
     RUN(test_reserve_is_held_back_for_the_error_handler);
+    RUN(test_segment_cache_follows_recent_requests);
     RUN(test_compaction_after_big_requests);
     RUN(test_compaction_threshold_comes_from_the_environment);
     return test_summary();

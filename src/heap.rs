@@ -138,10 +138,9 @@ pub struct Heap {
     /// Empty segments kept for reuse (linked through `class_next`).
     pub cached: *mut Segment,
     pub cached_count: usize,
-    /// Moving average of segments per request, steering how many are cached (PHP's heuristic).
-    pub avg_segments: f64,
-    pub last_delete_boundary: usize,
-    pub last_delete_count: usize,
+    /// How many segments the next request is expected to need: the peak of recent requests,
+    /// decaying by [`EXPECTATION_DECAY`] per request. It decides how many segments stay cached.
+    pub expected_segments: f64,
     pub next_num: u64,
     pub huge_list: *mut HugeBlock,
     pub storage: Storage,
@@ -152,6 +151,12 @@ pub struct Heap {
     pub reserve_size: usize,
     pub custom: CustomHandlers,
 }
+
+/// Empty segments a request may keep cached whatever its size (see `Heap::delete_segment`).
+pub(crate) const MIN_CACHED_SEGMENTS: usize = 2;
+
+/// Per request, the expected segment count decays by this factor towards the latest peak.
+pub(crate) const EXPECTATION_DECAY: f64 = 0.98;
 
 /// Entries of [`Heap::fast_segments`].
 pub(crate) const FAST_SEGMENTS: usize = 64;
@@ -216,9 +221,7 @@ impl Heap {
             class_bits: [0; CLASS_WORDS],
             cached: ptr::null_mut(),
             cached_count: 0,
-            avg_segments: 1.0,
-            last_delete_boundary: 0,
-            last_delete_count: 0,
+            expected_segments: 1.0,
             next_num: 1,
             huge_list: ptr::null_mut(),
             storage,
@@ -808,26 +811,23 @@ impl Heap {
         }
     }
 
-    /// An empty non-main segment leaves the live list: cached if the recent demand says it will be
-    /// needed again soon, released otherwise (PHP's `zend_mm_delete_chunk`).
+    /// An empty non-main segment leaves the live list: cached if it will likely be needed again
+    /// soon, released otherwise. Kept are as many segments as recent requests needed
+    /// (`expected_segments`) and, beyond that, a cache of half the live segments (at least
+    /// [`MIN_CACHED_SEGMENTS`]): a request whose usage swings does not unmap and fault in the same
+    /// memory over and over, while memory still goes back as usage falls for good. (PHP's
+    /// `zend_mm_delete_chunk` keeps about the average of recent requests and unmaps the rest.)
     fn delete_segment(&mut self, seg: *mut Segment) {
         self.unlink_segment(seg);
         self.segments_count -= 1;
-        let keep = ((self.segments_count + self.cached_count) as f64) < self.avg_segments + 0.1
-            || (self.segments_count == self.last_delete_boundary && self.last_delete_count >= 4);
+        let owned = self.segments_count + self.cached_count;
+        let keep = owned < self.expected_segments.ceil() as usize
+            || self.cached_count < MIN_CACHED_SEGMENTS.max(self.segments_count / 2);
         if keep {
             self.push_cached(seg);
             return;
         }
         self.real_size -= self.segment_size;
-        if self.cached.is_null() {
-            if self.segments_count != self.last_delete_boundary {
-                self.last_delete_boundary = self.segments_count;
-                self.last_delete_count = 0;
-            } else {
-                self.last_delete_count += 1;
-            }
-        }
         // Keep the older of this segment and the newest cached one; release the other.
         // SAFETY: cached segments are live segments of this heap.
         if self.cached.is_null() || unsafe { (*seg).num > (*self.cached).num } {
@@ -935,8 +935,14 @@ impl Heap {
             h.push_cached(seg);
             seg = next;
         }
-        h.avg_segments = (h.avg_segments + h.peak_segments_count as f64) / 2.0;
-        while (h.cached_count as f64) + 0.9 > h.avg_segments && !h.cached.is_null() {
+        // Keep what the next request is expected to need: the peak of recent requests, decaying.
+        // A request like the recent ones maps nothing new; after a spike the cache shrinks a
+        // little per request. (PHP keeps about the average of recent peaks, so requests whose
+        // peak wobbles around it unmap and fault in a segment again and again.)
+        h.expected_segments =
+            (h.peak_segments_count as f64).max(h.expected_segments * EXPECTATION_DECAY);
+        let keep = h.expected_segments.ceil() as usize;
+        while h.cached_count + 1 > keep && !h.cached.is_null() {
             let seg = h.cached;
             // SAFETY: cached segments are live segments of this heap.
             h.cached = unsafe { (*seg).class_next };
@@ -956,8 +962,6 @@ impl Heap {
         h.real_peak = h.real_size;
         h.segments_count = 1;
         h.peak_segments_count = 1;
-        h.last_delete_boundary = 0;
-        h.last_delete_count = 0;
         h.overflow = 0;
         h.fill_reserve();
     }
