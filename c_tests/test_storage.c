@@ -380,6 +380,40 @@ static void test_segment_cache_follows_recent_requests(void)
     CHECK_EQ(arena_state.outstanding, 0);
 }
 
+static void test_huge_blocks_are_reused_within_a_request(void)
+{
+    reset_arena(0);
+    zend_mm_heap *heap = zend_mm_startup_ex(&arena_handlers, 256 * 1024, 0, 0, NULL);
+    zend_mm_heap *old = zend_mm_set_heap(heap);
+    char *a = emalloc(3000000);
+    memset(a, 1, 3000000);
+    int allocs = arena_state.allocs;
+    size_t real = zend_memory_usage(1);
+    efree(a);
+    CHECK_EQ(zend_memory_usage(1), real); /* kept for reuse */
+    char *b = emalloc(2900000);           /* close enough in size: the same storage serves it */
+    CHECK_EQ(arena_state.allocs, allocs);
+    CHECK_EQ(zend_memory_usage(1), real);
+    CHECK_EQ(zend_mem_block_size(b), 2900000 + 4096 - 2900000 % 4096);
+    CHECK(mem_block_check(a, 1) == (a == b)); /* the old pointer is dead unless it is b */
+    b = erealloc(b, 3000000);                 /* grows within the storage it has */
+    CHECK_EQ(arena_state.reallocs, 0);
+    CHECK_EQ(zend_mem_block_size(b), 3002368);
+    efree(b);
+    char *c = emalloc(9000000); /* bigger: the cached block grows through the storage */
+    CHECK_EQ(arena_state.allocs, allocs + 1);
+    CHECK_EQ(arena_state.reallocs, 1);
+    c[8999999] = 1;
+    efree(c);
+    CHECK(zend_mm_gc(heap) >= 9000000); /* gc gives cached memory back */
+    CHECK_EQ(zend_memory_usage(1), 256 * 1024);
+    emalloc(5000000);
+    shutdown_memory_manager(1, 0); /* and so does the end of the request */
+    CHECK_EQ(arena_state.outstanding, 1);
+    zend_mm_set_heap(old);
+    zend_mm_shutdown(heap, 1, 1);
+}
+
 /* ---- Compaction (ZEND_MM_COMPACT) ---- */
 
 static void test_compaction_after_big_requests(void)
@@ -440,6 +474,7 @@ int main(int argc, char **argv)
     RUN(test_startup_argument_errors);
     RUN(test_reserve_is_held_back_for_the_error_handler);
     RUN(test_segment_cache_follows_recent_requests);
+    RUN(test_huge_blocks_are_reused_within_a_request);
     RUN(test_compaction_after_big_requests);
     RUN(test_compaction_threshold_comes_from_the_environment);
     return test_summary();

@@ -1,7 +1,8 @@
-//! Garbage collection of small runs (PHP's `zend_mm_gc`, `gc_mem_caches()`).
+//! Garbage collection (PHP's `zend_mm_gc`, `gc_mem_caches()`).
 //!
-//! Owns the one operation that returns memory held by free small slots: runs whose slots are all
-//! free go back to their segment, and segments left empty go to the cache or the storage. It walks
+//! Owns the operation that gives back memory the heap holds without using it: runs whose small
+//! slots are all free go back to their segment, and the segments (and huge blocks) the heap keeps
+//! cached for reuse go back to storage. It walks
 //! the free lists only (never every segment): pass 1 counts free slots per run in the run's first
 //! page-map entry, pass 2 unlinks the slots of complete runs and frees those runs, pass 3 clears
 //! the counters of the runs that stay. Segments are given up only after the walk, since a list may
@@ -16,7 +17,9 @@ use crate::segment::{
 use crate::sizes::{BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
 
 impl Heap {
-    /// Frees every small run whose slots are all free; returns the bytes given back.
+    /// Frees every small run whose slots are all free and returns cached segments and huge blocks
+    /// to storage; returns the bytes given back (PHP counts the runs only: it has no caches to
+    /// empty mid-request).
     pub fn gc(&mut self) -> usize {
         if self.use_custom_heap != 0 {
             return 0;
@@ -102,5 +105,7 @@ impl Heap {
             emptied = next;
         }
         collected_pages * ZEND_MM_PAGE_SIZE
+            + self.release_cached_segments()
+            + self.release_cached_huge()
     }
 }

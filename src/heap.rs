@@ -143,6 +143,9 @@ pub struct Heap {
     pub expected_segments: f64,
     pub next_num: u64,
     pub huge_list: *mut HugeBlock,
+    /// Freed huge blocks kept for reuse until the request ends (`huge::HUGE_CACHE` at most).
+    pub huge_cached: *mut HugeBlock,
+    pub huge_cached_count: usize,
     pub storage: Storage,
     /// Real peak above which a request end asks the storage to compact (0: never).
     pub compact_size: usize,
@@ -151,9 +154,6 @@ pub struct Heap {
     pub reserve_size: usize,
     pub custom: CustomHandlers,
 }
-
-/// Empty segments a request may keep cached whatever its size (see `Heap::delete_segment`).
-pub(crate) const MIN_CACHED_SEGMENTS: usize = 2;
 
 /// Per request, the expected segment count decays by this factor towards the latest peak.
 pub(crate) const EXPECTATION_DECAY: f64 = 0.98;
@@ -224,6 +224,8 @@ impl Heap {
             expected_segments: 1.0,
             next_num: 1,
             huge_list: ptr::null_mut(),
+            huge_cached: ptr::null_mut(),
+            huge_cached_count: 0,
             storage,
             compact_size: 0,
             reserve: ptr::null_mut(),
@@ -811,37 +813,28 @@ impl Heap {
         }
     }
 
-    /// An empty non-main segment leaves the live list: cached if it will likely be needed again
-    /// soon, released otherwise. Kept are as many segments as recent requests needed
-    /// (`expected_segments`) and, beyond that, a cache of half the live segments (at least
-    /// [`MIN_CACHED_SEGMENTS`]): a request whose usage swings does not unmap and fault in the same
-    /// memory over and over, while memory still goes back as usage falls for good. (PHP's
-    /// `zend_mm_delete_chunk` keeps about the average of recent requests and unmaps the rest.)
+    /// An empty non-main segment leaves the live list for the cache. Segments go back to storage
+    /// at request end (beyond what recent requests needed), in `zend_mm_gc`, and when the limit
+    /// or the storage asks for memory: a request whose usage swings reuses its segments instead
+    /// of unmapping them and faulting the same memory in again. (PHP's `zend_mm_delete_chunk`
+    /// keeps about the average of recent requests and unmaps the rest at once.)
     fn delete_segment(&mut self, seg: *mut Segment) {
         self.unlink_segment(seg);
         self.segments_count -= 1;
-        let owned = self.segments_count + self.cached_count;
-        let keep = owned < self.expected_segments.ceil() as usize
-            || self.cached_count < MIN_CACHED_SEGMENTS.max(self.segments_count / 2);
-        if keep {
-            self.push_cached(seg);
-            return;
-        }
-        self.real_size -= self.segment_size;
-        // Keep the older of this segment and the newest cached one; release the other.
-        // SAFETY: cached segments are live segments of this heap.
-        if self.cached.is_null() || unsafe { (*seg).num > (*self.cached).num } {
-            self.release_segment(seg);
-        } else {
-            let old = self.cached;
-            // SAFETY: as above.
-            unsafe { (*seg).class_next = (*old).class_next };
-            self.cached = seg;
-            self.release_segment(old);
-        }
+        self.push_cached(seg);
     }
 
-    /// Returns the most recently cached segment to storage (`zend_set_memory_limit`).
+    /// Returns every cached segment to storage; the bytes given back.
+    pub fn release_cached_segments(&mut self) -> usize {
+        let mut released = 0;
+        while !self.cached.is_null() {
+            self.drop_one_cached_segment();
+            released += self.segment_size;
+        }
+        released
+    }
+
+    /// Returns the most recently cached segment to storage.
     pub fn drop_one_cached_segment(&mut self) {
         let seg = self.cached;
         if seg.is_null() {

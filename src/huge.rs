@@ -1,14 +1,21 @@
 //! Huge blocks (zend_alloc.c "Huge Runs"): requests too big for a segment, each with a storage
 //! allocation of its own.
 //!
-//! Owns the huge-block header and the heap's list of huge blocks. A huge block is one storage
-//! allocation: a header page (the storage-visible `zend_mm_segment` first, then the owner and the
-//! list links) followed by the block, whose size is the request rounded up to whole pages. With the
-//! mmap storages the block is therefore page aligned. Resizing goes through the storage's
-//! `_realloc` (`mremap` for the mmap storages), so growing and shrinking never copy in user space.
+//! Owns the huge-block header, the heap's list of huge blocks and its cache of freed ones. A huge
+//! block is one storage allocation: a header page (the storage-visible `zend_mm_segment` first,
+//! then the owner and the list links) followed by the block, whose size is the request rounded up
+//! to whole pages. With the built-in storages the block is therefore page aligned. Resizing goes
+//! through the storage's `_realloc` (`mremap` for the mmap storages), so growing and shrinking
+//! never copy in user space.
 //!
-//! Invariants: every huge block of a heap is on its `huge_list` and registered in the region map
-//! (tagged [`region_map::TAG_HUGE`]); `raw.size == HUGE_HEADER + size`.
+//! A freed huge block stays cached (up to [`HUGE_CACHE`] of them) until the request ends: the next
+//! huge request reuses its pages, already faulted in, instead of mapping fresh ones (each page of
+//! fresh memory costs a page fault on first touch, about as much as the block's whole use).
+//!
+//! Invariants: every live huge block of a heap is on its `huge_list`, every cached one on
+//! `huge_cached` (with `data` null, so a stale pointer to it is caught); both are registered in the
+//! region map (tagged [`region_map::TAG_HUGE`]); `HUGE_HEADER + size <= raw.size` (the storage
+//! allocation may be larger than the block it serves).
 
 use core::ptr;
 
@@ -21,6 +28,9 @@ use crate::sizes::{ZEND_MM_PAGE_SIZE, align_up};
 /// Bytes in front of every huge block: its header, padded to a page.
 pub(crate) const HUGE_HEADER: usize = ZEND_MM_PAGE_SIZE;
 
+/// Freed huge blocks a heap keeps for reuse during a request.
+pub(crate) const HUGE_CACHE: usize = 4;
+
 #[repr(C)]
 pub struct HugeBlock {
     /// What the storage sees: the allocation size (header included).
@@ -30,7 +40,7 @@ pub struct HugeBlock {
     pub next: *mut HugeBlock,
     /// Block size: the request rounded up to whole pages.
     pub size: usize,
-    /// The block handed to the caller.
+    /// The block handed to the caller (null while cached).
     pub data: *mut u8,
 }
 
@@ -80,20 +90,34 @@ impl Heap {
             Ok(sizes) => sizes,
             Err(fatal) => return self.huge_failure(site, fatal),
         };
-        if !self.huge_fits_limit(total) {
-            return self.huge_failure(
-                site,
-                Fatal::Limit {
-                    limit: self.limit,
-                    tried: size,
-                },
-            );
-        }
-        let Some(base) = self.storage_alloc(total, size, site) else {
-            return ptr::null_mut();
+        let block = match self.take_cached_huge(total) {
+            Some(block) => block,
+            None => match self.map_huge(total, size, site) {
+                Some(block) => block,
+                None => return ptr::null_mut(),
+            },
         };
+        // SAFETY: a registered huge block of this heap, on no list.
+        let data = unsafe {
+            (*block).size = block_size;
+            (*block).data = (*block).base().add(HUGE_HEADER);
+            (*block).data
+        };
+        self.link_huge(block);
+        self.count_alloc(block_size);
+        data
+    }
+
+    /// A fresh huge block of `total` storage bytes, registered and counted in `real_size`; `None`
+    /// after a fatal error was raised (or when the caller may fail).
+    fn map_huge(&mut self, total: usize, size: usize, site: Site) -> Option<*mut HugeBlock> {
+        if !self.huge_fits_limit(total) {
+            let limit = self.limit;
+            self.huge_failure(site, Fatal::Limit { limit, tried: size });
+            return None;
+        }
+        let base = self.storage_alloc(total, size, site)?;
         let block = base.cast::<HugeBlock>();
-        let data = base.wrapping_add(HUGE_HEADER);
         // SAFETY: `base` holds `total` fresh bytes; the header fits in the first page.
         unsafe {
             block.write(HugeBlock {
@@ -104,8 +128,8 @@ impl Heap {
                 heap: self,
                 prev: ptr::null_mut(),
                 next: ptr::null_mut(),
-                size: block_size,
-                data,
+                size: 0,
+                data: ptr::null_mut(),
             })
         };
         if !region_map::register(
@@ -115,23 +139,95 @@ impl Heap {
         ) {
             // SAFETY: never handed out.
             unsafe { self.storage.free(base) };
-            return self.huge_failure(
+            let allocated = self.real_size;
+            self.huge_failure(
                 site,
                 Fatal::OutOfMemory {
-                    allocated: self.real_size,
+                    allocated,
                     tried: size,
                 },
             );
+            return None;
         }
-        self.link_huge(block);
         self.real_size += total;
         self.real_peak = self.real_peak.max(self.real_size);
-        self.count_alloc(block_size);
-        data
+        Some(block)
+    }
+
+    /// A cached huge block resized (if needed) to serve `total` storage bytes, off the cache.
+    fn take_cached_huge(&mut self, total: usize) -> Option<*mut HugeBlock> {
+        // The tightest cached block that is big enough, else the biggest one (to grow).
+        let mut best: *mut HugeBlock = ptr::null_mut();
+        let mut block = self.huge_cached;
+        let mut best_capacity = 0;
+        while !block.is_null() {
+            // SAFETY: cached huge blocks are registered blocks of this heap.
+            let capacity = unsafe { (*block).raw.size };
+            let better = if capacity >= total {
+                best_capacity < total || capacity < best_capacity
+            } else {
+                best_capacity < total && capacity > best_capacity
+            };
+            if better {
+                best = block;
+                best_capacity = capacity;
+            }
+            // SAFETY: as above.
+            block = unsafe { (*block).next };
+        }
+        if best.is_null() {
+            return None;
+        }
+        self.unlink_cached_huge(best);
+        let capacity = best_capacity;
+        // Reuse as it is unless it is too small, or so big that half of it would sit idle.
+        if capacity >= total && capacity - total <= total / 2 {
+            return Some(best);
+        }
+        if capacity < total && !self.huge_fits_limit(total - capacity) {
+            self.release_huge(best);
+            return None;
+        }
+        let resized = self.resize_huge_storage(best, total);
+        if resized.is_null() {
+            self.release_huge(best);
+        }
+        (!resized.is_null()).then_some(resized)
+    }
+
+    /// Resizes a huge block's storage allocation (moving it if the storage must), keeping the
+    /// region map and `real_size` right; null (the block intact) if the storage refuses. List links
+    /// are the caller's business.
+    fn resize_huge_storage(&mut self, block: *mut HugeBlock, total: usize) -> *mut HugeBlock {
+        // SAFETY: a registered huge block of this heap.
+        let (base, old_total) = unsafe { ((*block).base(), (*block).raw.size) };
+        region_map::unregister(base as usize, base as usize + old_total);
+        // SAFETY: `base` is a live storage segment of this heap whose header holds its size.
+        let new_base = unsafe { self.storage.realloc(base, total) };
+        let (base, total) = if new_base.is_null() {
+            (base, old_total)
+        } else {
+            (new_base, total)
+        };
+        let block = base.cast::<HugeBlock>();
+        if !region_map::register(
+            base as usize,
+            base as usize + total,
+            block as usize | region_map::TAG_HUGE,
+        ) {
+            // Out of the mappable address space after a move: nothing sensible can continue.
+            crate::diagnostics::heap_corrupted();
+        }
+        if new_base.is_null() {
+            return ptr::null_mut();
+        }
+        self.real_size = self.real_size - old_total + total;
+        self.real_peak = self.real_peak.max(self.real_size);
+        block
     }
 
     fn link_huge(&mut self, block: *mut HugeBlock) {
-        // SAFETY: `block` and the list members are live huge blocks of this heap.
+        // SAFETY: `block` and the list members are huge blocks of this heap.
         unsafe {
             (*block).prev = ptr::null_mut();
             (*block).next = self.huge_list;
@@ -157,32 +253,82 @@ impl Heap {
         }
     }
 
-    /// Returns a huge block's storage (PHP's `zend_mm_free_huge`).
+    fn unlink_cached_huge(&mut self, block: *mut HugeBlock) {
+        // SAFETY: `block` and its neighbours are cached huge blocks of this heap.
+        unsafe {
+            let b = &*block;
+            if b.prev.is_null() {
+                self.huge_cached = b.next;
+            } else {
+                (*b.prev).next = b.next;
+            }
+            if !b.next.is_null() {
+                (*b.next).prev = b.prev;
+            }
+        }
+        self.huge_cached_count -= 1;
+    }
+
+    /// Frees a huge block (PHP's `zend_mm_free_huge`): cached for reuse while the cache has room,
+    /// returned to storage otherwise.
     pub fn free_huge(&mut self, block: *mut HugeBlock) {
         self.unlink_huge(block);
         // SAFETY: a live huge block of this heap, now off the list.
-        let (size, total) = unsafe { ((*block).size, (*block).raw.size) };
-        self.release_huge(block);
-        self.size -= size;
-        self.real_size -= total;
+        self.size -= unsafe { (*block).size };
+        if self.huge_cached_count < HUGE_CACHE {
+            // SAFETY: as above; it joins the cache list.
+            unsafe {
+                (*block).data = ptr::null_mut();
+                (*block).prev = ptr::null_mut();
+                (*block).next = self.huge_cached;
+                if !self.huge_cached.is_null() {
+                    (*self.huge_cached).prev = block;
+                }
+            }
+            self.huge_cached = block;
+            self.huge_cached_count += 1;
+        } else {
+            self.release_huge(block);
+        }
     }
 
+    /// Returns a huge block (on no list) to storage.
     fn release_huge(&mut self, block: *mut HugeBlock) {
-        // SAFETY: a live huge block of this heap that no list references.
+        // SAFETY: a registered huge block of this heap that no list references.
         unsafe {
+            self.real_size -= (*block).raw.size;
             region_map::unregister((*block).base() as usize, (*block).end());
             self.storage.free((*block).base());
         }
     }
 
-    /// Frees every huge block (request end).
-    pub fn release_huge_blocks(&mut self) {
-        while !self.huge_list.is_null() {
-            self.free_huge(self.huge_list);
+    /// Returns every cached huge block to storage; the bytes given back.
+    pub fn release_cached_huge(&mut self) -> usize {
+        let mut released = 0;
+        while !self.huge_cached.is_null() {
+            let block = self.huge_cached;
+            self.unlink_cached_huge(block);
+            // SAFETY: a registered huge block of this heap.
+            released += unsafe { (*block).raw.size };
+            self.release_huge(block);
         }
+        released
     }
 
-    /// Resizes a huge block (PHP's `zend_mm_realloc_huge`): in storage while it stays huge, by
+    /// Frees every huge block, cached ones included (request end).
+    pub fn release_huge_blocks(&mut self) {
+        while !self.huge_list.is_null() {
+            let block = self.huge_list;
+            self.unlink_huge(block);
+            // SAFETY: a live huge block of this heap, now off the list.
+            self.size -= unsafe { (*block).size };
+            self.release_huge(block);
+        }
+        self.release_cached_huge();
+    }
+
+    /// Resizes a huge block (PHP's `zend_mm_realloc_huge`): in place while its storage is big
+    /// enough (and not more than twice too big), through the storage while it stays huge, by
     /// moving when it becomes large or small.
     pub fn realloc_huge(
         &mut self,
@@ -192,7 +338,7 @@ impl Heap {
         site: Site,
     ) -> *mut u8 {
         // SAFETY: `locate` found a live huge block of this heap.
-        let (old_size, old_total, data) =
+        let (old_size, capacity, data) =
             unsafe { ((*block).size, (*block).raw.size, (*block).data) };
         if size <= self.max_large_pages * ZEND_MM_PAGE_SIZE {
             return self.move_block(data, old_size, size, copy_size, site);
@@ -201,55 +347,37 @@ impl Heap {
             Ok(sizes) => sizes,
             Err(fatal) => return self.huge_failure(site, fatal),
         };
-        if new_size == old_size {
+        if new_total <= capacity && new_total >= capacity / 2 {
+            // SAFETY: as above; the storage already holds the new size.
+            unsafe { (*block).size = new_size };
+            self.size = self.size - old_size + new_size;
+            self.peak = self.peak.max(self.size);
             return data;
         }
-        if new_size > old_size && !self.huge_fits_limit(new_total - old_total) {
-            return self.huge_failure(
-                site,
-                Fatal::Limit {
-                    limit: self.limit,
-                    tried: size,
-                },
-            );
+        if new_total > capacity && !self.huge_fits_limit(new_total - capacity) {
+            let limit = self.limit;
+            return self.huge_failure(site, Fatal::Limit { limit, tried: size });
         }
         // SAFETY: as above.
-        let base = unsafe { (*block).base() };
-        region_map::unregister(base as usize, base as usize + old_total);
-        // SAFETY: `base` is a live storage segment of this heap whose header holds its size.
-        let new_base = unsafe { self.storage.realloc(base, new_total) };
-        if new_base.is_null() {
-            region_map::register(
-                base as usize,
-                base as usize + old_total,
-                block as usize | region_map::TAG_HUGE,
-            );
+        let (prev, next) = unsafe { ((*block).prev, (*block).next) };
+        let moved = self.resize_huge_storage(block, new_total);
+        if moved.is_null() {
             return self.move_block(data, old_size, size, copy_size, site);
         }
-        let moved = new_base.cast::<HugeBlock>();
-        // SAFETY: the storage kept the header (it copies the segment when it moves it).
+        // SAFETY: the storage kept the header (it copies the segment when it moves it); the
+        // neighbours are live huge blocks of this heap.
         unsafe {
             (*moved).size = new_size;
-            (*moved).data = new_base.wrapping_add(HUGE_HEADER);
-            if !(*moved).prev.is_null() {
-                (*(*moved).prev).next = moved;
-            } else {
+            (*moved).data = (*moved).base().add(HUGE_HEADER);
+            if prev.is_null() {
                 self.huge_list = moved;
+            } else {
+                (*prev).next = moved;
             }
-            if !(*moved).next.is_null() {
-                (*(*moved).next).prev = moved;
+            if !next.is_null() {
+                (*next).prev = moved;
             }
         }
-        if !region_map::register(
-            new_base as usize,
-            new_base as usize + new_total,
-            moved as usize | region_map::TAG_HUGE,
-        ) {
-            // Out of the mappable address space: nothing sensible can continue.
-            crate::diagnostics::heap_corrupted();
-        }
-        self.real_size = self.real_size - old_total + new_total;
-        self.real_peak = self.real_peak.max(self.real_size);
         self.size = self.size - old_size + new_size;
         self.peak = self.peak.max(self.size);
         // SAFETY: as above.
