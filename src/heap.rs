@@ -330,6 +330,40 @@ impl Heap {
         true
     }
 
+    /// Resizes `p` in place when the new size keeps its block (the same bin, or the same number of
+    /// pages of a large block) and `p` is a block of one of this heap's aligned segments: PHP's
+    /// in-place cases that need no metadata change. Null sends the caller to the slow path.
+    #[inline(always)]
+    pub fn realloc_in_place_fast(&mut self, p: *mut u8, size: usize) -> *mut u8 {
+        let seg = self.fast_segments[(p as usize >> self.segment_shift) % FAST_SEGMENTS];
+        let offset = (p as usize).wrapping_sub(seg as usize);
+        if offset >= self.segment_size {
+            return ptr::null_mut();
+        }
+        // SAFETY: as in `free_small_fast`.
+        let info = unsafe {
+            seg.cast::<u8>()
+                .add(MAP_OFFSET + (offset >> PAGE_SHIFT) * 4)
+                .cast::<u32>()
+                .read()
+        };
+        let fits = match info & PAGE_KIND_MASK {
+            PAGE_SMALL | PAGE_SMALL_CONT => {
+                let bin = (info & SMALL_BIN_MASK) as usize;
+                size <= BIN_SIZE[bin] && (bin == 0 || size > BIN_SIZE[bin - 1])
+            }
+            PAGE_LARGE => {
+                let bytes = (info & crate::segment::LARGE_PAGES_MASK) as usize * ZEND_MM_PAGE_SIZE;
+                offset % ZEND_MM_PAGE_SIZE == 0
+                    && size <= bytes
+                    && size > bytes - ZEND_MM_PAGE_SIZE
+                    && size > ZEND_MM_MAX_SMALL_SIZE
+            }
+            _ => false,
+        };
+        if fits { p } else { ptr::null_mut() }
+    }
+
     /// Enters `seg` in the fast table if it is aligned to its size (a newer segment takes the place
     /// of an older one with the same number).
     fn remember_fast(&mut self, seg: *mut Segment) {
@@ -1065,6 +1099,31 @@ mod tests {
         ] {
             assert!(!ha.free_small_fast(p), "{p:?} declined");
         }
+        // In place only while the block stays the same: same bin, same page count.
+        assert_eq!(ha.realloc_in_place_fast(small, 105), small);
+        assert!(
+            ha.realloc_in_place_fast(small, 96).is_null(),
+            "fits the smaller bin: moves"
+        );
+        assert!(
+            ha.realloc_in_place_fast(small, 113).is_null(),
+            "grows out of the bin"
+        );
+        assert_eq!(ha.realloc_in_place_fast(large, 12000), large);
+        assert!(
+            ha.realloc_in_place_fast(large, 8000).is_null(),
+            "fewer pages"
+        );
+        assert!(
+            ha.realloc_in_place_fast(large, 12289).is_null(),
+            "more pages"
+        );
+        assert!(
+            ha.realloc_in_place_fast(large.wrapping_add(4096), 12000)
+                .is_null()
+        );
+        assert!(ha.realloc_in_place_fast(huge, 3 << 20).is_null());
+        assert!(ha.realloc_in_place_fast(theirs, 100).is_null());
         let usage = ha.size;
         assert!(ha.free_small_fast(small));
         assert_eq!(ha.size, usage - 112);

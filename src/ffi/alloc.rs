@@ -144,12 +144,25 @@ pub unsafe extern "C" fn _erealloc(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    let q = unsafe { (*thread::fast()).realloc_in_place_fast(ptr.cast(), size) };
+    if !q.is_null() {
+        return q.cast();
+    }
     let mut site = site(__zend_filename, __zend_lineno);
     if allow_failure != 0 {
         site = site.may_fail();
     }
+    erealloc_slow(ptr, size, size, site)
+}
+
+/// Everything `_erealloc`'s fast path declines: moves, growth, shrinking, NULL, huge blocks,
+/// custom handlers, errors.
+#[cold]
+#[inline(never)]
+fn erealloc_slow(ptr: *mut c_void, size: usize, copy_size: usize, site: Site) -> *mut c_void {
     heap_for(size, site)
-        .erealloc(ptr.cast(), size, size, site)
+        .erealloc(ptr.cast(), size, copy_size, site)
         .cast()
 }
 
