@@ -968,7 +968,9 @@ impl Heap {
         // peak wobbles around it unmap and fault in a segment again and again.)
         h.expected_segments =
             (h.peak_segments_count as f64).max(h.expected_segments * EXPECTATION_DECAY);
-        let keep = h.expected_segments.ceil() as usize;
+        // A little slack over the expectation: a request slightly above the recent peaks then
+        // finds its segments still there.
+        let keep = (h.expected_segments * 1.125).ceil() as usize;
         while h.cached_count + 1 > keep && !h.cached.is_null() {
             let seg = h.cached;
             // SAFETY: cached segments are live segments of this heap.

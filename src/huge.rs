@@ -180,8 +180,9 @@ impl Heap {
         }
         self.unlink_cached_huge(best);
         let capacity = best_capacity;
-        // Reuse as it is unless it is too small, or so big that half of it would sit idle.
-        if capacity >= total && capacity - total <= total / 2 {
+        // Reuse as it is unless it is too small, or more than twice too big: resizing would give
+        // back pages that are already faulted in (and fault them in again later).
+        if capacity >= total && capacity - total <= total {
             return Some(best);
         }
         if capacity < total && !self.huge_fits_limit(total - capacity) {
