@@ -4,6 +4,32 @@
 //! longest free run, mark and clear runs. Bits past the last page are kept set, so no search ever
 //! returns a page the segment does not have.
 
+/// A run found by [`PageBitmap::best_fit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fit {
+    pub start: usize,
+    pub len: usize,
+    /// The longest and second longest runs seen (equal when two runs tie); exact for the whole
+    /// bitmap when `complete`, since the search then saw every run.
+    pub longest: usize,
+    pub second: usize,
+    pub complete: bool,
+}
+
+impl Fit {
+    /// The longest free run once `n` pages of this fit are taken, if the search tells.
+    pub fn longest_after_taking(&self, n: usize) -> Option<usize> {
+        if !self.complete {
+            return None;
+        }
+        Some(if self.len == self.longest {
+            self.second.max(self.len - n)
+        } else {
+            self.longest
+        })
+    }
+}
+
 /// A view of a segment's page bitmap.
 pub struct PageBitmap<'a> {
     words: &'a mut [u64],
@@ -127,17 +153,32 @@ impl<'a> PageBitmap<'a> {
         }
     }
 
-    /// The smallest free run of at least `n` pages (lowest address on ties): `(start, run length)`.
-    pub fn best_fit(&self, n: usize) -> Option<(usize, usize)> {
-        let mut best: Option<(usize, usize)> = None;
+    /// The smallest free run of at least `n` pages (lowest address on ties), with what the search
+    /// learnt about the longest runs.
+    pub fn best_fit(&self, n: usize) -> Option<Fit> {
+        let mut fit = Fit {
+            start: 0,
+            len: usize::MAX,
+            longest: 0,
+            second: 0,
+            complete: true,
+        };
         self.for_each_free_run(|start, len| {
-            if len >= n && best.is_none_or(|(_, b)| len < b) {
-                best = Some((start, len));
+            if len >= n && len < fit.len {
+                fit.start = start;
+                fit.len = len;
+            }
+            if len > fit.longest {
+                fit.second = fit.longest;
+                fit.longest = len;
+            } else if len > fit.second {
+                fit.second = len;
             }
             // An exact fit cannot be beaten.
-            best.is_none_or(|(_, b)| b != n)
+            fit.complete = fit.len != n;
+            fit.complete
         });
-        best
+        (fit.len != usize::MAX).then_some(fit)
     }
 
     /// Length of the longest free run.
@@ -181,15 +222,27 @@ mod tests {
     fn best_fit_prefers_the_smallest_then_the_lowest_run() {
         let mut w = map(511);
         let mut b = PageBitmap::new(&mut w, 511);
-        assert_eq!(b.best_fit(1), Some((0, 511)));
-        assert_eq!(b.best_fit(512), None);
+        let at = |b: &PageBitmap<'_>, n| b.best_fit(n).map(|f| (f.start, f.len));
+        assert_eq!(at(&b, 1), Some((0, 511)));
+        assert_eq!(at(&b, 512), None);
         b.set_range(0, 10);
         b.set_range(13, 100); // free run 10..13 (3 pages)
         b.set_range(120, 5); // free run 113..120 (7 pages), 125..511
-        assert_eq!(b.best_fit(3), Some((10, 3)));
-        assert_eq!(b.best_fit(2), Some((10, 3)));
-        assert_eq!(b.best_fit(4), Some((113, 7)));
-        assert_eq!(b.best_fit(8), Some((125, 386)));
+        assert_eq!(at(&b, 3), Some((10, 3)));
+        assert_eq!(at(&b, 2), Some((10, 3)));
+        assert_eq!(at(&b, 4), Some((113, 7)));
+        assert_eq!(at(&b, 8), Some((125, 386)));
+        // What the search learns of the longest run after taking from the fit.
+        let f = b.best_fit(8).unwrap();
+        assert_eq!((f.longest, f.second, f.complete), (386, 7, true));
+        assert_eq!(f.longest_after_taking(8), Some(378));
+        assert_eq!(f.longest_after_taking(380), Some(7));
+        assert_eq!(b.best_fit(4).unwrap().longest_after_taking(4), Some(386));
+        assert_eq!(
+            b.best_fit(3).unwrap().longest_after_taking(3),
+            None,
+            "stopped at the exact fit"
+        );
         assert_eq!(b.longest_free_run(), 386);
         assert_eq!(b.free_run_around(11), 3);
         assert_eq!(b.free_run_around(300), 386);
@@ -208,7 +261,7 @@ mod tests {
         assert_eq!(b.best_fit(1), None);
         assert_eq!(b.longest_free_run(), 0);
         b.clear_range(64, 6);
-        assert_eq!(b.best_fit(1), Some((64, 6)));
+        assert_eq!(b.best_fit(1).map(|f| (f.start, f.len)), Some((64, 6)));
     }
 
     #[test]
@@ -217,7 +270,7 @@ mod tests {
         let mut b = PageBitmap::new(&mut w, 512);
         b.set_range(60, 130);
         assert!(b.is_used(60) && b.is_used(189) && !b.is_used(190) && !b.is_used(59));
-        assert_eq!(b.best_fit(60), Some((0, 60)));
+        assert_eq!(b.best_fit(60).map(|f| (f.start, f.len)), Some((0, 60)));
         assert_eq!(b.free_run_around(200), 512 - 190);
         b.clear_range(60, 130);
         assert_eq!(b.free_run_around(130), 512);

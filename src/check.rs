@@ -257,6 +257,17 @@ impl Heap {
             used += run;
             page += run;
         }
+        let (mut longest, mut run) = (0usize, 0usize);
+        for i in header..pages {
+            run = if bits(i) { 0 } else { run + 1 };
+            longest = longest.max(run);
+        }
+        if longest != s.longest_free as usize {
+            error(format_args!(
+                "segment {:p}: longest free run recorded as {} pages, found {longest}\n",
+                s, s.longest_free
+            ));
+        }
         if used + s.free_pages as usize != pages - header {
             error(format_args!(
                 "segment {:p}: {} free pages recorded, {} found\n",

@@ -252,12 +252,15 @@ impl Segment {
         if n > self.longest_free as usize {
             return None;
         }
-        let (start, run) = self.bitmap().best_fit(n)?;
-        self.take_pages(start, n);
-        if run == self.longest_free as usize {
-            self.longest_free = self.bitmap().longest_free_run() as u32;
-        }
-        Some(start)
+        let fit = self.bitmap().best_fit(n)?;
+        self.take_pages(fit.start, n);
+        self.longest_free = match fit.longest_after_taking(n) {
+            Some(longest) => longest as u32,
+            // The search stopped early: only taking from the longest run can shorten it.
+            None if fit.len < self.longest_free as usize => self.longest_free,
+            None => self.bitmap().longest_free_run() as u32,
+        };
+        Some(fit.start)
     }
 
     fn take_pages(&mut self, start: usize, n: usize) {
