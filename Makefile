@@ -90,7 +90,7 @@ c-tests: build symbols headers $(OUT)/php_probe | $(OUT)
 
 # PHP 8.2's own allocator (Debian's libphp8.2-embed) in a process of its own: its symbols clash
 # with ours. test_php_parity compares the two.
-$(OUT)/php_probe: c_tests/php_probe.c | $(OUT)
+$(OUT)/php_probe: c_tests/php_probe.c c_tests/parity_scenarios.h | $(OUT)
 	$(CC) -std=c99 $(WARN) $(CFLAGS) c_tests/php_probe.c -L/usr/lib -lphp8.2 -o $@
 
 # Exports, header prototypes and c_tests/exports.txt agree.

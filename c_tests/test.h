@@ -136,11 +136,18 @@ static inline void collect_child(pid_t pid, int out_fd, int err_fd, child_result
     }
 }
 
-/*
- * Runs fn(arg) in a child process with `env` ("NAME=value" strings, NULL-terminated, may be NULL)
- * added to its environment, and collects its exit and output. The child exits 0 if fn returns.
- */
-static inline child_result run_child(void (*fn)(void *), void *arg, const char *const *env)
+/* What a child process runs: `fn(arg)` with `env` added to its environment, or (fn NULL) this
+ * binary again as `<binary> --probe <mode>` with `envp` as its whole environment. */
+typedef struct {
+    void (*fn)(void *);
+    void *arg;
+    const char *const *env;
+    const char *mode;
+    const char *const *envp;
+} child_spec;
+
+/* Forks a child for `spec` with stdout and stderr piped back, and collects what it did. */
+static inline child_result spawn_child(const child_spec *spec)
 {
     child_result r;
     int err_pipe[2], out_pipe[2];
@@ -161,17 +168,33 @@ static inline child_result run_child(void (*fn)(void *), void *arg, const char *
         dup2(out_pipe[1], 1);
         close(err_pipe[0]);
         close(out_pipe[0]);
-        for (; env && *env; env++) {
-            putenv((char *)*env);
+        if (spec->fn) {
+            for (const char *const *e = spec->env; e && *e; e++) {
+                putenv((char *)*e);
+            }
+            spec->fn(spec->arg);
+            fflush(stdout);
+            _exit(0);
         }
-        fn(arg);
-        fflush(stdout);
-        _exit(0);
+        char *const argv[] = {(char *)"probe", (char *)"--probe", (char *)spec->mode, NULL};
+        execve("/proc/self/exe", argv, (char *const *)spec->envp);
+        perror("execve");
+        _exit(127);
     }
     close(err_pipe[1]);
     close(out_pipe[1]);
     collect_child(pid, out_pipe[0], err_pipe[0], &r);
     return r;
+}
+
+/*
+ * Runs fn(arg) in a child process with `env` ("NAME=value" strings, NULL-terminated, may be NULL)
+ * added to its environment, and collects its exit and output. The child exits 0 if fn returns.
+ */
+static inline child_result run_child(void (*fn)(void *), void *arg, const char *const *env)
+{
+    child_spec spec = {fn, arg, env, NULL, NULL};
+    return spawn_child(&spec);
 }
 
 extern char **environ;
@@ -201,35 +224,8 @@ static inline child_result run_self(const char *mode, const char *const *env)
         envp[n++] = *env;
     }
     envp[n] = NULL;
-
-    child_result r;
-    int err_pipe[2], out_pipe[2];
-    memset(&r, 0, sizeof r);
-    fflush(stdout);
-    fflush(stderr);
-    if (pipe(err_pipe) != 0 || pipe(out_pipe) != 0) {
-        perror("pipe");
-        exit(2);
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("fork");
-        exit(2);
-    }
-    if (pid == 0) {
-        dup2(err_pipe[1], 2);
-        dup2(out_pipe[1], 1);
-        close(err_pipe[0]);
-        close(out_pipe[0]);
-        char *const argv[] = {(char *)"probe", (char *)"--probe", (char *)mode, NULL};
-        execve("/proc/self/exe", argv, (char *const *)envp);
-        perror("execve");
-        _exit(127);
-    }
-    close(err_pipe[1]);
-    close(out_pipe[1]);
-    collect_child(pid, out_pipe[0], err_pipe[0], &r);
-    return r;
+    child_spec spec = {NULL, NULL, NULL, mode, envp};
+    return spawn_child(&spec);
 }
 
 /* Checks that a child ended with exit status `status` and (unless `err` is NULL) wrote exactly
