@@ -191,20 +191,27 @@ impl<'a> PageBitmap<'a> {
         longest
     }
 
+    /// Last used page before `i`, if any.
+    fn prev_used(&self, i: usize) -> Option<usize> {
+        let mut w = i / 64;
+        let mut bits = self.words[w] & ((1u64 << (i % 64)) - 1);
+        loop {
+            if bits != 0 {
+                return Some(w * 64 + 63 - bits.leading_zeros() as usize);
+            }
+            if w == 0 {
+                return None;
+            }
+            w -= 1;
+            bits = self.words[w];
+        }
+    }
+
     /// Length of the free run containing page `i` (which must be free).
     pub fn free_run_around(&self, i: usize) -> usize {
         debug_assert!(!self.is_used(i));
-        let end = self.next_used(i);
-        let mut start = i;
-        while start > 0 && !self.is_used(start - 1) {
-            // Skip whole free words quickly.
-            if start % 64 == 0 && start >= 64 && self.words[start / 64 - 1] == 0 {
-                start -= 64;
-            } else {
-                start -= 1;
-            }
-        }
-        end - start
+        let start = self.prev_used(i).map_or(0, |j| j + 1);
+        self.next_used(i) - start
     }
 }
 

@@ -306,13 +306,14 @@ impl Heap {
         slot.cast()
     }
 
-    /// Frees `p` if it is a small block in one of this heap's aligned segments; false otherwise.
+    /// The segment, offset and page-map entry of `p` if it lies in one of this heap's aligned
+    /// segments (the fast table), without the region map.
     #[inline(always)]
-    pub fn free_small_fast(&mut self, p: *mut u8) -> bool {
+    fn fast_lookup(&self, p: *mut u8) -> Option<(*mut Segment, usize, u32)> {
         let seg = self.fast_segments[(p as usize >> self.segment_shift) % FAST_SEGMENTS];
         let offset = (p as usize).wrapping_sub(seg as usize);
         if offset >= self.segment_size {
-            return false;
+            return None;
         }
         // SAFETY: `seg` is a live segment of this heap aligned to its size, or NO_SEGMENT (whose
         // zeroes cover any page map); `offset` lies inside it, so the entry is inside its map.
@@ -322,6 +323,15 @@ impl Heap {
                 .cast::<u32>()
                 .read()
         };
+        Some((seg, offset, info))
+    }
+
+    /// Frees `p` if it is a small block in one of this heap's aligned segments; false otherwise.
+    #[inline(always)]
+    pub fn free_small_fast(&mut self, p: *mut u8) -> bool {
+        let Some((_, _, info)) = self.fast_lookup(p) else {
+            return false;
+        };
         // Small runs' pages have the top bit set (PAGE_SMALL and PAGE_SMALL_CONT).
         if (info as i32) >= 0 {
             return false;
@@ -330,22 +340,26 @@ impl Heap {
         true
     }
 
+    /// Frees `p` if it is a large block in one of this heap's aligned segments; false otherwise.
+    pub fn free_large_fast(&mut self, p: *mut u8) -> bool {
+        let Some((seg, offset, info)) = self.fast_lookup(p) else {
+            return false;
+        };
+        if info & PAGE_KIND_MASK != PAGE_LARGE || offset % ZEND_MM_PAGE_SIZE != 0 {
+            return false;
+        }
+        let pages = (info & crate::segment::LARGE_PAGES_MASK) as usize;
+        self.free_large(seg, offset >> PAGE_SHIFT, pages);
+        true
+    }
+
     /// Resizes `p` in place when the new size keeps its block (the same bin, or the same number of
     /// pages of a large block) and `p` is a block of one of this heap's aligned segments: PHP's
     /// in-place cases that need no metadata change. Null sends the caller to the slow path.
     #[inline(always)]
     pub fn realloc_in_place_fast(&mut self, p: *mut u8, size: usize) -> *mut u8 {
-        let seg = self.fast_segments[(p as usize >> self.segment_shift) % FAST_SEGMENTS];
-        let offset = (p as usize).wrapping_sub(seg as usize);
-        if offset >= self.segment_size {
+        let Some((_, offset, info)) = self.fast_lookup(p) else {
             return ptr::null_mut();
-        }
-        // SAFETY: as in `free_small_fast`.
-        let info = unsafe {
-            seg.cast::<u8>()
-                .add(MAP_OFFSET + (offset >> PAGE_SHIFT) * 4)
-                .cast::<u32>()
-                .read()
         };
         let fits = match info & PAGE_KIND_MASK {
             PAGE_SMALL | PAGE_SMALL_CONT => {

@@ -103,6 +103,10 @@ fn efree_slow(ptr: *mut c_void) {
     if ptr.is_null() {
         return;
     }
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    if unsafe { (*thread::fast()).free_large_fast(ptr.cast()) } {
+        return;
+    }
     heap_of_block(ptr).efree(ptr.cast());
 }
 
