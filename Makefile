@@ -63,8 +63,11 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
+# The unit and property tests, then again with the portable thread-local slots (what targets other
+# than x86-64 Linux use) in a target directory of their own.
 rust-test:
 	$(CARGO) test --release
+	RUSTFLAGS="--cfg zend_alloc_portable_tls" $(CARGO) test --release --target-dir target/portable-tls
 
 # Every C test, linked against the shared and the static library; the behaviour suite once per
 # storage manager and with other segment sizes; then the symbol, header and coverage checks, the

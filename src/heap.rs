@@ -187,7 +187,7 @@ pub struct SentinelHeap(UnsafeCell<Heap>);
 unsafe impl Sync for SentinelHeap {}
 
 impl SentinelHeap {
-    pub fn get(&self) -> *mut Heap {
+    pub const fn get(&self) -> *mut Heap {
         self.0.get()
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! On x86-64 Linux the slots are an initial-exec TLS symbol read with inline assembly: a Rust
 //! `thread_local!` in a shared library goes through a call to `__tls_get_addr` on every access,
-//! which was a fifth of the cost of an `emalloc` + `efree` pair. Elsewhere `thread_local!` serves.
+//! which was a fifth of the cost of an `emalloc` + `efree` pair. Elsewhere `thread_local!` serves
+//! (`--cfg zend_alloc_portable_tls` selects it on x86-64 too, so `make test` exercises it).
 
 use crate::heap::Heap;
 
@@ -19,7 +20,11 @@ pub struct ThreadHeaps {
     pub own: *mut Heap,
 }
 
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    not(zend_alloc_portable_tls)
+))]
 mod imp {
     use super::ThreadHeaps;
     use crate::heap::Heap;
@@ -75,7 +80,11 @@ mod imp {
     }
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    not(zend_alloc_portable_tls)
+)))]
 mod imp {
     use core::cell::UnsafeCell;
 
