@@ -405,6 +405,12 @@ static void test_huge_blocks_are_reused_within_a_request(void)
     CHECK_EQ(arena_state.reallocs, 1);
     c[8999999] = 1;
     efree(c);
+    /* A lower limit is met by giving cached memory back. */
+    CHECK(zend_set_memory_limit(zend_memory_usage(1) - 1) == SUCCESS);
+    CHECK_EQ(zend_memory_usage(1), 256 * 1024);
+    zend_set_memory_limit((size_t)-1);
+    c = emalloc(9000000);
+    efree(c);
     CHECK(zend_mm_gc(heap) >= 9000000); /* gc gives cached memory back */
     CHECK_EQ(zend_memory_usage(1), 256 * 1024);
     emalloc(5000000);

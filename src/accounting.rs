@@ -42,12 +42,16 @@ impl Heap {
     }
 
     /// `zend_set_memory_limit(limit)` with PHP 8's rules: a limit below the current real usage is
-    /// accepted only if dropping cached segments gets usage under it (they are dropped then).
+    /// accepted only if dropping cached memory (segments, huge blocks) gets usage under it (it is
+    /// dropped then: the cached huge blocks first, then segments one by one).
     pub fn set_limit(&mut self, limit: usize) -> Result<(), LimitBelowUsage> {
         if limit < self.real_size {
-            let cached_bytes = self.cached_count * self.segment_size;
+            let cached_bytes = self.cached_count * self.segment_size + self.cached_huge_bytes();
             if limit < self.real_size - cached_bytes {
                 return Err(LimitBelowUsage);
+            }
+            if self.real_size > limit {
+                self.release_cached_huge();
             }
             while self.real_size > limit {
                 self.drop_one_cached_segment();

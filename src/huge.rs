@@ -303,6 +303,20 @@ impl Heap {
         }
     }
 
+    /// Storage bytes held by cached huge blocks.
+    pub fn cached_huge_bytes(&self) -> usize {
+        let mut bytes = 0;
+        let mut block = self.huge_cached;
+        while !block.is_null() {
+            // SAFETY: cached huge blocks are registered blocks of this heap.
+            unsafe {
+                bytes += (*block).raw.size;
+                block = (*block).next;
+            }
+        }
+        bytes
+    }
+
     /// Returns every cached huge block to storage; the bytes given back.
     pub fn release_cached_huge(&mut self) -> usize {
         let mut released = 0;
