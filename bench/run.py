@@ -506,7 +506,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny scale, checksums only, no timing")
     ap.add_argument("--callgrind-only", action="store_true", help="only the instruction counts")
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=11, help="interleaved rounds; medians are reported")
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies every workload's size")
     ap.add_argument("--no-callgrind", action="store_true")
     ap.add_argument("--only", help="comma-separated allocators (zend is always included)")
