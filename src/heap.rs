@@ -120,6 +120,9 @@ pub struct Heap {
     pub segment_shift: u32,
     /// Free slots per bin (indexed by bin; the entries past the last bin stay empty).
     pub free_slots: [*mut FreeSlot; BIN_SLOTS],
+    /// `BIN_SIZE`, copied here so the fast paths address it from the heap pointer they hold
+    /// (a constant table costs one more instruction to address in a shared library).
+    pub bin_size: [usize; BIN_SLOTS],
     /// This heap's segments that are aligned to their size, by segment number
     /// (`(p >> segment_shift) % FAST_SEGMENTS`); [`NO_SEGMENT`] where there is none. The free fast
     /// path finds a pointer's segment here without the region map.
@@ -209,6 +212,7 @@ impl Heap {
             segment_size,
             segment_shift: segment_size.trailing_zeros(),
             free_slots: [ptr::null_mut(); BIN_SLOTS],
+            bin_size: BIN_SIZE,
             fast_segments: [no_segment; FAST_SEGMENTS],
             real_size: 0,
             real_peak: 0,
@@ -302,7 +306,7 @@ impl Heap {
         }
         // SAFETY: free-list slots are free slots of this heap holding the next link.
         self.free_slots[bin] = unsafe { (*slot).next };
-        self.count_alloc(BIN_SIZE[bin]);
+        self.count_alloc(self.bin_size[bin]);
         slot.cast()
     }
 

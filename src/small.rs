@@ -36,7 +36,7 @@ impl Heap {
         // SAFETY: `p` is a slot of this heap's bin `bin` (found by `locate`).
         unsafe { (*slot).next = self.free_slots[bin] };
         self.free_slots[bin] = slot;
-        self.size -= BIN_SIZE[bin];
+        self.size -= self.bin_size[bin];
     }
 
     /// Takes a fresh run for `bin`, threads all slots but the first onto the free list and returns
