@@ -10,7 +10,8 @@
 //!
 //! A freed huge block stays cached (up to [`HUGE_CACHE`] of them) until the request ends: the next
 //! huge request reuses its pages, already faulted in, instead of mapping fresh ones (each page of
-//! fresh memory costs a page fault on first touch, about as much as the block's whole use).
+//! fresh memory costs a page fault on first touch, about as much as the block's whole use). A
+//! cached block serves any request it is big enough for; a smaller one grows through the storage.
 //!
 //! Invariants: every live huge block of a heap is on its `huge_list`, every cached one on
 //! `huge_cached` (with `data` null, so a stale pointer to it is caught); both are registered in the
@@ -180,9 +181,10 @@ impl Heap {
         }
         self.unlink_cached_huge(best);
         let capacity = best_capacity;
-        // Reuse as it is unless it is too small, or more than twice too big: resizing would give
-        // back pages that are already faulted in (and fault them in again later).
-        if capacity >= total && capacity - total <= total {
+        // Reuse as it is unless it is too small: shrinking would give back pages that are already
+        // faulted in, to fault them in again for the next bigger request. (The cache is small and
+        // emptied at request end, so the idle tail is bounded.)
+        if capacity >= total {
             return Some(best);
         }
         if capacity < total && !self.huge_fits_limit(total - capacity) {
