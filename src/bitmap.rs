@@ -101,30 +101,22 @@ impl<'a> PageBitmap<'a> {
 
     /// First free page at or after `i`, or `pages`.
     fn next_free(&self, i: usize) -> usize {
-        let mut w = i / 64;
-        if w >= self.words.len() {
-            return self.pages;
-        }
-        let mut bits = !self.words[w] & (ONES << (i % 64));
-        loop {
-            if bits != 0 {
-                return (w * 64 + bits.trailing_zeros() as usize).min(self.pages);
-            }
-            w += 1;
-            if w >= self.words.len() {
-                return self.pages;
-            }
-            bits = !self.words[w];
-        }
+        self.next_with(i, ONES)
     }
 
     /// First used page at or after `i`, or `pages`.
     fn next_used(&self, i: usize) -> usize {
+        self.next_with(i, 0)
+    }
+
+    /// First page at or after `i` whose bit, flipped by `flip` (all ones looks for free pages, zero
+    /// for used ones), is set; or `pages`.
+    fn next_with(&self, i: usize, flip: u64) -> usize {
         let mut w = i / 64;
         if w >= self.words.len() {
             return self.pages;
         }
-        let mut bits = self.words[w] & (ONES << (i % 64));
+        let mut bits = (self.words[w] ^ flip) & (ONES << (i % 64));
         loop {
             if bits != 0 {
                 return (w * 64 + bits.trailing_zeros() as usize).min(self.pages);
@@ -133,7 +125,7 @@ impl<'a> PageBitmap<'a> {
             if w >= self.words.len() {
                 return self.pages;
             }
-            bits = self.words[w];
+            bits = self.words[w] ^ flip;
         }
     }
 

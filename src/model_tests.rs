@@ -156,6 +156,13 @@ impl Model {
         }
     }
 
+    /// Removes a random live block from the model.
+    fn take_random(&mut self, rng: &mut Rng) -> (usize, Block) {
+        let nth = rng.below(self.live.len() as u64) as usize;
+        let key = *self.live.keys().nth(nth).unwrap();
+        (key, self.live.remove(&key).unwrap())
+    }
+
     fn usage(&self) -> usize {
         self.live.values().map(heap_block).sum()
     }
@@ -203,12 +210,7 @@ fn run(handlers: &'static zend_mm_mem_handlers, segment_size: usize, seed: u64, 
                 model.live.insert(p as usize, Block { size, seed });
             }
             45..=79 if !model.live.is_empty() => {
-                let key = *model
-                    .live
-                    .keys()
-                    .nth(rng.below(model.live.len() as u64) as usize)
-                    .unwrap();
-                let b = model.live.remove(&key).unwrap();
+                let (key, b) = model.take_random(&mut rng);
                 assert!(
                     stamped(key as *const u8, b.size, b.seed),
                     "contents of {key:#x} survived"
@@ -216,12 +218,7 @@ fn run(handlers: &'static zend_mm_mem_handlers, segment_size: usize, seed: u64, 
                 heap.free(key as *mut u8);
             }
             80..=96 if !model.live.is_empty() => {
-                let key = *model
-                    .live
-                    .keys()
-                    .nth(rng.below(model.live.len() as u64) as usize)
-                    .unwrap();
-                let b = model.live.remove(&key).unwrap();
+                let (key, b) = model.take_random(&mut rng);
                 let size = rng.size(segment_size);
                 let q = heap.realloc(key as *mut u8, size, size, site);
                 if q.is_null() {
