@@ -14,7 +14,13 @@
 //! - a segment is on the class list of its longest free run (`class_of(longest_free)`), or on none
 //!   when it has no free page or is cached; `class_bits` has a bit set exactly for non-empty lists;
 //! - `free_slots[b]` is a list of free slots of bin `b` inside small runs of this heap's segments;
+//! - `fast_segments` names only live segments of this heap that are aligned to their size (or
+//!   `NO_SEGMENT`), each at the entry of its segment number;
 //! - `size`, `real_size` and the peaks follow `accounting`'s rules.
+//!
+//! Fast paths (`alloc_small_fast`, `free_small_fast`, `realloc_in_place_fast`) serve the common
+//! small cases with no lookup beyond `fast_segments`; whatever they decline goes to the full paths,
+//! which check ownership through the region map before touching any metadata.
 
 use core::cell::UnsafeCell;
 use core::ptr;
@@ -966,7 +972,8 @@ impl Heap {
             unsafe { Heap::destroy(heap) };
             return;
         }
-        // Every segment but the main one goes to the cache, then the cache is cut to the average.
+        // Every segment but the main one goes to the cache, then the cache is cut to what the next
+        // request is expected to need.
         // SAFETY: `main` is live; the all-list holds live segments of this heap.
         let mut seg = unsafe { (*h.main).all_next };
         while !seg.is_null() {
