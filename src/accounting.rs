@@ -24,6 +24,18 @@ impl Heap {
         self.peak = self.peak.max(self.size);
     }
 
+    /// Counts `bytes` newly taken from storage, updating the real peak.
+    pub fn count_storage(&mut self, bytes: usize) {
+        self.real_size += bytes;
+        self.real_peak = self.real_peak.max(self.real_size);
+    }
+
+    /// Whether taking `grow` more bytes from storage stays within the limit (always while a fatal
+    /// error is being reported).
+    pub fn within_limit(&self, grow: usize) -> bool {
+        self.overflow != 0 || grow <= self.limit.saturating_sub(self.real_size)
+    }
+
     /// `zend_memory_usage(real)`.
     pub fn usage(&self, real: bool) -> usize {
         if real { self.real_size } else { self.size }

@@ -9,11 +9,10 @@ use core::fmt;
 use core::ptr;
 
 use crate::heap::{FreeSlot, Heap};
-use crate::huge::HugeBlock;
-use crate::region_map;
+use crate::region_map::{self, Region};
 use crate::segment::{
     LARGE_PAGES_MASK, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, PAGE_SMALL_CONT,
-    SMALL_BIN_MASK, SMALL_OFFSET_SHIFT, Segment,
+    SMALL_BIN_MASK, Segment,
 };
 use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
 
@@ -41,18 +40,21 @@ impl Heap {
         if !self.owns(p) {
             return BlockStatus::Foreign;
         }
-        let region = region_map::lookup(p as usize);
-        if region & region_map::TAG_HUGE != 0 {
-            // SAFETY: the region map names live huge blocks only.
-            let b = unsafe { &*((region & !region_map::TAG_HUGE) as *const HugeBlock) };
-            return if b.data.cast_const() == p {
-                BlockStatus::Live(b.size)
-            } else {
-                BlockStatus::NotABlock
-            };
-        }
+        let seg = match region_map::find(p as usize) {
+            Region::Segment(seg) => seg,
+            Region::Huge(block) => {
+                // SAFETY: the region map names live huge blocks only.
+                let b = unsafe { &*block };
+                return if b.data.cast_const() == p {
+                    BlockStatus::Live(b.size)
+                } else {
+                    BlockStatus::NotABlock
+                };
+            }
+            Region::Unowned => return BlockStatus::Foreign,
+        };
         // SAFETY: the region map names live segments only.
-        let s = unsafe { &*(region as *const Segment) };
+        let s = unsafe { &*seg };
         let Some(page) = s.page_of(p as usize) else {
             return BlockStatus::NotABlock;
         };
@@ -63,12 +65,7 @@ impl Heap {
             }
             PAGE_SMALL | PAGE_SMALL_CONT => {
                 let bin = (info & SMALL_BIN_MASK) as usize;
-                let first = if info & PAGE_KIND_MASK == PAGE_SMALL_CONT {
-                    page - ((info >> SMALL_OFFSET_SHIFT) & 7) as usize
-                } else {
-                    page
-                };
-                let offset = p as usize - s.page_addr(first) as usize;
+                let offset = p as usize - s.page_addr(s.small_run_start(page)) as usize;
                 if offset % BIN_SIZE[bin] != 0 || offset / BIN_SIZE[bin] >= BINS[bin].count as usize
                 {
                     BlockStatus::NotABlock
@@ -152,9 +149,7 @@ impl Heap {
         while !block.is_null() {
             // SAFETY: the huge list holds live huge blocks of this heap.
             let b = unsafe { &*block };
-            if !ptr::eq(b.heap, self)
-                || region_map::lookup(b.data as usize) & !region_map::TAG_HUGE != block as usize
-            {
+            if !ptr::eq(b.heap, self) || region_map::find(b.data as usize) != Region::Huge(block) {
                 error(format_args!(
                     "huge block {:p} is not registered to this heap\n",
                     b.data
@@ -188,7 +183,7 @@ impl Heap {
         if !ptr::eq(s.heap, self) {
             error(format_args!("segment {:p} belongs to another heap\n", s));
         }
-        if region_map::lookup(s.base() as usize) != s as *const Segment as usize {
+        if region_map::find(s.base() as usize) != Region::Segment(ptr::from_ref(s).cast_mut()) {
             error(format_args!("segment {:p} is not registered\n", s));
         }
         let pages = s.page_count as usize;

@@ -10,7 +10,9 @@
 
 use core::ptr;
 
+use crate::diagnostics;
 use crate::heap::{FreeSlot, Heap};
+use crate::region_map::{self, Region};
 use crate::segment::{
     PAGE_KIND_MASK, PAGE_SMALL, SMALL_COUNTER_MASK, SMALL_COUNTER_SHIFT, Segment,
 };
@@ -25,17 +27,9 @@ impl Heap {
             return 0;
         }
         // Pass 1: count free slots per run.
-        for bin in 0..ZEND_MM_BINS {
-            let mut slot = self.free_slots[bin];
-            while !slot.is_null() {
-                let (seg, first) = self.small_run_of(slot.cast());
-                // SAFETY: free-list slots lie in live segments of this heap.
-                let s = unsafe { &mut *seg };
-                s.map_set(first, s.map_get(first) + (1 << SMALL_COUNTER_SHIFT));
-                // SAFETY: free slots hold their next link.
-                slot = unsafe { (*slot).next };
-            }
-        }
+        self.for_each_free_slot_run(|s, first| {
+            s.map_set(first, s.map_get(first) + (1 << SMALL_COUNTER_SHIFT))
+        });
         // Pass 2: unlink the slots of complete runs and free those runs.
         let mut collected_pages = 0;
         let mut emptied: *mut Segment = ptr::null_mut();
@@ -84,17 +78,9 @@ impl Heap {
             }
         }
         // Pass 3: clear the counters of the runs that stay.
-        for bin in 0..ZEND_MM_BINS {
-            let mut slot = self.free_slots[bin];
-            while !slot.is_null() {
-                let (seg, first) = self.small_run_of(slot.cast());
-                // SAFETY: as pass 1.
-                let s = unsafe { &mut *seg };
-                s.map_set(first, s.map_get(first) & !SMALL_COUNTER_MASK);
-                // SAFETY: free slots hold their next link.
-                slot = unsafe { (*slot).next };
-            }
-        }
+        self.for_each_free_slot_run(|s, first| {
+            s.map_set(first, s.map_get(first) & !SMALL_COUNTER_MASK)
+        });
         // Give up the segments left empty; refile the others that lost runs.
         while !emptied.is_null() {
             // SAFETY: segments collected above are live segments of this heap.
@@ -107,5 +93,32 @@ impl Heap {
         collected_pages * ZEND_MM_PAGE_SIZE
             + self.release_cached_segments()
             + self.release_cached_huge()
+    }
+
+    /// The segment and first page of the small run holding free slot `p`.
+    fn small_run_of(&self, p: *mut u8) -> (*mut Segment, usize) {
+        let Region::Segment(seg) = region_map::find(p as usize) else {
+            diagnostics::heap_corrupted()
+        };
+        // SAFETY: the region map names live segments only.
+        let s = unsafe { &*seg };
+        let page = s
+            .page_of(p as usize)
+            .unwrap_or_else(|| diagnostics::heap_corrupted());
+        (seg, s.small_run_start(page))
+    }
+
+    /// Calls `visit` with the segment and first page of the small run of every free slot.
+    fn for_each_free_slot_run(&mut self, mut visit: impl FnMut(&mut Segment, usize)) {
+        for bin in 0..ZEND_MM_BINS {
+            let mut slot = self.free_slots[bin];
+            while !slot.is_null() {
+                let (seg, first) = self.small_run_of(slot.cast());
+                // SAFETY: free-list slots lie in live segments of this heap.
+                visit(unsafe { &mut *seg }, first);
+                // SAFETY: free slots hold their next link.
+                slot = unsafe { (*slot).next };
+            }
+        }
     }
 }

@@ -28,14 +28,14 @@ use core::ptr;
 use crate::custom::CustomHandlers;
 use crate::diagnostics::{self, Fatal, Site};
 use crate::huge::HugeBlock;
-use crate::region_map;
+use crate::region_map::{self, Region};
 use crate::segment::{
     MAP_OFFSET, NO_CLASS, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, PAGE_SMALL_CONT, SMALL_BIN_MASK,
     Segment,
 };
 use crate::sizes::{
     BIN_SIZE, BIN_SLOTS, MAX_SEGMENT_SIZE, PAGE_SHIFT, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE,
-    bin_of,
+    bin_of, keeps_bin,
 };
 use crate::storage::Storage;
 
@@ -137,8 +137,8 @@ pub struct Heap {
     pub real_size: usize,
     pub real_peak: usize,
     pub limit: usize,
-    /// Longest page run served from a segment; longer requests are huge blocks.
-    pub max_large_pages: usize,
+    /// The largest block served from pages of a segment; bigger ones are huge blocks.
+    pub max_large_size: usize,
     pub main: *mut Segment,
     pub segments_count: usize,
     pub peak_segments_count: usize,
@@ -223,7 +223,7 @@ impl Heap {
             real_size: 0,
             real_peak: 0,
             limit: usize::MAX >> 1,
-            max_large_pages: 0,
+            max_large_size: 0,
             main: ptr::null_mut(),
             segments_count: 0,
             peak_segments_count: 0,
@@ -271,7 +271,7 @@ impl Heap {
             heap_at.write(Heap {
                 real_size: segment_size,
                 real_peak: segment_size,
-                max_large_pages: crate::segment::max_large_pages(segment_size),
+                max_large_size: crate::segment::max_large_pages(segment_size) * ZEND_MM_PAGE_SIZE,
                 main,
                 segments_count: 1,
                 peak_segments_count: 1,
@@ -284,7 +284,7 @@ impl Heap {
         let heap = unsafe { &mut *heap_at };
         // SAFETY: `main` is the segment just laid out.
         let main_end = unsafe { (*main).end() };
-        if !region_map::register(base as usize, main_end, main as usize) {
+        if !region_map::register(base as usize, main_end, Region::Segment(main)) {
             // SAFETY: the segment was never handed out.
             unsafe { storage.free(base) };
             return ptr::null_mut();
@@ -305,15 +305,7 @@ impl Heap {
         if size > ZEND_MM_MAX_SMALL_SIZE {
             return ptr::null_mut();
         }
-        let bin = bin_of(size);
-        let slot = self.free_slots[bin];
-        if slot.is_null() {
-            return ptr::null_mut();
-        }
-        // SAFETY: free-list slots are free slots of this heap holding the next link.
-        self.free_slots[bin] = unsafe { (*slot).next };
-        self.count_alloc(self.bin_size[bin]);
-        slot.cast()
+        self.pop_free_slot(bin_of(size))
     }
 
     /// The segment, offset and page-map entry of `p` if it lies in one of this heap's aligned
@@ -372,10 +364,7 @@ impl Heap {
             return ptr::null_mut();
         };
         let fits = match info & PAGE_KIND_MASK {
-            PAGE_SMALL | PAGE_SMALL_CONT => {
-                let bin = (info & SMALL_BIN_MASK) as usize;
-                size <= BIN_SIZE[bin] && (bin == 0 || size > BIN_SIZE[bin - 1])
-            }
+            PAGE_SMALL | PAGE_SMALL_CONT => keeps_bin((info & SMALL_BIN_MASK) as usize, size),
             PAGE_LARGE => {
                 let bytes = (info & crate::segment::LARGE_PAGES_MASK) as usize * ZEND_MM_PAGE_SIZE;
                 offset % ZEND_MM_PAGE_SIZE == 0
@@ -453,7 +442,7 @@ impl Heap {
 
     #[inline(never)]
     fn alloc_big(&mut self, size: usize, site: Site) -> *mut u8 {
-        if size <= self.max_large_pages * ZEND_MM_PAGE_SIZE {
+        if size <= self.max_large_size {
             self.alloc_large(size, site)
         } else {
             self.alloc_huge(size, site)
@@ -464,14 +453,11 @@ impl Heap {
     /// is not the start of a live block of this heap as far as the metadata tells.
     #[inline(always)]
     pub fn locate(&self, p: *mut u8) -> Block {
-        let region = region_map::lookup(p as usize);
-        if region & region_map::TAG_HUGE != 0 {
-            return self.locate_huge(p, region);
-        }
-        let seg = region as *mut Segment;
-        if seg.is_null() {
-            diagnostics::heap_corrupted();
-        }
+        let seg = match region_map::find(p as usize) {
+            Region::Segment(seg) => seg,
+            Region::Huge(block) => return self.locate_huge(p, block),
+            Region::Unowned => diagnostics::heap_corrupted(),
+        };
         // SAFETY: the region map names live segments only (region_map invariant).
         let s = unsafe { &*seg };
         if !ptr::eq(s.heap, self) {
@@ -496,8 +482,7 @@ impl Heap {
     }
 
     #[cold]
-    fn locate_huge(&self, p: *mut u8, region: usize) -> Block {
-        let block = (region & !region_map::TAG_HUGE) as *mut HugeBlock;
+    fn locate_huge(&self, p: *mut u8, block: *mut HugeBlock) -> Block {
         // SAFETY: the region map names live huge blocks only (region_map invariant).
         let b = unsafe { &*block };
         if !ptr::eq(b.heap, self) || b.data != p {
@@ -540,18 +525,14 @@ impl Heap {
         }
         match self.locate(p) {
             Block::Small { bin, .. } => {
-                let old_size = BIN_SIZE[bin];
-                if size <= old_size {
-                    // Shrinking stays in place unless the block now fits the next smaller bin.
-                    if bin == 0 || size > BIN_SIZE[bin - 1] {
-                        return p;
-                    }
+                if keeps_bin(bin, size) {
+                    return p;
                 }
-                self.move_block(p, old_size, size, copy_size, site)
+                self.move_block(p, BIN_SIZE[bin], size, copy_size, site)
             }
             Block::Large { seg, page, pages } => {
                 if size > ZEND_MM_MAX_SMALL_SIZE
-                    && size <= self.max_large_pages * ZEND_MM_PAGE_SIZE
+                    && size <= self.max_large_size
                     && self.resize_large_in_place(seg, page, pages, size)
                 {
                     return p;
@@ -587,18 +568,7 @@ impl Heap {
 
     /// Whether `p` points into memory of this heap (any segment or huge block).
     pub fn owns(&self, p: *const u8) -> bool {
-        let region = region_map::lookup(p as usize);
-        if region == 0 {
-            return false;
-        }
-        let owner = if region & region_map::TAG_HUGE != 0 {
-            // SAFETY: the region map names live huge blocks only.
-            unsafe { (*((region & !region_map::TAG_HUGE) as *const HugeBlock)).heap }
-        } else {
-            // SAFETY: the region map names live segments only.
-            unsafe { (*(region as *const Segment)).heap }
-        };
-        ptr::eq(owner, self)
+        ptr::eq(region_map::find(p as usize).owner(), self)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -625,9 +595,7 @@ impl Heap {
             }
             let seg = if !self.cached.is_null() {
                 self.take_cached_segment()
-            } else if self.segment_size <= self.limit.saturating_sub(self.real_size)
-                || self.overflow != 0
-            {
+            } else if self.within_limit(self.segment_size) {
                 self.map_segment(tried, site).ok_or(NoPages::Failed)?
             } else if !gc_done {
                 gc_done = true;
@@ -793,14 +761,9 @@ impl Heap {
         self.peak_segments_count = self.peak_segments_count.max(self.segments_count);
     }
 
+    /// Brings a cached segment back to the live list; the cache must not be empty.
     fn take_cached_segment(&mut self) -> *mut Segment {
-        let seg = self.cached;
-        // SAFETY: cached segments are live segments of this heap, all pages free.
-        unsafe {
-            self.cached = (*seg).class_next;
-            (*seg).class_next = ptr::null_mut();
-        }
-        self.cached_count -= 1;
+        let seg = self.pop_cached();
         self.count_new_segment();
         self.link_segment(seg);
         seg
@@ -815,13 +778,12 @@ impl Heap {
         self.next_num += 1;
         // SAFETY: `base` holds `size` fresh bytes from our storage.
         let seg = unsafe { Segment::init(base, size, self, 0, num) };
-        if !region_map::register(base as usize, base as usize + size, seg as usize) {
+        if !region_map::register(base as usize, base as usize + size, Region::Segment(seg)) {
             // SAFETY: never handed out.
             unsafe { self.storage.free(base) };
             return self.out_of_memory(tried, site);
         }
-        self.real_size += size;
-        self.real_peak = self.real_peak.max(self.real_size);
+        self.count_storage(size);
         self.count_new_segment();
         self.link_segment(seg);
         self.remember_fast(seg);
@@ -894,13 +856,10 @@ impl Heap {
 
     /// Returns the most recently cached segment to storage.
     pub fn drop_one_cached_segment(&mut self) {
-        let seg = self.cached;
+        let seg = self.pop_cached();
         if seg.is_null() {
             return;
         }
-        // SAFETY: cached segments are live segments of this heap.
-        self.cached = unsafe { (*seg).class_next };
-        self.cached_count -= 1;
         self.real_size -= self.segment_size;
         self.release_segment(seg);
     }
@@ -910,6 +869,20 @@ impl Heap {
         unsafe { (*seg).class_next = self.cached };
         self.cached = seg;
         self.cached_count += 1;
+    }
+
+    /// Takes the most recently cached segment off the cache; null if it is empty.
+    fn pop_cached(&mut self) -> *mut Segment {
+        let seg = self.cached;
+        if !seg.is_null() {
+            // SAFETY: cached segments are live segments of this heap, linked through `class_next`.
+            unsafe {
+                self.cached = (*seg).class_next;
+                (*seg).class_next = ptr::null_mut();
+            }
+            self.cached_count -= 1;
+        }
+        seg
     }
 
     /// Returns a segment to storage (its accounting is the caller's business).
@@ -996,11 +969,11 @@ impl Heap {
         // A little slack over the expectation: a request slightly above the recent peaks then
         // finds its segments still there.
         let keep = (h.expected_segments * 1.125).ceil() as usize;
-        while h.cached_count + 1 > keep && !h.cached.is_null() {
-            let seg = h.cached;
-            // SAFETY: cached segments are live segments of this heap.
-            h.cached = unsafe { (*seg).class_next };
-            h.cached_count -= 1;
+        while h.cached_count + 1 > keep {
+            let seg = h.pop_cached();
+            if seg.is_null() {
+                break;
+            }
             h.release_segment(seg);
         }
         if h.compact_size != 0 && h.real_peak > h.compact_size {
@@ -1029,21 +1002,15 @@ impl Heap {
         // SAFETY: live heap (caller contract).
         let h = unsafe { &mut *heap };
         let storage = h.storage;
-        // SAFETY: the all-list and the cache hold live segments of this heap.
-        unsafe {
-            let mut seg = (*h.main).all_next;
-            while !seg.is_null() {
-                let next = (*seg).all_next;
-                h.release_segment(seg);
-                seg = next;
-            }
-            let mut seg = h.cached;
-            while !seg.is_null() {
-                let next = (*seg).class_next;
-                h.release_segment(seg);
-                seg = next;
-            }
+        // SAFETY: the all-list holds live segments of this heap.
+        let mut seg = unsafe { (*h.main).all_next };
+        while !seg.is_null() {
+            // SAFETY: as above.
+            let next = unsafe { (*seg).all_next };
+            h.release_segment(seg);
+            seg = next;
         }
+        h.release_cached_segments();
         let main = h.main;
         // From here on the heap struct is gone with its segment.
         // SAFETY: the main segment is live and nothing references it after this.
@@ -1053,26 +1020,6 @@ impl Heap {
             storage.free(base);
             storage.destroy();
         }
-    }
-
-    // ----------------------------------------------------------------------------------------
-    // Slot location helpers shared by `small` and `gc`
-
-    /// The segment and page of the first page of the small run containing slot `p`.
-    pub fn small_run_of(&self, p: *mut u8) -> (*mut Segment, usize) {
-        let seg = region_map::lookup(p as usize) as *mut Segment;
-        // SAFETY: free-list slots lie in small runs of this heap's live segments.
-        let s = unsafe { &*seg };
-        let page = s
-            .page_of(p as usize)
-            .unwrap_or_else(|| diagnostics::heap_corrupted());
-        let info = s.map_get(page);
-        let first = if info & PAGE_KIND_MASK == PAGE_SMALL_CONT {
-            page - ((info >> crate::segment::SMALL_OFFSET_SHIFT) & 0x7) as usize
-        } else {
-            page
-        };
-        (seg, first)
     }
 }
 

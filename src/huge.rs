@@ -15,7 +15,7 @@
 //!
 //! Invariants: every live huge block of a heap is on its `huge_list`, every cached one on
 //! `huge_cached` (with `data` null, so a stale pointer to it is caught); both are registered in the
-//! region map (tagged [`region_map::TAG_HUGE`]); `HUGE_HEADER + size <= raw.size` (the storage
+//! region map (as [`Region::Huge`]); `HUGE_HEADER + size <= raw.size` (the storage
 //! allocation may be larger than the block it serves).
 
 use core::ptr;
@@ -23,7 +23,7 @@ use core::ptr;
 use crate::diagnostics::{Fatal, Site};
 use crate::ffi::types::zend_mm_segment;
 use crate::heap::Heap;
-use crate::region_map;
+use crate::region_map::{self, Region};
 use crate::sizes::{ZEND_MM_PAGE_SIZE, align_up};
 
 /// Bytes in front of every huge block: its header, padded to a page.
@@ -70,11 +70,11 @@ impl Heap {
 
     /// Whether `grow` more bytes from storage fit under the limit, collecting garbage once if not.
     fn huge_fits_limit(&mut self, grow: usize) -> bool {
-        if self.overflow != 0 || grow <= self.limit.saturating_sub(self.real_size) {
+        if self.within_limit(grow) {
             return true;
         }
         self.gc();
-        grow <= self.limit.saturating_sub(self.real_size)
+        self.within_limit(grow)
     }
 
     /// Fails a huge request: null when the caller may fail, PHP's fatal error otherwise.
@@ -133,11 +133,7 @@ impl Heap {
                 data: ptr::null_mut(),
             })
         };
-        if !region_map::register(
-            base as usize,
-            base as usize + total,
-            block as usize | region_map::TAG_HUGE,
-        ) {
+        if !region_map::register(base as usize, base as usize + total, Region::Huge(block)) {
             // SAFETY: never handed out.
             unsafe { self.storage.free(base) };
             let allocated = self.real_size;
@@ -150,8 +146,7 @@ impl Heap {
             );
             return None;
         }
-        self.real_size += total;
-        self.real_peak = self.real_peak.max(self.real_size);
+        self.count_storage(total);
         Some(block)
     }
 
@@ -180,14 +175,13 @@ impl Heap {
             return None;
         }
         self.unlink_cached_huge(best);
-        let capacity = best_capacity;
         // Reuse as it is unless it is too small: shrinking would give back pages that are already
         // faulted in, to fault them in again for the next bigger request. (The cache is small and
         // emptied at request end, so the idle tail is bounded.)
-        if capacity >= total {
+        if best_capacity >= total {
             return Some(best);
         }
-        if capacity < total && !self.huge_fits_limit(total - capacity) {
+        if !self.huge_fits_limit(total - best_capacity) {
             self.release_huge(best);
             return None;
         }
@@ -213,62 +207,31 @@ impl Heap {
             (new_base, total)
         };
         let block = base.cast::<HugeBlock>();
-        if !region_map::register(
-            base as usize,
-            base as usize + total,
-            block as usize | region_map::TAG_HUGE,
-        ) {
+        if !region_map::register(base as usize, base as usize + total, Region::Huge(block)) {
             // Out of the mappable address space after a move: nothing sensible can continue.
             crate::diagnostics::heap_corrupted();
         }
         if new_base.is_null() {
             return ptr::null_mut();
         }
-        self.real_size = self.real_size - old_total + total;
-        self.real_peak = self.real_peak.max(self.real_size);
+        self.real_size -= old_total;
+        self.count_storage(total);
         block
     }
 
     fn link_huge(&mut self, block: *mut HugeBlock) {
-        // SAFETY: `block` and the list members are huge blocks of this heap.
-        unsafe {
-            (*block).prev = ptr::null_mut();
-            (*block).next = self.huge_list;
-            if !self.huge_list.is_null() {
-                (*self.huge_list).prev = block;
-            }
-        }
-        self.huge_list = block;
+        // SAFETY: `block` is a huge block of this heap on no list; the list holds live ones.
+        unsafe { push_front(&mut self.huge_list, block) };
     }
 
     fn unlink_huge(&mut self, block: *mut HugeBlock) {
-        // SAFETY: `block` and its neighbours are live huge blocks of this heap.
-        unsafe {
-            let b = &*block;
-            if b.prev.is_null() {
-                self.huge_list = b.next;
-            } else {
-                (*b.prev).next = b.next;
-            }
-            if !b.next.is_null() {
-                (*b.next).prev = b.prev;
-            }
-        }
+        // SAFETY: `block` is on the live list.
+        unsafe { unlink(&mut self.huge_list, block) };
     }
 
     fn unlink_cached_huge(&mut self, block: *mut HugeBlock) {
-        // SAFETY: `block` and its neighbours are cached huge blocks of this heap.
-        unsafe {
-            let b = &*block;
-            if b.prev.is_null() {
-                self.huge_cached = b.next;
-            } else {
-                (*b.prev).next = b.next;
-            }
-            if !b.next.is_null() {
-                (*b.next).prev = b.prev;
-            }
-        }
+        // SAFETY: `block` is on the cache list.
+        unsafe { unlink(&mut self.huge_cached, block) };
         self.huge_cached_count -= 1;
     }
 
@@ -279,16 +242,11 @@ impl Heap {
         // SAFETY: a live huge block of this heap, now off the list.
         self.size -= unsafe { (*block).size };
         if self.huge_cached_count < HUGE_CACHE {
-            // SAFETY: as above; it joins the cache list.
+            // SAFETY: as above; it joins the cache list, whose members are cached blocks.
             unsafe {
                 (*block).data = ptr::null_mut();
-                (*block).prev = ptr::null_mut();
-                (*block).next = self.huge_cached;
-                if !self.huge_cached.is_null() {
-                    (*self.huge_cached).prev = block;
-                }
+                push_front(&mut self.huge_cached, block);
             }
-            self.huge_cached = block;
             self.huge_cached_count += 1;
         } else {
             self.release_huge(block);
@@ -357,7 +315,7 @@ impl Heap {
         // SAFETY: `locate` found a live huge block of this heap.
         let (old_size, capacity, data) =
             unsafe { ((*block).size, (*block).raw.size, (*block).data) };
-        if size <= self.max_large_pages * ZEND_MM_PAGE_SIZE {
+        if size <= self.max_large_size {
             return self.move_block(data, old_size, size, copy_size, site);
         }
         let (new_size, new_total) = match Self::huge_sizes(size) {
@@ -375,29 +333,57 @@ impl Heap {
             let limit = self.limit;
             return self.huge_failure(site, Fatal::Limit { limit, tried: size });
         }
-        // SAFETY: as above.
-        let (prev, next) = unsafe { ((*block).prev, (*block).next) };
+        // Off the list while the storage may move it, so no neighbour keeps a stale link.
+        self.unlink_huge(block);
         let moved = self.resize_huge_storage(block, new_total);
         if moved.is_null() {
+            self.link_huge(block);
             return self.move_block(data, old_size, size, copy_size, site);
         }
-        // SAFETY: the storage kept the header (it copies the segment when it moves it); the
-        // neighbours are live huge blocks of this heap.
+        // SAFETY: the storage kept the header (it copies the segment when it moves it).
         unsafe {
             (*moved).size = new_size;
             (*moved).data = (*moved).base().add(HUGE_HEADER);
-            if prev.is_null() {
-                self.huge_list = moved;
-            } else {
-                (*prev).next = moved;
-            }
-            if !next.is_null() {
-                (*next).prev = moved;
-            }
         }
+        self.link_huge(moved);
         self.size = self.size - old_size + new_size;
         self.peak = self.peak.max(self.size);
         // SAFETY: as above.
         unsafe { (*moved).data }
+    }
+}
+
+/// Puts `block` at the front of the doubly linked list that starts at `head`.
+///
+/// # Safety
+/// `block` is a huge block on no list; every member of the list is a valid huge block.
+unsafe fn push_front(head: &mut *mut HugeBlock, block: *mut HugeBlock) {
+    // SAFETY: the caller guarantees `block` and the current front are valid huge blocks.
+    unsafe {
+        (*block).prev = ptr::null_mut();
+        (*block).next = *head;
+        if !head.is_null() {
+            (**head).prev = block;
+        }
+    }
+    *head = block;
+}
+
+/// Takes `block` off the doubly linked list that starts at `head`.
+///
+/// # Safety
+/// `block` is a member of that list, and so are its neighbours.
+unsafe fn unlink(head: &mut *mut HugeBlock, block: *mut HugeBlock) {
+    // SAFETY: the caller guarantees `block` and its neighbours are valid list members.
+    unsafe {
+        let b = &*block;
+        if b.prev.is_null() {
+            *head = b.next;
+        } else {
+            (*b.prev).next = b.next;
+        }
+        if !b.next.is_null() {
+            (*b.next).prev = b.prev;
+        }
     }
 }

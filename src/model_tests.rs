@@ -319,3 +319,86 @@ fn the_test_storage_really_is_unaligned() {
     // SAFETY: just allocated with this size.
     unsafe { UnalignedStdStorage::free(p, 4096) };
 }
+
+/// The unaligned storage, except that it refuses every resize.
+struct NoResizeStorage;
+
+static NO_RESIZE_HANDLERS: zend_mm_mem_handlers = handlers_for::<NoResizeStorage>();
+static NO_RESIZE_INSTANCE: StaticStorage = StaticStorage::new(&NO_RESIZE_HANDLERS);
+
+impl SegmentSource for NoResizeStorage {
+    const NAME: &'static CStr = c"no_resize";
+
+    fn instance() -> *mut zend_mm_storage {
+        NO_RESIZE_INSTANCE.get()
+    }
+
+    fn alloc(size: usize) -> *mut u8 {
+        UnalignedStdStorage::alloc(size)
+    }
+
+    unsafe fn realloc(_p: *mut u8, _old_size: usize, _new_size: usize) -> *mut u8 {
+        core::ptr::null_mut()
+    }
+
+    unsafe fn free(p: *mut u8, size: usize) {
+        // SAFETY: forwarded: `p` came from `UnalignedStdStorage::alloc(size)`.
+        unsafe { UnalignedStdStorage::free(p, size) }
+    }
+}
+
+/// Huge blocks resized through the storage (moved, or refused and then moved by copying) keep the
+/// heap's list of huge blocks whole: the newest block (the list head) and one in the middle.
+#[test]
+fn huge_blocks_resized_through_storage_stay_on_the_list() {
+    const MIB: usize = 1 << 20;
+    let every: [&'static zend_mm_mem_handlers; 5] = [
+        storage::BUILTIN[0],
+        storage::BUILTIN[1],
+        storage::BUILTIN[2],
+        &STD_HANDLERS,
+        &NO_RESIZE_HANDLERS,
+    ];
+    for handlers in every {
+        // SAFETY: built-in and test init handlers take no parameters.
+        let raw = unsafe { handlers.init.unwrap()(core::ptr::null_mut()) };
+        // SAFETY: a fresh storage with every handler; a valid segment size.
+        let heap_ptr = unsafe { Heap::create(Storage::from_raw(raw), 2 * MIB, 0, 0) };
+        // SAFETY: a live heap used by this thread only.
+        let heap = unsafe { &mut *heap_ptr };
+        let site = Site::INTERNAL;
+        let mut blocks = [(3 * MIB, 1u8), (6 * MIB, 2), (4 * MIB, 3)].map(|(size, seed)| {
+            let p = heap.alloc(size, site);
+            stamp(p, size, seed);
+            (p, size, seed)
+        });
+        // The head (the newest block) grows past its storage, then a block in the middle shrinks
+        // below half of its storage.
+        for (i, new_size) in [(2, 12 * MIB), (1, 2 * MIB + 300 * 1024)] {
+            let (p, _, seed) = blocks[i];
+            let q = heap.realloc(p, new_size, new_size, site);
+            assert_eq!(heap.block_size(q), expected_block_size(new_size));
+            assert_eq!(
+                // SAFETY: `q` holds at least one byte.
+                unsafe { q.read() },
+                seed,
+                "contents kept"
+            );
+            stamp(q, new_size, seed);
+            blocks[i] = (q, new_size, seed);
+        }
+        let mut problems = Vec::new();
+        let errors = heap.check_all(&mut |args| problems.push(args.to_string()));
+        assert_eq!(errors, 0, "{problems:?}");
+        for (p, size, seed) in blocks {
+            assert!(stamped(p, size, seed));
+            heap.free(p);
+        }
+        let errors = heap.check_all(&mut |args| problems.push(args.to_string()));
+        assert_eq!(errors, 0, "{problems:?}");
+        assert_eq!(heap.size, 0);
+        assert!(heap.huge_list.is_null());
+        // SAFETY: no block of the heap is live.
+        unsafe { Heap::shutdown(heap_ptr, true) };
+    }
+}

@@ -18,6 +18,10 @@
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
+use crate::heap::Heap;
+use crate::huge::HugeBlock;
+use crate::segment::Segment;
+
 /// log2 of the granule: no region (segment or huge block) is smaller than this.
 pub(crate) const GRANULE_SHIFT: u32 = 15;
 const ADDRESS_BITS: u32 = 48;
@@ -27,8 +31,51 @@ const LEAF_LEN: usize = 1 << LEAF_BITS;
 
 const _: () = assert!(crate::sizes::MIN_SEGMENT_SIZE >= 1 << GRANULE_SHIFT);
 
-/// Tag bit on a region pointer: set for huge blocks, clear for segments.
-pub(crate) const TAG_HUGE: usize = 1;
+/// Tag bit on a region pointer in a slot: set for huge blocks, clear for segments.
+const TAG_HUGE: usize = 1;
+
+/// The region an address lies in, as the map records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Region {
+    /// No heap owns the address.
+    Unowned,
+    Segment(*mut Segment),
+    Huge(*mut HugeBlock),
+}
+
+impl Region {
+    fn tagged(self) -> usize {
+        match self {
+            Region::Unowned => 0,
+            Region::Segment(seg) => seg as usize,
+            Region::Huge(block) => block as usize | TAG_HUGE,
+        }
+    }
+
+    #[inline(always)]
+    fn from_tagged(tagged: usize) -> Region {
+        if tagged & TAG_HUGE != 0 {
+            Region::Huge((tagged & !TAG_HUGE) as *mut HugeBlock)
+        } else if tagged != 0 {
+            Region::Segment(tagged as *mut Segment)
+        } else {
+            Region::Unowned
+        }
+    }
+
+    /// The heap the region belongs to; null for [`Region::Unowned`].
+    pub fn owner(self) -> *mut Heap {
+        match self {
+            Region::Unowned => ptr::null_mut(),
+            // SAFETY: the map names live segments and huge blocks only (module invariant).
+            Region::Segment(seg) => unsafe { (*seg).heap },
+            // SAFETY: as above.
+            Region::Huge(block) => unsafe { (*block).heap },
+        }
+    }
+}
+
+const _: () = assert!(align_of::<Segment>() > TAG_HUGE && align_of::<HugeBlock>() > TAG_HUGE);
 
 #[repr(C)]
 struct Slot {
@@ -87,10 +134,11 @@ fn slot_or_create(g: usize) -> Option<&'static Slot> {
     slot(g)
 }
 
-/// Records that `[start, end)` belongs to the region `tagged` (a region pointer, [`TAG_HUGE`] for
-/// huge blocks). False if the range is outside the mappable address space.
-pub fn register(start: usize, end: usize, tagged: usize) -> bool {
-    debug_assert!(end - start >= 1 << GRANULE_SHIFT);
+/// Records that `[start, end)` belongs to `region`. False if the range is outside the mappable
+/// address space.
+pub fn register(start: usize, end: usize, region: Region) -> bool {
+    debug_assert!(end - start >= 1 << GRANULE_SHIFT && region != Region::Unowned);
+    let tagged = region.tagged();
     if end > 1 << ADDRESS_BITS {
         return false;
     }
@@ -130,9 +178,15 @@ pub fn unregister(start: usize, end: usize) {
     }
 }
 
+/// The region containing `addr`.
+#[inline(always)]
+pub fn find(addr: usize) -> Region {
+    Region::from_tagged(lookup(addr))
+}
+
 /// The tagged region containing `addr`, or 0 if no heap owns it.
 #[inline(always)]
-pub fn lookup(addr: usize) -> usize {
+fn lookup(addr: usize) -> usize {
     let Some(s) = slot(granule(addr)) else {
         return 0;
     };
@@ -162,26 +216,29 @@ mod tests {
         // Two 64 KiB regions back to back, starting mid-granule, in an address range of our own.
         let base = 0x7100_0000_0000usize + 1000;
         let (a, b) = (base, base + 0x10000);
-        assert!(register(a, a + 0x10000, 0x1000));
-        assert!(register(b, b + 0x10000, 0x2000 | TAG_HUGE));
-        assert_eq!(lookup(a - 1), 0);
-        assert_eq!(lookup(a), 0x1000);
-        assert_eq!(lookup(a + 0xffff), 0x1000);
-        assert_eq!(lookup(b), 0x2000 | TAG_HUGE);
-        assert_eq!(lookup(b + 0xffff), 0x2000 | TAG_HUGE);
-        assert_eq!(lookup(b + 0x10000), 0);
+        let seg = Region::Segment(0x1000 as *mut Segment);
+        let huge = Region::Huge(0x2000 as *mut HugeBlock);
+        assert!(register(a, a + 0x10000, seg));
+        assert!(register(b, b + 0x10000, huge));
+        assert_eq!(find(a - 1), Region::Unowned);
+        assert_eq!(find(a), seg);
+        assert_eq!(find(a + 0xffff), seg);
+        assert_eq!(find(b), huge);
+        assert_eq!(find(b + 0xffff), huge);
+        assert_eq!(find(b + 0x10000), Region::Unowned);
         unregister(a, a + 0x10000);
-        assert_eq!(lookup(a + 5), 0);
-        assert_eq!(lookup(b + 5), 0x2000 | TAG_HUGE);
+        assert_eq!(find(a + 5), Region::Unowned);
+        assert_eq!(find(b + 5), huge);
         unregister(b, b + 0x10000);
-        assert_eq!(lookup(b + 5), 0);
+        assert_eq!(find(b + 5), Region::Unowned);
     }
 
     #[test]
     fn addresses_outside_the_map_are_nobodys() {
-        assert_eq!(lookup(0), 0);
-        assert_eq!(lookup(usize::MAX), 0);
-        assert_eq!(lookup(1 << 50), 0);
-        assert!(!register((1 << 48) - 0x8000, (1 << 48) + 0x8000, 0x1000));
+        assert_eq!(find(0), Region::Unowned);
+        assert_eq!(find(usize::MAX), Region::Unowned);
+        assert_eq!(find(1 << 50), Region::Unowned);
+        let seg = Region::Segment(0x1000 as *mut Segment);
+        assert!(!register((1 << 48) - 0x8000, (1 << 48) + 0x8000, seg));
     }
 }

@@ -34,6 +34,8 @@ pub(crate) const PAGE_FREE: u32 = 0;
 pub(crate) const PAGE_LARGE: u32 = 1 << 30;
 pub(crate) const PAGE_SMALL: u32 = 2 << 30;
 pub(crate) const PAGE_SMALL_CONT: u32 = 3 << 30;
+// Map entries are cleared with `write_bytes`, byte by byte.
+const _: () = assert!(PAGE_FREE == 0);
 pub(crate) const PAGE_KIND_MASK: u32 = 3 << 30;
 /// Large runs: page count in the low bits.
 pub(crate) const LARGE_PAGES_MASK: u32 = (1 << 30) - 1;
@@ -247,6 +249,17 @@ impl Segment {
         // SAFETY: as map_get.
         unsafe { *self.map().add(page) = info }
     }
+
+    /// The first page of the small run that page `page` belongs to.
+    pub fn small_run_start(&self, page: usize) -> usize {
+        let info = self.map_get(page);
+        if info & PAGE_KIND_MASK == PAGE_SMALL_CONT {
+            page - ((info >> SMALL_OFFSET_SHIFT) & 0x7) as usize
+        } else {
+            page
+        }
+    }
+
     /// Takes the best-fitting run of `n` free pages; `None` if the segment has no such run.
     pub fn alloc_pages(&mut self, n: usize) -> Option<usize> {
         if n > self.longest_free as usize {
@@ -287,7 +300,7 @@ impl Segment {
         debug_assert!(start >= self.header_pages as usize && start + n <= self.page_count as usize);
         self.bitmap().clear_range(start, n);
         // SAFETY: the run lies within the map (start + n <= page_count).
-        unsafe { ptr::write_bytes(self.map().add(start), PAGE_FREE as u8, n) };
+        unsafe { ptr::write_bytes(self.map().add(start), 0, n) };
         self.free_pages += n as u32;
         let run = self.bitmap().free_run_around(start) as u32;
         self.longest_free = self.longest_free.max(run);

@@ -156,6 +156,13 @@ pub(crate) const BIN_SIZE: [usize; BIN_SLOTS] = {
     t
 };
 
+/// Whether a block of `bin` still serves `size` bytes after a resize, as PHP keeps it in place:
+/// `size` fits the bin and not the next smaller one.
+#[inline(always)]
+pub fn keeps_bin(bin: usize, size: usize) -> bool {
+    size <= BIN_SIZE[bin] && (bin == 0 || size > BIN_SIZE[bin - 1])
+}
+
 /// Rounds `n` up to a multiple of `align` (a power of two); `None` on overflow.
 #[inline]
 pub const fn align_up(n: usize, align: usize) -> Option<usize> {

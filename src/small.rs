@@ -13,19 +13,28 @@ use core::ptr;
 use crate::diagnostics::Site;
 use crate::heap::{FreeSlot, Heap};
 use crate::segment::{PAGE_SMALL, PAGE_SMALL_CONT, SMALL_OFFSET_SHIFT};
-use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_PAGE_SIZE};
+use crate::sizes::{BINS, ZEND_MM_PAGE_SIZE};
 
 impl Heap {
     /// Pops a slot of `bin` (PHP's `zend_mm_alloc_small`).
     #[inline(always)]
     pub fn alloc_small(&mut self, bin: usize, site: Site) -> *mut u8 {
-        let slot = self.free_slots[bin];
-        if slot.is_null() {
+        let p = self.pop_free_slot(bin);
+        if p.is_null() {
             return self.alloc_small_slow(bin, site);
         }
-        // SAFETY: free-list slots are free slots of this heap holding the next link.
-        self.free_slots[bin] = unsafe { (*slot).next };
-        self.count_alloc(BIN_SIZE[bin]);
+        p
+    }
+
+    /// Pops the first free slot of `bin` and counts it; null if the list is empty.
+    #[inline(always)]
+    pub fn pop_free_slot(&mut self, bin: usize) -> *mut u8 {
+        let slot = self.free_slots[bin];
+        if !slot.is_null() {
+            // SAFETY: free-list slots are free slots of this heap holding the next link.
+            self.free_slots[bin] = unsafe { (*slot).next };
+            self.count_alloc(self.bin_size[bin]);
+        }
         slot.cast()
     }
 

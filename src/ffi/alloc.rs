@@ -16,13 +16,12 @@ fn heap_for(size: usize, site: Site) -> &'static mut Heap {
     unsafe { &mut *heap }
 }
 
-/// The current heap for an operation on an existing block `p` (non-null). A thread without a heap
-/// cannot own `p`: that is heap corruption, as in PHP.
+/// The current heap for an operation on an existing (non-null) block. A thread without a heap
+/// cannot own the block: that is heap corruption, as in PHP.
 #[inline(always)]
-fn heap_of_block(p: *mut c_void) -> &'static mut Heap {
+fn heap_of_block() -> &'static mut Heap {
     let heap = thread::current();
     if heap.is_null() {
-        let _ = p;
         diagnostics::heap_corrupted();
     }
     // SAFETY: a live heap, used by this thread only while it is current.
@@ -107,7 +106,7 @@ fn efree_slow(ptr: *mut c_void) {
     if unsafe { (*thread::fast()).free_large_fast(ptr.cast()) } {
         return;
     }
-    heap_of_block(ptr).efree(ptr.cast());
+    heap_of_block().efree(ptr.cast());
 }
 
 /// Allocates `nmemb * size` zeroed bytes (overflow is a fatal error).
@@ -311,5 +310,5 @@ pub unsafe extern "C" fn _zend_mem_block_size(
     if ptr.is_null() {
         return 0;
     }
-    heap_of_block(ptr).mem_block_size(ptr.cast())
+    heap_of_block().mem_block_size(ptr.cast())
 }

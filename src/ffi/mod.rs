@@ -18,8 +18,7 @@ use core::ffi::c_char;
 
 use crate::diagnostics::{self, Site};
 use crate::heap::Heap;
-use crate::region_map;
-use crate::segment::Segment;
+use crate::region_map::{self, Region};
 
 /// PHP's `SUCCESS` / `FAILURE`.
 pub(crate) const SUCCESS: core::ffi::c_int = 0;
@@ -37,12 +36,9 @@ fn checked_heap<'a>(heap: *mut Heap, function: &str) -> &'a mut Heap {
     if heap.is_null() {
         diagnostics::misuse(function, "the heap is NULL");
     }
-    let region = region_map::lookup(heap as usize);
-    let owner = if region == 0 || region & region_map::TAG_HUGE != 0 {
-        core::ptr::null_mut()
-    } else {
-        // SAFETY: the region map names live segments only.
-        unsafe { (*(region as *const Segment)).heap }
+    let owner = match region_map::find(heap as usize) {
+        region @ Region::Segment(_) => region.owner(),
+        _ => core::ptr::null_mut(),
     };
     if owner != heap {
         diagnostics::misuse(function, "not a zend_mm_heap");
