@@ -355,15 +355,16 @@ impl Heap {
         true
     }
 
-    /// Resizes `p` in place when the new size keeps its block (the same bin, or the same number of
-    /// pages of a large block) and `p` is a block of one of this heap's aligned segments: PHP's
-    /// in-place cases that need no metadata change. Null sends the caller to the slow path.
+    /// Whether `p` can stay in place at `size` bytes because its block stays the same (the same bin,
+    /// or the same number of pages of a large block) and it lies in one of this heap's aligned
+    /// segments: PHP's in-place cases that need no metadata change. False sends the caller to the
+    /// slow path.
     #[inline(always)]
-    pub fn realloc_in_place_fast(&mut self, p: *mut u8, size: usize) -> *mut u8 {
+    pub fn realloc_in_place_fast(&mut self, p: *mut u8, size: usize) -> bool {
         let Some((_, offset, info)) = self.fast_lookup(p) else {
-            return ptr::null_mut();
+            return false;
         };
-        let fits = match info & PAGE_KIND_MASK {
+        match info & PAGE_KIND_MASK {
             PAGE_SMALL | PAGE_SMALL_CONT => keeps_bin((info & SMALL_BIN_MASK) as usize, size),
             PAGE_LARGE => {
                 let bytes = (info & crate::segment::LARGE_PAGES_MASK) as usize * ZEND_MM_PAGE_SIZE;
@@ -373,8 +374,7 @@ impl Heap {
                     && size > ZEND_MM_MAX_SMALL_SIZE
             }
             _ => false,
-        };
-        if fits { p } else { ptr::null_mut() }
+        }
     }
 
     /// Enters `seg` in the fast table if it is aligned to its size (a newer segment takes the place
@@ -1048,6 +1048,8 @@ mod tests {
         let p = h.alloc(64, Site::INTERNAL);
         assert!(!sentinel.free_small_fast(p));
         assert!(!sentinel.free_small_fast(no_segment().cast()));
+        assert!(!sentinel.free_large_fast(p));
+        assert!(!sentinel.realloc_in_place_fast(p, 64));
         // SAFETY: the heap dies with its blocks.
         unsafe { Heap::shutdown(heap, true) };
     }
@@ -1074,30 +1076,25 @@ mod tests {
             assert!(!ha.free_small_fast(p), "{p:?} declined");
         }
         // In place only while the block stays the same: same bin, same page count.
-        assert_eq!(ha.realloc_in_place_fast(small, 105), small);
+        assert!(ha.realloc_in_place_fast(small, 105));
         assert!(
-            ha.realloc_in_place_fast(small, 96).is_null(),
+            !ha.realloc_in_place_fast(small, 96),
             "fits the smaller bin: moves"
         );
         assert!(
-            ha.realloc_in_place_fast(small, 113).is_null(),
+            !ha.realloc_in_place_fast(small, 113),
             "grows out of the bin"
         );
-        assert_eq!(ha.realloc_in_place_fast(large, 12000), large);
+        assert!(ha.realloc_in_place_fast(large, 12000));
+        assert!(!ha.realloc_in_place_fast(large, 8000), "fewer pages");
+        assert!(!ha.realloc_in_place_fast(large, 12289), "more pages");
+        assert!(!ha.realloc_in_place_fast(large.wrapping_add(4096), 12000));
+        assert!(!ha.realloc_in_place_fast(huge, 3 << 20));
+        assert!(!ha.realloc_in_place_fast(theirs, 100));
         assert!(
-            ha.realloc_in_place_fast(large, 8000).is_null(),
-            "fewer pages"
+            !ha.realloc_in_place_fast(ptr::null_mut(), 100),
+            "NULL allocates"
         );
-        assert!(
-            ha.realloc_in_place_fast(large, 12289).is_null(),
-            "more pages"
-        );
-        assert!(
-            ha.realloc_in_place_fast(large.wrapping_add(4096), 12000)
-                .is_null()
-        );
-        assert!(ha.realloc_in_place_fast(huge, 3 << 20).is_null());
-        assert!(ha.realloc_in_place_fast(theirs, 100).is_null());
         let usage = ha.size;
         assert!(ha.free_small_fast(small));
         assert_eq!(ha.size, usage - 112);

@@ -148,9 +148,8 @@ pub unsafe extern "C" fn _erealloc(
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
     // SAFETY: the fast heap is this thread's live current heap or the sentinel.
-    let q = unsafe { (*thread::fast()).realloc_in_place_fast(ptr.cast(), size) };
-    if !q.is_null() {
-        return q.cast();
+    if unsafe { (*thread::fast()).realloc_in_place_fast(ptr.cast(), size) } {
+        return ptr;
     }
     let mut site = site(__zend_filename, __zend_lineno);
     if allow_failure != 0 {
