@@ -531,7 +531,8 @@ ZEND_API void shutdown_memory_manager(int silent, int full_shutdown);
 ZEND_API int is_zend_mm(void);
 
 /**
- * Whether `ptr` points into memory of the calling thread's heap (a segment or a huge block).
+ * Whether `ptr` points into memory of the calling thread's heap (a segment or a huge block). 0 on
+ * a custom heap, whose blocks are not the heap's, and for another thread's heap.
  */
 ZEND_API int is_zend_ptr(const void *ptr);
 
@@ -557,7 +558,8 @@ ZEND_API void zend_memory_reset_peak_usage(void);
 ZEND_API int zend_set_memory_limit(size_t memory_limit);
 
 /**
- * Non-zero while a fatal error about memory is being reported (the limit is suspended).
+ * Non-zero while a memory-limit or out-of-memory error is being reported (the limit is suspended):
+ * from inside the error handler, not after it returned or longjmped out.
  */
 ZEND_API int zend_alloc_in_memory_limit_error_reporting(void);
 

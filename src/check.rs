@@ -37,13 +37,10 @@ impl Heap {
         if p.is_null() {
             return BlockStatus::Null;
         }
-        if !self.owns(p) {
-            return BlockStatus::Foreign;
-        }
-        let seg = match region_map::find(p as usize) {
+        let seg = match region_map::find_owned(p as usize, self) {
             Region::Segment(seg) => seg,
             Region::Huge(block) => {
-                // SAFETY: the region map names live huge blocks only.
+                // SAFETY: a live huge block of this heap (the region map vouches for the owner).
                 let b = unsafe { &*block };
                 return if b.data.cast_const() == p {
                     BlockStatus::Live(b.size)
@@ -53,7 +50,7 @@ impl Heap {
             }
             Region::Unowned => return BlockStatus::Foreign,
         };
-        // SAFETY: the region map names live segments only.
+        // SAFETY: a live segment of this heap (the region map vouches for the owner).
         let s = unsafe { &*seg };
         let Some(page) = s.page_of(p as usize) else {
             return BlockStatus::NotABlock;
@@ -65,9 +62,7 @@ impl Heap {
             }
             PAGE_SMALL | PAGE_SMALL_CONT => {
                 let bin = (info & SMALL_BIN_MASK) as usize;
-                let offset = p as usize - s.page_addr(s.small_run_start(page)) as usize;
-                if offset % BIN_SIZE[bin] != 0 || offset / BIN_SIZE[bin] >= BINS[bin].count as usize
-                {
+                if !self.starts_slot(p.cast_mut(), info) {
                     BlockStatus::NotABlock
                 } else if self.on_free_list(bin, p) {
                     BlockStatus::Freed
@@ -82,9 +77,13 @@ impl Heap {
         }
     }
 
+    /// Whether `p` is on `bin`'s free list, looking at no more slots than the heap's memory can
+    /// hold (a corrupted list may loop).
     fn on_free_list(&self, bin: usize, p: *const u8) -> bool {
         let mut slot = self.free_slots[bin];
-        while !slot.is_null() {
+        let mut budget = self.real_size / BIN_SIZE[0] + 1;
+        while !slot.is_null() && budget > 0 {
+            budget -= 1;
             if slot.cast_const().cast() == p {
                 return true;
             }
@@ -149,7 +148,9 @@ impl Heap {
         while !block.is_null() {
             // SAFETY: the huge list holds live huge blocks of this heap.
             let b = unsafe { &*block };
-            if !ptr::eq(b.heap, self) || region_map::find(b.data as usize) != Region::Huge(block) {
+            if !ptr::eq(b.heap, self)
+                || region_map::find_owned(b.data as usize, self) != Region::Huge(block)
+            {
                 error(format_args!(
                     "huge block {:p} is not registered to this heap\n",
                     b.data
@@ -183,7 +184,9 @@ impl Heap {
         if !ptr::eq(s.heap, self) {
             error(format_args!("segment {:p} belongs to another heap\n", s));
         }
-        if region_map::find(s.base() as usize) != Region::Segment(ptr::from_ref(s).cast_mut()) {
+        if region_map::find_owned(s.base() as usize, self)
+            != Region::Segment(ptr::from_ref(s).cast_mut())
+        {
             error(format_args!("segment {:p} is not registered\n", s));
         }
         let pages = s.page_count as usize;

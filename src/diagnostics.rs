@@ -71,6 +71,21 @@ pub enum Fatal {
     NullString { function: &'static str },
 }
 
+impl Fatal {
+    /// Whether reporting this error suspends the memory limit (PHP 8's `zend_mm_safe_error` errors:
+    /// the limit and out of memory; the others go straight to `zend_error`).
+    pub fn suspends_limit(&self) -> bool {
+        matches!(self, Fatal::Limit { .. } | Fatal::OutOfMemory { .. })
+    }
+}
+
+/// An address in the calling frame. The stack grows down: a deeper frame has a smaller mark.
+#[inline(always)]
+pub fn stack_mark() -> usize {
+    let here = 0u8;
+    core::ptr::addr_of!(here).addr()
+}
+
 impl fmt::Display for Fatal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
@@ -214,8 +229,8 @@ fn site_file(site: &Site) -> &CStr {
 /// Raises a fatal error: hands PHP's message to the error handler, or prints
 /// `Fatal error: <message> in <file> on line <line>` and exits with status 255.
 ///
-/// `heap` (if not null) is marked as reporting an error, so the handler may allocate beyond the
-/// memory limit; its reserve is given back for the same reason.
+/// `heap` (if not null) is marked as reporting an error, so for limit and out-of-memory errors the
+/// handler may allocate beyond the memory limit; its reserve is given back for the same reason.
 ///
 /// # Safety
 /// `heap` must be null or a live heap in a consistent state. The caller's frames must hold no values
@@ -227,7 +242,7 @@ pub unsafe fn raise(heap: *mut Heap, site: Site, fatal: Fatal) -> ! {
     let _ = write!(msg, "{fatal}");
     if !heap.is_null() {
         // SAFETY: live heap (caller contract).
-        unsafe { (*heap).begin_error_report() };
+        unsafe { (*heap).begin_error_report(&fatal, stack_mark()) };
     }
     let file = site_file(&site);
     if let Some(handler) = error_handler() {

@@ -7,6 +7,11 @@
 //! page-map entry, pass 2 unlinks the slots of complete runs and frees those runs, pass 3 clears
 //! the counters of the runs that stay. Segments are given up only after the walk, since a list may
 //! still lead into them.
+//!
+//! The free lists are written through user pointers, so the walk trusts none of them: every slot
+//! must start a slot of a run of its bin in a segment of this heap, and no run may be counted more
+//! free slots than it has (a list that loops, or names a slot twice, is caught there). Either
+//! failure is heap corruption; the walk is bounded by the slots the heap has.
 
 use core::ptr;
 
@@ -14,7 +19,8 @@ use crate::diagnostics;
 use crate::heap::{FreeSlot, Heap};
 use crate::region_map::{self, Region};
 use crate::segment::{
-    PAGE_KIND_MASK, PAGE_SMALL, SMALL_COUNTER_MASK, SMALL_COUNTER_SHIFT, Segment,
+    PAGE_KIND_MASK, PAGE_SMALL, PAGE_SMALL_CONT, SMALL_BIN_MASK, SMALL_COUNTER_MASK,
+    SMALL_COUNTER_SHIFT, Segment,
 };
 use crate::sizes::{BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
 
@@ -27,8 +33,12 @@ impl Heap {
             return 0;
         }
         // Pass 1: count free slots per run.
-        self.for_each_free_slot_run(|s, first| {
-            s.map_set(first, s.map_get(first) + (1 << SMALL_COUNTER_SHIFT))
+        self.for_each_free_slot_run(|s, first, bin| {
+            let entry = s.map_get(first);
+            if (entry & SMALL_COUNTER_MASK) >> SMALL_COUNTER_SHIFT >= BINS[bin].count {
+                diagnostics::heap_corrupted();
+            }
+            s.map_set(first, entry + (1 << SMALL_COUNTER_SHIFT))
         });
         // Pass 2: unlink the slots of complete runs and free those runs.
         let mut collected_pages = 0;
@@ -41,8 +51,8 @@ impl Heap {
                 if slot.is_null() {
                     break;
                 }
-                let (seg, first) = self.small_run_of(slot.cast());
-                // SAFETY: free-list slots lie in live segments of this heap.
+                let (seg, first) = self.run_of(slot.cast());
+                // SAFETY: free-list slots lie in live segments of this heap (checked in pass 1).
                 let entry = unsafe { (*seg).map_get(first) };
                 let complete = entry & PAGE_KIND_MASK == PAGE_SMALL
                     && (entry & SMALL_COUNTER_MASK) >> SMALL_COUNTER_SHIFT == info.count;
@@ -78,7 +88,7 @@ impl Heap {
             }
         }
         // Pass 3: clear the counters of the runs that stay.
-        self.for_each_free_slot_run(|s, first| {
+        self.for_each_free_slot_run(|s, first, _| {
             s.map_set(first, s.map_get(first) & !SMALL_COUNTER_MASK)
         });
         // Give up the segments left empty; refile the others that lost runs.
@@ -95,12 +105,13 @@ impl Heap {
             + self.release_cached_huge()
     }
 
-    /// The segment and first page of the small run holding free slot `p`.
-    fn small_run_of(&self, p: *mut u8) -> (*mut Segment, usize) {
-        let Region::Segment(seg) = region_map::find(p as usize) else {
+    /// The segment and first page of the run holding `p` (a run pass 2 freed reads as free pages,
+    /// and then `p`'s own page is named); heap corruption unless `p` lies in a segment of this heap.
+    fn run_of(&self, p: *mut u8) -> (*mut Segment, usize) {
+        let Region::Segment(seg) = region_map::find_owned(p as usize, self) else {
             diagnostics::heap_corrupted()
         };
-        // SAFETY: the region map names live segments only.
+        // SAFETY: a live segment of this heap (the region map vouches for the owner).
         let s = unsafe { &*seg };
         let page = s
             .page_of(p as usize)
@@ -108,14 +119,31 @@ impl Heap {
         (seg, s.small_run_start(page))
     }
 
-    /// Calls `visit` with the segment and first page of the small run of every free slot.
-    fn for_each_free_slot_run(&mut self, mut visit: impl FnMut(&mut Segment, usize)) {
+    /// The segment and first page of the small run holding free slot `p` of `bin`; heap corruption
+    /// unless `p` starts a slot of a run of `bin` in a segment of this heap.
+    fn small_run_of(&self, p: *mut u8, bin: usize) -> (*mut Segment, usize) {
+        let (seg, first) = self.run_of(p);
+        // SAFETY: as in `run_of`.
+        let s = unsafe { &*seg };
+        let Some(page) = s.page_of(p as usize) else {
+            diagnostics::heap_corrupted()
+        };
+        let info = s.map_get(page);
+        let small = matches!(info & PAGE_KIND_MASK, PAGE_SMALL | PAGE_SMALL_CONT);
+        if !small || (info & SMALL_BIN_MASK) as usize != bin || !self.starts_slot(p, info) {
+            diagnostics::heap_corrupted();
+        }
+        (seg, first)
+    }
+
+    /// Calls `visit` with the segment, first page of the small run and bin of every free slot.
+    fn for_each_free_slot_run(&mut self, mut visit: impl FnMut(&mut Segment, usize, usize)) {
         for bin in 0..ZEND_MM_BINS {
             let mut slot = self.free_slots[bin];
             while !slot.is_null() {
-                let (seg, first) = self.small_run_of(slot.cast());
+                let (seg, first) = self.small_run_of(slot.cast(), bin);
                 // SAFETY: free-list slots lie in live segments of this heap.
-                visit(unsafe { &mut *seg }, first);
+                visit(unsafe { &mut *seg }, first, bin);
                 // SAFETY: free slots hold their next link.
                 slot = unsafe { (*slot).next };
             }

@@ -31,11 +31,11 @@ use crate::huge::HugeBlock;
 use crate::region_map::{self, Region};
 use crate::segment::{
     MAP_OFFSET, NO_CLASS, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, PAGE_SMALL_CONT, SMALL_BIN_MASK,
-    Segment,
+    SMALL_OFFSET_MASK, Segment,
 };
 use crate::sizes::{
-    BIN_SIZE, BIN_SLOTS, MAX_SEGMENT_SIZE, PAGE_SHIFT, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE,
-    bin_of, keeps_bin,
+    BIN_SIZE, BIN_SLOTS, MAX_SEGMENT_SIZE, PAGE_SHIFT, SLOT_LIMIT, SLOT_MAGIC,
+    ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, keeps_bin,
 };
 use crate::storage::Storage;
 
@@ -116,7 +116,8 @@ pub struct Heap {
     /// Non-zero when allocation is forwarded to custom handlers (kept first, as in PHP 7+, where
     /// extensions read it).
     pub use_custom_heap: i32,
-    /// Non-zero while a fatal error is being reported: the limit is not enforced meanwhile.
+    /// Non-zero while a memory-limit or out-of-memory error is being reported: the limit is not
+    /// enforced meanwhile (PHP 8's `heap->overflow`).
     pub overflow: i32,
     /// Bytes handed out (bin sizes, whole pages, page-rounded huge sizes), and its peak.
     pub size: usize,
@@ -129,6 +130,10 @@ pub struct Heap {
     /// `BIN_SIZE`, copied here so the fast paths address it from the heap pointer they hold
     /// (a constant table costs one more instruction to address in a shared library).
     pub bin_size: [usize; BIN_SLOTS],
+    /// `SLOT_MAGIC` and `SLOT_LIMIT`, copied here for the same reason: every small free checks that
+    /// its pointer starts a slot.
+    pub slot_magic: [u32; BIN_SLOTS],
+    pub slot_limit: [u32; BIN_SLOTS],
     /// This heap's segments that are aligned to their size, by segment number
     /// (`(p >> segment_shift) % FAST_SEGMENTS`); [`NO_SEGMENT`] where there is none. The free fast
     /// path finds a pointer's segment here without the region map.
@@ -162,13 +167,18 @@ pub struct Heap {
     pub reserve: *mut u8,
     pub reserve_size: usize,
     pub custom: CustomHandlers,
+    /// While `overflow` is set: the stack mark of the `raise` that set it. A call into the library
+    /// from a shallower frame means the error handler is over (it longjmped out).
+    pub report_mark: usize,
 }
 
 /// Per request, the expected segment count decays by this factor towards the latest peak.
 pub(crate) const EXPECTATION_DECAY: f64 = 0.98;
 
-/// Entries of [`Heap::fast_segments`].
-pub(crate) const FAST_SEGMENTS: usize = 64;
+/// Entries of [`Heap::fast_segments`]: a heap's first 32 segments (64 MiB at the default size) are
+/// there whenever the storage maps them side by side; the table shares the first page of the main
+/// segment with the rest of the heap.
+pub(crate) const FAST_SEGMENTS: usize = 32;
 
 /// What an empty [`Heap::fast_segments`] entry points at: zeroed memory as large as the biggest
 /// segment's header, so the fast path may read "its" page map (all free pages, so the fast path
@@ -219,6 +229,8 @@ impl Heap {
             segment_shift: segment_size.trailing_zeros(),
             free_slots: [ptr::null_mut(); BIN_SLOTS],
             bin_size: BIN_SIZE,
+            slot_magic: SLOT_MAGIC,
+            slot_limit: SLOT_LIMIT,
             fast_segments: [no_segment; FAST_SEGMENTS],
             real_size: 0,
             real_peak: 0,
@@ -241,6 +253,7 @@ impl Heap {
             reserve: ptr::null_mut(),
             reserve_size: 0,
             custom: CustomHandlers::NONE,
+            report_mark: 0,
         }
     }
 
@@ -271,7 +284,10 @@ impl Heap {
             heap_at.write(Heap {
                 real_size: segment_size,
                 real_peak: segment_size,
-                max_large_size: crate::segment::max_large_pages(segment_size) * ZEND_MM_PAGE_SIZE,
+                // What a segment at the main one's place in its page can serve (PHP's 511 pages
+                // when the storage is page aligned); lowered if a later segment comes up shorter.
+                max_large_size: crate::segment::usable_pages_at(base as usize, segment_size)
+                    * ZEND_MM_PAGE_SIZE,
                 main,
                 segments_count: 1,
                 peak_segments_count: 1,
@@ -284,7 +300,7 @@ impl Heap {
         let heap = unsafe { &mut *heap_at };
         // SAFETY: `main` is the segment just laid out.
         let main_end = unsafe { (*main).end() };
-        if !region_map::register(base as usize, main_end, Region::Segment(main)) {
+        if !region_map::register(base as usize, main_end, Region::Segment(main), heap_at) {
             // SAFETY: the segment was never handed out.
             unsafe { storage.free(base) };
             return ptr::null_mut();
@@ -312,7 +328,7 @@ impl Heap {
     /// segments (the fast table), without the region map.
     #[inline(always)]
     fn fast_lookup(&self, p: *mut u8) -> Option<(*mut Segment, usize, u32)> {
-        let seg = self.fast_segments[(p as usize >> self.segment_shift) % FAST_SEGMENTS];
+        let seg = self.fast_segments[(p as usize).wrapping_shr(self.segment_shift) % FAST_SEGMENTS];
         let offset = (p as usize).wrapping_sub(seg as usize);
         if offset >= self.segment_size {
             return None;
@@ -328,14 +344,26 @@ impl Heap {
         Some((seg, offset, info))
     }
 
-    /// Frees `p` if it is a small block in one of this heap's aligned segments; false otherwise.
+    /// Whether `p`, in a page of a small run whose page-map entry is `info`, is the start of one of
+    /// the run's slots (not an interior, misaligned or run-tail pointer). Pages are 4 KiB aligned
+    /// in every segment, so `p`'s offset into its page and the page's offset into the run (from
+    /// the entry) give its offset into the run.
+    #[inline(always)]
+    pub fn starts_slot(&self, p: *mut u8, info: u32) -> bool {
+        let bin = (info & SMALL_BIN_MASK) as usize;
+        let offset = (p as usize & (ZEND_MM_PAGE_SIZE - 1)) | (info & SMALL_OFFSET_MASK) as usize;
+        crate::sizes::starts_slot(self.slot_magic[bin], self.slot_limit[bin], offset)
+    }
+
+    /// Frees `p` if it is a small block in one of this heap's aligned segments; false otherwise
+    /// (including pointers that do not start a slot: the slow path reports them).
     #[inline(always)]
     pub fn free_small_fast(&mut self, p: *mut u8) -> bool {
         let Some((_, _, info)) = self.fast_lookup(p) else {
             return false;
         };
         // Small runs' pages have the top bit set (PAGE_SMALL and PAGE_SMALL_CONT).
-        if (info as i32) >= 0 {
+        if (info as i32) >= 0 || !self.starts_slot(p, info) {
             return false;
         }
         self.free_small(p, (info & SMALL_BIN_MASK) as usize);
@@ -365,7 +393,9 @@ impl Heap {
             return false;
         };
         match info & PAGE_KIND_MASK {
-            PAGE_SMALL | PAGE_SMALL_CONT => keeps_bin((info & SMALL_BIN_MASK) as usize, size),
+            PAGE_SMALL | PAGE_SMALL_CONT => {
+                keeps_bin((info & SMALL_BIN_MASK) as usize, size) && self.starts_slot(p, info)
+            }
             PAGE_LARGE => {
                 let bytes = (info & crate::segment::LARGE_PAGES_MASK) as usize * ZEND_MM_PAGE_SIZE;
                 offset % ZEND_MM_PAGE_SIZE == 0
@@ -453,22 +483,19 @@ impl Heap {
     /// is not the start of a live block of this heap as far as the metadata tells.
     #[inline(always)]
     pub fn locate(&self, p: *mut u8) -> Block {
-        let seg = match region_map::find(p as usize) {
+        let seg = match region_map::find_owned(p as usize, self) {
             Region::Segment(seg) => seg,
             Region::Huge(block) => return self.locate_huge(p, block),
             Region::Unowned => diagnostics::heap_corrupted(),
         };
-        // SAFETY: the region map names live segments only (region_map invariant).
+        // SAFETY: a live segment of this heap (the region map vouches for the owner).
         let s = unsafe { &*seg };
-        if !ptr::eq(s.heap, self) {
-            diagnostics::heap_corrupted();
-        }
         let Some(page) = s.page_of(p as usize) else {
             diagnostics::heap_corrupted()
         };
         let info = s.map_get(page);
         match info & PAGE_KIND_MASK {
-            PAGE_SMALL | PAGE_SMALL_CONT => Block::Small {
+            PAGE_SMALL | PAGE_SMALL_CONT if self.starts_slot(p, info) => Block::Small {
                 seg,
                 bin: (info & SMALL_BIN_MASK) as usize,
             },
@@ -483,9 +510,9 @@ impl Heap {
 
     #[cold]
     fn locate_huge(&self, p: *mut u8, block: *mut HugeBlock) -> Block {
-        // SAFETY: the region map names live huge blocks only (region_map invariant).
+        // SAFETY: a live huge block of this heap (the region map vouches for the owner).
         let b = unsafe { &*block };
-        if !ptr::eq(b.heap, self) || b.data != p {
+        if b.data != p {
             diagnostics::heap_corrupted();
         }
         Block::Huge(block)
@@ -568,7 +595,7 @@ impl Heap {
 
     /// Whether `p` points into memory of this heap (any segment or huge block).
     pub fn owns(&self, p: *const u8) -> bool {
-        ptr::eq(region_map::find(p as usize).owner(), self)
+        ptr::eq(region_map::owner_of(p as usize), self)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -615,7 +642,16 @@ impl Heap {
             };
             // SAFETY: a segment just linked into this heap.
             let s = unsafe { &mut *seg };
-            let page = s.alloc_pages(pages).ok_or(NoPages::TooShort)?;
+            let Some(page) = s.alloc_pages(pages) else {
+                // The storage returned this segment further into a page than the first one: it
+                // has a page fewer. Blocks that long become huge from now on, and the segment
+                // goes back to the cache instead of staying linked for nothing.
+                self.max_large_size = self
+                    .max_large_size
+                    .min(s.usable_pages() as usize * ZEND_MM_PAGE_SIZE);
+                self.segment_pages_freed(seg);
+                return Err(NoPages::TooShort);
+            };
             self.reclassify(seg);
             return Ok((seg, page));
         }
@@ -778,7 +814,12 @@ impl Heap {
         self.next_num += 1;
         // SAFETY: `base` holds `size` fresh bytes from our storage.
         let seg = unsafe { Segment::init(base, size, self, 0, num) };
-        if !region_map::register(base as usize, base as usize + size, Region::Segment(seg)) {
+        if !region_map::register(
+            base as usize,
+            base as usize + size,
+            Region::Segment(seg),
+            self,
+        ) {
             // SAFETY: never handed out.
             unsafe { self.storage.free(base) };
             return self.out_of_memory(tried, site);
@@ -919,10 +960,28 @@ impl Heap {
         }
     }
 
-    /// Entered when a fatal error is about to be reported for this heap.
-    pub fn begin_error_report(&mut self) {
-        self.overflow = 1;
+    /// Entered when `fatal` is about to be reported for this heap from the frame marked `mark`.
+    /// Limit and out-of-memory errors suspend the limit while the handler runs, as in PHP 8 (the
+    /// handler may need memory); the first report's mark is kept through nested ones.
+    pub fn begin_error_report(&mut self, fatal: &Fatal, mark: usize) {
+        self.end_finished_report(mark);
+        if fatal.suspends_limit() && self.overflow == 0 {
+            self.overflow = 1;
+            self.report_mark = mark;
+        }
         self.release_reserve();
+    }
+
+    /// Called on entry to the library from the frame marked `entry_mark`: if that frame is
+    /// shallower than the `raise` of the error being reported, the handler has returned or
+    /// longjmped out (PHP's bailout), and the limit applies again. (PHP re-arms it in
+    /// `zend_mm_safe_error`'s catch block; a longjmp from a C handler passes no code of ours, so the
+    /// next call from outside the handler is the first moment the library can tell.)
+    #[inline(always)]
+    pub fn end_finished_report(&mut self, entry_mark: usize) {
+        if self.overflow != 0 && entry_mark > self.report_mark {
+            self.overflow = 0;
+        }
     }
 
     // ----------------------------------------------------------------------------------------
@@ -1042,6 +1101,10 @@ mod tests {
         for size in [0, 1, 64, 3072] {
             assert!(sentinel.alloc_small_fast(size).is_null());
         }
+        // efree(NULL) and erealloc(NULL, n) on a thread without a heap (a shift by the sentinel's
+        // segment size once overflowed in debug builds).
+        assert!(!sentinel.free_small_fast(ptr::null_mut()));
+        assert!(!sentinel.realloc_in_place_fast(ptr::null_mut(), 8));
         let heap = new_heap();
         // SAFETY: a live heap of this thread.
         let h = unsafe { &mut *heap };
@@ -1078,8 +1141,12 @@ mod tests {
         // In place only while the block stays the same: same bin, same page count.
         assert!(ha.realloc_in_place_fast(small, 105));
         assert!(
-            !ha.realloc_in_place_fast(small, 96),
-            "fits the smaller bin: moves"
+            ha.realloc_in_place_fast(small, 96),
+            "exactly the smaller bin's size: stays, as in PHP 8.2"
+        );
+        assert!(
+            !ha.realloc_in_place_fast(small, 95),
+            "fits the smaller bin with room: moves"
         );
         assert!(
             !ha.realloc_in_place_fast(small, 113),

@@ -133,7 +133,12 @@ impl Heap {
                 data: ptr::null_mut(),
             })
         };
-        if !region_map::register(base as usize, base as usize + total, Region::Huge(block)) {
+        if !region_map::register(
+            base as usize,
+            base as usize + total,
+            Region::Huge(block),
+            self,
+        ) {
             // SAFETY: never handed out.
             unsafe { self.storage.free(base) };
             let allocated = self.real_size;
@@ -207,7 +212,12 @@ impl Heap {
             (new_base, total)
         };
         let block = base.cast::<HugeBlock>();
-        if !region_map::register(base as usize, base as usize + total, Region::Huge(block)) {
+        if !region_map::register(
+            base as usize,
+            base as usize + total,
+            Region::Huge(block),
+            self,
+        ) {
             // Out of the mappable address space after a move: nothing sensible can continue.
             crate::diagnostics::heap_corrupted();
         }

@@ -13,32 +13,47 @@ use std::collections::BTreeMap;
 use crate::diagnostics::Site;
 use crate::ffi::types::{zend_mm_mem_handlers, zend_mm_storage};
 use crate::heap::Heap;
-use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of};
+use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, keeps_bin};
 use crate::storage::{self, SegmentSource, StaticStorage, Storage, handlers_for};
 
-/// A storage on Rust's global allocator that hands out 16-byte aligned (never page aligned)
-/// segments, to exercise the heap on addresses no mmap storage would return.
-struct UnalignedStdStorage;
+/// A storage on Rust's global allocator whose segments start `MISALIGN` bytes into a page (the
+/// storage API promises 16-byte alignment only), to exercise the heap on addresses no mmap storage
+/// would return. It also serves Miri, which has no mmap.
+struct UnalignedStdStorage<const MISALIGN: usize>;
 
+/// The offsets the tests use: the least, an odd number of 16-byte units, half a page, past half a
+/// page, and the most a storage may return.
 const MISALIGN: usize = 16;
+type Unaligned = UnalignedStdStorage<MISALIGN>;
 
-static STD_HANDLERS: zend_mm_mem_handlers = handlers_for::<UnalignedStdStorage>();
-static STD_INSTANCE: StaticStorage = StaticStorage::new(&STD_HANDLERS);
+impl<const MISALIGN: usize> UnalignedStdStorage<MISALIGN> {
+    const HANDLERS: zend_mm_mem_handlers = handlers_for::<Self>();
 
-fn std_layout(size: usize) -> Layout {
-    Layout::from_size_align(size + MISALIGN, ZEND_MM_PAGE_SIZE).unwrap()
+    fn handlers() -> &'static zend_mm_mem_handlers {
+        &Self::HANDLERS
+    }
+
+    fn layout(size: usize) -> Layout {
+        Layout::from_size_align(size + MISALIGN, ZEND_MM_PAGE_SIZE).unwrap()
+    }
 }
 
-impl SegmentSource for UnalignedStdStorage {
+static STD_HANDLERS: zend_mm_mem_handlers = handlers_for::<Unaligned>();
+
+impl<const MISALIGN: usize> SegmentSource for UnalignedStdStorage<MISALIGN> {
     const NAME: &'static CStr = c"std";
 
     fn instance() -> *mut zend_mm_storage {
-        STD_INSTANCE.get()
+        // One instance per heap, kept for the test process's life.
+        Box::leak(Box::new(zend_mm_storage {
+            handlers: Self::handlers(),
+            data: core::ptr::null_mut(),
+        }))
     }
 
     fn alloc(size: usize) -> *mut u8 {
         // SAFETY: a non-zero layout.
-        let p = unsafe { alloc(std_layout(size)) };
+        let p = unsafe { alloc(Self::layout(size)) };
         if p.is_null() {
             p
         } else {
@@ -47,11 +62,11 @@ impl SegmentSource for UnalignedStdStorage {
     }
 
     unsafe fn realloc(p: *mut u8, old_size: usize, new_size: usize) -> *mut u8 {
-        // SAFETY: `p - MISALIGN` was allocated with `std_layout(old_size)`.
+        // SAFETY: `p - MISALIGN` was allocated with `layout(old_size)`.
         let q = unsafe {
             realloc(
                 p.wrapping_sub(MISALIGN),
-                std_layout(old_size),
+                Self::layout(old_size),
                 new_size + MISALIGN,
             )
         };
@@ -63,8 +78,8 @@ impl SegmentSource for UnalignedStdStorage {
     }
 
     unsafe fn free(p: *mut u8, size: usize) {
-        // SAFETY: `p - MISALIGN` was allocated with `std_layout(size)`.
-        unsafe { dealloc(p.wrapping_sub(MISALIGN), std_layout(size)) }
+        // SAFETY: `p - MISALIGN` was allocated with `layout(size)`.
+        unsafe { dealloc(p.wrapping_sub(MISALIGN), Self::layout(size)) }
     }
 }
 
@@ -106,6 +121,9 @@ fn expected_block_size(size: usize) -> usize {
 struct Block {
     size: usize,
     seed: u8,
+    /// The heap's block size: [`expected_block_size`] of the request, or the old bin's size for a
+    /// small block that a realloc kept in place.
+    block: usize,
 }
 
 /// The model: live blocks by address.
@@ -133,10 +151,10 @@ fn stamped(p: *const u8, size: usize, seed: u8) -> bool {
 }
 
 impl Model {
-    fn check_new_block(&self, heap: &Heap, p: *mut u8, size: usize) {
+    fn check_new_block(&self, heap: &Heap, p: *mut u8, size: usize, expected: usize) {
         let start = p as usize;
         let block = heap.block_size(p);
-        assert_eq!(block, expected_block_size(size), "block size for {size}");
+        assert_eq!(block, expected, "block size for {size}");
         let end = start + block;
         if let Some((&prev, b)) = self.live.range(..start).next_back() {
             assert!(
@@ -169,7 +187,7 @@ impl Model {
 }
 
 fn heap_block(b: &Block) -> usize {
-    expected_block_size(b.size)
+    b.block
 }
 
 fn run(handlers: &'static zend_mm_mem_handlers, segment_size: usize, seed: u64, steps: usize) {
@@ -204,10 +222,11 @@ fn run(handlers: &'static zend_mm_mem_handlers, segment_size: usize, seed: u64, 
                     );
                     continue;
                 }
-                model.check_new_block(heap, p, size);
+                let block = expected_block_size(size);
+                model.check_new_block(heap, p, size, block);
                 let seed = rng.next() as u8;
                 stamp(p, size, seed);
-                model.live.insert(p as usize, Block { size, seed });
+                model.live.insert(p as usize, Block { size, seed, block });
             }
             45..=79 if !model.live.is_empty() => {
                 let (key, b) = model.take_random(&mut rng);
@@ -227,7 +246,16 @@ fn run(handlers: &'static zend_mm_mem_handlers, segment_size: usize, seed: u64, 
                     model.live.insert(key, b);
                     continue;
                 }
-                model.check_new_block(heap, q, size);
+                // PHP 8.2 keeps a small block in place down to the next smaller bin's size.
+                let old_bin = (b.block <= ZEND_MM_MAX_SMALL_SIZE).then(|| bin_of(b.block));
+                let block = match old_bin {
+                    Some(bin) if keeps_bin(bin, size) => {
+                        assert_eq!(q as usize, key, "{} -> {size} stays in place", b.block);
+                        b.block
+                    }
+                    _ => expected_block_size(size),
+                };
+                model.check_new_block(heap, q, size, block);
                 // The kept prefix moved along; restamp the whole new block.
                 let kept = b.size.min(size);
                 if kept > 0 {
@@ -236,7 +264,7 @@ fn run(handlers: &'static zend_mm_mem_handlers, segment_size: usize, seed: u64, 
                 }
                 let seed = rng.next() as u8;
                 stamp(q, size, seed);
-                model.live.insert(q as usize, Block { size, seed });
+                model.live.insert(q as usize, Block { size, seed, block });
             }
             97 => {
                 heap.gc();
@@ -286,6 +314,57 @@ fn random_sequences_on_unaligned_storage() {
 }
 
 #[test]
+fn random_sequences_on_storages_misaligned_by_any_amount() {
+    let storages = [
+        UnalignedStdStorage::<48>::handlers(),
+        UnalignedStdStorage::<2048>::handlers(),
+        UnalignedStdStorage::<2064>::handlers(),
+        UnalignedStdStorage::<4080>::handlers(),
+    ];
+    for (i, handlers) in storages.into_iter().enumerate() {
+        run(handlers, 2 << 20, 40 + i as u64, steps());
+        run(handlers, 64 << 10, 50 + i as u64, steps());
+    }
+}
+
+/// A segment that starts far into a page has one page fewer than the longest large block of an
+/// aligned one: such blocks must become huge, not map a segment each that stays linked and unused.
+#[test]
+fn the_longest_large_block_on_a_storage_far_into_a_page_keeps_memory_bounded() {
+    for handlers in [
+        UnalignedStdStorage::<2048>::handlers(),
+        UnalignedStdStorage::<4080>::handlers(),
+        UnalignedStdStorage::<16>::handlers(),
+    ] {
+        // SAFETY: test init handlers take no parameters.
+        let raw = unsafe { handlers.init.unwrap()(core::ptr::null_mut()) };
+        // SAFETY: a fresh storage with every handler; a valid segment size.
+        let heap_ptr = unsafe { Heap::create(Storage::from_raw(raw), 2 << 20, 0, 0) };
+        // SAFETY: a live heap used by this thread only.
+        let heap = unsafe { &mut *heap_ptr };
+        heap.set_limit(32 << 20).unwrap();
+        let longest = crate::sizes::ZEND_MM_MAX_LARGE_SIZE;
+        let kept = heap.alloc(longest, Site::INTERNAL);
+        assert!(!kept.is_null());
+        for _ in 0..200 {
+            let p = heap.alloc(longest, Site::INTERNAL);
+            assert!(!p.is_null(), "refused under the limit");
+            assert_eq!(heap.block_size(p), longest);
+            heap.free(p);
+        }
+        assert!(
+            heap.segments_count + heap.cached_count <= 3,
+            "segments pile up"
+        );
+        let errors = heap.check_all(&mut |_| {});
+        assert_eq!(errors, 0);
+        heap.free(kept);
+        // SAFETY: no block of the heap is live.
+        unsafe { Heap::shutdown(heap_ptr, true) };
+    }
+}
+
+#[test]
 fn random_sequences_with_other_segment_sizes() {
     for (i, segment_size) in [64 << 10, 256 << 10, 8 << 20].into_iter().enumerate() {
         run(&STD_HANDLERS, segment_size, 77 + i as u64, steps());
@@ -314,10 +393,10 @@ fn heaps_on_many_threads_at_once() {
 
 #[test]
 fn the_test_storage_really_is_unaligned() {
-    let p = UnalignedStdStorage::alloc(4096);
+    let p = Unaligned::alloc(4096);
     assert_eq!(p as usize % ZEND_MM_PAGE_SIZE, MISALIGN);
     // SAFETY: just allocated with this size.
-    unsafe { UnalignedStdStorage::free(p, 4096) };
+    unsafe { Unaligned::free(p, 4096) };
 }
 
 /// The unaligned storage, except that it refuses every resize.
@@ -334,7 +413,7 @@ impl SegmentSource for NoResizeStorage {
     }
 
     fn alloc(size: usize) -> *mut u8 {
-        UnalignedStdStorage::alloc(size)
+        Unaligned::alloc(size)
     }
 
     unsafe fn realloc(_p: *mut u8, _old_size: usize, _new_size: usize) -> *mut u8 {
@@ -342,8 +421,8 @@ impl SegmentSource for NoResizeStorage {
     }
 
     unsafe fn free(p: *mut u8, size: usize) {
-        // SAFETY: forwarded: `p` came from `UnalignedStdStorage::alloc(size)`.
-        unsafe { UnalignedStdStorage::free(p, size) }
+        // SAFETY: forwarded: `p` came from `Unaligned::alloc(size)`.
+        unsafe { Unaligned::free(p, size) }
     }
 }
 

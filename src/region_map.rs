@@ -1,4 +1,4 @@
-//! The region map: which heap region, if any, contains an address.
+//! The region map: which heap region, if any, contains an address, and which heap owns it.
 //!
 //! Owns a process-wide radix map from addresses to the regions the heaps got from storage (segments
 //! and huge blocks). It is what lets `efree` find a block's segment in O(1) whatever addresses the
@@ -8,15 +8,24 @@
 //!
 //! Layout: the address space (48 bits) is cut into 32 KiB granules. Regions are at least 32 KiB, so
 //! a granule meets at most two regions: the one containing its first byte and the one containing its
-//! last byte. Each granule's slot records both, with the bound that decides between them. Slots live
-//! in lazily mapped leaves (8 GiB of address space each) under a static root.
+//! last byte. Each granule's slot has a *half* for each: a word with the region's address, the bound
+//! that decides between the halves and a generation count, and a word with the owning heap (tagged
+//! for huge blocks). Slots live in lazily mapped leaves (8 GiB of address space each) under a static
+//! root.
+//!
+//! Another thread may release its regions at any moment, so a lookup never dereferences a region:
+//! the owner comes from the slot itself, and [`find_owned`] hands out a region only to the heap
+//! that owns it — the one heap whose thread can release it, and which is the caller.
 //!
 //! Invariants: a slot names a region only while that region is registered; a region registers before
-//! any of its blocks is handed out and unregisters before its memory goes back to storage. Readers
-//! take no lock; each slot half has one writer at a time (the region covering that byte).
+//! any of its blocks is handed out and unregisters before its memory goes back to storage. Each half
+//! has one writer at a time (the region covering that byte). A writer stores the owner before the
+//! region word and bumps the generation on every registration; a reader takes the pair only if the
+//! region word reads the same before and after the owner, so the two always describe one
+//! registration. Readers take no lock and never wait for a writer (a `fork` can leave nothing held).
 
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::heap::Heap;
 use crate::huge::HugeBlock;
@@ -31,60 +40,54 @@ const LEAF_LEN: usize = 1 << LEAF_BITS;
 
 const _: () = assert!(crate::sizes::MIN_SEGMENT_SIZE >= 1 << GRANULE_SHIFT);
 
-/// Tag bit on a region pointer in a slot: set for huge blocks, clear for segments.
-const TAG_HUGE: usize = 1;
+/// Regions start and end on this alignment (the storage API's), so a bound inside a granule fits in
+/// [`BOUND_BITS`] bits.
+pub(crate) const REGION_ALIGN: usize = 16;
+const ALIGN_SHIFT: u32 = REGION_ALIGN.trailing_zeros();
 
-/// The region an address lies in, as the map records it.
+// A region word: generation (low bits), bound within the granule in `REGION_ALIGN` units, then the
+// region's address shifted right by `ALIGN_SHIFT`. Zero address bits: no region.
+const GEN_BITS: u32 = 8;
+const BOUND_BITS: u32 = GRANULE_SHIFT - ALIGN_SHIFT + 1;
+const ADDR_SHIFT: u32 = GEN_BITS + BOUND_BITS;
+const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
+const BOUND_MASK: u64 = (1 << BOUND_BITS) - 1;
+const _: () = assert!(ADDR_SHIFT + (ADDRESS_BITS - ALIGN_SHIFT) <= 64);
+
+/// Tag bit on the owner word: set for huge blocks, clear for segments.
+const TAG_HUGE: usize = 1;
+const _: () = assert!(align_of::<Heap>() > TAG_HUGE);
+
+/// The region an address lies in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Region {
-    /// No heap owns the address.
+    /// No heap owns the address (or, from [`find_owned`], not the asking heap).
     Unowned,
     Segment(*mut Segment),
     Huge(*mut HugeBlock),
 }
 
-impl Region {
-    fn tagged(self) -> usize {
-        match self {
-            Region::Unowned => 0,
-            Region::Segment(seg) => seg as usize,
-            Region::Huge(block) => block as usize | TAG_HUGE,
-        }
-    }
-
-    #[inline(always)]
-    fn from_tagged(tagged: usize) -> Region {
-        if tagged & TAG_HUGE != 0 {
-            Region::Huge((tagged & !TAG_HUGE) as *mut HugeBlock)
-        } else if tagged != 0 {
-            Region::Segment(tagged as *mut Segment)
-        } else {
-            Region::Unowned
-        }
-    }
-
-    /// The heap the region belongs to; null for [`Region::Unowned`].
-    pub fn owner(self) -> *mut Heap {
-        match self {
-            Region::Unowned => ptr::null_mut(),
-            // SAFETY: the map names live segments and huge blocks only (module invariant).
-            Region::Segment(seg) => unsafe { (*seg).heap },
-            // SAFETY: as above.
-            Region::Huge(block) => unsafe { (*block).heap },
-        }
-    }
+/// What a slot half says: the region's header address, its owner and its kind. Only addresses:
+/// nothing here may be dereferenced unless the owner is the caller's heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    base: usize,
+    owner: usize,
+    huge: bool,
 }
 
-const _: () = assert!(align_of::<Segment>() > TAG_HUGE && align_of::<HugeBlock>() > TAG_HUGE);
+#[repr(C)]
+struct Half {
+    word: AtomicU64,
+    owner: AtomicUsize,
+}
 
 #[repr(C)]
 struct Slot {
-    /// Tagged region containing the granule's first byte, and that region's end.
-    first: AtomicUsize,
-    first_end: AtomicUsize,
-    /// Tagged region containing the granule's last byte, and that region's start.
-    last: AtomicUsize,
-    last_start: AtomicUsize,
+    /// The region containing the granule's first byte (bound: its end).
+    first: Half,
+    /// The region containing the granule's last byte (bound: its start).
+    last: Half,
 }
 
 type Leaf = [Slot; LEAF_LEN];
@@ -95,6 +98,12 @@ static ROOT: [AtomicPtr<Leaf>; 1 << ROOT_BITS] =
 #[inline(always)]
 fn granule(addr: usize) -> usize {
     addr >> GRANULE_SHIFT
+}
+
+/// `addr`'s offset into its granule in `REGION_ALIGN` units.
+#[inline(always)]
+fn units_into_granule(addr: usize) -> u64 {
+    ((addr & ((1 << GRANULE_SHIFT) - 1)) >> ALIGN_SHIFT) as u64
 }
 
 /// The slot of granule `g`, if its leaf exists.
@@ -109,39 +118,121 @@ fn slot(g: usize) -> Option<&'static Slot> {
     Some(unsafe { &(*leaf)[g & (LEAF_LEN - 1)] })
 }
 
+/// A fresh zeroed leaf, or null.
+fn map_leaf() -> *mut Leaf {
+    #[cfg(not(miri))]
+    {
+        match memmap2::MmapOptions::new()
+            .len(size_of::<Leaf>())
+            .no_reserve_swap()
+            .map_anon()
+        {
+            Ok(map) => {
+                let leaf = map.as_ptr() as *mut Leaf;
+                // The leaf lives as long as the process: readers may hold references into it.
+                core::mem::forget(map);
+                leaf
+            }
+            Err(_) => ptr::null_mut(),
+        }
+    }
+    #[cfg(miri)]
+    {
+        // Miri has no lazily committed mappings; a zeroed allocation serves, and is leaked.
+        let layout = std::alloc::Layout::new::<Leaf>();
+        // SAFETY: a non-zero-sized layout.
+        unsafe { std::alloc::alloc_zeroed(layout).cast() }
+    }
+}
+
+/// Gives back a leaf that was never published.
+fn unmap_leaf(leaf: *mut Leaf) {
+    #[cfg(not(miri))]
+    // SAFETY: `leaf` is our own mapping of a whole leaf, never published.
+    unsafe {
+        libc::munmap(leaf.cast(), size_of::<Leaf>())
+    };
+    #[cfg(miri)]
+    // SAFETY: allocated by `map_leaf` with this layout, never published.
+    unsafe {
+        std::alloc::dealloc(leaf.cast(), std::alloc::Layout::new::<Leaf>())
+    };
+}
+
 /// The slot of granule `g`, mapping its leaf if needed; `None` if the address is out of range or
 /// the leaf cannot be mapped.
 fn slot_or_create(g: usize) -> Option<&'static Slot> {
     let root = ROOT.get(g >> LEAF_BITS)?;
     if root.load(Ordering::Acquire).is_null() {
-        let map = memmap2::MmapOptions::new()
-            .len(size_of::<Leaf>())
-            .no_reserve_swap()
-            .map_anon()
-            .ok()?;
-        let fresh = map.as_ptr() as *mut Leaf;
-        // The leaf lives as long as the process: readers may hold references into it.
-        core::mem::forget(map);
+        let fresh = map_leaf();
+        if fresh.is_null() {
+            return None;
+        }
         if root
             .compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            // Another thread installed a leaf first; give ours back.
-            // SAFETY: `fresh` is our own mapping, never published.
-            unsafe { libc::munmap(fresh.cast(), size_of::<Leaf>()) };
+            // Another thread installed a leaf first.
+            unmap_leaf(fresh);
         }
     }
     slot(g)
 }
 
-/// Records that `[start, end)` belongs to `region`. False if the range is outside the mappable
-/// address space.
-pub fn register(start: usize, end: usize, region: Region) -> bool {
-    debug_assert!(end - start >= 1 << GRANULE_SHIFT && region != Region::Unowned);
-    let tagged = region.tagged();
-    if end > 1 << ADDRESS_BITS {
+impl Half {
+    /// Names `base` (owned by `owner`, `TAG_HUGE` included) with `bound`, under a new generation.
+    fn set(&self, base: usize, owner: usize, bound: u64) {
+        let generation = (self.word.load(Ordering::Relaxed) + 1) & GEN_MASK;
+        self.owner.store(owner, Ordering::Release);
+        let word = ((base >> ALIGN_SHIFT) as u64) << ADDR_SHIFT | bound << GEN_BITS | generation;
+        self.word.store(word, Ordering::Release);
+    }
+
+    /// Names nothing (keeping the generation).
+    fn clear(&self) {
+        let generation = self.word.load(Ordering::Relaxed) & GEN_MASK;
+        self.word.store(generation, Ordering::Release);
+    }
+
+    /// The region word and owner of one registration, or `None` if the half is empty.
+    #[inline(always)]
+    fn read(&self) -> Option<(u64, usize)> {
+        loop {
+            let word = self.word.load(Ordering::Acquire);
+            if word >> ADDR_SHIFT == 0 {
+                return None;
+            }
+            let owner = self.owner.load(Ordering::Acquire);
+            // The owner belongs to this registration unless the word changed meanwhile (a writer
+            // stores the owner first and every registration has a new generation).
+            if self.word.load(Ordering::Relaxed) == word {
+                return Some((word, owner));
+            }
+        }
+    }
+}
+
+fn entry(word: u64, owner: usize) -> Entry {
+    Entry {
+        base: ((word >> ADDR_SHIFT) as usize) << ALIGN_SHIFT,
+        owner: owner & !TAG_HUGE,
+        huge: owner & TAG_HUGE != 0,
+    }
+}
+
+/// Records that `[start, end)` is `region`, owned by `owner`. False if the range is outside the
+/// mappable address space or not aligned as regions are.
+pub fn register(start: usize, end: usize, region: Region, owner: *const Heap) -> bool {
+    debug_assert!(end - start >= 1 << GRANULE_SHIFT);
+    let (base, tag) = match region {
+        Region::Unowned => return false,
+        Region::Segment(seg) => (seg.expose_provenance(), 0),
+        Region::Huge(block) => (block.expose_provenance(), TAG_HUGE),
+    };
+    if end > 1 << ADDRESS_BITS || start % REGION_ALIGN != 0 || end % REGION_ALIGN != 0 {
         return false;
     }
+    let owner = owner as usize | tag;
     let (first_g, last_g) = (granule(start), granule(end - 1));
     // Map every leaf first so a failure leaves nothing half registered.
     for g in first_g..=last_g {
@@ -151,14 +242,22 @@ pub fn register(start: usize, end: usize, region: Region) -> bool {
     }
     for g in first_g..=last_g {
         let Some(s) = slot(g) else { return false };
-        let (g_start, g_last) = (g << GRANULE_SHIFT, ((g + 1) << GRANULE_SHIFT) - 1);
+        let (g_start, g_end) = (g << GRANULE_SHIFT, (g + 1) << GRANULE_SHIFT);
         if start <= g_start {
-            s.first_end.store(end, Ordering::Relaxed);
-            s.first.store(tagged, Ordering::Release);
+            let bound = if end >= g_end {
+                1 << (GRANULE_SHIFT - ALIGN_SHIFT)
+            } else {
+                units_into_granule(end)
+            };
+            s.first.set(base, owner, bound);
         }
-        if g_last < end {
-            s.last_start.store(start, Ordering::Relaxed);
-            s.last.store(tagged, Ordering::Release);
+        if end >= g_end {
+            let bound = if start <= g_start {
+                0
+            } else {
+                units_into_granule(start)
+            };
+            s.last.set(base, owner, bound);
         }
     }
     true
@@ -168,42 +267,57 @@ pub fn register(start: usize, end: usize, region: Region) -> bool {
 pub fn unregister(start: usize, end: usize) {
     for g in granule(start)..=granule(end - 1) {
         let Some(s) = slot(g) else { continue };
-        let (g_start, g_last) = (g << GRANULE_SHIFT, ((g + 1) << GRANULE_SHIFT) - 1);
+        let (g_start, g_end) = (g << GRANULE_SHIFT, (g + 1) << GRANULE_SHIFT);
         if start <= g_start {
-            s.first.store(0, Ordering::Release);
+            s.first.clear();
         }
-        if g_last < end {
-            s.last.store(0, Ordering::Release);
+        if end >= g_end {
+            s.last.clear();
         }
     }
 }
 
-/// The region containing `addr`.
+/// What the map records for `addr`, or `None` if no heap owns it.
 #[inline(always)]
-pub fn find(addr: usize) -> Region {
-    Region::from_tagged(lookup(addr))
-}
-
-/// The tagged region containing `addr`, or 0 if no heap owns it.
-#[inline(always)]
-fn lookup(addr: usize) -> usize {
-    let Some(s) = slot(granule(addr)) else {
-        return 0;
-    };
-    let first = s.first.load(Ordering::Acquire);
-    if first != 0 && addr < s.first_end.load(Ordering::Relaxed) {
-        return first;
+fn lookup(addr: usize) -> Option<Entry> {
+    let s = slot(granule(addr))?;
+    let units = units_into_granule(addr);
+    if let Some((word, owner)) = s.first.read()
+        && units < (word >> GEN_BITS) & BOUND_MASK
+    {
+        return Some(entry(word, owner));
     }
-    lookup_last(s, addr)
+    lookup_last(s, units)
 }
 
 #[inline(never)]
-fn lookup_last(s: &Slot, addr: usize) -> usize {
-    let last = s.last.load(Ordering::Acquire);
-    if last != 0 && addr >= s.last_start.load(Ordering::Relaxed) {
-        last
-    } else {
-        0
+fn lookup_last(s: &Slot, units: u64) -> Option<Entry> {
+    let (word, owner) = s.last.read()?;
+    (units >= (word >> GEN_BITS) & BOUND_MASK).then(|| entry(word, owner))
+}
+
+/// The heap owning the region that contains `addr`; null if none does. Only an address: it may be
+/// compared, not dereferenced (another thread may be releasing that heap).
+#[inline(always)]
+pub fn owner_of(addr: usize) -> *const Heap {
+    lookup(addr).map_or(ptr::null(), |e| e.owner as *const Heap)
+}
+
+/// The region containing `addr` if `heap` owns it; [`Region::Unowned`] otherwise (no region, or
+/// another heap's). The caller must be the one thread using `heap`: then the region stays live until
+/// the caller itself releases it.
+#[inline(always)]
+pub fn find_owned(addr: usize, heap: *const Heap) -> Region {
+    match lookup(addr) {
+        Some(e) if e.owner == heap as usize => {
+            let base: *mut u8 = ptr::with_exposed_provenance_mut(e.base);
+            if e.huge {
+                Region::Huge(base.cast())
+            } else {
+                Region::Segment(base.cast())
+            }
+        }
+        _ => Region::Unowned,
     }
 }
 
@@ -211,34 +325,81 @@ fn lookup_last(s: &Slot, addr: usize) -> usize {
 mod tests {
     use super::*;
 
+    fn heap(n: usize) -> *const Heap {
+        (n * 64) as *const Heap
+    }
+
     #[test]
     fn unaligned_neighbours_share_a_granule() {
         // Two 64 KiB regions back to back, starting mid-granule, in an address range of our own.
-        let base = 0x7100_0000_0000usize + 1000;
+        let base = 0x7100_0000_0000usize + 1008;
         let (a, b) = (base, base + 0x10000);
-        let seg = Region::Segment(0x1000 as *mut Segment);
-        let huge = Region::Huge(0x2000 as *mut HugeBlock);
-        assert!(register(a, a + 0x10000, seg));
-        assert!(register(b, b + 0x10000, huge));
-        assert_eq!(find(a - 1), Region::Unowned);
-        assert_eq!(find(a), seg);
-        assert_eq!(find(a + 0xffff), seg);
-        assert_eq!(find(b), huge);
-        assert_eq!(find(b + 0xffff), huge);
-        assert_eq!(find(b + 0x10000), Region::Unowned);
+        let seg = Region::Segment(ptr::without_provenance_mut(a));
+        let huge = Region::Huge(ptr::without_provenance_mut(b));
+        let (ha, hb) = (heap(1), heap(2));
+        assert!(register(a, a + 0x10000, seg, ha));
+        assert!(register(b, b + 0x10000, huge, hb));
+        assert_eq!(owner_of(a - 1), ptr::null());
+        assert_eq!(find_owned(a, ha), seg);
+        assert_eq!(find_owned(a + 0xffff, ha), seg);
+        assert_eq!(
+            find_owned(a + 0xffff, hb),
+            Region::Unowned,
+            "another heap's"
+        );
+        assert_eq!(owner_of(a + 0xffff), ha);
+        assert_eq!(find_owned(b, hb), huge);
+        assert_eq!(find_owned(b + 0xffff, hb), huge);
+        assert_eq!(owner_of(b + 0x10000), ptr::null());
         unregister(a, a + 0x10000);
-        assert_eq!(find(a + 5), Region::Unowned);
-        assert_eq!(find(b + 5), huge);
+        assert_eq!(owner_of(a + 5), ptr::null());
+        assert_eq!(find_owned(b + 5, hb), huge);
         unregister(b, b + 0x10000);
-        assert_eq!(find(b + 5), Region::Unowned);
+        assert_eq!(owner_of(b + 5), ptr::null());
     }
 
     #[test]
     fn addresses_outside_the_map_are_nobodys() {
-        assert_eq!(find(0), Region::Unowned);
-        assert_eq!(find(usize::MAX), Region::Unowned);
-        assert_eq!(find(1 << 50), Region::Unowned);
-        let seg = Region::Segment(0x1000 as *mut Segment);
-        assert!(!register((1 << 48) - 0x8000, (1 << 48) + 0x8000, seg));
+        assert_eq!(owner_of(0), ptr::null());
+        assert_eq!(owner_of(usize::MAX), ptr::null());
+        assert_eq!(owner_of(1 << 50), ptr::null());
+        let seg = Region::Segment(ptr::without_provenance_mut(0x1000));
+        assert!(!register(
+            (1 << 48) - 0x8000,
+            (1 << 48) + 0x8000,
+            seg,
+            heap(1)
+        ));
+        let at = 0x7200_0000_0008usize;
+        assert!(!register(at, at + 0x10000, seg, heap(1)), "not 16-aligned");
+    }
+
+    #[test]
+    fn a_reader_never_pairs_one_registration_with_another_owner() {
+        // One thread registers and unregisters two regions of different owners over the same
+        // granules; the other reads: every pair it sees is one of the two registrations.
+        let base = 0x7300_0000_0000usize + 2048;
+        let (ra, rb) = (base, base + 16);
+        let (ha, hb) = (heap(3) as usize, heap(4) as usize);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for i in 0..if cfg!(miri) { 50 } else { 200_000 } {
+                    let (r, h) = if i % 2 == 0 { (ra, ha) } else { (rb, hb) };
+                    let seg = Region::Segment(ptr::without_provenance_mut(r));
+                    assert!(register(r, r + 0x20000, seg, h as *const Heap));
+                    unregister(r, r + 0x20000);
+                }
+                stop.store(true, Ordering::Release);
+            });
+            while !stop.load(Ordering::Acquire) {
+                if let Some(e) = lookup(base + 0x8000) {
+                    assert!(
+                        (e.base, e.owner) == (ra, ha) || (e.base, e.owner) == (rb, hb),
+                        "{e:?}"
+                    );
+                }
+            }
+        });
     }
 }

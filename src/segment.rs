@@ -39,12 +39,21 @@ const _: () = assert!(PAGE_FREE == 0);
 pub(crate) const PAGE_KIND_MASK: u32 = 3 << 30;
 /// Large runs: page count in the low bits.
 pub(crate) const LARGE_PAGES_MASK: u32 = (1 << 30) - 1;
-/// Small runs: bin in bits 0..5; continuation pages: offset to the first page in bits 8..11; first
-/// pages: free-slot counter used by `zend_mm_gc` in bits 8..20.
+/// Small runs: bin in bits 0..5; the page's place in its run in bits 12..15 (0 on the first page),
+/// so `info & SMALL_OFFSET_MASK` is the page's byte offset into the run; first pages: the free-slot
+/// counter used by `zend_mm_gc` in bits 15..27.
 pub(crate) const SMALL_BIN_MASK: u32 = 0x1f;
-pub(crate) const SMALL_OFFSET_SHIFT: u32 = 8;
-pub(crate) const SMALL_COUNTER_SHIFT: u32 = 8;
+pub(crate) const SMALL_OFFSET_SHIFT: u32 = crate::sizes::PAGE_SHIFT;
+pub(crate) const SMALL_OFFSET_MASK: u32 = 0x7 << SMALL_OFFSET_SHIFT;
+pub(crate) const SMALL_COUNTER_SHIFT: u32 = 15;
 pub(crate) const SMALL_COUNTER_MASK: u32 = 0xfff << SMALL_COUNTER_SHIFT;
+const _: () = {
+    assert!(crate::sizes::MAX_BIN_PAGES <= (SMALL_OFFSET_MASK >> SMALL_OFFSET_SHIFT) + 1);
+    assert!(
+        SMALL_OFFSET_MASK & SMALL_COUNTER_MASK == 0 && SMALL_COUNTER_MASK & PAGE_KIND_MASK == 0
+    );
+    assert!(SMALL_BIN_MASK & SMALL_OFFSET_MASK == 0);
+};
 
 /// Marker for "not in any class list".
 pub(crate) const NO_CLASS: u32 = u32::MAX;
@@ -106,9 +115,18 @@ pub(crate) const fn header_pages(size: usize, extra: usize) -> usize {
     header_bytes(size, extra).div_ceil(ZEND_MM_PAGE_SIZE)
 }
 
-/// The longest large block, in pages, a heap with `segment_size` segments serves from a segment.
+/// The longest large block, in pages, a heap with `segment_size` segments serves from a segment
+/// whose storage address is page aligned.
 pub(crate) const fn max_large_pages(segment_size: usize) -> usize {
-    segment_size / ZEND_MM_PAGE_SIZE - header_pages(segment_size, 0)
+    usable_pages_at(0, segment_size)
+}
+
+/// Pages a segment of `size` bytes (not a main one) at address `base` can give to blocks: every page
+/// past its header. Pages are numbered from `base`'s page, so a header that ends far enough into a
+/// page (the storage's address was far into one) covers one page more.
+pub(crate) const fn usable_pages_at(base: usize, size: usize) -> usize {
+    let into_page = base % ZEND_MM_PAGE_SIZE;
+    size / ZEND_MM_PAGE_SIZE - (into_page + header_bytes(size, 0)).div_ceil(ZEND_MM_PAGE_SIZE)
 }
 
 const _: () = {
@@ -116,6 +134,8 @@ const _: () = {
     let seg = crate::sizes::ZEND_MM_SEG_SIZE;
     assert!(header_pages(seg, size_of::<Heap>()) == 1);
     assert!(max_large_pages(seg) * ZEND_MM_PAGE_SIZE == crate::sizes::ZEND_MM_MAX_LARGE_SIZE);
+    // A storage address far into a page costs at most one page.
+    assert!(usable_pages_at(ZEND_MM_PAGE_SIZE - 16, seg) + 1 == max_large_pages(seg));
     // Every allowed segment size leaves room for the longest bin run after alignment losses.
     assert!(
         max_large_pages(crate::sizes::MIN_SEGMENT_SIZE)
@@ -254,7 +274,7 @@ impl Segment {
     pub fn small_run_start(&self, page: usize) -> usize {
         let info = self.map_get(page);
         if info & PAGE_KIND_MASK == PAGE_SMALL_CONT {
-            page - ((info >> SMALL_OFFSET_SHIFT) & 0x7) as usize
+            page - ((info & SMALL_OFFSET_MASK) >> SMALL_OFFSET_SHIFT) as usize
         } else {
             page
         }

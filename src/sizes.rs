@@ -156,11 +156,52 @@ pub(crate) const BIN_SIZE: [usize; BIN_SLOTS] = {
     t
 };
 
+/// For a byte offset `n` into a run of bin `b` (`n` below the run's pages, so below 2^15),
+/// `n * SLOT_MAGIC[b]` (wrapping, 32 bits) is below `SLOT_LIMIT[b]` exactly when `n` is the start
+/// of one of the run's slots: a multiple of the slot size below `count` slots. With
+/// `c = ceil(2^32 / size)`, `n = k * size + r` gives `n * c = r * c + k * e` where
+/// `e = size * c - 2^32 < size`: at least `c` (and no wrap) when `r > 0`, and `k * e` otherwise, so
+/// one compare checks the remainder and the index. (Power-of-two sizes have `e = 0` and runs
+/// without a tail: the limit is 1.) One multiply tells a slot from an interior, misaligned or
+/// run-tail pointer on every free, before anything is written.
+pub(crate) const SLOT_MAGIC: [u32; BIN_SLOTS] = slot_check_table().0;
+pub(crate) const SLOT_LIMIT: [u32; BIN_SLOTS] = slot_check_table().1;
+
+/// Run offsets are below this bound (the longest run's bytes), which the slot check relies on.
+const RUN_OFFSET_BOUND: u64 = 1 << 15;
+const _: () = assert!(MAX_BIN_PAGES as u64 * ZEND_MM_PAGE_SIZE as u64 <= RUN_OFFSET_BOUND);
+
+const fn slot_check_table() -> ([u32; BIN_SLOTS], [u32; BIN_SLOTS]) {
+    // Entries past the last bin stay 0: nothing passes (a page map naming such a bin is corrupt).
+    let (mut magic, mut limit) = ([0u32; BIN_SLOTS], [0u32; BIN_SLOTS]);
+    let mut i = 0;
+    while i < ZEND_MM_BINS {
+        let (size, count) = (BINS[i].size as u64, BINS[i].count as u64);
+        let c = (1u64 << 32).div_ceil(size);
+        let e = size * c - (1 << 32);
+        // Slots give below `count * e`; a remainder gives at least `c` without wrapping, which
+        // needs `c > e * (k + 1)` for every index `k` an offset can have.
+        assert!(e < size && count * size < c);
+        assert!(e * (RUN_OFFSET_BOUND / size + 1) < c);
+        magic[i] = c as u32;
+        limit[i] = if e == 0 { 1 } else { (count * e) as u32 };
+        i += 1;
+    }
+    (magic, limit)
+}
+
+/// Whether byte offset `n` (below the run's pages) into a run of `bin` starts a slot.
+#[inline(always)]
+pub(crate) fn starts_slot(magic: u32, limit: u32, n: usize) -> bool {
+    (n as u32).wrapping_mul(magic) < limit
+}
+
 /// Whether a block of `bin` still serves `size` bytes after a resize, as PHP keeps it in place:
-/// `size` fits the bin and not the next smaller one.
+/// `size` fits the bin and is at least the next smaller bin's size (PHP 8.2 moves a block only
+/// when it would fit a smaller bin with room to spare: 100 -> 96 keeps the 112-byte block).
 #[inline(always)]
 pub fn keeps_bin(bin: usize, size: usize) -> bool {
-    size <= BIN_SIZE[bin] && (bin == 0 || size > BIN_SIZE[bin - 1])
+    size <= BIN_SIZE[bin] && (bin == 0 || size >= BIN_SIZE[bin - 1])
 }
 
 /// Rounds `n` up to a multiple of `align` (a power of two); `None` on overflow.
@@ -203,6 +244,37 @@ mod tests {
             if bin_of(size) > 0 {
                 assert!(BIN_SIZE[bin_of(size) - 1] < size);
             }
+        }
+    }
+
+    #[test]
+    fn a_block_keeps_its_bin_down_to_the_next_smaller_bins_size() {
+        for bin in 1..ZEND_MM_BINS {
+            let (size, smaller) = (BIN_SIZE[bin], BIN_SIZE[bin - 1]);
+            assert!(keeps_bin(bin, size) && keeps_bin(bin, smaller), "bin {bin}");
+            assert!(
+                !keeps_bin(bin, smaller - 1) && !keeps_bin(bin, size + 1),
+                "bin {bin}"
+            );
+        }
+        assert!(keeps_bin(0, 0) && keeps_bin(0, 8) && !keeps_bin(0, 9));
+    }
+
+    #[test]
+    fn the_slot_check_accepts_exactly_the_slot_starts_of_every_bin() {
+        for (bin, info) in BINS.iter().enumerate() {
+            let (size, count) = (info.size as usize, info.count as usize);
+            for n in 0..info.pages as usize * ZEND_MM_PAGE_SIZE {
+                let want = n % size == 0 && n / size < count;
+                assert_eq!(
+                    starts_slot(SLOT_MAGIC[bin], SLOT_LIMIT[bin], n),
+                    want,
+                    "bin {bin} offset {n}"
+                );
+            }
+        }
+        for bin in ZEND_MM_BINS..BIN_SLOTS {
+            assert!(!starts_slot(SLOT_MAGIC[bin], SLOT_LIMIT[bin], 0));
         }
     }
 

@@ -10,7 +10,7 @@
 
 use core::ptr;
 
-use crate::diagnostics::Site;
+use crate::diagnostics::{self, Site};
 use crate::heap::{FreeSlot, Heap};
 use crate::segment::{PAGE_SMALL, PAGE_SMALL_CONT, SMALL_OFFSET_SHIFT};
 use crate::sizes::{BINS, ZEND_MM_PAGE_SIZE};
@@ -38,12 +38,19 @@ impl Heap {
         slot.cast()
     }
 
-    /// Pushes slot `p` back on `bin`'s list (PHP's `zend_mm_free_small`).
+    /// Pushes slot `p` back on `bin`'s list (PHP's `zend_mm_free_small`). A slot that is already
+    /// the head of the list is being freed twice (the commonest double free: free, then free
+    /// again): pushing it would make it its own successor, so it is reported instead.
     #[inline(always)]
     pub fn free_small(&mut self, p: *mut u8, bin: usize) {
         let slot = p.cast::<FreeSlot>();
-        // SAFETY: `p` is a slot of this heap's bin `bin` (found by `locate`).
-        unsafe { (*slot).next = self.free_slots[bin] };
+        let head = self.free_slots[bin];
+        if slot == head {
+            diagnostics::heap_corrupted();
+        }
+        // SAFETY: `p` is a slot of this heap's bin `bin` (found by `locate` or the fast lookup,
+        // both of which checked that it starts a slot).
+        unsafe { (*slot).next = head };
         self.free_slots[bin] = slot;
         self.size -= self.bin_size[bin];
     }

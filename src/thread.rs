@@ -21,6 +21,21 @@ pub fn current() -> *mut Heap {
     unsafe { (*tls::slots()).current }
 }
 
+/// The calling thread's current heap; after `zend_mm_set_heap(NULL)`, its own heap again (made
+/// current), so blocks of the own heap stay usable. Null if the thread has neither.
+pub fn current_or_own() -> *mut Heap {
+    let heap = current();
+    if !heap.is_null() {
+        return heap;
+    }
+    // SAFETY: this thread's own slots.
+    let own = unsafe { (*tls::slots()).own };
+    if !own.is_null() {
+        set_current(own);
+    }
+    own
+}
+
 /// The heap the fast paths use: the current heap, or the sentinel (whose fast paths always
 /// decline) when there is none or it forwards to custom handlers.
 #[inline(always)]

@@ -3,7 +3,7 @@
 use core::ffi::{c_char, c_int, c_void};
 use core::ptr;
 
-use super::{safe_address, site};
+use super::{entered, safe_address, site};
 use crate::diagnostics::{self, Fatal, Site};
 use crate::heap::Heap;
 use crate::thread;
@@ -13,19 +13,20 @@ use crate::thread;
 fn heap_for(size: usize, site: Site) -> &'static mut Heap {
     let heap = thread::current_or_create(size, site);
     // SAFETY: a live heap, used by this thread only while it is current.
-    unsafe { &mut *heap }
+    unsafe { entered(heap) }
 }
 
-/// The current heap for an operation on an existing (non-null) block. A thread without a heap
-/// cannot own the block: that is heap corruption, as in PHP.
+/// The current heap (the thread's own one after `zend_mm_set_heap(NULL)`) for an operation on an
+/// existing (non-null) block. A thread without a heap cannot own the block: that is heap
+/// corruption, as in PHP.
 #[inline(always)]
 fn heap_of_block() -> &'static mut Heap {
-    let heap = thread::current();
+    let heap = thread::current_or_own();
     if heap.is_null() {
         diagnostics::heap_corrupted();
     }
     // SAFETY: a live heap, used by this thread only while it is current.
-    unsafe { &mut *heap }
+    unsafe { entered(heap) }
 }
 
 /// Allocates `size` bytes from the current request heap; never returns NULL (the memory limit and

@@ -1,6 +1,6 @@
 //! The memory manager API: heap lifecycle, accounting, the limit, custom handlers, storage.
 
-use super::{FAILURE, SUCCESS, checked_heap};
+use super::{FAILURE, SUCCESS, checked_heap, entered};
 use crate::custom::CustomHandlers;
 use crate::diagnostics::{self, misuse, startup_error};
 use crate::ffi::types::zend_mm_heap;
@@ -17,7 +17,7 @@ use core::ffi::{CStr, c_int, c_void};
 /// The calling thread's current heap, made if needed.
 fn current() -> &'static mut Heap {
     // SAFETY: a live heap, used by this thread only while it is current.
-    unsafe { &mut *thread::ensure_current() }
+    unsafe { entered(thread::ensure_current()) }
 }
 
 /// Starts the memory manager for the calling thread: makes its heap if it has none.
@@ -44,12 +44,15 @@ pub extern "C" fn is_zend_mm() -> c_int {
     c_int::from(current().use_custom_heap == 0)
 }
 
-/// Whether `ptr` points into memory of the calling thread's heap (a segment or a huge block).
+/// Whether `ptr` points into memory of the calling thread's heap (a segment or a huge block). 0 on
+/// a custom heap, whose blocks are not the heap's, and for another thread's heap.
 #[unsafe(no_mangle)]
 pub extern "C" fn is_zend_ptr(ptr: *const c_void) -> c_int {
-    let heap = thread::current();
+    let heap = thread::current_or_own();
     // SAFETY: the current heap is live.
-    c_int::from(!heap.is_null() && unsafe { (*heap).owns(ptr.cast()) })
+    c_int::from(
+        !heap.is_null() && unsafe { (*heap).use_custom_heap == 0 && (*heap).owns(ptr.cast()) },
+    )
 }
 
 /// Bytes handed out by the calling thread's heap (`real_usage` 0), or taken from storage.
@@ -80,12 +83,13 @@ pub extern "C" fn zend_set_memory_limit(memory_limit: usize) -> c_int {
     }
 }
 
-/// Non-zero while a fatal error about memory is being reported (the limit is suspended).
+/// Non-zero while a memory-limit or out-of-memory error is being reported (the limit is suspended):
+/// from inside the error handler, not after it returned or longjmped out.
 #[unsafe(no_mangle)]
 pub extern "C" fn zend_alloc_in_memory_limit_error_reporting() -> c_int {
     let heap = thread::current();
     // SAFETY: the current heap is live.
-    c_int::from(!heap.is_null() && unsafe { (*heap).overflow != 0 })
+    c_int::from(!heap.is_null() && unsafe { entered(heap).overflow != 0 })
 }
 
 /// A new heap on the storage selected by `ZEND_MM_MEM_TYPE` with `ZEND_MM_SEG_SIZE` segments.

@@ -18,7 +18,7 @@ use core::ffi::c_char;
 
 use crate::diagnostics::{self, Site};
 use crate::heap::Heap;
-use crate::region_map::{self, Region};
+use crate::region_map;
 
 /// PHP's `SUCCESS` / `FAILURE`.
 pub(crate) const SUCCESS: core::ffi::c_int = 0;
@@ -36,15 +36,25 @@ fn checked_heap<'a>(heap: *mut Heap, function: &str) -> &'a mut Heap {
     if heap.is_null() {
         diagnostics::misuse(function, "the heap is NULL");
     }
-    let owner = match region_map::find(heap as usize) {
-        region @ Region::Segment(_) => region.owner(),
-        _ => core::ptr::null_mut(),
-    };
-    if owner != heap {
+    // The heap lies in its main segment, which it owns.
+    if region_map::owner_of(heap as usize) != heap.cast_const() {
         diagnostics::misuse(function, "not a zend_mm_heap");
     }
     // SAFETY: `heap` is the live heap of a live segment; heaps are used by one thread at a time.
-    unsafe { &mut *heap }
+    unsafe { entered(heap) }
+}
+
+/// `heap` as the library is entered for it from the calling frame: an error report that this call
+/// is not nested in has ended (see [`Heap::end_finished_report`]).
+///
+/// # Safety
+/// `heap` must be a live heap, used by the calling thread only while the reference lives.
+#[inline(always)]
+unsafe fn entered<'a>(heap: *mut Heap) -> &'a mut Heap {
+    // SAFETY: caller contract.
+    let h = unsafe { &mut *heap };
+    h.end_finished_report(diagnostics::stack_mark());
+    h
 }
 
 /// `nmemb * size + offset`, or PHP's overflow error.
