@@ -4,6 +4,9 @@
 //! - `size` grows by the block size of every block handed out (bin size, whole pages, page-rounded
 //!   huge size) and shrinks by the same when it is freed; internal blocks (the reserve) are not
 //!   counted;
+//! - `peak` is brought up to `size` whenever `size` is about to shrink, not on every allocation
+//!   (the usage only falls at a free, so its maximum is reached just before one or now): the
+//!   allocation fast path adds, and the peak reported is `max(peak, size)`;
 //! - `real_size` counts every byte taken from storage: segments (cached ones too) and huge blocks
 //!   with their header page;
 //! - the limit is checked only when memory is taken from storage, as in PHP 8, and not while a
@@ -16,12 +19,19 @@ use crate::heap::Heap;
 pub struct LimitBelowUsage;
 
 impl Heap {
-    /// Counts `bytes` handed out, updating the peak.
+    /// Counts `bytes` handed out (the peak catches up at the next free).
     #[inline(always)]
     pub fn count_alloc(&mut self, bytes: usize) {
         self.size += bytes;
-        // Branch-free: a conditional move and a store beat a branch the peak makes unpredictable.
-        self.peak = self.peak.max(self.size);
+    }
+
+    /// Counts `bytes` given back, first recording the usage they leave as a peak.
+    #[inline(always)]
+    pub fn count_free(&mut self, bytes: usize) {
+        if self.size > self.peak {
+            self.peak = self.size;
+        }
+        self.size -= bytes;
     }
 
     /// Counts `bytes` newly taken from storage, updating the real peak.
@@ -43,7 +53,11 @@ impl Heap {
 
     /// `zend_memory_peak_usage(real)`.
     pub fn peak_usage(&self, real: bool) -> usize {
-        if real { self.real_peak } else { self.peak }
+        if real {
+            self.real_peak
+        } else {
+            self.peak.max(self.size)
+        }
     }
 
     /// `zend_memory_reset_peak_usage()`: the peaks restart from the current usage.

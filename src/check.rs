@@ -11,8 +11,8 @@ use core::ptr;
 use crate::heap::{FreeSlot, Heap};
 use crate::region_map::{self, Region};
 use crate::segment::{
-    LARGE_PAGES_MASK, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, PAGE_SMALL_CONT,
-    SMALL_BIN_MASK, Segment,
+    LARGE_PAGES_MASK, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, Segment, small_bin,
+    small_place, starts_slot,
 };
 use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
 
@@ -56,19 +56,18 @@ impl Heap {
             return BlockStatus::NotABlock;
         };
         let info = s.map_get(page);
+        if let Some(bin) = small_bin(info) {
+            return if !starts_slot(p, info) {
+                BlockStatus::NotABlock
+            } else if self.on_free_list(bin, p) {
+                BlockStatus::Freed
+            } else {
+                BlockStatus::Live(BIN_SIZE[bin])
+            };
+        }
         match info & PAGE_KIND_MASK {
             PAGE_LARGE if (p as usize) % ZEND_MM_PAGE_SIZE == 0 => {
                 BlockStatus::Live((info & LARGE_PAGES_MASK) as usize * ZEND_MM_PAGE_SIZE)
-            }
-            PAGE_SMALL | PAGE_SMALL_CONT => {
-                let bin = (info & SMALL_BIN_MASK) as usize;
-                if !self.starts_slot(p.cast_mut(), info) {
-                    BlockStatus::NotABlock
-                } else if self.on_free_list(bin, p) {
-                    BlockStatus::Freed
-                } else {
-                    BlockStatus::Live(BIN_SIZE[bin])
-                }
             }
             PAGE_FREE if page >= s.header_pages as usize && s.page_addr(page).cast_const() == p => {
                 BlockStatus::Freed
@@ -210,21 +209,31 @@ impl Heap {
                     n
                 }
                 PAGE_SMALL => {
-                    let bin = (info & SMALL_BIN_MASK) as usize;
-                    if bin >= ZEND_MM_BINS {
+                    let bin = small_bin(info).unwrap_or(usize::MAX);
+                    if small_place(info, s.page_addr(page) as usize) != 0 {
+                        error(format_args!(
+                            "segment {:p} page {page}: run continuation without a start\n",
+                            s
+                        ));
+                        1
+                    } else if bin >= ZEND_MM_BINS {
                         error(format_args!("segment {:p} page {page}: bad bin {bin}\n", s));
                         1
                     } else {
+                        for i in 1..BINS[bin].pages as usize {
+                            let cont = s.map_get((page + i).min(pages - 1));
+                            let addr = s.page_addr(page + i) as usize;
+                            if small_bin(cont) != Some(bin) || small_place(cont, addr) != i {
+                                error(format_args!(
+                                    "segment {:p} page {}: not page {i} of the run at {page}\n",
+                                    s,
+                                    page + i
+                                ));
+                            }
+                        }
                         slots[bin] += BINS[bin].count as usize;
                         BINS[bin].pages as usize
                     }
-                }
-                PAGE_SMALL_CONT => {
-                    error(format_args!(
-                        "segment {:p} page {page}: run continuation without a start\n",
-                        s
-                    ));
-                    1
                 }
                 _ => {
                     if bits(page) {

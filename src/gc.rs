@@ -19,8 +19,8 @@ use crate::diagnostics;
 use crate::heap::{FreeSlot, Heap};
 use crate::region_map::{self, Region};
 use crate::segment::{
-    PAGE_KIND_MASK, PAGE_SMALL, PAGE_SMALL_CONT, SMALL_BIN_MASK, SMALL_COUNTER_MASK,
-    SMALL_COUNTER_SHIFT, Segment,
+    PAGE_KIND_MASK, PAGE_SMALL, SMALL_COUNTER_MASK, SMALL_COUNTER_SHIFT, Segment, small_bin,
+    starts_slot,
 };
 use crate::sizes::{BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
 
@@ -129,8 +129,7 @@ impl Heap {
             diagnostics::heap_corrupted()
         };
         let info = s.map_get(page);
-        let small = matches!(info & PAGE_KIND_MASK, PAGE_SMALL | PAGE_SMALL_CONT);
-        if !small || (info & SMALL_BIN_MASK) as usize != bin || !self.starts_slot(p, info) {
+        if small_bin(info) != Some(bin) || !starts_slot(p, info) {
             diagnostics::heap_corrupted();
         }
         (seg, first)

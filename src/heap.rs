@@ -30,12 +30,12 @@ use crate::diagnostics::{self, Fatal, Site};
 use crate::huge::HugeBlock;
 use crate::region_map::{self, Region};
 use crate::segment::{
-    MAP_OFFSET, NO_CLASS, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, PAGE_SMALL_CONT, SMALL_BIN_MASK,
-    SMALL_OFFSET_MASK, Segment,
+    MAP_OFFSET, NO_CLASS, PAGE_CLASS_SHIFT, PAGE_KIND_MASK, PAGE_LARGE, SMALL_CLASS_BASE, Segment,
+    small_bin, starts_slot,
 };
 use crate::sizes::{
-    BIN_SIZE, BIN_SLOTS, MAX_SEGMENT_SIZE, PAGE_SHIFT, SLOT_LIMIT, SLOT_MAGIC,
-    ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, keeps_bin,
+    BIN_SIZE, BIN_SLOTS, MAX_SEGMENT_SIZE, PAGE_SHIFT, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE,
+    bin_of, keeps_bin,
 };
 use crate::storage::Storage;
 
@@ -123,19 +123,17 @@ pub struct Heap {
     pub size: usize,
     pub peak: usize,
     pub segment_size: usize,
-    /// log2 of `segment_size`.
-    pub segment_shift: u32,
+    /// `2^(64 - FAST_BITS - log2(segment_size))`: an address times this, shifted right by
+    /// `64 - FAST_BITS`, is its segment number modulo `FAST_SEGMENTS` (one multiply instead of a
+    /// variable shift and a mask).
+    pub fast_multiplier: usize,
     /// Free slots per bin (indexed by bin; the entries past the last bin stay empty).
     pub free_slots: [*mut FreeSlot; BIN_SLOTS],
     /// `BIN_SIZE`, copied here so the fast paths address it from the heap pointer they hold
     /// (a constant table costs one more instruction to address in a shared library).
     pub bin_size: [usize; BIN_SLOTS],
-    /// `SLOT_MAGIC` and `SLOT_LIMIT`, copied here for the same reason: every small free checks that
-    /// its pointer starts a slot.
-    pub slot_magic: [u32; BIN_SLOTS],
-    pub slot_limit: [u32; BIN_SLOTS],
-    /// This heap's segments that are aligned to their size, by segment number
-    /// (`(p >> segment_shift) % FAST_SEGMENTS`); [`NO_SEGMENT`] where there is none. The free fast
+    /// This heap's segments that are aligned to their size, by segment number modulo
+    /// `FAST_SEGMENTS` ([`Heap::fast_index`]); [`NO_SEGMENT`] where there is none. The free fast
     /// path finds a pointer's segment here without the region map.
     pub fast_segments: [*mut Segment; FAST_SEGMENTS],
     /// Bytes taken from storage (segments, cached ones included, and huge blocks), and its peak.
@@ -175,10 +173,9 @@ pub struct Heap {
 /// Per request, the expected segment count decays by this factor towards the latest peak.
 pub(crate) const EXPECTATION_DECAY: f64 = 0.98;
 
-/// Entries of [`Heap::fast_segments`]: a heap's first 32 segments (64 MiB at the default size) are
-/// there whenever the storage maps them side by side; the table shares the first page of the main
-/// segment with the rest of the heap.
-pub(crate) const FAST_SEGMENTS: usize = 32;
+/// Entries of [`Heap::fast_segments`].
+const FAST_BITS: u32 = 6;
+pub(crate) const FAST_SEGMENTS: usize = 1 << FAST_BITS;
 
 /// What an empty [`Heap::fast_segments`] entry points at: zeroed memory as large as the biggest
 /// segment's header, so the fast path may read "its" page map (all free pages, so the fast path
@@ -226,11 +223,14 @@ impl Heap {
             size: 0,
             peak: 0,
             segment_size,
-            segment_shift: segment_size.trailing_zeros(),
+            // The sentinel (size 0) gets 0: every address lands on the empty entry 0.
+            fast_multiplier: if segment_size == 0 {
+                0
+            } else {
+                1 << (64 - FAST_BITS - segment_size.trailing_zeros())
+            },
             free_slots: [ptr::null_mut(); BIN_SLOTS],
             bin_size: BIN_SIZE,
-            slot_magic: SLOT_MAGIC,
-            slot_limit: SLOT_LIMIT,
             fast_segments: [no_segment; FAST_SEGMENTS],
             real_size: 0,
             real_peak: 0,
@@ -324,11 +324,17 @@ impl Heap {
         self.pop_free_slot(bin_of(size))
     }
 
+    /// The entry of [`Heap::fast_segments`] for the segment-sized block containing `addr`.
+    #[inline(always)]
+    fn fast_index(&self, addr: usize) -> usize {
+        addr.wrapping_mul(self.fast_multiplier) >> (usize::BITS - FAST_BITS)
+    }
+
     /// The segment, offset and page-map entry of `p` if it lies in one of this heap's aligned
     /// segments (the fast table), without the region map.
     #[inline(always)]
     fn fast_lookup(&self, p: *mut u8) -> Option<(*mut Segment, usize, u32)> {
-        let seg = self.fast_segments[(p as usize).wrapping_shr(self.segment_shift) % FAST_SEGMENTS];
+        let seg = self.fast_segments[self.fast_index(p as usize)];
         let offset = (p as usize).wrapping_sub(seg as usize);
         if offset >= self.segment_size {
             return None;
@@ -344,17 +350,6 @@ impl Heap {
         Some((seg, offset, info))
     }
 
-    /// Whether `p`, in a page of a small run whose page-map entry is `info`, is the start of one of
-    /// the run's slots (not an interior, misaligned or run-tail pointer). Pages are 4 KiB aligned
-    /// in every segment, so `p`'s offset into its page and the page's offset into the run (from
-    /// the entry) give its offset into the run.
-    #[inline(always)]
-    pub fn starts_slot(&self, p: *mut u8, info: u32) -> bool {
-        let bin = (info & SMALL_BIN_MASK) as usize;
-        let offset = (p as usize & (ZEND_MM_PAGE_SIZE - 1)) | (info & SMALL_OFFSET_MASK) as usize;
-        crate::sizes::starts_slot(self.slot_magic[bin], self.slot_limit[bin], offset)
-    }
-
     /// Frees `p` if it is a small block in one of this heap's aligned segments; false otherwise
     /// (including pointers that do not start a slot: the slow path reports them).
     #[inline(always)]
@@ -362,11 +357,14 @@ impl Heap {
         let Some((_, _, info)) = self.fast_lookup(p) else {
             return false;
         };
-        // Small runs' pages have the top bit set (PAGE_SMALL and PAGE_SMALL_CONT).
-        if (info as i32) >= 0 || !self.starts_slot(p, info) {
+        // The slot check fails for every page that is not part of a small run.
+        if !starts_slot(p, info) {
             return false;
         }
-        self.free_small(p, (info & SMALL_BIN_MASK) as usize);
+        let bin = (info >> PAGE_CLASS_SHIFT) as usize - SMALL_CLASS_BASE;
+        // SAFETY: only small runs' classes pass the slot check, and their bins are below 32.
+        unsafe { core::hint::assert_unchecked(bin < BIN_SLOTS) };
+        self.free_small(p, bin);
         true
     }
 
@@ -392,10 +390,10 @@ impl Heap {
         let Some((_, offset, info)) = self.fast_lookup(p) else {
             return false;
         };
+        if let Some(bin) = small_bin(info) {
+            return keeps_bin(bin, size) && starts_slot(p, info);
+        }
         match info & PAGE_KIND_MASK {
-            PAGE_SMALL | PAGE_SMALL_CONT => {
-                keeps_bin((info & SMALL_BIN_MASK) as usize, size) && self.starts_slot(p, info)
-            }
             PAGE_LARGE => {
                 let bytes = (info & crate::segment::LARGE_PAGES_MASK) as usize * ZEND_MM_PAGE_SIZE;
                 offset % ZEND_MM_PAGE_SIZE == 0
@@ -412,12 +410,14 @@ impl Heap {
     fn remember_fast(&mut self, seg: *mut Segment) {
         let base = seg as usize;
         if base % self.segment_size == 0 {
-            self.fast_segments[(base >> self.segment_shift) % FAST_SEGMENTS] = seg;
+            let index = self.fast_index(base);
+            self.fast_segments[index] = seg;
         }
     }
 
     fn forget_fast(&mut self, seg: *mut Segment) {
-        let entry = &mut self.fast_segments[(seg as usize >> self.segment_shift) % FAST_SEGMENTS];
+        let index = self.fast_index(seg as usize);
+        let entry = &mut self.fast_segments[index];
         if *entry == seg {
             *entry = no_segment();
         }
@@ -494,11 +494,13 @@ impl Heap {
             diagnostics::heap_corrupted()
         };
         let info = s.map_get(page);
+        if let Some(bin) = small_bin(info) {
+            if !starts_slot(p, info) {
+                diagnostics::heap_corrupted();
+            }
+            return Block::Small { seg, bin };
+        }
         match info & PAGE_KIND_MASK {
-            PAGE_SMALL | PAGE_SMALL_CONT if self.starts_slot(p, info) => Block::Small {
-                seg,
-                bin: (info & SMALL_BIN_MASK) as usize,
-            },
             PAGE_LARGE if (p as usize) % ZEND_MM_PAGE_SIZE == 0 => Block::Large {
                 seg,
                 page,
@@ -580,7 +582,7 @@ impl Heap {
         copy_size: usize,
         site: Site,
     ) -> *mut u8 {
-        let orig_peak = self.peak;
+        let orig_peak = self.peak.max(self.size);
         let new = self.alloc(size, site);
         if new.is_null() {
             return new;
@@ -955,8 +957,11 @@ impl Heap {
     fn release_reserve(&mut self) {
         let p = core::mem::replace(&mut self.reserve, ptr::null_mut());
         if !p.is_null() {
+            // The reserve is not usage: counted in just for its free, leaving the peak alone.
+            let peak = self.peak.max(self.size);
             self.size += self.block_size(p);
             self.free(p);
+            self.peak = peak;
         }
     }
 

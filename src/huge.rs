@@ -250,7 +250,7 @@ impl Heap {
     pub fn free_huge(&mut self, block: *mut HugeBlock) {
         self.unlink_huge(block);
         // SAFETY: a live huge block of this heap, now off the list.
-        self.size -= unsafe { (*block).size };
+        self.count_free(unsafe { (*block).size });
         if self.huge_cached_count < HUGE_CACHE {
             // SAFETY: as above; it joins the cache list, whose members are cached blocks.
             unsafe {
@@ -306,7 +306,7 @@ impl Heap {
             let block = self.huge_list;
             self.unlink_huge(block);
             // SAFETY: a live huge block of this heap, now off the list.
-            self.size -= unsafe { (*block).size };
+            self.count_free(unsafe { (*block).size });
             self.release_huge(block);
         }
         self.release_cached_huge();
@@ -335,8 +335,8 @@ impl Heap {
         if new_total <= capacity && new_total >= capacity / 2 {
             // SAFETY: as above; the storage already holds the new size.
             unsafe { (*block).size = new_size };
-            self.size = self.size - old_size + new_size;
-            self.peak = self.peak.max(self.size);
+            self.count_free(old_size);
+            self.count_alloc(new_size);
             return data;
         }
         if new_total > capacity && !self.huge_fits_limit(new_total - capacity) {
@@ -356,8 +356,8 @@ impl Heap {
             (*moved).data = (*moved).base().add(HUGE_HEADER);
         }
         self.link_huge(moved);
-        self.size = self.size - old_size + new_size;
-        self.peak = self.peak.max(self.size);
+        self.count_free(old_size);
+        self.count_alloc(new_size);
         // SAFETY: as above.
         unsafe { (*moved).data }
     }

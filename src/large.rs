@@ -31,7 +31,7 @@ impl Heap {
     pub fn free_large(&mut self, seg: *mut Segment, page: usize, pages: usize) {
         // SAFETY: `locate` found a large run of this heap there.
         unsafe { (*seg).free_pages(page, pages) };
-        self.size -= pages * ZEND_MM_PAGE_SIZE;
+        self.count_free(pages * ZEND_MM_PAGE_SIZE);
         self.segment_pages_freed(seg);
     }
 
@@ -54,7 +54,7 @@ impl Heap {
             let tail = pages - new_pages;
             s.map_set(page, PAGE_LARGE | new_pages as u32);
             s.free_pages(page + new_pages, tail);
-            self.size -= tail * ZEND_MM_PAGE_SIZE;
+            self.count_free(tail * ZEND_MM_PAGE_SIZE);
             self.reclassify(seg);
             return true;
         }

@@ -33,27 +33,101 @@ use crate::sizes::{PAGE_SHIFT, ZEND_MM_PAGE_SIZE};
 pub(crate) const PAGE_FREE: u32 = 0;
 pub(crate) const PAGE_LARGE: u32 = 1 << 30;
 pub(crate) const PAGE_SMALL: u32 = 2 << 30;
-pub(crate) const PAGE_SMALL_CONT: u32 = 3 << 30;
 // Map entries are cleared with `write_bytes`, byte by byte.
 const _: () = assert!(PAGE_FREE == 0);
 pub(crate) const PAGE_KIND_MASK: u32 = 3 << 30;
-/// Large runs: page count in the low bits.
+/// Large runs: page count in the low bits of the first page's entry.
 pub(crate) const LARGE_PAGES_MASK: u32 = (1 << 30) - 1;
-/// Small runs: bin in bits 0..5; the page's place in its run in bits 12..15 (0 on the first page),
-/// so `info & SMALL_OFFSET_MASK` is the page's byte offset into the run; first pages: the free-slot
-/// counter used by `zend_mm_gc` in bits 15..27.
-pub(crate) const SMALL_BIN_MASK: u32 = 0x1f;
-pub(crate) const SMALL_OFFSET_SHIFT: u32 = crate::sizes::PAGE_SHIFT;
-pub(crate) const SMALL_OFFSET_MASK: u32 = 0x7 << SMALL_OFFSET_SHIFT;
+
+// Small runs: every page's entry has the kind and the bin in its top 7 bits (its *class*), and in
+// bits 12..15 the page's place in its run XORed with bits 12..15 of the page's address, so that
+// `(p ^ entry) & RUN_OFFSET_MASK` is `p`'s byte offset into its run (the entry's low 12 bits are
+// zero). The first page's entry also holds the free-slot counter of `zend_mm_gc`.
+const SMALL_BIN_SHIFT: u32 = 25;
+const SMALL_BIN_MASK: u32 = 0x1f << SMALL_BIN_SHIFT;
+const SMALL_PLACE_SHIFT: u32 = crate::sizes::PAGE_SHIFT;
+const SMALL_PLACE_MASK: u32 = 0x7 << SMALL_PLACE_SHIFT;
+/// Byte offsets into a run: an offset into a page and the page's place in the run.
+const RUN_OFFSET_MASK: usize = (SMALL_PLACE_MASK | (ZEND_MM_PAGE_SIZE as u32 - 1)) as usize;
 pub(crate) const SMALL_COUNTER_SHIFT: u32 = 15;
-pub(crate) const SMALL_COUNTER_MASK: u32 = 0xfff << SMALL_COUNTER_SHIFT;
+pub(crate) const SMALL_COUNTER_MASK: u32 = 0x3ff << SMALL_COUNTER_SHIFT;
+/// A page-map entry's class: its kind and, for small runs, its bin.
+pub(crate) const PAGE_CLASS_SHIFT: u32 = SMALL_BIN_SHIFT;
+const PAGE_CLASSES: usize = 1 << (32 - PAGE_CLASS_SHIFT);
+/// The class of bin 0's pages; bin `b`'s is `SMALL_CLASS_BASE + b`.
+pub(crate) const SMALL_CLASS_BASE: usize = (PAGE_SMALL >> PAGE_CLASS_SHIFT) as usize;
 const _: () = {
-    assert!(crate::sizes::MAX_BIN_PAGES <= (SMALL_OFFSET_MASK >> SMALL_OFFSET_SHIFT) + 1);
-    assert!(
-        SMALL_OFFSET_MASK & SMALL_COUNTER_MASK == 0 && SMALL_COUNTER_MASK & PAGE_KIND_MASK == 0
-    );
-    assert!(SMALL_BIN_MASK & SMALL_OFFSET_MASK == 0);
+    assert!(crate::sizes::MAX_BIN_PAGES <= (SMALL_PLACE_MASK >> SMALL_PLACE_SHIFT) + 1);
+    assert!(SMALL_PLACE_MASK & SMALL_COUNTER_MASK == 0);
+    assert!(SMALL_COUNTER_MASK & (SMALL_BIN_MASK | PAGE_KIND_MASK) == 0);
+    assert!(SMALL_BIN_MASK & PAGE_KIND_MASK == 0);
+    assert!(crate::sizes::ZEND_MM_BINS <= 1 << 5);
+    // Every bin's slot count fits the gc counter.
+    let mut i = 0;
+    while i < crate::sizes::ZEND_MM_BINS {
+        assert!(crate::sizes::BINS[i].count <= SMALL_COUNTER_MASK >> SMALL_COUNTER_SHIFT);
+        i += 1;
+    }
+    // A large run's class is never a small one (segments have fewer than 2^25 pages).
+    assert!((PAGE_LARGE | LARGE_PAGES_MASK) >> PAGE_CLASS_SHIFT < SMALL_CLASS_BASE as u32 + 32);
+    assert!(((crate::sizes::MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE) as u32) < 1 << PAGE_CLASS_SHIFT);
 };
+
+/// The entry of page `place` (0 for the first) of a small run of `bin` whose page is at `addr`.
+pub(crate) fn small_entry(bin: usize, place: usize, addr: usize) -> u32 {
+    let place = (place ^ (addr >> SMALL_PLACE_SHIFT)) as u32 & 0x7;
+    PAGE_SMALL | (bin as u32) << SMALL_BIN_SHIFT | place << SMALL_PLACE_SHIFT
+}
+
+/// The bin of a small run's page entry, or `None` for any other entry.
+#[inline(always)]
+pub(crate) fn small_bin(info: u32) -> Option<usize> {
+    (info & PAGE_KIND_MASK == PAGE_SMALL)
+        .then_some(((info & SMALL_BIN_MASK) >> SMALL_BIN_SHIFT) as usize)
+}
+
+/// The place in its run of the small run's page at `addr` whose entry is `info`.
+pub(crate) fn small_place(info: u32, addr: usize) -> usize {
+    (((info & SMALL_PLACE_MASK) >> SMALL_PLACE_SHIFT) as usize ^ (addr >> SMALL_PLACE_SHIFT)) & 0x7
+}
+
+/// `p`'s byte offset into the small run whose page (the one holding `p`) has entry `info`.
+#[inline(always)]
+pub(crate) fn run_offset(p: *const u8, info: u32) -> usize {
+    (p as usize ^ info as usize) & RUN_OFFSET_MASK
+}
+
+/// Per page class: for a small bin, its slot check (see `sizes::SLOT_MAGIC`); for every other class
+/// a check nothing passes.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct SlotCheck {
+    magic: u32,
+    limit: u32,
+}
+
+// A `const`: the library addresses constants directly, statics through the GOT.
+const SLOT_CHECKS: [SlotCheck; PAGE_CLASSES] = {
+    let mut t = [SlotCheck { magic: 0, limit: 0 }; PAGE_CLASSES];
+    let mut bin = 0;
+    while bin < crate::sizes::ZEND_MM_BINS {
+        t[SMALL_CLASS_BASE + bin] = SlotCheck {
+            magic: crate::sizes::SLOT_MAGIC[bin],
+            limit: crate::sizes::SLOT_LIMIT[bin],
+        };
+        bin += 1;
+    }
+    t
+};
+
+/// Whether `p`, in a page whose entry is `info`, starts a slot of a small run: any other page
+/// kind, an interior, misaligned or run-tail pointer fails. One table load, a multiply and a
+/// compare, with no branch on the page kind.
+#[inline(always)]
+pub(crate) fn starts_slot(p: *const u8, info: u32) -> bool {
+    let check = SLOT_CHECKS[(info >> PAGE_CLASS_SHIFT) as usize];
+    crate::sizes::starts_slot(check.magic, check.limit, run_offset(p, info))
+}
 
 /// Marker for "not in any class list".
 pub(crate) const NO_CLASS: u32 = u32::MAX;
@@ -270,11 +344,12 @@ impl Segment {
         unsafe { *self.map().add(page) = info }
     }
 
-    /// The first page of the small run that page `page` belongs to.
+    /// The first page of the small run that page `page` belongs to (`page` itself if it is not in
+    /// a small run).
     pub fn small_run_start(&self, page: usize) -> usize {
         let info = self.map_get(page);
-        if info & PAGE_KIND_MASK == PAGE_SMALL_CONT {
-            page - ((info & SMALL_OFFSET_MASK) >> SMALL_OFFSET_SHIFT) as usize
+        if small_bin(info).is_some() {
+            page - small_place(info, self.page_addr(page) as usize)
         } else {
             page
         }

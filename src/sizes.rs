@@ -113,22 +113,23 @@ const _: () = {
     assert!(ZEND_MM_MAX_LARGE_SIZE == ZEND_MM_SEG_SIZE - ZEND_MM_PAGE_SIZE);
 };
 
-/// Bin index for every request size 0..=3072 in 8-byte steps: `SIZE_TO_BIN[(size + 7) >> 3]`.
-/// A table lookup replaces PHP's bit arithmetic on the allocation fast path. (A `const`, not a
-/// `static`: the library reaches constants directly, statics through the GOT.)
-pub(crate) const SIZE_TO_BIN: [u8; ZEND_MM_MAX_SMALL_SIZE / 8 + 1] = size_to_bin_table();
+/// Bin index for every request size 0..=3072: `SIZE_TO_BIN[size]`. A table lookup replaces PHP's
+/// bit arithmetic on the allocation fast path, indexed by the size itself (3 KiB: two instructions
+/// fewer than rounding to 8-byte steps first). (A `const`, not a `static`: the library reaches
+/// constants directly, statics through the GOT.)
+pub(crate) const SIZE_TO_BIN: [u8; ZEND_MM_MAX_SMALL_SIZE + 1] = size_to_bin_table();
 
-const fn size_to_bin_table() -> [u8; ZEND_MM_MAX_SMALL_SIZE / 8 + 1] {
-    let mut table = [0u8; ZEND_MM_MAX_SMALL_SIZE / 8 + 1];
-    let mut step = 0;
+const fn size_to_bin_table() -> [u8; ZEND_MM_MAX_SMALL_SIZE + 1] {
+    let mut table = [0u8; ZEND_MM_MAX_SMALL_SIZE + 1];
+    let mut size = 0;
     let mut b = 0;
-    while step < table.len() {
-        // The smallest bin whose size is >= step * 8 (and >= 8, so size 0 maps to bin 0).
-        while (BINS[b].size as usize) < step * 8 {
+    while size < table.len() {
+        // The smallest bin whose size is >= size (size 0 maps to bin 0).
+        while (BINS[b].size as usize) < size {
             b += 1;
         }
-        table[step] = b as u8;
-        step += 1;
+        table[size] = b as u8;
+        size += 1;
     }
     table
 }
@@ -137,8 +138,20 @@ const fn size_to_bin_table() -> [u8; ZEND_MM_MAX_SMALL_SIZE / 8 + 1] {
 #[inline(always)]
 pub fn bin_of(size: usize) -> usize {
     debug_assert!(size <= ZEND_MM_MAX_SMALL_SIZE);
-    SIZE_TO_BIN[(size + 7) >> 3] as usize
+    let bin = SIZE_TO_BIN[size] as usize;
+    // SAFETY: every entry of the table is a bin (checked at compile time below); saying so spares
+    // the fast path a bounds check on the bin-indexed arrays.
+    unsafe { core::hint::assert_unchecked(bin < ZEND_MM_BINS) };
+    bin
 }
+
+const _: () = {
+    let mut size = 0;
+    while size <= ZEND_MM_MAX_SMALL_SIZE {
+        assert!((SIZE_TO_BIN[size] as usize) < ZEND_MM_BINS);
+        size += 1;
+    }
+};
 
 /// Bin-indexed arrays have this many entries: a bin read from a page-map entry (5 bits) indexes
 /// them without a bounds check; the entries past the last bin are never used.

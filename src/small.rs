@@ -12,7 +12,7 @@ use core::ptr;
 
 use crate::diagnostics::{self, Site};
 use crate::heap::{FreeSlot, Heap};
-use crate::segment::{PAGE_SMALL, PAGE_SMALL_CONT, SMALL_OFFSET_SHIFT};
+use crate::segment::small_entry;
 use crate::sizes::{BINS, ZEND_MM_PAGE_SIZE};
 
 impl Heap {
@@ -52,7 +52,7 @@ impl Heap {
         // both of which checked that it starts a slot).
         unsafe { (*slot).next = head };
         self.free_slots[bin] = slot;
-        self.size -= self.bin_size[bin];
+        self.count_free(self.bin_size[bin]);
     }
 
     /// Takes a fresh run for `bin`, threads all slots but the first onto the free list and returns
@@ -67,11 +67,10 @@ impl Heap {
         };
         // SAFETY: `alloc_pages` returned a run of `info.pages` pages of a live segment of ours.
         let s = unsafe { &mut *seg };
-        s.map_set(page, PAGE_SMALL | bin as u32);
-        for i in 1..info.pages as usize {
+        for i in 0..info.pages as usize {
             s.map_set(
                 page + i,
-                PAGE_SMALL_CONT | ((i as u32) << SMALL_OFFSET_SHIFT) | bin as u32,
+                small_entry(bin, i, s.page_addr(page + i) as usize),
             );
         }
         let run = s.page_addr(page);
