@@ -108,6 +108,15 @@ static void realloc_case(const char *name, size_t from, size_t to, size_t blocke
 
 static void scenario_realloc(void)
 {
+    /* Every bin boundary: a block of each bin resized to the next smaller bin's size (PHP 8.2
+     * keeps it), one byte below (moves), its own size (keeps) and one byte above (moves). */
+    for (int b = 1; b < 30; b++) {
+        realloc_case("bin_to_smaller_size", bin_sizes[b], bin_sizes[b - 1], 0, 1);
+        realloc_case("bin_below_smaller_size", bin_sizes[b], bin_sizes[b - 1] - 1, 0, 1);
+        realloc_case("bin_to_own_size", bin_sizes[b] - 1, bin_sizes[b], 0, 1);
+        realloc_case("bin_above_own_size", bin_sizes[b], bin_sizes[b] + 1, 0, 1);
+    }
+    realloc_case("small_shrink_exact", 100, 96, 0, 1); /* 96 is the smaller bin's size: stays */
     realloc_case("small_shrink_bin", 100, 90, 0, 1);   /* 112 -> 96 bin: moves */
     realloc_case("small_to_zero", 96, 0, 0, 1);        /* 96 -> 8 bin: moves */
     realloc_case("small_same_bin", 100, 110, 0, 1);    /* stays in the 112 bin */

@@ -5,8 +5,10 @@
 //! otherwise, always exit status 255. Values are read with `getenv` into the stack; nothing here
 //! allocates. PHP reads them again for every thread; this library reads them once per process.
 
+use core::cell::UnsafeCell;
 use core::ffi::{CStr, c_char};
-use std::sync::OnceLock;
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::diagnostics::startup_error;
 use crate::ffi::types::zend_mm_mem_handlers;
@@ -14,6 +16,7 @@ use crate::sizes::{DEFAULT_COMPACT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, ZEN
 use crate::storage;
 
 /// The options every default heap is made with.
+#[derive(Clone, Copy)]
 pub struct Options {
     pub storage: &'static zend_mm_mem_handlers,
     pub segment_size: usize,
@@ -100,11 +103,44 @@ pub static ENV_VARS: [EnvVar; 4] = [
     },
 ];
 
-static OPTIONS: OnceLock<Options> = OnceLock::new();
+/// The options, once read: published by the first thread to read them. No thread ever waits for
+/// another (a thread that finds the publication under way uses its own reading of the same
+/// environment), so a `fork` at any moment leaves the child nothing to wait for.
+struct Published {
+    state: AtomicU8,
+    value: UnsafeCell<MaybeUninit<Options>>,
+}
+
+const UNREAD: u8 = 0;
+const WRITING: u8 = 1;
+const READY: u8 = 2;
+
+// SAFETY: `value` is written once, by the thread that moved `state` from UNREAD to WRITING, and
+// read only after `state` is READY (release/acquire).
+unsafe impl Sync for Published {}
+
+static OPTIONS: Published = Published {
+    state: AtomicU8::new(UNREAD),
+    value: UnsafeCell::new(MaybeUninit::uninit()),
+};
 
 /// The process's options (read from the environment on first use; a bad value ends the process).
-pub fn get() -> &'static Options {
-    OPTIONS.get_or_init(|| read(getenv))
+pub fn get() -> Options {
+    if OPTIONS.state.load(Ordering::Acquire) == READY {
+        // SAFETY: READY: written once and never again.
+        return unsafe { (*OPTIONS.value.get()).assume_init() };
+    }
+    let options = read(getenv);
+    if OPTIONS
+        .state
+        .compare_exchange(UNREAD, WRITING, Ordering::Acquire, Ordering::Relaxed)
+        .is_ok()
+    {
+        // SAFETY: this thread alone moved the state to WRITING; nobody reads before READY.
+        unsafe { (*OPTIONS.value.get()).write(options) };
+        OPTIONS.state.store(READY, Ordering::Release);
+    }
+    options
 }
 
 fn getenv(name: &CStr) -> Option<&'static [u8]> {

@@ -6,7 +6,7 @@
 
 use core::ffi::c_void;
 use core::ptr;
-use std::sync::OnceLock;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::diagnostics::{Fatal, Site};
 use crate::heap::{Heap, SENTINEL};
@@ -177,30 +177,61 @@ pub fn ensure_current() -> *mut Heap {
     current_or_create(0, Site::new(ptr::null(), 0))
 }
 
-static EXIT_KEY: OnceLock<libc::pthread_key_t> = OnceLock::new();
+/// The thread-exit key plus one (0: not made yet). Made without a lock: a thread that loses the
+/// race deletes its own key.
+static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
+
+fn exit_key() -> libc::pthread_key_t {
+    let known = EXIT_KEY.load(Ordering::Acquire);
+    if known != 0 {
+        return (known - 1) as libc::pthread_key_t;
+    }
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: creating a key with a destructor that only shuts a heap down.
+    if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } != 0 {
+        crate::diagnostics::startup_error(format_args!(
+            "Cannot create the thread exit hook of zend_alloc\n"
+        ));
+    }
+    match EXIT_KEY.compare_exchange(0, key as usize + 1, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => key,
+        Err(theirs) => {
+            // SAFETY: our key was never used.
+            unsafe { libc::pthread_key_delete(key) };
+            (theirs - 1) as libc::pthread_key_t
+        }
+    }
+}
 
 /// Arranges for `heap` (the thread's own heap, or nothing) to be released when the thread exits.
 fn set_exit_hook(heap: *mut Heap) {
-    let key = *EXIT_KEY.get_or_init(|| {
-        let mut key: libc::pthread_key_t = 0;
-        // SAFETY: creating a key with a destructor that only shuts a heap down.
-        if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } != 0 {
-            crate::diagnostics::startup_error(format_args!(
-                "Cannot create the thread exit hook of zend_alloc\n"
-            ));
-        }
-        key
-    });
-    // SAFETY: `key` was created above; the value is only read by `thread_exit`.
-    unsafe { libc::pthread_setspecific(key, heap.cast()) };
+    // SAFETY: the key exists; the value is only read by `thread_exit`.
+    unsafe { libc::pthread_setspecific(exit_key(), heap.cast()) };
 }
 
-unsafe extern "C" fn thread_exit(heap: *mut c_void) {
-    let heap = heap.cast::<Heap>();
+/// Destructor passes the C library runs at thread exit (POSIX: at least 4).
+fn destructor_passes() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_THREAD_DESTRUCTOR_ITERATIONS) };
+    if n >= 1 { n as usize } else { 4 }
+}
+
+/// The thread's exit hook. The heap goes last: other keys' destructors (made after ours, so run
+/// after ours in each pass) may still free its blocks, so each pass but the final one sets the key
+/// again, with the pass counted in the pointer's low bits, and the C library runs another pass.
+unsafe extern "C" fn thread_exit(value: *mut c_void) {
+    const PASS_MASK: usize = align_of::<Heap>() - 1;
+    let heap = value.map_addr(|a| a & !PASS_MASK).cast::<Heap>();
     if heap.is_null() {
         return;
     }
+    let pass = value.addr() & PASS_MASK;
+    if pass + 1 < destructor_passes().min(PASS_MASK + 1) {
+        // SAFETY: the key exists; setting it during a pass makes the C library run another.
+        unsafe { libc::pthread_setspecific(exit_key(), value.map_addr(|a| a + 1)) };
+        return;
+    }
     forget(heap);
-    // SAFETY: the exiting thread's own heap; nothing can use it any more.
+    // SAFETY: the exiting thread's own heap, in the last destructor pass.
     unsafe { Heap::shutdown(heap, true) };
 }

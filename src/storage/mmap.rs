@@ -1,14 +1,16 @@
 //! The `mmap_anon` and `mmap_zero` storages: segments mapped straight from the kernel.
 //!
 //! `mmap_anon` uses anonymous private mappings; `mmap_zero` private mappings of `/dev/zero` (one file
-//! descriptor, opened by the first heap that uses it and closed after the last one). Segments (their
+//! descriptor, opened by the first heap that uses it and closed after the last one; kept in one
+//! atomic word with its count of users, so no lock is ever held and a `fork` from any thread leaves
+//! the child nothing to wait for). Segments (their
 //! sizes are powers of two) are aligned to their size, as PHP aligns its chunks: the heap's free fast
 //! path relies on it, and the kernel can back them with transparent huge pages. Growing and shrinking
 //! use `mremap`.
 
 use core::ffi::CStr;
 use core::ptr;
-use std::sync::Mutex;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::{SegmentSource, StaticStorage, alignment_for, handlers_for};
 use crate::ffi::types::{zend_mm_mem_handlers, zend_mm_storage};
@@ -130,16 +132,22 @@ pub struct MmapZero;
 pub(super) static ZERO_HANDLERS: zend_mm_mem_handlers = handlers_for::<MmapZero>();
 static ZERO_INSTANCE: StaticStorage = StaticStorage::new(&ZERO_HANDLERS);
 
-/// `/dev/zero` and how many heaps use it.
-struct DevZero {
-    fd: i32,
-    users: usize,
+/// `/dev/zero`'s descriptor (low 32 bits) and how many heaps use it (high 32 bits); 0 when no heap
+/// does. Changed by compare-and-swap only.
+static DEV_ZERO: AtomicU64 = AtomicU64::new(0);
+
+fn dev_zero_state(users: u64, fd: i32) -> u64 {
+    users << 32 | fd as u32 as u64
 }
 
-static DEV_ZERO: Mutex<DevZero> = Mutex::new(DevZero { fd: -1, users: 0 });
-
+/// The open descriptor; only meaningful while the caller's heap counts as a user.
 fn dev_zero_fd() -> i32 {
-    DEV_ZERO.lock().map(|z| z.fd).unwrap_or(-1)
+    let state = DEV_ZERO.load(Ordering::Acquire);
+    if state >> 32 == 0 {
+        -1
+    } else {
+        state as u32 as i32
+    }
 }
 
 impl SegmentSource for MmapZero {
@@ -150,28 +158,63 @@ impl SegmentSource for MmapZero {
     }
 
     fn open() -> bool {
-        let Ok(mut z) = DEV_ZERO.lock() else {
-            return false;
-        };
-        if z.users == 0 {
+        loop {
+            let state = DEV_ZERO.load(Ordering::Acquire);
+            let users = state >> 32;
+            if users > 0 {
+                let more = dev_zero_state(users + 1, state as u32 as i32);
+                if DEV_ZERO
+                    .compare_exchange(state, more, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return true;
+                }
+                continue;
+            }
             // SAFETY: opening a device file by a static C string path.
             let fd = unsafe { libc::open(c"/dev/zero".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
             if fd < 0 {
                 return false;
             }
-            z.fd = fd;
+            if DEV_ZERO
+                .compare_exchange(
+                    state,
+                    dev_zero_state(1, fd),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                return true;
+            }
+            // Another heap opened it first: use theirs.
+            // SAFETY: our own descriptor, never published.
+            unsafe { libc::close(fd) };
         }
-        z.users += 1;
-        true
     }
 
     fn close() {
-        let Ok(mut z) = DEV_ZERO.lock() else { return };
-        z.users = z.users.saturating_sub(1);
-        if z.users == 0 && z.fd >= 0 {
-            // SAFETY: the descriptor was opened by `open` and no heap uses it any more.
-            unsafe { libc::close(z.fd) };
-            z.fd = -1;
+        loop {
+            let state = DEV_ZERO.load(Ordering::Acquire);
+            let (users, fd) = (state >> 32, state as u32 as i32);
+            if users == 0 {
+                return;
+            }
+            let fewer = if users == 1 {
+                0
+            } else {
+                dev_zero_state(users - 1, fd)
+            };
+            if DEV_ZERO
+                .compare_exchange(state, fewer, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                if users == 1 {
+                    // SAFETY: the descriptor was opened by `open` and no heap uses it any more.
+                    unsafe { libc::close(fd) };
+                }
+                return;
+            }
         }
     }
 

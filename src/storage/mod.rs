@@ -199,6 +199,19 @@ impl Storage {
         }
     }
 
+    /// Ends the process with a message if the storage returned memory that is not aligned as the
+    /// storage API promises (the heap's headers and the region map rely on it).
+    fn check_alignment(self, p: *mut zend_mm_segment) {
+        if p as usize % crate::region_map::REGION_ALIGN != 0 {
+            crate::diagnostics::startup_error(format_args!(
+                "zend_mm storage [{}] returned {:p}, which is not {}-byte aligned\n",
+                self.name().to_str().unwrap_or("?"),
+                p,
+                crate::region_map::REGION_ALIGN
+            ));
+        }
+    }
+
     /// Asks the storage for `size` bytes; writes the segment header on success.
     pub fn alloc(self, size: usize) -> *mut u8 {
         let Some(alloc) = self.handlers()._alloc else {
@@ -207,6 +220,7 @@ impl Storage {
         // SAFETY: calling the storage's own allocation handler with its own instance.
         let seg = unsafe { alloc(self.raw, size) };
         if !seg.is_null() {
+            self.check_alignment(seg);
             // SAFETY: a storage returns at least `size` (>= 16) writable bytes.
             unsafe {
                 (*seg).size = size;
@@ -240,6 +254,7 @@ impl Storage {
             }
         };
         if !new.is_null() {
+            self.check_alignment(new);
             // SAFETY: `new` is a live segment of `new_size` bytes.
             unsafe { (*new).size = new_size };
         }
