@@ -1,0 +1,524 @@
+/*
+ * Regression tests for the defects an independent review, adversarial tests and PHP's own test
+ * suite found (one test per defect, named after what must hold). Each of them failed on the
+ * library before its fix. make test runs this binary once per storage (ZEND_MM_MEM_TYPE).
+ *
+ * Behaviour that ends a process (corruption aborts, fatal errors, hangs) runs in child processes;
+ * a child that could hang arms alarm() first, so a hang shows as SIGALRM instead of a stuck test.
+ */
+#include "test.h"
+
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdatomic.h>
+
+/* Generous: a child that has not finished by then is stuck, not slow. */
+#define HANG_GUARD_SECONDS 60
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The memory limit after an error handler bails out (defect 1)                                   */
+
+static jmp_buf bailout;
+static int reporting_in_handler, handled_count;
+static char handled_message[256];
+static size_t handler_alloc;
+
+static void bailing_handler(int type, const char *file, uint32_t line, const char *message)
+{
+    (void)type;
+    (void)file;
+    (void)line;
+    handled_count++;
+    snprintf(handled_message, sizeof handled_message, "%s", message);
+    reporting_in_handler = zend_alloc_in_memory_limit_error_reporting();
+    if (handler_alloc) {
+        /* The handler may allocate beyond the limit while a limit error is reported. */
+        char *note = emalloc(handler_alloc);
+        note[handler_alloc - 1] = 1;
+        efree(note);
+    }
+    longjmp(bailout, 1);
+}
+
+static int limit_error(void)
+{
+    return strstr(handled_message, "Allowed memory size of ") == handled_message;
+}
+
+static void test_the_limit_is_back_once_the_handler_bailed_out(void)
+{
+    shutdown_memory_manager(1, 0);
+    zend_mm_set_error_handler(bailing_handler);
+    CHECK(zend_set_memory_limit(8 << 20) == SUCCESS);
+    handler_alloc = 3 << 20;
+    handled_count = 0;
+    if (setjmp(bailout) == 0) {
+        emalloc((size_t)1 << 30);
+        CHECK(!"a 1 GiB block under an 8 MiB limit");
+    }
+    CHECK(limit_error());
+    CHECK(reporting_in_handler);
+    /* Out of the handler: the report is over and the limit applies again at once. */
+    CHECK(!zend_alloc_in_memory_limit_error_reporting());
+    if (setjmp(bailout) == 0) {
+        char *p = emalloc((size_t)1 << 30);
+        p[0] = 1;
+        CHECK(!"a 1 GiB block after the bailout");
+    }
+    CHECK_EQ(handled_count, 2);
+    CHECK(limit_error());
+    CHECK(!zend_alloc_in_memory_limit_error_reporting());
+    zend_mm_set_error_handler(NULL);
+    shutdown_memory_manager(1, 0);
+    zend_set_memory_limit((size_t)-1);
+}
+
+static void test_only_memory_errors_suspend_the_limit(void)
+{
+    zend_mm_set_error_handler(bailing_handler);
+    handler_alloc = 0;
+    if (setjmp(bailout) == 0) {
+        safe_emalloc((size_t)1 << 62, 8, 0);
+    }
+    CHECK_CONTAINS(handled_message, "Possible integer overflow in memory allocation");
+    CHECK(!reporting_in_handler);
+    if (setjmp(bailout) == 0) {
+        estrdup(NULL);
+    }
+    CHECK_CONTAINS(handled_message, "estrdup(): the string is NULL");
+    CHECK(!reporting_in_handler);
+    CHECK(!zend_alloc_in_memory_limit_error_reporting());
+    zend_mm_set_error_handler(NULL);
+}
+
+static void test_a_hundred_thousand_bailouts_cost_no_memory(void)
+{
+    shutdown_memory_manager(1, 0);
+    zend_mm_set_error_handler(bailing_handler);
+    CHECK(zend_set_memory_limit(8 << 20) == SUCCESS);
+    handler_alloc = 1 << 20;
+    handled_count = 0;
+    size_t real_after_first = 0;
+    int limit_errors = 0, rearmed = 0;
+    for (volatile int i = 0; i < 100000; i++) {
+        if (setjmp(bailout) == 0) {
+            emalloc((size_t)64 << 20);
+        }
+        limit_errors += limit_error();
+        rearmed += !zend_alloc_in_memory_limit_error_reporting();
+        if (i == 0) {
+            real_after_first = zend_memory_usage(1);
+        }
+    }
+    CHECK_EQ(handled_count, 100000);
+    CHECK_EQ(limit_errors, 100000);
+    CHECK_EQ(rearmed, 100000);
+    CHECK_EQ(zend_memory_usage(1), real_after_first);
+    CHECK_EQ(full_mem_check(1), 0);
+    zend_mm_set_error_handler(NULL);
+    shutdown_memory_manager(1, 0);
+    zend_set_memory_limit((size_t)-1);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Pointer queries and frees racing with another thread's unmapping (defects 2 and 11)             */
+
+typedef struct {
+    _Atomic(uintptr_t) published; /* the block the owner has live (or just freed) */
+    atomic_int done;
+    int rounds;
+} churn_state;
+
+/* Allocates a huge block, frees it and hands its memory back to storage at once (zend_mm_gc drops
+ * the cache of freed huge blocks), publishing each block; now and then a large block and a request
+ * end, which unmaps segments. */
+static void *unmapping_owner(void *arg)
+{
+    churn_state *s = arg;
+    zend_mm_heap *heap = zend_mm_get_heap();
+    for (int i = 0; i < s->rounds; i++) {
+        char *p = emalloc(i % 64 == 63 ? (size_t)1 << 20 : (size_t)3 << 20);
+        p[0] = 1;
+        atomic_store(&s->published, (uintptr_t)p);
+        efree(p);
+        zend_mm_gc(heap);
+        if (i % 256 == 255) {
+            shutdown_memory_manager(1, 0);
+        }
+    }
+    atomic_store(&s->done, 1);
+    return NULL;
+}
+
+static void query_while_another_thread_unmaps(void *arg)
+{
+    (void)arg;
+    churn_state s = {0, 0, 20000};
+    pthread_t owner;
+    emalloc(1); /* this thread has a heap of its own */
+    pthread_create(&owner, NULL, unmapping_owner, &s);
+    long queries = 0, claimed = 0;
+    while (!atomic_load(&s.done)) {
+        char *p = (char *)atomic_load(&s.published);
+        if (!p) {
+            continue;
+        }
+        claimed += is_zend_ptr(p + 4096) + is_zend_ptr(p + 65536);
+        queries += 2;
+        if (queries % 64 == 0) {
+            claimed += mem_block_check(p, 1);
+            queries++;
+        }
+    }
+    pthread_join(owner, NULL);
+    printf("queried %d claimed %ld\n", queries > 0, claimed);
+}
+
+static void test_pointer_queries_never_touch_another_threads_memory(void)
+{
+    child_result r = run_child(query_while_another_thread_unmaps, NULL, NULL);
+    CHECK_EXIT(r, 0, "");
+    CHECK_CONTAINS(r.out, "queried 1 claimed 0\n"); /* never this thread's memory, never a fault */
+}
+
+static void free_another_threads_stale_block(void *arg)
+{
+    (void)arg;
+    churn_state s = {0, 0, 1 << 30};
+    pthread_t owner;
+    emalloc(1); /* this thread has a heap of its own */
+    pthread_create(&owner, NULL, unmapping_owner, &s);
+    char *p;
+    while (!(p = (char *)atomic_load(&s.published))) {
+    }
+    for (;;) {
+        efree((char *)atomic_load(&s.published)); /* aborts: not this thread's block */
+    }
+}
+
+static void test_freeing_another_threads_stale_block_is_diagnosed(void)
+{
+    for (int i = 0; i < 20; i++) {
+        child_result r = run_child(free_another_threads_stale_block, NULL, NULL);
+        CHECK_CORRUPTED(r);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* fork while another thread makes and destroys heaps (defect 5)                                    */
+
+static atomic_int stop_heaps;
+
+static void *heap_maker(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&stop_heaps)) {
+        zend_mm_heap *h = zend_mm_startup();
+        void *p = zend_mm_alloc(h, 5000);
+        void *q = zend_mm_alloc(h, (size_t)3 << 20);
+        zend_mm_free(h, p);
+        zend_mm_free(h, q);
+        zend_mm_shutdown(h, 1, 1);
+    }
+    return NULL;
+}
+
+static void test_a_forked_child_never_waits_for_a_lock(void)
+{
+    pthread_t maker;
+    atomic_store(&stop_heaps, 0);
+    pthread_create(&maker, NULL, heap_maker, NULL);
+    int clean = 0, forks = 2000;
+    for (int i = 0; i < forks; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            alarm(HANG_GUARD_SECONDS);
+            zend_mm_heap *h = zend_mm_startup();
+            void *p = zend_mm_alloc(h, (size_t)3 << 20);
+            zend_mm_free(h, p);
+            zend_mm_shutdown(h, 1, 1);
+            efree(emalloc(100));
+            _exit(0);
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        clean += WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+    atomic_store(&stop_heaps, 1);
+    pthread_join(maker, NULL);
+    CHECK_EQ(clean, forks);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Custom heaps own no pointer (defect 7)                                                          */
+
+static void test_a_custom_heap_owns_no_pointer(void)
+{
+    zend_mm_heap *heap = zend_mm_get_heap();
+    CHECK(is_zend_ptr(heap));
+    zend_mm_set_custom_handlers(heap, malloc, free, realloc);
+    CHECK(!is_zend_ptr(heap));
+    char *p = emalloc(10);
+    CHECK(!is_zend_ptr(p));
+    efree(p);
+    zend_mm_set_custom_handlers(heap, NULL, NULL, NULL);
+    CHECK(is_zend_ptr(heap));
+}
+
+static int probe_libc_heap(void)
+{
+    char *p = emalloc(10);
+    int owned = is_zend_ptr(p) || is_zend_ptr(zend_mm_get_heap());
+    efree(p);
+    printf("owned %d\n", owned);
+    return 0;
+}
+
+static void test_use_zend_alloc_0_owns_no_pointer(void)
+{
+    const char *const env[] = {"USE_ZEND_ALLOC=0", NULL};
+    child_result r = run_self("libc_heap", env);
+    CHECK_EXIT(r, 0, "");
+    CHECK_CONTAINS(r.out, "owned 0\n");
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Frees that do not name a block (defect 10)                                                      */
+
+static void *keep(size_t size)
+{
+    return emalloc(size); /* a neighbour kept live, so a run is not freshly empty */
+}
+
+static void free_interior(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a + 32); }
+static void free_misaligned(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a + 3); }
+static void realloc_interior(void *arg) { (void)arg; char *a = emalloc(64); erealloc(a + 8, 60); }
+static void block_size_interior(void *arg) { (void)arg; char *a = emalloc(64); zend_mem_block_size(a + 8); }
+static void free_page_boundary_of_multipage_run(void *arg)
+{
+    (void)arg;
+    /* 320-byte slots fill runs of 5 pages; a page boundary inside the run is not a slot. */
+    shutdown_memory_manager(1, 0);
+    char *first = emalloc(320); /* the first slot of a fresh run */
+    efree(first + 4096);        /* the run's second page: 4096 is no multiple of 320 */
+}
+
+static void free_run_tail(void *arg)
+{
+    (void)arg;
+    /* 170 slots of 24 bytes fill 4080 bytes of a one-page run: the last 16 are no slot. */
+    shutdown_memory_manager(1, 0);
+    char *first = emalloc(24);
+    uintptr_t page = (uintptr_t)first & ~(uintptr_t)4095;
+    efree((void *)(page + 4080));
+}
+
+static void double_free(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a); efree(a); }
+
+/* A double free that is not the head of its list (b was freed in between) is not caught at once;
+ * what walks the list later must report it instead of looping. */
+static void double_free_then_gc(void *arg)
+{
+    (void)arg;
+    alarm(HANG_GUARD_SECONDS);
+    char *a = emalloc(64), *b = emalloc(64);
+    keep(64);
+    efree(a);
+    efree(b);
+    efree(a);
+    zend_mm_gc(zend_mm_get_heap());
+    puts("gc returned");
+}
+
+static void double_free_then_limit(void *arg)
+{
+    (void)arg;
+    alarm(HANG_GUARD_SECONDS);
+    char *a = emalloc(64), *b = emalloc(64);
+    keep(64);
+    efree(a);
+    efree(b);
+    efree(a);
+    zend_set_memory_limit(zend_memory_usage(1));
+    for (;;) {
+        emalloc(100000); /* over the limit: the limit path collects garbage first */
+    }
+}
+
+static void test_frees_that_name_no_block_are_corruption(void)
+{
+    void (*cases[])(void *) = {
+        free_interior,     free_misaligned,      realloc_interior,       block_size_interior,
+        free_run_tail,     free_page_boundary_of_multipage_run, double_free, double_free_then_gc,
+        double_free_then_limit,
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        child_result r = run_child(cases[i], NULL, NULL);
+        CHECK_CORRUPTED(r);
+        if (!(!r.exited && r.signal == SIGABRT)) {
+            fprintf(stderr, "  (case %zu)\n", i);
+        }
+    }
+}
+
+static void test_every_slot_of_every_bin_frees_and_reallocs(void)
+{
+    static const size_t bins[] = {8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224,
+                                   256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792,
+                                   2048, 2560, 3072};
+    shutdown_memory_manager(1, 0);
+    int wrong = 0;
+    for (size_t b = 0; b < sizeof bins / sizeof bins[0]; b++) {
+        enum { N = 600 }; /* more than a run of any bin holds */
+        static char *p[N];
+        for (int i = 0; i < N; i++) {
+            p[i] = emalloc(bins[b]);
+            wrong += zend_mem_block_size(p[i]) != bins[b];
+        }
+        for (int i = 0; i < N; i += 2) {
+            p[i] = erealloc(p[i], bins[b]); /* stays */
+            efree(p[i]);
+        }
+        for (int i = 1; i < N; i += 2) {
+            efree(p[i]);
+        }
+    }
+    CHECK_EQ(wrong, 0);
+    CHECK_EQ(zend_memory_usage(0), 0);
+    CHECK_EQ(full_mem_check(1), 0);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Smaller ones (defect 13)                                                                        */
+
+static void free_after_set_heap_null(void *arg)
+{
+    (void)arg;
+    char *p = emalloc(100);
+    char *big = emalloc(5000);
+    zend_mm_set_heap(NULL);
+    printf("size %zu\n", zend_mem_block_size(p));
+    efree(p);
+    efree(big);
+    printf("usage %zu\n", zend_memory_usage(0));
+}
+
+static void test_blocks_of_the_own_heap_survive_set_heap_null(void)
+{
+    child_result r = run_child(free_after_set_heap_null, NULL, NULL);
+    CHECK_EXIT(r, 0, "");
+    CHECK_CONTAINS(r.out, "size 112\nusage 0\n");
+}
+
+static zend_mm_storage misaligned_storage;
+
+static zend_mm_storage *misaligned_init(void *params)
+{
+    (void)params;
+    return &misaligned_storage;
+}
+
+static void misaligned_dtor(zend_mm_storage *s) { (void)s; }
+
+static zend_mm_segment *misaligned_alloc(zend_mm_storage *s, size_t size)
+{
+    (void)s;
+    char *p = malloc(size + 64);
+    return p ? (zend_mm_segment *)(p + 8) : NULL; /* 8-aligned: less than the API promises */
+}
+
+static void misaligned_free(zend_mm_storage *s, zend_mm_segment *seg)
+{
+    (void)s;
+    free((char *)seg - 8);
+}
+
+static const zend_mm_mem_handlers misaligned_handlers = {
+    "misaligned", misaligned_init, misaligned_dtor, NULL, misaligned_alloc, NULL, misaligned_free,
+};
+
+static void start_on_misaligned_storage(void *arg)
+{
+    (void)arg;
+    zend_mm_heap *h = zend_mm_startup_ex(&misaligned_handlers, 256 * 1024, 0, 0, NULL);
+    printf("heap %p\n", (void *)h);
+}
+
+static void test_a_misaligned_storage_is_named_at_startup(void)
+{
+    child_result r = run_child(start_on_misaligned_storage, NULL, NULL);
+    CHECK(r.exited && r.status == 255);
+    CHECK_CONTAINS(r.err, "zend_mm storage [misaligned] returned 0x");
+    CHECK_CONTAINS(r.err, "which is not 16-byte aligned\n");
+    CHECK(strstr(r.out, "heap") == NULL);
+}
+
+static pthread_key_t later_key;
+static atomic_int later_destructor_freed;
+
+static void later_destructor(void *block)
+{
+    efree(block); /* the exiting thread's block: its heap must still be there */
+    atomic_store(&later_destructor_freed, 1);
+}
+
+static void *thread_with_a_later_key(void *arg)
+{
+    (void)arg;
+    char *p = emalloc(100);
+    strcpy(p, "kept");
+    pthread_setspecific(later_key, p);
+    return NULL;
+}
+
+static void free_in_a_later_keys_destructor(void *arg)
+{
+    (void)arg;
+    efree(emalloc(1)); /* the library's exit key exists before ours */
+    pthread_key_create(&later_key, later_destructor);
+    for (int i = 0; i < 4; i++) {
+        pthread_t t;
+        atomic_store(&later_destructor_freed, 0);
+        pthread_create(&t, NULL, thread_with_a_later_key, NULL);
+        pthread_join(t, NULL);
+        printf("freed %d\n", atomic_load(&later_destructor_freed));
+    }
+}
+
+static void test_a_later_keys_destructor_may_free_the_threads_blocks(void)
+{
+    child_result r = run_child(free_in_a_later_keys_destructor, NULL, NULL);
+    CHECK_EXIT(r, 0, "");
+    CHECK_CONTAINS(r.out, "freed 1\nfreed 1\nfreed 1\nfreed 1\n");
+}
+
+static int probe(const char *mode)
+{
+    if (strcmp(mode, "libc_heap") == 0) {
+        return probe_libc_heap();
+    }
+    fprintf(stderr, "unknown probe %s\n", mode);
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--probe") == 0) {
+        return probe(argv[2]);
+    }
+    start_memory_manager();
+    RUN(test_the_limit_is_back_once_the_handler_bailed_out);
+    RUN(test_only_memory_errors_suspend_the_limit);
+    RUN(test_a_hundred_thousand_bailouts_cost_no_memory);
+    RUN(test_pointer_queries_never_touch_another_threads_memory);
+    RUN(test_freeing_another_threads_stale_block_is_diagnosed);
+    RUN(test_a_forked_child_never_waits_for_a_lock);
+    RUN(test_a_custom_heap_owns_no_pointer);
+    RUN(test_use_zend_alloc_0_owns_no_pointer);
+    RUN(test_frees_that_name_no_block_are_corruption);
+    RUN(test_every_slot_of_every_bin_frees_and_reallocs);
+    RUN(test_blocks_of_the_own_heap_survive_set_heap_null);
+    RUN(test_a_misaligned_storage_is_named_at_startup);
+    RUN(test_a_later_keys_destructor_may_free_the_threads_blocks);
+    return test_summary();
+}
