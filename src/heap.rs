@@ -659,7 +659,14 @@ impl Heap {
         }
     }
 
-    /// A segment whose longest free run has at least `pages` pages, preferring the tightest.
+    /// A segment whose longest free run has at least `pages` pages, preferring old segments: the
+    /// oldest of the first segments of the lists that surely fit (PHP takes the first chunk, in
+    /// creation order, with room). Not the tightest fit: a block that moved to grow sits at the
+    /// front of the youngest segment, whose free tail is then often the tightest run, while the
+    /// holes it left in older segments are longer. Filling that tail first blocks the block's next
+    /// in-place growth and makes it move again, into yet another new segment, leaving every hole
+    /// behind (7x PHP's real memory for a literal table growing among 64 KiB arena blocks).
+    /// Older segments first fill those holes and leave the young tail to the growing block.
     fn segment_with_run(&self, pages: usize) -> Option<*mut Segment> {
         let wanted = pages as u32;
         let class = class_of(wanted);
@@ -669,8 +676,8 @@ impl Heap {
         } else {
             class + 1
         };
-        if let Some(c) = self.next_class(first_sure) {
-            return Some(self.class_heads[c]);
+        if let Some(seg) = self.oldest_head_from(first_sure) {
+            return Some(seg);
         }
         if first_sure != class {
             // The shared class may still hold a fit; look at a few of its segments only.
@@ -689,23 +696,28 @@ impl Heap {
         None
     }
 
-    /// The first non-empty class list at or after `from`.
-    fn next_class(&self, from: usize) -> Option<usize> {
-        let mut w = from / 64;
-        if w >= CLASS_WORDS {
-            return None;
-        }
-        let mut bits = self.class_bits[w] & (u64::MAX << (from % 64));
-        loop {
-            if bits != 0 {
-                return Some(w * 64 + bits.trailing_zeros() as usize);
+    /// The oldest of the first segments of the non-empty class lists at or after `from`: one look
+    /// per list (at most [`NUM_CLASSES`]), whatever the segment count.
+    fn oldest_head_from(&self, from: usize) -> Option<*mut Segment> {
+        let mut best: *mut Segment = ptr::null_mut();
+        let mut best_num = u64::MAX;
+        for w in from / 64..CLASS_WORDS {
+            let mut bits = self.class_bits[w];
+            if w == from / 64 {
+                bits &= u64::MAX << (from % 64);
             }
-            w += 1;
-            if w >= CLASS_WORDS {
-                return None;
+            while bits != 0 {
+                let head = self.class_heads[w * 64 + bits.trailing_zeros() as usize];
+                bits &= bits - 1;
+                // SAFETY: class lists hold live segments of this heap.
+                let num = unsafe { (*head).num };
+                if num < best_num {
+                    best = head;
+                    best_num = num;
+                }
             }
-            bits = self.class_bits[w];
         }
+        (!best.is_null()).then_some(best)
     }
 
     /// Puts `seg` on the class list matching its longest free run (none if it has no free page).
@@ -1118,6 +1130,33 @@ mod tests {
         assert!(!sentinel.free_small_fast(no_segment().cast()));
         assert!(!sentinel.free_large_fast(p));
         assert!(!sentinel.realloc_in_place_fast(p, 64));
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn page_runs_go_to_the_oldest_segment_that_fits() {
+        const PAGE: usize = ZEND_MM_PAGE_SIZE;
+        let heap = new_heap();
+        // SAFETY: a live heap of this thread.
+        let h = unsafe { &mut *heap };
+        let main_seg = h.main as usize..h.main as usize + h.segment_size;
+        // The main segment (511 free pages): a 300-page block, then a 16-page one, 195 pages left.
+        let x = h.alloc(300 * PAGE, Site::INTERNAL);
+        let side = h.alloc(16 * PAGE, Site::INTERNAL);
+        assert!(main_seg.contains(&(x as usize)) && main_seg.contains(&(side as usize)));
+        // A 301-page block needs a new segment, and leaves 210 pages behind it there.
+        let y = h.alloc(301 * PAGE, Site::INTERNAL);
+        assert!(!main_seg.contains(&(y as usize)));
+        // The main segment now has a 300-page hole: the next run goes there, although the
+        // younger segment's 210 pages fit it more tightly; so the 301-page block grows in place.
+        h.free(x);
+        let next = h.alloc(16 * PAGE, Site::INTERNAL);
+        assert!(
+            main_seg.contains(&(next as usize)),
+            "the older segment serves the run"
+        );
+        assert_eq!(h.realloc(y, 302 * PAGE, 0, Site::INTERNAL), y);
         // SAFETY: the heap dies with its blocks.
         unsafe { Heap::shutdown(heap, true) };
     }
