@@ -21,7 +21,7 @@ LINK_SO := -L$(RELEASE) -lzend_alloc -Wl,-rpath,$(abspath $(RELEASE))
 LINK_A  := $(LIB_A) -lpthread -ldl -lm
 STORAGES := malloc mmap_anon mmap_zero
 
-C_TESTS := test_api test_storage test_threads test_php_parity
+C_TESTS := test_api test_storage test_threads test_php_parity test_growth
 
 .PHONY: all build deps demo test check-header lint rust-test c-tests symbols headers bench clean
 
@@ -72,7 +72,7 @@ rust-test:
 # Every C test, linked against the shared and the static library; the behaviour suite once per
 # storage manager and with other segment sizes; then the symbol, header and coverage checks, the
 # demo and the benchmark harness at a tiny scale (correctness only, no timing).
-c-tests: build symbols headers $(OUT)/php_probe | $(OUT)
+c-tests: build symbols headers $(OUT)/php_probe $(OUT)/growth_probe_php | $(OUT)
 	@set -e; for t in $(C_TESTS); do \
 		$(CC) -std=c99 $(WARN) $(CFLAGS) -Iinclude c_tests/$$t.c $(LINK_SO) -lpthread -ldl -o $(OUT)/$$t; \
 		$(CC) -std=c99 $(WARN) $(CFLAGS) -Iinclude c_tests/$$t.c $(LINK_A) -o $(OUT)/$$t.static; \
@@ -83,7 +83,7 @@ c-tests: build symbols headers $(OUT)/php_probe | $(OUT)
 	@c_tests/run.sh test_api-static-256k ZEND_MM_SEG_SIZE=256k $(OUT)/test_api.static
 	@c_tests/run.sh test_api-static-mmap_anon-64k ZEND_MM_MEM_TYPE=mmap_anon ZEND_MM_SEG_SIZE=64k $(OUT)/test_api.static
 	@c_tests/run.sh test_api-static-mmap_zero-16M ZEND_MM_MEM_TYPE=mmap_zero ZEND_MM_SEG_SIZE=16M $(OUT)/test_api.static
-	@set -e; for t in test_storage test_threads test_php_parity; do \
+	@set -e; for t in test_storage test_threads test_php_parity test_growth; do \
 		c_tests/run.sh $$t $(OUT)/$$t; \
 		c_tests/run.sh $$t-static $(OUT)/$$t.static; \
 	done
@@ -95,6 +95,12 @@ c-tests: build symbols headers $(OUT)/php_probe | $(OUT)
 # with ours. test_php_parity compares the two.
 $(OUT)/php_probe: c_tests/php_probe.c c_tests/parity_scenarios.h | $(OUT)
 	$(CC) -std=c99 $(WARN) $(CFLAGS) c_tests/php_probe.c -L/usr/lib -lphp8.2 -o $@
+
+# The growth pattern (c_tests/growth_pattern.h) on PHP 8.2's allocator: test_growth bounds this
+# library's real memory by what it measures. (c_tests/growth_probe.c built without -DPHP_SIDE runs
+# the same pattern on this library, for measuring by hand.)
+$(OUT)/growth_probe_php: c_tests/growth_probe.c c_tests/growth_pattern.h | $(OUT)
+	$(CC) -std=c99 $(WARN) $(CFLAGS) -DPHP_SIDE c_tests/growth_probe.c -L/usr/lib -lphp8.2 -o $@
 
 # Exports, header prototypes and c_tests/exports.txt agree.
 symbols: build
