@@ -21,7 +21,7 @@ LINK_SO := -L$(RELEASE) -lzend_alloc -Wl,-rpath,$(abspath $(RELEASE))
 LINK_A  := $(LIB_A) -lpthread -ldl -lm
 STORAGES := malloc mmap_anon mmap_zero
 
-C_TESTS := test_api test_storage test_threads test_php_parity test_growth
+C_TESTS := test_api test_storage test_threads test_php_parity test_growth test_defects
 
 .PHONY: all build deps demo test check-header lint rust-test c-tests symbols headers bench clean
 
@@ -79,7 +79,9 @@ c-tests: build symbols headers $(OUT)/php_probe $(OUT)/growth_probe_php | $(OUT)
 	done
 	@set -e; for s in $(STORAGES); do \
 		c_tests/run.sh test_api-$$s ZEND_MM_MEM_TYPE=$$s $(OUT)/test_api; \
+		c_tests/run.sh test_defects-$$s ZEND_MM_MEM_TYPE=$$s $(OUT)/test_defects; \
 	done
+	@c_tests/run.sh test_defects-static $(OUT)/test_defects.static
 	@c_tests/run.sh test_api-static-256k ZEND_MM_SEG_SIZE=256k $(OUT)/test_api.static
 	@c_tests/run.sh test_api-static-mmap_anon-64k ZEND_MM_MEM_TYPE=mmap_anon ZEND_MM_SEG_SIZE=64k $(OUT)/test_api.static
 	@c_tests/run.sh test_api-static-mmap_zero-16M ZEND_MM_MEM_TYPE=mmap_zero ZEND_MM_SEG_SIZE=16M $(OUT)/test_api.static
