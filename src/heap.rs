@@ -723,17 +723,19 @@ impl Heap {
     /// Puts `seg` on the class list matching its longest free run (none if it has no free page).
     pub fn reclassify(&mut self, seg: *mut Segment) {
         // SAFETY: a live segment of this heap.
-        let s = unsafe { &mut *seg };
-        let class = if s.longest_free == 0 {
+        let (longest_free, current) = unsafe { ((*seg).longest_free, (*seg).class) };
+        let class = if longest_free == 0 {
             NO_CLASS
         } else {
-            class_of(s.longest_free) as u32
+            class_of(longest_free) as u32
         };
-        if class == s.class {
+        if class == current {
             return;
         }
         self.unclassify(seg);
         if class != NO_CLASS {
+            // SAFETY: as above; borrowed after `unclassify`, which borrows it too.
+            let s = unsafe { &mut *seg };
             let c = class as usize;
             let head = self.class_heads[c];
             s.class = class;
@@ -1104,8 +1106,9 @@ mod tests {
     use super::*;
 
     fn new_heap() -> *mut Heap {
-        let handlers = crate::storage::BUILTIN[1];
-        // SAFETY: built-in init handlers take no parameters.
+        // Aligned as the built-in storages align, on Rust's allocator (Miri has no mmap).
+        let handlers = crate::model_tests::StdStorage::<0>::handlers();
+        // SAFETY: test init handlers take no parameters.
         let storage = unsafe { Storage::from_raw(handlers.init.unwrap()(ptr::null_mut())) };
         // SAFETY: a fresh storage, a valid segment size.
         unsafe { Heap::create(storage, 2 << 20, 0, 0) }

@@ -43,13 +43,16 @@ pub struct HugeBlock {
     pub size: usize,
     /// The block handed to the caller (null while cached).
     pub data: *mut u8,
+    /// This header's own address, with the provenance of the whole storage allocation (a pointer
+    /// derived from `&self` covers the header struct only).
+    base: *mut u8,
 }
 
 const _: () = assert!(size_of::<HugeBlock>() <= HUGE_HEADER);
 
 impl HugeBlock {
     fn base(&self) -> *mut u8 {
-        (self as *const HugeBlock).cast_mut().cast()
+        self.base
     }
 
     fn end(&self) -> usize {
@@ -131,6 +134,7 @@ impl Heap {
                 next: ptr::null_mut(),
                 size: 0,
                 data: ptr::null_mut(),
+                base,
             })
         };
         if !region_map::register(
@@ -212,6 +216,9 @@ impl Heap {
             (new_base, total)
         };
         let block = base.cast::<HugeBlock>();
+        // SAFETY: the header at `base` is live (kept or moved with the allocation); it records
+        // where it now is.
+        unsafe { (*block).base = base };
         if !region_map::register(
             base as usize,
             base as usize + total,

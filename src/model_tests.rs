@@ -18,37 +18,44 @@ use crate::storage::{self, SegmentSource, StaticStorage, Storage, handlers_for};
 
 /// A storage on Rust's global allocator whose segments start `MISALIGN` bytes into a page (the
 /// storage API promises 16-byte alignment only), to exercise the heap on addresses no mmap storage
-/// would return. It also serves Miri, which has no mmap.
-struct UnalignedStdStorage<const MISALIGN: usize>;
+/// would return; with `MISALIGN` 0, aligned as the built-in storages align. It also serves Miri,
+/// which has no mmap.
+pub(crate) struct StdStorage<const MISALIGN: usize>;
 
 /// The offsets the tests use: the least, an odd number of 16-byte units, half a page, past half a
 /// page, and the most a storage may return.
 const MISALIGN: usize = 16;
-type Unaligned = UnalignedStdStorage<MISALIGN>;
+type Unaligned = StdStorage<MISALIGN>;
 
-impl<const MISALIGN: usize> UnalignedStdStorage<MISALIGN> {
+impl<const MISALIGN: usize> StdStorage<MISALIGN> {
     const HANDLERS: zend_mm_mem_handlers = handlers_for::<Self>();
+    /// The storage instance: a constant, never written (the heap only reads it).
+    const INSTANCE: zend_mm_storage = zend_mm_storage {
+        handlers: &Self::HANDLERS,
+        data: core::ptr::null_mut(),
+    };
 
-    fn handlers() -> &'static zend_mm_mem_handlers {
+    pub(crate) fn handlers() -> &'static zend_mm_mem_handlers {
         &Self::HANDLERS
     }
 
     fn layout(size: usize) -> Layout {
-        Layout::from_size_align(size + MISALIGN, ZEND_MM_PAGE_SIZE).unwrap()
+        let align = if MISALIGN == 0 {
+            storage::alignment_for(size)
+        } else {
+            ZEND_MM_PAGE_SIZE
+        };
+        Layout::from_size_align(size + MISALIGN, align).unwrap()
     }
 }
 
 static STD_HANDLERS: zend_mm_mem_handlers = handlers_for::<Unaligned>();
 
-impl<const MISALIGN: usize> SegmentSource for UnalignedStdStorage<MISALIGN> {
+impl<const MISALIGN: usize> SegmentSource for StdStorage<MISALIGN> {
     const NAME: &'static CStr = c"std";
 
     fn instance() -> *mut zend_mm_storage {
-        // One instance per heap, kept for the test process's life.
-        Box::leak(Box::new(zend_mm_storage {
-            handlers: Self::handlers(),
-            data: core::ptr::null_mut(),
-        }))
+        (&Self::INSTANCE as *const zend_mm_storage).cast_mut()
     }
 
     fn alloc(size: usize) -> *mut u8 {
@@ -300,6 +307,7 @@ fn steps() -> usize {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "the built-in storages need mmap and libc")]
 fn random_sequences_on_every_builtin_storage() {
     for (i, handlers) in storage::BUILTIN.iter().enumerate() {
         run(handlers, 2 << 20, 0x5eed_0000 + i as u64, steps());
@@ -316,10 +324,10 @@ fn random_sequences_on_unaligned_storage() {
 #[test]
 fn random_sequences_on_storages_misaligned_by_any_amount() {
     let storages = [
-        UnalignedStdStorage::<48>::handlers(),
-        UnalignedStdStorage::<2048>::handlers(),
-        UnalignedStdStorage::<2064>::handlers(),
-        UnalignedStdStorage::<4080>::handlers(),
+        StdStorage::<48>::handlers(),
+        StdStorage::<2048>::handlers(),
+        StdStorage::<2064>::handlers(),
+        StdStorage::<4080>::handlers(),
     ];
     for (i, handlers) in storages.into_iter().enumerate() {
         run(handlers, 2 << 20, 40 + i as u64, steps());
@@ -332,9 +340,9 @@ fn random_sequences_on_storages_misaligned_by_any_amount() {
 #[test]
 fn the_longest_large_block_on_a_storage_far_into_a_page_keeps_memory_bounded() {
     for handlers in [
-        UnalignedStdStorage::<2048>::handlers(),
-        UnalignedStdStorage::<4080>::handlers(),
-        UnalignedStdStorage::<16>::handlers(),
+        StdStorage::<2048>::handlers(),
+        StdStorage::<4080>::handlers(),
+        StdStorage::<16>::handlers(),
     ] {
         // SAFETY: test init handlers take no parameters.
         let raw = unsafe { handlers.init.unwrap()(core::ptr::null_mut()) };
@@ -365,6 +373,7 @@ fn the_longest_large_block_on_a_storage_far_into_a_page_keeps_memory_bounded() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "the built-in storages need mmap and libc")]
 fn random_sequences_with_other_segment_sizes() {
     for (i, segment_size) in [64 << 10, 256 << 10, 8 << 20].into_iter().enumerate() {
         run(&STD_HANDLERS, segment_size, 77 + i as u64, steps());
@@ -373,6 +382,7 @@ fn random_sequences_with_other_segment_sizes() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "the built-in storages need mmap and libc")]
 fn heaps_on_many_threads_at_once() {
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
@@ -429,6 +439,7 @@ impl SegmentSource for NoResizeStorage {
 /// Huge blocks resized through the storage (moved, or refused and then moved by copying) keep the
 /// heap's list of huge blocks whole: the newest block (the list head) and one in the middle.
 #[test]
+#[cfg_attr(miri, ignore = "the built-in storages need mmap and libc")]
 fn huge_blocks_resized_through_storage_stay_on_the_list() {
     const MIB: usize = 1 << 20;
     let every: [&'static zend_mm_mem_handlers; 5] = [

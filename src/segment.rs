@@ -140,6 +140,10 @@ pub struct Segment {
     pub heap: *mut Heap,
     /// Address of page 0: the segment's start rounded down to a page.
     pub page0: *mut u8,
+    /// The page map, at [`MAP_OFFSET`]. Kept as a pointer (with the provenance of the whole storage
+    /// allocation) because the header beyond this struct is not part of it: a pointer derived from
+    /// `&self` may not reach the map, nor hand the allocation back to storage.
+    map: *mut u32,
     /// Pages numbered in the map (the segment size over the page size).
     pub page_count: u32,
     /// Pages at the start that the header occupies.
@@ -232,10 +236,10 @@ impl Segment {
         num: u64,
     ) -> *mut Segment {
         let seg = base.cast::<Segment>();
-        let page0 = base as usize & !(ZEND_MM_PAGE_SIZE - 1);
+        let page0 = base.wrapping_sub(base.addr() % ZEND_MM_PAGE_SIZE);
         let page_count = size / ZEND_MM_PAGE_SIZE;
-        let header_end = base as usize + header_bytes(size, extra);
-        let header_pages = (header_end - page0).div_ceil(ZEND_MM_PAGE_SIZE);
+        let header_end = base.addr() + header_bytes(size, extra);
+        let header_pages = (header_end - page0.addr()).div_ceil(ZEND_MM_PAGE_SIZE);
         // SAFETY: the header lies within the segment (header_bytes < size, checked by callers'
         // size bounds) and nothing else references this memory yet.
         unsafe {
@@ -245,7 +249,8 @@ impl Segment {
                     next_segment: ptr::null_mut(),
                 },
                 heap,
-                page0: page0 as *mut u8,
+                page0,
+                map: base.wrapping_add(MAP_OFFSET).cast(),
                 page_count: page_count as u32,
                 header_pages: header_pages as u32,
                 free_pages: 0,
@@ -285,7 +290,7 @@ impl Segment {
 
     #[inline(always)]
     fn map(&self) -> *mut u32 {
-        self.base().wrapping_add(MAP_OFFSET).cast()
+        self.map
     }
 
     fn bitmap(&mut self) -> PageBitmap<'_> {
@@ -303,10 +308,11 @@ impl Segment {
         unsafe { *self.bitmap.add(i / 64) & (1 << (i % 64)) != 0 }
     }
 
-    /// Start address of the segment (what the storage returned).
+    /// Start address of the segment (what the storage returned), with the provenance of the
+    /// whole allocation.
     #[inline(always)]
     pub fn base(&self) -> *mut u8 {
-        (self as *const Segment).cast_mut().cast()
+        self.map.cast::<u8>().wrapping_sub(MAP_OFFSET)
     }
 
     /// One past the segment's last byte.
@@ -322,7 +328,7 @@ impl Segment {
     /// The page `p` lies in, if it lies in the segment's pages.
     #[inline(always)]
     pub fn page_of(&self, p: usize) -> Option<usize> {
-        let page = p.wrapping_sub(self.page0 as usize) >> PAGE_SHIFT;
+        let page = p.wrapping_sub(self.page0.addr()) >> PAGE_SHIFT;
         if page < self.page_count as usize {
             Some(page)
         } else {

@@ -23,7 +23,8 @@ pub struct ThreadHeaps {
 #[cfg(all(
     target_arch = "x86_64",
     target_os = "linux",
-    not(zend_alloc_portable_tls)
+    not(zend_alloc_portable_tls),
+    not(miri)
 ))]
 mod imp {
     use super::ThreadHeaps;
@@ -83,7 +84,8 @@ mod imp {
 #[cfg(not(all(
     target_arch = "x86_64",
     target_os = "linux",
-    not(zend_alloc_portable_tls)
+    not(zend_alloc_portable_tls),
+    not(miri)
 )))]
 mod imp {
     use core::cell::UnsafeCell;

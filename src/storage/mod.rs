@@ -316,6 +316,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "needs mmap and libc")]
     fn every_builtin_allocates_grows_shrinks_and_frees() {
         for h in BUILTIN {
             let s = open(h);
@@ -341,6 +342,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "needs mmap and libc")]
     fn builtins_align_segments_to_their_size() {
         for h in BUILTIN {
             let s = open(h);
@@ -363,6 +365,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "needs mmap and libc")]
     fn mmap_storages_give_zeroed_memory() {
         for h in [&mmap::ANON_HANDLERS, &mmap::ZERO_HANDLERS] {
             let s = open(h);
