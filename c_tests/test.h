@@ -146,11 +146,35 @@ typedef struct {
     const char *const *envp;
 } child_spec;
 
+/*
+ * The path of this test binary, for running it again. Not "/proc/self/exe" itself: under valgrind
+ * that link names valgrind's own tool binary, which refuses to run on its own ("You cannot run
+ * 'probe' directly"). readlink() of it gives the real path natively, and valgrind answers it with
+ * the path of the program it runs (the client), so the child is the test binary in both cases.
+ * (Valgrind does not follow the exec unless --trace-children=yes: the child runs natively.)
+ */
+static inline const char *self_exe_path(void)
+{
+    static char path[4096];
+    if (path[0] == '\0') {
+        static const char deleted[] = " (deleted)"; /* the binary was rebuilt while it ran */
+        ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+        size_t len = n > 0 ? (size_t)n : 0;
+        path[len] = '\0'; /* len < sizeof path: readlink was given one byte less */
+        if (len == 0 || len == sizeof path - 1 ||
+            (len > sizeof deleted - 1 && strcmp(path + len - (sizeof deleted - 1), deleted) == 0)) {
+            snprintf(path, sizeof path, "/proc/self/exe"); /* the running binary itself */
+        }
+    }
+    return path;
+}
+
 /* Forks a child for `spec` with stdout and stderr piped back, and collects what it did. */
 static inline child_result spawn_child(const child_spec *spec)
 {
     child_result r;
     int err_pipe[2], out_pipe[2];
+    const char *exe = spec->fn ? NULL : self_exe_path(); /* found in the parent, before the fork */
     memset(&r, 0, sizeof r);
     fflush(stdout);
     fflush(stderr);
@@ -177,8 +201,8 @@ static inline child_result spawn_child(const child_spec *spec)
             _exit(0);
         }
         char *const argv[] = {(char *)"probe", (char *)"--probe", (char *)spec->mode, NULL};
-        execve("/proc/self/exe", argv, (char *const *)spec->envp);
-        perror("execve");
+        execve(exe, argv, (char *const *)spec->envp);
+        fprintf(stderr, "execve %s: %s\n", exe, strerror(errno));
         _exit(127);
     }
     close(err_pipe[1]);
@@ -200,7 +224,7 @@ static inline child_result run_child(void (*fn)(void *), void *arg, const char *
 extern char **environ;
 
 /*
- * Runs this test binary again (from /proc/self/exe) as `<binary> --probe <mode>`, in a clean
+ * Runs this test binary again (see self_exe_path) as `<binary> --probe <mode>`, in a clean
  * environment: this process's environment without the library's variables, plus `env`
  * ("NAME=value" strings, NULL-terminated, may be NULL). The library reads its variables once per
  * process, so variable handling is tested in fresh processes.
