@@ -286,6 +286,58 @@ static inline void check_signal_impl(const child_result *r, int sig, const char 
     }
 }
 
+/* run_checks_in_child: what the child runs. */
+typedef struct {
+    void (*fn)(void *);
+    void *arg;
+} checks_in_child;
+
+static inline void checks_in_child_main(void *arg)
+{
+    const checks_in_child *c = arg;
+    tests_passed = 0; /* the child counts its own checks only */
+    tests_failed = 0;
+    c->fn(c->arg);
+    fflush(stderr);
+    _exit(test_summary()); /* prints the child's "N passed, N failed" */
+}
+
+/*
+ * Runs fn(arg), a group of checks, in a child process, for checks that may end the process (a fatal
+ * error, an abort, a crash) without taking this one with them. The child's checks count here: its
+ * summary line is read back and added to this process's counts, and its stderr (where failed checks
+ * are described) is passed on when anything failed. A child that ends without a summary line, or
+ * with a status that disagrees with it, counts as one more failure. `label` names the run.
+ */
+static inline child_result run_checks_in_child(void (*fn)(void *), void *arg, const char *label)
+{
+    checks_in_child c = {fn, arg};
+    child_result r = run_child(checks_in_child_main, &c, NULL);
+    int passed = 0, failed = 0, found = 0;
+    for (const char *line = r.out; line && *line;) {
+        int p, f, end = 0;
+        if (sscanf(line, "%d passed, %d failed\n%n", &p, &f, &end) == 2 && end > 0) {
+            passed = p, failed = f, found = 1;
+        }
+        line = strchr(line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    tests_passed += passed;
+    tests_failed += failed;
+    int clean_end = found && r.exited && r.status == (failed ? 1 : 0);
+    if (!clean_end) {
+        tests_failed++;
+        fprintf(stderr, "FAIL [%s] %s: the child ended (%s %d) %s\n", current_test, label,
+                r.exited ? "exit status" : "signal", r.exited ? r.status : r.signal,
+                found ? "with a status its summary line does not explain" : "before its summary line");
+    }
+    if (failed || !clean_end) {
+        fprintf(stderr, "  %s: child exited=%d status=%d signal=%d, %d passed, %d failed; its stderr:\n%s\n", label,
+                r.exited, r.status, r.signal, passed, failed, r.err);
+    }
+    return r;
+}
+
 /* Resident set size of this process in KiB (from /proc/self/statm). */
 static inline long rss_kib(void)
 {
