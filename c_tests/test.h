@@ -338,6 +338,27 @@ static inline child_result run_checks_in_child(void (*fn)(void *), void *arg, co
     return r;
 }
 
+/*
+ * Whether this process runs under valgrind. Checks that cannot hold there skip themselves with it,
+ * saying why: the resident set size, for one, includes valgrind's own memory (shadow memory,
+ * translations), which can grow while the program's does not, so an RSS bound measures valgrind too.
+ * Without valgrind's headers (package valgrind) this is always 0.
+ */
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define TEST_HAVE_VALGRIND_H 1
+#endif
+#endif
+static inline int under_valgrind(void)
+{
+#ifdef TEST_HAVE_VALGRIND_H
+    return RUNNING_ON_VALGRIND ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
 /* Resident set size of this process in KiB (from /proc/self/statm). */
 static inline long rss_kib(void)
 {

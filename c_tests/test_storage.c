@@ -725,10 +725,11 @@ static void offset_request(unsigned seed)
     /* The rest is left for the request end to release. */
 }
 
-/* The most zend_memory_usage(1) may reach in offset_request: the blocks alive at its peak (about
- * 30 MiB: small blocks 4.6 MiB, large 3.4 MiB, huge 19 MiB, the reallocated block 9 MiB, minus
- * what was freed first), with room for partly used segments and cached huge blocks. A heap that
- * maps a new segment for each block it cannot place in a misaligned one goes far past it. */
+/* The most zend_memory_usage(1) (and the storage) may reach over offset_request's three requests:
+ * the blocks alive at its peak (small 4.6 MiB, large 3.4 MiB, huge 19 MiB, the reallocated block up
+ * to 9 MiB, less what was freed first) with room for partly used segments and cached huge blocks.
+ * Every offset peaks at 37 MiB of real usage and 40 MiB from the storage today. A heap that maps a
+ * fresh segment for each block it cannot place in a misaligned one goes far past it. */
 #define OFFSET_REAL_BOUND (64 * MIB)
 
 typedef struct {
