@@ -113,7 +113,7 @@ c-tests: c-test-bins symbols headers $(OUT)/php_probe | $(OUT)
 	$(MAKE) --no-print-directory -C bench smoke
 
 # Runs every C test binary 30 times beside CPU hogs and reports the failing runs (flaky tests);
-# c_tests/stress.sh -h for its options. Not part of `make test`: it takes about 15 minutes.
+# c_tests/stress.sh -h for its options. Not part of `make test`: it takes 15 to 25 minutes.
 stress: c-test-bins headers $(OUT)/php_probe
 	c_tests/stress.sh
 
