@@ -89,10 +89,10 @@ valgrind-tests: c-test-bins
 	@fail=0; $(VALGRIND_RUNS); exit $$fail
 
 # Every C test against the shared and the static library; the behaviour suite once per storage
-# manager and with other segment sizes; the behaviour and storage suites under valgrind. Every run
-# goes ahead even when an earlier one failed, and the target fails at the end if any did. Then the
+# manager and with other segment sizes; the behaviour and storage suites under valgrind; the
 # symbol, header and coverage checks, the demo and the benchmark harness at a tiny scale
-# (correctness only, no timing).
+# (correctness only, no timing). Every step goes ahead even when an earlier one failed, and the
+# target fails at the end if any did.
 c-tests: c-test-bins symbols headers $(OUT)/php_probe | $(OUT)
 	@fail=0; \
 	for s in $(STORAGES); do \
@@ -106,11 +106,11 @@ c-tests: c-test-bins symbols headers $(OUT)/php_probe | $(OUT)
 		c_tests/run.sh $$t-static $(OUT)/$$t.static || fail=1; \
 	done; \
 	$(VALGRIND_RUNS); \
-	if [ $$fail -ne 0 ]; then echo "c-tests: some C test runs failed (see above)"; fi; \
+	c_tests/check_coverage.sh c_tests/exports.txt $(HEADER) $(addprefix $(OUT)/,$(C_TESTS) test_macros_c99) || fail=1; \
+	$(MAKE) --no-print-directory demo || fail=1; \
+	$(MAKE) --no-print-directory -C bench smoke || fail=1; \
+	if [ $$fail -ne 0 ]; then echo "c-tests: FAILED (see above)"; fi; \
 	exit $$fail
-	c_tests/check_coverage.sh c_tests/exports.txt $(HEADER) $(addprefix $(OUT)/,$(C_TESTS) test_macros_c99)
-	$(MAKE) --no-print-directory demo
-	$(MAKE) --no-print-directory -C bench smoke
 
 # Runs every C test binary 30 times beside CPU hogs and reports the failing runs (flaky tests);
 # c_tests/stress.sh -h for its options. Not part of `make test`: it takes 15 to 25 minutes.
