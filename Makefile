@@ -23,7 +23,7 @@ STORAGES := malloc mmap_anon mmap_zero
 
 C_TESTS := test_api test_storage test_threads test_php_parity test_growth test_defects
 
-.PHONY: all build deps demo test check-header lint rust-test c-tests symbols headers bench clean
+.PHONY: all build deps demo test check-header lint rust-test miri c-test-bins c-tests valgrind-tests stress symbols headers bench clean
 
 # What the tests and benchmarks compare against (Debian packages): PHP 8.2's allocator, the
 # malloc peers, valgrind for instruction counts.
@@ -67,31 +67,64 @@ lint:
 # than x86-64 Linux use) in a target directory of their own.
 rust-test:
 	$(CARGO) test --release
+	$(CARGO) test
 	RUSTFLAGS="--cfg zend_alloc_portable_tls" $(CARGO) test --release --target-dir target/portable-tls
+	$(MAKE) --no-print-directory miri
 
-# Every C test, linked against the shared and the static library; the behaviour suite once per
-# storage manager and with other segment sizes; then the symbol, header and coverage checks, the
-# demo and the benchmark harness at a tiny scale (correctness only, no timing).
-c-tests: build symbols headers $(OUT)/php_probe $(OUT)/growth_probe_php | $(OUT)
+# The unit and model tests Miri can run (those on the std::alloc storages; the ones that need mmap
+# are ignored under Miri) under Stacked Borrows. The region map's exposed provenance is deliberate.
+miri:
+	MIRIFLAGS="-Zmiri-permissive-provenance" $(CARGO) +nightly miri test --lib
+
+# The C test binaries, each linked against the shared and the static library.
+c-test-bins: build | $(OUT)
 	@set -e; for t in $(C_TESTS); do \
 		$(CC) -std=c99 $(WARN) $(CFLAGS) -Iinclude c_tests/$$t.c $(LINK_SO) -lpthread -ldl -o $(OUT)/$$t; \
 		$(CC) -std=c99 $(WARN) $(CFLAGS) -Iinclude c_tests/$$t.c $(LINK_A) -o $(OUT)/$$t.static; \
 	done
-	@set -e; for s in $(STORAGES); do \
-		c_tests/run.sh test_api-$$s ZEND_MM_MEM_TYPE=$$s $(OUT)/test_api; \
-		c_tests/run.sh test_defects-$$s ZEND_MM_MEM_TYPE=$$s $(OUT)/test_defects; \
+
+# The behaviour and storage suites (shared library builds) under valgrind's memcheck: no invalid
+# access or uninitialised value in the test or in the children it forks (c_tests/valgrind.sh says
+# how children and intended aborts are judged). A shell fragment: c-tests runs it with its other
+# runs, valgrind-tests on its own.
+VALGRIND_TESTS := test_api test_storage
+VALGRIND_RUNS = for t in $(VALGRIND_TESTS); do \
+		c_tests/run.sh $$t-valgrind c_tests/valgrind.sh $(OUT)/$$t || fail=1; \
 	done
-	@c_tests/run.sh test_defects-static $(OUT)/test_defects.static
-	@c_tests/run.sh test_api-static-256k ZEND_MM_SEG_SIZE=256k $(OUT)/test_api.static
-	@c_tests/run.sh test_api-static-mmap_anon-64k ZEND_MM_MEM_TYPE=mmap_anon ZEND_MM_SEG_SIZE=64k $(OUT)/test_api.static
-	@c_tests/run.sh test_api-static-mmap_zero-16M ZEND_MM_MEM_TYPE=mmap_zero ZEND_MM_SEG_SIZE=16M $(OUT)/test_api.static
-	@set -e; for t in test_storage test_threads test_php_parity test_growth; do \
-		c_tests/run.sh $$t $(OUT)/$$t; \
-		c_tests/run.sh $$t-static $(OUT)/$$t.static; \
-	done
-	c_tests/check_coverage.sh c_tests/exports.txt $(HEADER) $(addprefix $(OUT)/,$(C_TESTS) test_macros_c99)
-	$(MAKE) --no-print-directory demo
-	$(MAKE) --no-print-directory -C bench smoke
+
+valgrind-tests: c-test-bins
+	@fail=0; $(VALGRIND_RUNS); exit $$fail
+
+# Every C test against the shared and the static library; the behaviour suite once per storage
+# manager and with other segment sizes; the behaviour and storage suites under valgrind; the
+# symbol, header and coverage checks, the demo and the benchmark harness at a tiny scale
+# (correctness only, no timing). Every step goes ahead even when an earlier one failed, and the
+# target fails at the end if any did.
+c-tests: c-test-bins symbols headers $(OUT)/php_probe $(OUT)/growth_probe_php | $(OUT)
+	@fail=0; \
+	for s in $(STORAGES); do \
+		c_tests/run.sh test_api-$$s ZEND_MM_MEM_TYPE=$$s $(OUT)/test_api || fail=1; \
+		c_tests/run.sh test_defects-$$s ZEND_MM_MEM_TYPE=$$s $(OUT)/test_defects || fail=1; \
+	done; \
+	c_tests/run.sh test_defects-static $(OUT)/test_defects.static || fail=1; \
+	c_tests/run.sh test_api-static-256k ZEND_MM_SEG_SIZE=256k $(OUT)/test_api.static || fail=1; \
+	c_tests/run.sh test_api-static-mmap_anon-64k ZEND_MM_MEM_TYPE=mmap_anon ZEND_MM_SEG_SIZE=64k $(OUT)/test_api.static || fail=1; \
+	c_tests/run.sh test_api-static-mmap_zero-16M ZEND_MM_MEM_TYPE=mmap_zero ZEND_MM_SEG_SIZE=16M $(OUT)/test_api.static || fail=1; \
+	for t in test_storage test_threads test_php_parity test_growth; do \
+		c_tests/run.sh $$t $(OUT)/$$t || fail=1; \
+		c_tests/run.sh $$t-static $(OUT)/$$t.static || fail=1; \
+	done; \
+	$(VALGRIND_RUNS); \
+	c_tests/check_coverage.sh c_tests/exports.txt $(HEADER) $(addprefix $(OUT)/,$(C_TESTS) test_macros_c99) || fail=1; \
+	$(MAKE) --no-print-directory demo || fail=1; \
+	$(MAKE) --no-print-directory -C bench smoke || fail=1; \
+	if [ $$fail -ne 0 ]; then echo "c-tests: FAILED (see above)"; fi; \
+	exit $$fail
+
+# Runs every C test binary 30 times beside CPU hogs and reports the failing runs (flaky tests);
+# c_tests/stress.sh -h for its options. Not part of `make test`: it takes 15 to 25 minutes.
+stress: c-test-bins headers $(OUT)/php_probe
+	c_tests/stress.sh
 
 # PHP 8.2's own allocator (Debian's libphp8.2-embed) in a process of its own: its symbols clash
 # with ours. test_php_parity compares the two.

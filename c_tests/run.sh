@@ -10,7 +10,7 @@ env "$@" > "$log" 2>&1
 status=$?
 printf '%-58s %s\n' "$label" "$(tail -n 1 "$log")"
 if [ $status -ne 0 ]; then
-    grep -E 'FAIL|expected|got|child|stderr' "$log" | head -40
+    grep -E 'FAIL|expected|got|child|stderr|Fatal error' "$log" | head -40
     echo "$label failed (exit status $status); full output in $log"
 fi
 exit $status

@@ -146,11 +146,35 @@ typedef struct {
     const char *const *envp;
 } child_spec;
 
+/*
+ * The path of this test binary, for running it again. Not "/proc/self/exe" itself: under valgrind
+ * that link names valgrind's own tool binary, which refuses to run on its own ("You cannot run
+ * 'probe' directly"). readlink() of it gives the real path natively, and valgrind answers it with
+ * the path of the program it runs (the client), so the child is the test binary in both cases.
+ * (Valgrind does not follow the exec unless --trace-children=yes: the child runs natively.)
+ */
+static inline const char *self_exe_path(void)
+{
+    static char path[4096];
+    if (path[0] == '\0') {
+        static const char deleted[] = " (deleted)"; /* the binary was rebuilt while it ran */
+        ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+        size_t len = n > 0 ? (size_t)n : 0;
+        path[len] = '\0'; /* len < sizeof path: readlink was given one byte less */
+        if (len == 0 || len == sizeof path - 1 ||
+            (len > sizeof deleted - 1 && strcmp(path + len - (sizeof deleted - 1), deleted) == 0)) {
+            snprintf(path, sizeof path, "/proc/self/exe"); /* the running binary itself */
+        }
+    }
+    return path;
+}
+
 /* Forks a child for `spec` with stdout and stderr piped back, and collects what it did. */
 static inline child_result spawn_child(const child_spec *spec)
 {
     child_result r;
     int err_pipe[2], out_pipe[2];
+    const char *exe = spec->fn ? NULL : self_exe_path(); /* found in the parent, before the fork */
     memset(&r, 0, sizeof r);
     fflush(stdout);
     fflush(stderr);
@@ -177,8 +201,8 @@ static inline child_result spawn_child(const child_spec *spec)
             _exit(0);
         }
         char *const argv[] = {(char *)"probe", (char *)"--probe", (char *)spec->mode, NULL};
-        execve("/proc/self/exe", argv, (char *const *)spec->envp);
-        perror("execve");
+        execve(exe, argv, (char *const *)spec->envp);
+        fprintf(stderr, "execve %s: %s\n", exe, strerror(errno));
         _exit(127);
     }
     close(err_pipe[1]);
@@ -200,7 +224,7 @@ static inline child_result run_child(void (*fn)(void *), void *arg, const char *
 extern char **environ;
 
 /*
- * Runs this test binary again (from /proc/self/exe) as `<binary> --probe <mode>`, in a clean
+ * Runs this test binary again (see self_exe_path) as `<binary> --probe <mode>`, in a clean
  * environment: this process's environment without the library's variables, plus `env`
  * ("NAME=value" strings, NULL-terminated, may be NULL). The library reads its variables once per
  * process, so variable handling is tested in fresh processes.
@@ -260,6 +284,79 @@ static inline void check_signal_impl(const child_result *r, int sig, const char 
     if (!ok) {
         report_child(r, err);
     }
+}
+
+/* run_checks_in_child: what the child runs. */
+typedef struct {
+    void (*fn)(void *);
+    void *arg;
+} checks_in_child;
+
+static inline void checks_in_child_main(void *arg)
+{
+    const checks_in_child *c = arg;
+    tests_passed = 0; /* the child counts its own checks only */
+    tests_failed = 0;
+    c->fn(c->arg);
+    fflush(stderr);
+    _exit(test_summary()); /* prints the child's "N passed, N failed" */
+}
+
+/*
+ * Runs fn(arg), a group of checks, in a child process, for checks that may end the process (a fatal
+ * error, an abort, a crash) without taking this one with them. The child's checks count here: its
+ * summary line is read back and added to this process's counts, and its stderr (where failed checks
+ * are described) is passed on when anything failed. A child that ends without a summary line, or
+ * with a status that disagrees with it, counts as one more failure. `label` names the run.
+ */
+static inline child_result run_checks_in_child(void (*fn)(void *), void *arg, const char *label)
+{
+    checks_in_child c = {fn, arg};
+    child_result r = run_child(checks_in_child_main, &c, NULL);
+    int passed = 0, failed = 0, found = 0;
+    for (const char *line = r.out; line && *line;) {
+        int p, f, end = 0;
+        if (sscanf(line, "%d passed, %d failed\n%n", &p, &f, &end) == 2 && end > 0) {
+            passed = p, failed = f, found = 1;
+        }
+        line = strchr(line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    tests_passed += passed;
+    tests_failed += failed;
+    int clean_end = found && r.exited && r.status == (failed ? 1 : 0);
+    if (!clean_end) {
+        tests_failed++;
+        fprintf(stderr, "FAIL [%s] %s: the child ended (%s %d) %s\n", current_test, label,
+                r.exited ? "exit status" : "signal", r.exited ? r.status : r.signal,
+                found ? "with a status its summary line does not explain" : "before its summary line");
+    }
+    if (failed || !clean_end) {
+        fprintf(stderr, "  %s: child exited=%d status=%d signal=%d, %d passed, %d failed; its stderr:\n%s\n", label,
+                r.exited, r.status, r.signal, passed, failed, r.err);
+    }
+    return r;
+}
+
+/*
+ * Whether this process runs under valgrind. Checks that cannot hold there skip themselves with it,
+ * saying why: the resident set size, for one, includes valgrind's own memory (shadow memory,
+ * translations), which can grow while the program's does not, so an RSS bound measures valgrind too.
+ * Without valgrind's headers (package valgrind) this is always 0.
+ */
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define TEST_HAVE_VALGRIND_H 1
+#endif
+#endif
+static inline int under_valgrind(void)
+{
+#ifdef TEST_HAVE_VALGRIND_H
+    return RUNNING_ON_VALGRIND ? 1 : 0;
+#else
+    return 0;
+#endif
 }
 
 /* Resident set size of this process in KiB (from /proc/self/statm). */

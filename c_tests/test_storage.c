@@ -1,11 +1,14 @@
 /*
  * User storage (PHP 5.3's zend_mm_mem_handlers through zend_mm_startup_ex): a heap that runs
  * entirely on a static arena, every segment coming from and going back to it; storage failures;
- * startup argument errors; compaction.
+ * startup argument errors; compaction; storages whose segments are misaligned by any amount the
+ * API allows (16-byte aligned, 16 to 4080 bytes past a page), with two KNOWN DEFECT tests that fail
+ * until the core is fixed (see their comments).
  */
 #include "test.h"
 
 #include <setjmp.h>
+#include <sys/mman.h>
 
 /* ---- An arena storage: 4 KiB units of a static array, first fit ---- */
 
@@ -439,6 +442,517 @@ static void test_compaction_after_big_requests(void)
     zend_mm_shutdown(heap, 1, 1);
 }
 
+/* ---- Storages misaligned by any amount PHP 5.3 allows ---- */
+
+/*
+ * PHP 5.3's storage API promises segments 16-byte aligned, nothing more. This storage maps every
+ * segment on its own and returns it `offset` bytes past a page boundary: any multiple of 16 from 16
+ * to 4080, or 0 (page aligned: the control). It remembers each segment it handed out, so a block can
+ * be checked to lie inside one and a free of anything else is caught, and it counts the bytes it has
+ * out and their peak. Past OFFSET_STORAGE_CAP it refuses (returns NULL), so a heap that keeps asking
+ * ends in an out-of-memory error rather than taking the machine's memory.
+ */
+#define OFFSET_MAX_SEGMENTS 1024
+#define OFFSET_STORAGE_CAP ((size_t)512 << 20)
+#define MIB ((size_t)1 << 20)
+
+static struct {
+    size_t offset;
+    int inits, dtors, allocs, frees, reallocs, bad_frees;
+    size_t out_bytes, peak_out_bytes; /* bytes of the segments handed out, as the heap asked */
+    size_t count;
+    struct {
+        unsigned char *start;
+        size_t size;
+    } segs[OFFSET_MAX_SEGMENTS];
+} offset_state;
+
+static zend_mm_storage offset_storage;
+
+static void reset_offset_storage(size_t offset)
+{
+    memset(&offset_state, 0, sizeof offset_state);
+    offset_state.offset = offset;
+}
+
+/* What mmap maps for a segment of `size` bytes: the offset in front, whole pages. */
+static size_t offset_mapping(size_t size)
+{
+    return (offset_state.offset + size + 4095) & ~(size_t)4095;
+}
+
+static zend_mm_storage *offset_init(void *params)
+{
+    offset_state.inits++;
+    offset_storage.data = params;
+    return &offset_storage;
+}
+
+static void offset_dtor(zend_mm_storage *storage)
+{
+    (void)storage;
+    offset_state.dtors++;
+}
+
+static void offset_compact(zend_mm_storage *storage)
+{
+    (void)storage;
+}
+
+static zend_mm_segment *offset_alloc(zend_mm_storage *storage, size_t size)
+{
+    (void)storage;
+    if (offset_state.count == OFFSET_MAX_SEGMENTS || size > OFFSET_STORAGE_CAP - offset_state.out_bytes) {
+        return NULL;
+    }
+    void *base = mmap(NULL, offset_mapping(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        return NULL;
+    }
+    unsigned char *start = (unsigned char *)base + offset_state.offset;
+    offset_state.segs[offset_state.count].start = start;
+    offset_state.segs[offset_state.count].size = size;
+    offset_state.count++;
+    offset_state.allocs++;
+    offset_state.out_bytes += size;
+    if (offset_state.out_bytes > offset_state.peak_out_bytes) {
+        offset_state.peak_out_bytes = offset_state.out_bytes;
+    }
+    return (zend_mm_segment *)start;
+}
+
+/* The index of the segment handed out at `segment` with the size its header gives, or -1. */
+static long offset_find(const zend_mm_segment *segment)
+{
+    for (size_t i = 0; i < offset_state.count; i++) {
+        if (offset_state.segs[i].start == (const unsigned char *)segment) {
+            return segment->size == offset_state.segs[i].size ? (long)i : -1;
+        }
+    }
+    return -1;
+}
+
+static void offset_free(zend_mm_storage *storage, zend_mm_segment *segment)
+{
+    (void)storage;
+    long i = offset_find(segment);
+    if (i < 0) {
+        offset_state.bad_frees++; /* not ours, or the size in its header is wrong: keep it */
+        return;
+    }
+    size_t size = offset_state.segs[i].size;
+    munmap(offset_state.segs[i].start - offset_state.offset, offset_mapping(size));
+    offset_state.out_bytes -= size;
+    offset_state.segs[i] = offset_state.segs[--offset_state.count];
+    offset_state.frees++;
+}
+
+static zend_mm_segment *offset_realloc(zend_mm_storage *storage, zend_mm_segment *segment, size_t size)
+{
+    long i = offset_find(segment);
+    if (i < 0) {
+        offset_state.bad_frees++;
+        return NULL;
+    }
+    size_t old = offset_state.segs[i].size;
+    zend_mm_segment *fresh = offset_alloc(storage, size); /* always moves: the worst case */
+    if (fresh) {
+        memcpy(fresh, segment, old < size ? old : size);
+        offset_free(storage, segment);
+        offset_state.reallocs++;
+    }
+    return fresh;
+}
+
+static const zend_mm_mem_handlers offset_handlers = {"offset", offset_init, offset_dtor, offset_compact,
+                                                     offset_alloc, offset_realloc, offset_free};
+static const zend_mm_mem_handlers offset_handlers_no_realloc = {"offset", offset_init, offset_dtor, offset_compact,
+                                                                offset_alloc, NULL, offset_free};
+
+/* Whether [p, p + size) lies inside one segment the storage handed out. */
+static int in_offset_storage(const void *p, size_t size)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < offset_state.count; i++) {
+        const unsigned char *start = offset_state.segs[i].start;
+        if (b >= start && b < start + offset_state.segs[i].size) {
+            return size <= (size_t)(start + offset_state.segs[i].size - b);
+        }
+    }
+    return 0;
+}
+
+/* The alignment a block of this size must have: pages for large blocks, 16 bytes for bins that are
+ * multiples of 16 and for huge blocks (all a 16-aligned storage can promise), 8 otherwise. */
+static size_t required_alignment(void *p)
+{
+    size_t bs = zend_mem_block_size(p);
+    if (bs > ZEND_MM_MAX_SMALL_SIZE && bs <= ZEND_MM_MAX_LARGE_SIZE) {
+        return 4096;
+    }
+    return bs % 16 == 0 ? 16 : 8;
+}
+
+/* Checks a fresh block: inside the storage, aligned as it must be, at least `size` bytes. */
+static int placed_well(void *p, size_t size)
+{
+    return p && in_offset_storage(p, size) && (uintptr_t)p % required_alignment(p) == 0 &&
+           zend_mem_block_size(p) >= size;
+}
+
+static unsigned char pattern(size_t i, unsigned seed)
+{
+    return (unsigned char)(i * 131 + seed * 17 + (i >> 12));
+}
+
+/* The bytes of an n-byte block that carry the pattern: the first and last 4 KiB whole, and one byte
+ * in 1021 between them (every page of a big block, without writing megabytes per step). Returns
+ * the first such index at or after i. */
+static size_t next_patterned(size_t i, size_t n)
+{
+    if (i < 4096 || i + 4096 >= n || i % 1021 == 0) {
+        return i;
+    }
+    size_t next = i + (1021 - i % 1021);
+    return next < n - 4096 ? next : n - 4096;
+}
+
+static void fill_pattern(unsigned char *p, size_t n, unsigned seed)
+{
+    for (size_t i = next_patterned(0, n); i < n; i = next_patterned(i + 1, n)) {
+        p[i] = pattern(i, seed);
+    }
+}
+
+/* Whether the first `upto` bytes of a block filled by fill_pattern(p, n, seed) still hold it. */
+static int kept_pattern(const unsigned char *p, size_t n, size_t upto, unsigned seed)
+{
+    for (size_t i = next_patterned(0, n); i < upto; i = next_patterned(i + 1, n)) {
+        if (p[i] != pattern(i, seed)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int has_pattern(const unsigned char *p, size_t n, unsigned seed)
+{
+    return kept_pattern(p, n, n, seed);
+}
+
+/* The highest zend_memory_usage(1) seen during a workload. */
+static size_t real_seen;
+static void note_real_usage(void)
+{
+    size_t real = zend_memory_usage(1);
+    real_seen = real > real_seen ? real : real_seen;
+}
+
+#define OFFSET_SMALL 3000
+static const size_t offset_large_sizes[] = {3073, 4096, 4097, 20000, 65536, 300000, 1048576, 2000000};
+static const size_t offset_huge_sizes[] = {2097153, 3000000, 5000000, 9000000};
+/* One block grown and shrunk through every kind: small, large, huge and back. */
+static const size_t offset_realloc_sizes[] = {8,       100,     3000,    3073,    5000, 100000, 2000000,
+                                              3000000, 9000000, 2500000, 1000000, 2000, 10};
+/* The same through smaller huge blocks, for the sweep over every offset. */
+static const size_t offset_sweep_sizes[] = {8, 100, 3000, 3073, 5000, 100000, 2000000, 2200000, 2400000, 2100000, 500000, 2000, 10};
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* One request's worth of blocks on the current heap; every block is checked for where it lies,
+ * its alignment and its contents. */
+static void offset_request(unsigned seed)
+{
+    static unsigned char *small[OFFSET_SMALL];
+    unsigned char *large[COUNT(offset_large_sizes)], *huge[COUNT(offset_huge_sizes)];
+    int placed = 1, intact = 1;
+    for (size_t i = 0; i < OFFSET_SMALL; i++) {
+        size_t size = i * 37 % ZEND_MM_MAX_SMALL_SIZE + 1;
+        small[i] = emalloc(size);
+        placed &= placed_well(small[i], size);
+        fill_pattern(small[i], size, seed + (unsigned)i);
+    }
+    note_real_usage();
+    for (size_t i = 0; i < COUNT(offset_large_sizes); i++) {
+        large[i] = emalloc(offset_large_sizes[i]);
+        placed &= placed_well(large[i], offset_large_sizes[i]);
+        fill_pattern(large[i], offset_large_sizes[i], seed + (unsigned)i);
+    }
+    note_real_usage();
+    for (size_t i = 0; i < COUNT(offset_huge_sizes); i++) {
+        huge[i] = emalloc(offset_huge_sizes[i]);
+        placed &= placed_well(huge[i], offset_huge_sizes[i]);
+        fill_pattern(huge[i], offset_huge_sizes[i], seed + (unsigned)i);
+    }
+    note_real_usage();
+    CHECK(placed);
+
+    /* Free every other small block, the first half of the large ones and one huge block; then a
+     * block through every kind, its contents checked at each step. */
+    for (size_t i = 0; i < OFFSET_SMALL; i += 2) {
+        efree(small[i]);
+    }
+    for (size_t i = 0; i < COUNT(offset_large_sizes) / 2; i++) {
+        efree(large[i]);
+    }
+    efree(huge[0]);
+    unsigned char *p = NULL;
+    size_t have = 0;
+    int moved_ok = 1;
+    for (size_t step = 0; step < COUNT(offset_realloc_sizes); step++) {
+        size_t size = offset_realloc_sizes[step];
+        p = erealloc(p, size);
+        moved_ok &= placed_well(p, size) && kept_pattern(p, have, have < size ? have : size, seed + (unsigned)step);
+        fill_pattern(p, size, seed + (unsigned)step + 1);
+        have = size;
+        note_real_usage();
+    }
+    CHECK(moved_ok);
+
+    /* gc gives free pages and cached memory back; the blocks still alive keep their contents. */
+    zend_mm_gc(zend_mm_get_heap());
+    CHECK_EQ(full_mem_check(1), 0);
+    for (size_t i = 1; i < OFFSET_SMALL; i += 2) {
+        intact &= has_pattern(small[i], i * 37 % ZEND_MM_MAX_SMALL_SIZE + 1, seed + (unsigned)i);
+    }
+    for (size_t i = COUNT(offset_large_sizes) / 2; i < COUNT(offset_large_sizes); i++) {
+        intact &= has_pattern(large[i], offset_large_sizes[i], seed + (unsigned)i);
+    }
+    for (size_t i = 1; i < COUNT(offset_huge_sizes); i++) {
+        intact &= has_pattern(huge[i], offset_huge_sizes[i], seed + (unsigned)i);
+    }
+    intact &= has_pattern(p, have, seed + (unsigned)COUNT(offset_realloc_sizes));
+    CHECK(intact);
+    /* The rest is left for the request end to release. */
+}
+
+/* The most zend_memory_usage(1) (and the storage) may reach over offset_request's three requests:
+ * the blocks alive at its peak (small 4.6 MiB, large 3.4 MiB, huge 19 MiB, the reallocated block up
+ * to 9 MiB, less what was freed first) with room for partly used segments and cached huge blocks.
+ * Every offset peaks at 37 MiB of real usage and 40 MiB from the storage today. A heap that maps a
+ * fresh segment for each block it cannot place in a misaligned one goes far past it. */
+#define OFFSET_REAL_BOUND (64 * MIB)
+
+typedef struct {
+    size_t offset;
+    const zend_mm_mem_handlers *handlers;
+} offset_case;
+
+/* Three requests on a heap with 2 MiB segments (PHP's chunk size) from the offset storage, then a
+ * full shutdown that must give every segment back. Runs in a child (run_checks_in_child). */
+static void heap_on_offset_storage(void *arg)
+{
+    const offset_case *c = arg;
+    reset_offset_storage(c->offset);
+    real_seen = 0;
+    int params = 7;
+    zend_mm_heap *heap = zend_mm_startup_ex(c->handlers, 2 * MIB, 0, 0, &params);
+    CHECK(heap != NULL && in_offset_storage(heap, 1));
+    if (!heap) {
+        return;
+    }
+    CHECK(offset_state.inits == 1 && offset_storage.data == &params);
+    zend_mm_heap *old = zend_mm_set_heap(heap);
+    size_t out_after_request[3];
+    for (unsigned request = 0; request < 3; request++) {
+        offset_request(request);
+        zend_mm_shutdown(heap, 0, 0); /* request end */
+        CHECK(zend_mm_get_heap() == heap);
+        CHECK_EQ(zend_memory_usage(0), 0);
+        note_real_usage();
+        out_after_request[request] = offset_state.out_bytes;
+    }
+    /* Identical requests: what the heap keeps between them does not grow. */
+    CHECK(out_after_request[2] <= out_after_request[1]);
+    CHECK(real_seen <= OFFSET_REAL_BOUND);
+    CHECK(offset_state.peak_out_bytes <= OFFSET_REAL_BOUND);
+    if (real_seen > OFFSET_REAL_BOUND || offset_state.peak_out_bytes > OFFSET_REAL_BOUND ||
+        out_after_request[2] > out_after_request[1]) {
+        fprintf(stderr, "  offset %zu: real usage peak %zu, storage peak %zu, kept after requests %zu %zu %zu\n",
+                c->offset, real_seen, offset_state.peak_out_bytes, out_after_request[0], out_after_request[1],
+                out_after_request[2]);
+    }
+    /* Between requests, gc gives back everything but the segment that holds the heap. */
+    zend_mm_gc(heap);
+    CHECK_EQ(zend_memory_usage(1), 2 * MIB);
+    CHECK_EQ(offset_state.count, 1);
+    CHECK_EQ(full_mem_check(1), 0);
+    if (c->handlers->_realloc) {
+        CHECK(offset_state.reallocs > 0); /* the huge blocks went through the storage's realloc */
+    }
+    zend_mm_set_heap(old);
+    zend_mm_shutdown(heap, 1, 0); /* full shutdown */
+    CHECK_EQ(offset_state.bad_frees, 0);
+    CHECK_EQ(offset_state.count, 0); /* every segment went back */
+    CHECK_EQ(offset_state.out_bytes, 0);
+    CHECK_EQ(offset_state.frees, offset_state.allocs);
+    CHECK_EQ(offset_state.dtors, 1);
+}
+
+static void run_offset_case(size_t offset, const zend_mm_mem_handlers *handlers)
+{
+    offset_case c = {offset, handlers};
+    char label[64];
+    snprintf(label, sizeof label, "offset %zu%s", offset, handlers->_realloc ? "" : " (no _realloc)");
+    run_checks_in_child(heap_on_offset_storage, &c, label);
+}
+
+static void test_storage_page_aligned_control(void) { run_offset_case(0, &offset_handlers); }
+static void test_storage_offset_16(void) { run_offset_case(16, &offset_handlers); }
+static void test_storage_offset_48(void) { run_offset_case(48, &offset_handlers); }
+static void test_storage_offset_2048(void) { run_offset_case(2048, &offset_handlers); }
+static void test_storage_offset_2064(void) { run_offset_case(2064, &offset_handlers); }
+static void test_storage_offset_4080(void) { run_offset_case(4080, &offset_handlers); }
+static void test_storage_offset_2064_without_realloc(void) { run_offset_case(2064, &offset_handlers_no_realloc); }
+
+/* Every allowed offset (each multiple of 16 below a page) with a short workload: a block of each
+ * kind, one block through every kind, a request end, a block of the next request and a full
+ * shutdown. Failing offsets are listed (one check per offset). */
+static void every_offset(void *arg)
+{
+    (void)arg;
+    char failing[4096] = "";
+    size_t failing_len = 0;
+    for (size_t offset = 0; offset < 4096; offset += 16) {
+        reset_offset_storage(offset);
+        int ok = 1;
+        zend_mm_heap *heap = zend_mm_startup_ex(&offset_handlers, 2 * MIB, 0, 0, NULL);
+        if (!heap) {
+            CHECK(heap != NULL);
+            continue;
+        }
+        zend_mm_heap *old = zend_mm_set_heap(heap);
+        unsigned char *s = emalloc(40), *l = emalloc(50000), *h = emalloc(2200000);
+        ok &= placed_well(s, 40) && placed_well(l, 50000) && placed_well(h, 2200000);
+        fill_pattern(s, 40, 1);
+        fill_pattern(l, 50000, 2);
+        h[0] = 3;
+        h[2199999] = 4;
+        unsigned char *p = NULL;
+        size_t have = 0;
+        for (size_t step = 0; step < COUNT(offset_sweep_sizes); step++) {
+            size_t size = offset_sweep_sizes[step];
+            p = erealloc(p, size);
+            ok &= placed_well(p, size) && kept_pattern(p, have, have < size ? have : size, (unsigned)step);
+            fill_pattern(p, size, (unsigned)step + 1);
+            have = size;
+        }
+        ok &= has_pattern(s, 40, 1) && has_pattern(l, 50000, 2) && h[0] == 3 && h[2199999] == 4;
+        ok &= mem_block_check(s, 1) && mem_block_check(l, 1) && mem_block_check(h, 1) && mem_block_check(p, 1);
+        efree(l);
+        efree(h);
+        zend_mm_gc(heap);
+        zend_mm_shutdown(heap, 0, 1); /* request end */
+        ok &= zend_memory_usage(0) == 0 && zend_memory_usage(1) <= 16 * MIB;
+        s = emalloc(100); /* the heap serves the next request */
+        ok &= placed_well(s, 100);
+        zend_mm_set_heap(old);
+        zend_mm_shutdown(heap, 1, 1);
+        ok &= offset_state.count == 0 && offset_state.bad_frees == 0 && offset_state.dtors == 1 &&
+              offset_state.peak_out_bytes <= 32 * MIB;
+        CHECK(ok);
+        if (!ok && failing_len + 8 < sizeof failing) {
+            failing_len += (size_t)snprintf(failing + failing_len, sizeof failing - failing_len, " %zu", offset);
+        }
+    }
+    if (failing_len) {
+        fprintf(stderr, "  failing offsets:%s\n", failing);
+    }
+}
+
+static void test_storage_every_offset(void) { run_checks_in_child(every_offset, NULL, "every offset"); }
+
+/*
+ * KNOWN DEFECT (fails until the core is fixed): with segments that start 2 KiB into a page, the
+ * largest large block (2 MiB - 4 KiB, 511 pages) no longer fits in a 2 MiB segment: the partial first
+ * page is lost and the segment header spills into the next one. With one such block alive,
+ * allocating and freeing another one 200 times maps a fresh segment each time (it tries to place the
+ * block in a segment, cannot, and serves it from storage of its own) and leaves that segment linked
+ * to the heap: memory grows without bound, and under a 32 MiB limit the child ends in "Allowed
+ * memory size of 33554432 bytes exhausted" (exit 255) after about a dozen rounds. Fixed, the loop
+ * reuses what its first round took and the real usage stays bounded. Today offsets 0 (the control),
+ * 16 and 48 pass (the header still fits in the partial first page) and 2048, 2064 and 4080 fail.
+ */
+static void max_large_blocks_in_a_loop(void *arg)
+{
+    size_t offset = *(const size_t *)arg;
+    reset_offset_storage(offset);
+    zend_mm_heap *heap = zend_mm_startup_ex(&offset_handlers, 2 * MIB, 0, 0, NULL);
+    CHECK(heap != NULL);
+    if (!heap) {
+        return;
+    }
+    zend_mm_heap *old = zend_mm_set_heap(heap);
+    CHECK(zend_set_memory_limit(32 * MIB) == SUCCESS);
+    size_t block = ZEND_MM_MAX_LARGE_SIZE; /* 2 MiB - 4 KiB */
+    unsigned char *keep = emalloc(block);
+    fill_pattern(keep, block, 5);
+    real_seen = 0;
+    note_real_usage();
+    /* Inside the storage and 16-aligned; page alignment is test_largest_large_block_is_page_aligned's. */
+    int placed = in_offset_storage(keep, block) && (uintptr_t)keep % 16 == 0;
+    for (int i = 0; i < 200; i++) {
+        unsigned char *p = emalloc(block);
+        placed &= in_offset_storage(p, block) && (uintptr_t)p % 16 == 0;
+        p[0] = 1;
+        p[block - 1] = 2;
+        note_real_usage();
+        efree(p);
+    }
+    CHECK(placed);
+    CHECK(has_pattern(keep, block, 5));
+    /* Two blocks of a segment each, the heap's own segment and room for a cached one or two. */
+    CHECK(real_seen <= 16 * MIB);
+    CHECK(offset_state.peak_out_bytes <= 16 * MIB);
+    if (real_seen > 16 * MIB || offset_state.peak_out_bytes > 16 * MIB) {
+        fprintf(stderr, "  offset %zu: real usage peak %zu, storage peak %zu\n", offset, real_seen,
+                offset_state.peak_out_bytes);
+    }
+    efree(keep);
+    CHECK_EQ(full_mem_check(1), 0);
+    zend_mm_set_heap(old);
+    zend_mm_shutdown(heap, 1, 1);
+    CHECK_EQ(offset_state.count, 0);
+    CHECK_EQ(offset_state.bad_frees, 0);
+}
+
+/*
+ * KNOWN DEFECT (this test fails until the core is fixed, or the promise is changed): "large blocks
+ * stay page aligned whatever the storage returns" (see run_heap_on_arena), and a request of
+ * 2 MiB - 4 KiB is a large block by size. With segments 2 KiB into a page it no longer fits in a
+ * segment, and the heap serves it from storage of its own at the storage's alignment: 2 KiB into a
+ * page. Smaller large blocks (test_storage_offset_*) are page aligned.
+ */
+static void test_largest_large_block_is_page_aligned_at_2k_KNOWN_DEFECT(void)
+{
+    reset_offset_storage(2048);
+    zend_mm_heap *heap = zend_mm_startup_ex(&offset_handlers, 2 * MIB, 0, 0, NULL);
+    CHECK(heap != NULL);
+    if (!heap) {
+        return;
+    }
+    zend_mm_heap *old = zend_mm_set_heap(heap);
+    void *p = emalloc(ZEND_MM_MAX_LARGE_SIZE);
+    CHECK(in_offset_storage(p, ZEND_MM_MAX_LARGE_SIZE));
+    CHECK_EQ(zend_mem_block_size(p), ZEND_MM_MAX_LARGE_SIZE);
+    CHECK_EQ((uintptr_t)p % 4096, 0);
+    efree(p);
+    zend_mm_set_heap(old);
+    zend_mm_shutdown(heap, 1, 1);
+    CHECK_EQ(offset_state.count, 0);
+}
+
+/* The loop above on the page-aligned control and on storages misaligned by 16 bytes up to a page
+ * less 16, each in a child; see the KNOWN DEFECT note there for the offsets that fail today. */
+static void test_max_large_blocks_in_a_loop_KNOWN_DEFECT(void)
+{
+    static const size_t offsets[] = {0, 16, 48, 2048, 2064, 4080};
+    for (size_t i = 0; i < COUNT(offsets); i++) {
+        char label[64];
+        snprintf(label, sizeof label, "max large blocks, offset %zu", offsets[i]);
+        run_checks_in_child(max_large_blocks_in_a_loop, (void *)&offsets[i], label);
+    }
+}
+
 static int probe(const char *mode)
 {
     if (strcmp(mode, "compact") == 0) {
@@ -483,5 +997,15 @@ int main(int argc, char **argv)
     RUN(test_huge_blocks_are_reused_within_a_request);
     RUN(test_compaction_after_big_requests);
     RUN(test_compaction_threshold_comes_from_the_environment);
+    RUN(test_storage_page_aligned_control);
+    RUN(test_storage_offset_16);
+    RUN(test_storage_offset_48);
+    RUN(test_storage_offset_2048);
+    RUN(test_storage_offset_2064);
+    RUN(test_storage_offset_4080);
+    RUN(test_storage_offset_2064_without_realloc);
+    RUN(test_storage_every_offset);
+    RUN(test_max_large_blocks_in_a_loop_KNOWN_DEFECT);
+    RUN(test_largest_large_block_is_page_aligned_at_2k_KNOWN_DEFECT);
     return test_summary();
 }

@@ -11,6 +11,7 @@ typedef struct {
     zend_mm_heap *heap;
     size_t usage_after;
     int ok;
+    pthread_barrier_t *alive; /* when set: wait here twice, see test_threads_have_their_own_heaps */
 } thread_report;
 
 static void *churn(void *arg)
@@ -35,23 +36,38 @@ static void *churn(void *arg)
     big[0] = 1;
     report->usage_after = zend_memory_usage(0); /* only the huge block is left */
     report->ok &= full_mem_check(1) == 0;
+    if (report->alive) {
+        pthread_barrier_wait(report->alive); /* every report is written ... */
+        pthread_barrier_wait(report->alive); /* ... and compared before any thread exits */
+    }
     return NULL; /* exits without freeing `big`: the heap goes with the thread */
 }
 
+/* The heaps' addresses are compared while both threads are alive: a heap is released when its
+ * thread exits, so a thread that started after the other one ended could get the very same address
+ * (the comparison used to fail that way on a busy machine). The threads wait on a barrier with this
+ * thread until the comparison is done. */
 static void test_threads_have_their_own_heaps(void)
 {
     pthread_t t[2];
     thread_report r[2];
+    pthread_barrier_t alive;
+    pthread_barrier_init(&alive, NULL, 3);
     void *mine = emalloc(100);
     size_t my_usage = zend_memory_usage(0);
     for (int i = 0; i < 2; i++) {
+        r[i].alive = &alive;
         pthread_create(&t[i], NULL, churn, &r[i]);
     }
+    pthread_barrier_wait(&alive); /* both threads have their heaps and are still running */
+    int distinct = r[0].heap != r[1].heap && r[0].heap != zend_mm_get_heap() && r[1].heap != zend_mm_get_heap();
+    pthread_barrier_wait(&alive); /* now they may exit */
     for (int i = 0; i < 2; i++) {
         pthread_join(t[i], NULL);
     }
+    pthread_barrier_destroy(&alive);
     CHECK(r[0].ok && r[1].ok);
-    CHECK(r[0].heap != r[1].heap && r[0].heap != zend_mm_get_heap() && r[1].heap != zend_mm_get_heap());
+    CHECK(distinct);
     CHECK_EQ(r[0].usage_after, 3002368);
     CHECK_EQ(r[1].usage_after, 3002368);
     CHECK_EQ(zend_memory_usage(0), my_usage); /* untouched by the other threads */
