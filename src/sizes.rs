@@ -250,7 +250,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "exhaustive arithmetic, no unsafe code: too slow under Miri")]
+    #[cfg_attr(
+        miri,
+        ignore = "exhaustive arithmetic, no unsafe code: too slow under Miri"
+    )]
     fn table_matches_php_formula_for_every_size() {
         for size in 0..=ZEND_MM_MAX_SMALL_SIZE {
             assert_eq!(bin_of(size), php_small_size_to_bin(size), "size {size}");
@@ -275,7 +278,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "exhaustive arithmetic, no unsafe code: too slow under Miri")]
+    #[cfg_attr(
+        miri,
+        ignore = "exhaustive arithmetic, no unsafe code: too slow under Miri"
+    )]
     fn the_slot_check_accepts_exactly_the_slot_starts_of_every_bin() {
         for (bin, info) in BINS.iter().enumerate() {
             let (size, count) = (info.size as usize, info.count as usize);
