@@ -90,6 +90,46 @@ static void test_block_size_at_the_large_and_huge_boundaries(void)
     CHECK_EQ(zend_mem_block_size(NULL), 0);
 }
 
+/* PHP 8 release builds call size-specialised entry points for constant sizes: each gives a block of
+ * its bin from the current heap and frees it again (usage returns), and the large and huge ones
+ * behave as emalloc/efree. The header maps the large/huge names to the general functions, as PHP's
+ * debug header does; the exported symbols are reached without those macros. */
+#undef _emalloc_large
+#undef _emalloc_huge
+#undef _efree_large
+#undef _efree_huge
+static void test_release_size_specialised_entry_points(void)
+{
+    static void *(*const allocs[])(void) = {_emalloc_8, _emalloc_16, _emalloc_24, _emalloc_32, _emalloc_40, _emalloc_48, _emalloc_56, _emalloc_64, _emalloc_80, _emalloc_96, _emalloc_112, _emalloc_128, _emalloc_160, _emalloc_192, _emalloc_224, _emalloc_256, _emalloc_320, _emalloc_384, _emalloc_448, _emalloc_512, _emalloc_640, _emalloc_768, _emalloc_896, _emalloc_1024, _emalloc_1280, _emalloc_1536, _emalloc_1792, _emalloc_2048, _emalloc_2560, _emalloc_3072};
+    static void (*const frees[])(void *) = {_efree_8, _efree_16, _efree_24, _efree_32, _efree_40, _efree_48, _efree_56, _efree_64, _efree_80, _efree_96, _efree_112, _efree_128, _efree_160, _efree_192, _efree_224, _efree_256, _efree_320, _efree_384, _efree_448, _efree_512, _efree_640, _efree_768, _efree_896, _efree_1024, _efree_1280, _efree_1536, _efree_1792, _efree_2048, _efree_2560, _efree_3072};
+    static const size_t bins[] = {8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, 3072};
+    shutdown_memory_manager(1, 0);
+    for (size_t i = 0; i < sizeof bins / sizeof bins[0]; i++) {
+        size_t before = zend_memory_usage(0);
+        char *p = allocs[i]();
+        CHECK(p != NULL && is_zend_ptr(p));
+        CHECK_EQ(zend_mem_block_size(p), bins[i]);
+        CHECK_EQ(zend_memory_usage(0) - before, bins[i]);
+        memset(p, 0x5a, bins[i]);
+        /* A block of the bin from emalloc() is freed by _efree_N too. */
+        char *q = emalloc(bins[i]);
+        frees[i](p);
+        frees[i](q);
+        CHECK_EQ(zend_memory_usage(0), before);
+    }
+    size_t before = zend_memory_usage(0);
+    char *large = _emalloc_large(5000);
+    char *huge = _emalloc_huge(3u << 20);
+    CHECK_EQ(zend_mem_block_size(large), 8192);
+    CHECK_EQ(zend_mem_block_size(huge), 3u << 20);
+    CHECK_EQ(zend_memory_usage(0) - before, 8192 + (3u << 20));
+    large[4999] = 1;
+    huge[(3u << 20) - 1] = 1;
+    _efree_large(large, 5000);
+    _efree_huge(huge, 3u << 20);
+    CHECK_EQ(zend_memory_usage(0), before);
+}
+
 static void test_emalloc_zero_and_null_handling(void)
 {
     void *p = emalloc(0);
@@ -1079,6 +1119,7 @@ int main(int argc, char **argv)
     start_memory_manager();
     RUN(test_block_size_of_every_small_request);
     RUN(test_block_size_at_the_large_and_huge_boundaries);
+    RUN(test_release_size_specialised_entry_points);
     RUN(test_emalloc_zero_and_null_handling);
     RUN(test_alignment);
     RUN(test_small_blocks_are_adjacent_and_reused_lifo);

@@ -715,6 +715,33 @@ ZEND_API void *_safe_malloc(size_t nmemb, size_t size, size_t offset) ZEND_ATTRI
  */
 ZEND_API void *_safe_realloc(void *ptr, size_t nmemb, size_t size, size_t offset);
 
+/**
+ * `emalloc(size)` for a constant size above 3072 bytes, for PHP 8 release builds (the header
+ * of this library maps `_emalloc_large` to `_emalloc`, as PHP's debug builds do).
+ */
+ZEND_API void *_emalloc_large(size_t size) ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE(1);
+
+/**
+ * `emalloc(size)` for a constant size above 2 MiB − 4 KiB, for PHP 8 release builds.
+ */
+ZEND_API void *_emalloc_huge(size_t size) ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE(1);
+
+/**
+ * `efree_size(ptr, size)` of a large block, for PHP 8 release builds; `size` is not needed.
+ *
+ * # Safety
+ * `ptr` must not be used after this call.
+ */
+ZEND_API void _efree_large(void *ptr, size_t size);
+
+/**
+ * `efree_size(ptr, size)` of a huge block, for PHP 8 release builds; `size` is not needed.
+ *
+ * # Safety
+ * `ptr` must not be used after this call.
+ */
+ZEND_API void _efree_huge(void *ptr, size_t size);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
@@ -742,8 +769,78 @@ ZEND_API void *_safe_realloc(void *ptr, size_t nmemb, size_t size, size_t offset
 #define estrndup(s, length)                     _estrndup((s), (length) ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC)
 #define zend_mem_block_size(ptr)                _zend_mem_block_size((ptr) TSRMLS_CC ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC)
 
-/* The size-specialised entry points of PHP 8 release builds are plain calls here, as in PHP's
- * debug builds. */
+/* ---- PHP 8 release builds' size-specialised entry points (no location parameters), what PHP 8's
+ * release zend_alloc.h calls for constant sizes; made by a macro in src/ffi/sized.rs. C code using this
+ * header calls emalloc()/efree(); _emalloc_large & co. below are macros for the general entry points. ---- */
+#ifdef __cplusplus
+extern "C" {
+#endif
+ZEND_API void *_emalloc_8(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_16(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_24(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_32(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_40(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_48(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_56(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_64(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_80(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_96(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_112(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_128(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_160(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_192(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_224(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_256(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_320(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_384(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_448(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_512(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_640(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_768(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_896(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_1024(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_1280(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_1536(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_1792(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_2048(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_2560(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void *_emalloc_3072(void) ZEND_ATTRIBUTE_MALLOC;
+ZEND_API void _efree_8(void *ptr);
+ZEND_API void _efree_16(void *ptr);
+ZEND_API void _efree_24(void *ptr);
+ZEND_API void _efree_32(void *ptr);
+ZEND_API void _efree_40(void *ptr);
+ZEND_API void _efree_48(void *ptr);
+ZEND_API void _efree_56(void *ptr);
+ZEND_API void _efree_64(void *ptr);
+ZEND_API void _efree_80(void *ptr);
+ZEND_API void _efree_96(void *ptr);
+ZEND_API void _efree_112(void *ptr);
+ZEND_API void _efree_128(void *ptr);
+ZEND_API void _efree_160(void *ptr);
+ZEND_API void _efree_192(void *ptr);
+ZEND_API void _efree_224(void *ptr);
+ZEND_API void _efree_256(void *ptr);
+ZEND_API void _efree_320(void *ptr);
+ZEND_API void _efree_384(void *ptr);
+ZEND_API void _efree_448(void *ptr);
+ZEND_API void _efree_512(void *ptr);
+ZEND_API void _efree_640(void *ptr);
+ZEND_API void _efree_768(void *ptr);
+ZEND_API void _efree_896(void *ptr);
+ZEND_API void _efree_1024(void *ptr);
+ZEND_API void _efree_1280(void *ptr);
+ZEND_API void _efree_1536(void *ptr);
+ZEND_API void _efree_1792(void *ptr);
+ZEND_API void _efree_2048(void *ptr);
+ZEND_API void _efree_2560(void *ptr);
+ZEND_API void _efree_3072(void *ptr);
+#ifdef __cplusplus
+}
+#endif
+
+/* The size-specialised large and huge entry points are plain calls in C code using this header, as
+ * in PHP's debug builds (the exported functions of those names take no location parameters). */
 #define _emalloc_large _emalloc
 #define _emalloc_huge  _emalloc
 #define _efree_large   _efree

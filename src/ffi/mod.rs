@@ -13,6 +13,7 @@ mod check;
 mod heap_api;
 mod manager;
 mod persistent;
+mod sized;
 
 use core::ffi::c_char;
 

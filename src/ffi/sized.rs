@@ -1,0 +1,114 @@
+//! PHP 8 release builds' size-specialised entry points: `_emalloc_8` … `_emalloc_3072`,
+//! `_emalloc_large`, `_emalloc_huge`, `_efree_8` … `_efree_3072`, `_efree_large`, `_efree_huge`.
+//!
+//! PHP's release `zend_alloc.h` turns `emalloc(sizeof(x))` and `efree_size(p, sizeof(x))` into these
+//! calls when the size is a compile-time constant, so an engine built against PHP 8's header links
+//! to them directly. They take no location parameters (release ABI). Each one is the general entry
+//! point with the size fixed: the pointer checks of `_efree` stay (PHP's `_efree_N` trusts the
+//! caller's size; a wrong size here is still caught by the slot check, never written through).
+//!
+//! The C header declares them in `cbindgen.toml` (they are made by a macro cbindgen cannot see);
+//! `c_tests/check_symbols.sh` keeps the two lists equal.
+
+use core::ffi::c_void;
+use core::ptr;
+
+use super::alloc::{_efree, _emalloc};
+use crate::sizes::BIN_SIZE;
+
+/// Defines `_emalloc_<size>` and `_efree_<size>` for each bin, in bin order, and checks the sizes
+/// against the bin table.
+macro_rules! sized_entry_points {
+    ($(($bin:expr, $size:literal, $alloc:ident, $free:ident)),* $(,)?) => {
+        $(
+            const _: () = assert!(BIN_SIZE[$bin] == $size);
+
+            #[doc = concat!("`emalloc(", stringify!($size), ")` for PHP 8 release builds.")]
+            #[unsafe(no_mangle)]
+            pub extern "C" fn $alloc() -> *mut c_void {
+                _emalloc($size, ptr::null(), 0, ptr::null(), 0)
+            }
+
+            #[doc = concat!("`efree` of a block of `", stringify!($size), "` bytes for PHP 8 release builds.")]
+            ///
+            /// # Safety
+            /// `ptr` must not be used after this call.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn $free(ptr: *mut c_void) {
+                // SAFETY: caller contract, as for `_efree`.
+                unsafe { _efree(ptr, ptr::null(), 0, ptr::null(), 0) }
+            }
+        )*
+        const _: () = assert!([$($size),*].len() == crate::sizes::ZEND_MM_BINS);
+    };
+}
+
+sized_entry_points!(
+    (0, 8, _emalloc_8, _efree_8),
+    (1, 16, _emalloc_16, _efree_16),
+    (2, 24, _emalloc_24, _efree_24),
+    (3, 32, _emalloc_32, _efree_32),
+    (4, 40, _emalloc_40, _efree_40),
+    (5, 48, _emalloc_48, _efree_48),
+    (6, 56, _emalloc_56, _efree_56),
+    (7, 64, _emalloc_64, _efree_64),
+    (8, 80, _emalloc_80, _efree_80),
+    (9, 96, _emalloc_96, _efree_96),
+    (10, 112, _emalloc_112, _efree_112),
+    (11, 128, _emalloc_128, _efree_128),
+    (12, 160, _emalloc_160, _efree_160),
+    (13, 192, _emalloc_192, _efree_192),
+    (14, 224, _emalloc_224, _efree_224),
+    (15, 256, _emalloc_256, _efree_256),
+    (16, 320, _emalloc_320, _efree_320),
+    (17, 384, _emalloc_384, _efree_384),
+    (18, 448, _emalloc_448, _efree_448),
+    (19, 512, _emalloc_512, _efree_512),
+    (20, 640, _emalloc_640, _efree_640),
+    (21, 768, _emalloc_768, _efree_768),
+    (22, 896, _emalloc_896, _efree_896),
+    (23, 1024, _emalloc_1024, _efree_1024),
+    (24, 1280, _emalloc_1280, _efree_1280),
+    (25, 1536, _emalloc_1536, _efree_1536),
+    (26, 1792, _emalloc_1792, _efree_1792),
+    (27, 2048, _emalloc_2048, _efree_2048),
+    (28, 2560, _emalloc_2560, _efree_2560),
+    (29, 3072, _emalloc_3072, _efree_3072),
+);
+
+/// `emalloc(size)` for a constant size above 3072 bytes, for PHP 8 release builds (the header
+/// of this library maps `_emalloc_large` to `_emalloc`, as PHP's debug builds do).
+/// cbindgen:postfix=ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE(1)
+#[unsafe(no_mangle)]
+pub extern "C" fn _emalloc_large(size: usize) -> *mut c_void {
+    _emalloc(size, ptr::null(), 0, ptr::null(), 0)
+}
+
+/// `emalloc(size)` for a constant size above 2 MiB − 4 KiB, for PHP 8 release builds.
+/// cbindgen:postfix=ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE(1)
+#[unsafe(no_mangle)]
+pub extern "C" fn _emalloc_huge(size: usize) -> *mut c_void {
+    _emalloc(size, ptr::null(), 0, ptr::null(), 0)
+}
+
+/// `efree_size(ptr, size)` of a large block, for PHP 8 release builds; `size` is not needed.
+///
+/// # Safety
+/// `ptr` must not be used after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _efree_large(ptr: *mut c_void, size: usize) {
+    let _ = size;
+    // SAFETY: caller contract, as for `_efree`.
+    unsafe { _efree(ptr, ptr::null(), 0, ptr::null(), 0) }
+}
+
+/// `efree_size(ptr, size)` of a huge block, for PHP 8 release builds; `size` is not needed.
+///
+/// # Safety
+/// `ptr` must not be used after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _efree_huge(ptr: *mut c_void, size: usize) {
+    let _ = size;
+    // SAFETY: caller contract, as for `_efree`.
+    unsafe { _efree(ptr, ptr::null(), 0, ptr::null(), 0) }
+}
