@@ -4,6 +4,8 @@
 #   make demo       build and run the demo (a few PHP-like requests)
 #   make test       everything: header drift, lint, Rust tests, C tests (.so and .a, every storage)
 #   make bench      benchmarks against PHP's allocator and the malloc peers (see bench/)
+#   make php        PHP 8.2 CLIs, stock and on this library, release and debug (php/, php/build)
+#   make php-test   PHP's whole test suite with both CLIs of each flavour, compared
 
 CARGO   ?= cargo
 CC      = gcc
@@ -23,7 +25,7 @@ STORAGES := malloc mmap_anon mmap_zero
 
 C_TESTS := test_api test_storage test_threads test_php_parity test_growth test_defects
 
-.PHONY: all build deps demo test check-header lint rust-test miri c-test-bins c-tests valgrind-tests stress symbols headers bench clean
+.PHONY: php php-test php-ci all build deps demo test check-header lint rust-test miri c-test-bins c-tests valgrind-tests stress symbols headers bench clean
 
 # What the tests and benchmarks compare against (Debian packages): PHP 8.2's allocator, the
 # malloc peers, valgrind for instruction counts.
@@ -154,6 +156,21 @@ headers: build | $(OUT)
 
 bench: build
 	$(MAKE) -C bench
+
+# PHP 8.2 itself on this library: php/zend_alloc.c replaces Zend/zend_alloc.c (php/php.sh fetches
+# Debian's source package, builds the trees in php/build and prints the CLIs' paths).
+php: build
+	php/php.sh build release debug
+
+# PHP's run-tests.php over the whole tree with the stock and the library CLI of each flavour; the
+# summary lists every test whose result differs. Fails if a test fails only on the library.
+php-test: php
+	@fail=0; for f in release debug; do php/php.sh test $$f || fail=1; done; exit $$fail
+
+# What CI runs: the release CLIs on Zend/tests (about 4,000 tests).
+php-ci: build
+	php/php.sh build release
+	php/php.sh test release Zend/tests
 
 clean:
 	$(CARGO) clean
