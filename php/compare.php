@@ -4,7 +4,9 @@
  * PHP and PHP on zend_alloc. Prints the counts per result and every test whose result differs;
  * exits 1 if a test fails on the library but not on stock PHP.
  *
- *   php -n php/compare.php <stock.txt> <lib.txt> <label>
+ *   php -n php/compare.php <stock.txt> <lib.txt> <label> [<stock tree> <lib tree>]
+ *
+ * Test paths are compared relative to their tree.
  */
 
 if ($argc < 3) {
@@ -15,19 +17,23 @@ if ($argc < 3) {
 /* Results that mean the test did not pass. */
 const BAD = ['FAIL', 'BORK', 'LEAK', 'LEAK&FAIL', 'WARN'];
 
-function results(string $file): array
+function results(string $file, string $tree): array
 {
     $out = [];
+    $prefix = rtrim($tree === '' ? '' : (realpath($tree) ?: $tree), '/') . '/';
     foreach (file($file, FILE_IGNORE_NEW_LINES | FILE_SKIP_EMPTY_LINES) ?: [] as $line) {
         [$result, $test] = explode("\t", $line, 2) + [1 => ''];
+        if ($tree !== '' && str_starts_with($test, $prefix)) {
+            $test = substr($test, strlen($prefix));
+        }
         $out[$test] = $result;
     }
     ksort($out);
     return $out;
 }
 
-$stock = results($argv[1]);
-$lib = results($argv[2]);
+$stock = results($argv[1], $argv[4] ?? '');
+$lib = results($argv[2], $argv[5] ?? '');
 $label = $argv[3] ?? '';
 
 $kinds = array_unique(array_merge(array_values($stock), array_values($lib)));

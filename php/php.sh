@@ -137,7 +137,8 @@ test)
             "$tree/sapi/cli/php" -n run-tests.php -q -j"$jobs" --no-progress -W "$out/$variant.txt" "$@" \
             > "$out/$variant.log" 2>&1) || true
     done
-    "$(tree_of stock "$flavour")/sapi/cli/php" -n "$here/compare.php" "$out/stock.txt" "$out/lib.txt" "$flavour$suffix"
+    "$(tree_of stock "$flavour")/sapi/cli/php" -n "$here/compare.php" "$out/stock.txt" "$out/lib.txt" "$flavour$suffix" \
+        "$(tree_of stock "$flavour")" "$(tree_of lib "$flavour")"
     ;;
 *)
     echo "usage: php/php.sh build|test|path ..." >&2
