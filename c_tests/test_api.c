@@ -936,12 +936,56 @@ static void test_bad_environment_values(void)
     }
 }
 
+/* "hg" if the mapping holding `p` is advised for transparent huge pages (VmFlags of
+ * /proc/self/smaps), "-" if not, "?" if no mapping holds it. */
+static const char *huge_page_flag(const void *p)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    int inside = 0;
+    const char *flag = "?";
+    uintptr_t a = (uintptr_t)p;
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            inside = a >= lo && a < hi;
+        } else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
+            flag = strstr(line, " hg") ? "hg" : "-";
+            break;
+        }
+    }
+    if (f) {
+        fclose(f);
+    }
+    return flag;
+}
+
+/* USE_ZEND_ALLOC_HUGE_PAGES=1 advises segments and huge blocks for transparent huge pages (PHP 8's
+ * MADV_HUGEPAGE on chunks); without it they are left alone. */
+static void test_use_zend_alloc_huge_pages(void)
+{
+    if (access("/sys/kernel/mm/transparent_hugepage/enabled", R_OK) != 0) {
+        fprintf(stderr, "note: this kernel has no transparent huge pages; huge page advice not checked\n");
+        return;
+    }
+    const char *on[] = {"USE_ZEND_ALLOC_HUGE_PAGES=1", "ZEND_MM_MEM_TYPE=mmap_anon", NULL};
+    child_result r = run_self("hugepages", on);
+    CHECK_EXIT(r, 0, "");
+    CHECK(strcmp(r.out, "small hg huge hg\n") == 0);
+    const char *off[] = {"ZEND_MM_MEM_TYPE=mmap_anon", NULL};
+    r = run_self("hugepages", off);
+    CHECK(strcmp(r.out, "small - huge -\n") == 0);
+    const char *bad[] = {"USE_ZEND_ALLOC_HUGE_PAGES=yes", NULL};
+    r = run_self("hugepages", bad);
+    CHECK(r.exited && r.status == 255);
+}
+
 static void test_use_zend_alloc_0_uses_the_c_library(void)
 {
     const char *env[] = {"USE_ZEND_ALLOC=0", NULL};
     child_result r = run_self("libc", env);
     CHECK_EXIT(r, 0, "");
-    CHECK(strcmp(r.out, "custom 1 handlers libc block_size 0 usage 0 freed-with-free ok\n") == 0);
+    CHECK(strcmp(r.out, "custom 1 handlers libc block_size 0 usage 0 real 0 peaks 0 0 freed-with-free ok\n") == 0);
     const char *env1[] = {"USE_ZEND_ALLOC=1k", NULL};
     r = run_self("libc", env1);
     CHECK(strcmp(r.out, "custom 0\n") == 0);
@@ -1103,8 +1147,19 @@ static int probe(const char *mode)
         size_t bs = zend_mem_block_size(p);
         size_t usage = zend_memory_usage(0);
         free(p); /* it came from malloc */
-        printf("custom %d handlers %s block_size %zu usage %zu freed-with-free ok\n", !is_zend_mm(),
-               m == malloc && f == free && r == realloc ? "libc" : "other", bs, usage);
+        /* PHP's heap is then an empty struct: every usage and peak reads 0. */
+        printf("custom %d handlers %s block_size %zu usage %zu real %zu peaks %zu %zu freed-with-free ok\n",
+               !is_zend_mm(), m == malloc && f == free && r == realloc ? "libc" : "other", bs, usage,
+               zend_memory_usage(1), zend_memory_peak_usage(0), zend_memory_peak_usage(1));
+        return 0;
+    }
+    if (strcmp(mode, "hugepages") == 0) {
+        start_memory_manager();
+        char *small = emalloc(100);
+        char *huge = emalloc(4u << 20);
+        printf("small %s huge %s\n", huge_page_flag(small), huge_page_flag(huge));
+        efree(huge);
+        efree(small);
         return 0;
     }
     fprintf(stderr, "unknown probe %s\n", mode);
@@ -1160,6 +1215,7 @@ int main(int argc, char **argv)
     RUN(test_segment_sizes);
     RUN(test_bad_environment_values);
     RUN(test_use_zend_alloc_0_uses_the_c_library);
+    RUN(test_use_zend_alloc_huge_pages);
     CHECK(full_mem_check(0) == 0);
     shutdown_memory_manager(1, 1);
     return test_summary();

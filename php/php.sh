@@ -22,8 +22,7 @@ deb_version=${PHP_DEB_VERSION:-8.2.32-1~deb12u1}
 jobs=${PHP_JOBS:-$(nproc)}
 zts=${PHP_ZTS:-0}
 suffix=$([ "$zts" = 1 ] && echo -zts || echo)
-mkdir -p "$build"
-build=$(cd "$build" && pwd)
+case $build in /*) ;; *) build=$(pwd)/$build ;; esac
 
 say() { echo "php.sh: $*" >&2; }
 

@@ -48,12 +48,20 @@ impl Heap {
 
     /// `zend_memory_usage(real)`.
     pub fn usage(&self, real: bool) -> usize {
-        if real { self.real_size } else { self.size }
+        if self.libc_only {
+            0
+        } else if real {
+            self.real_size
+        } else {
+            self.size
+        }
     }
 
     /// `zend_memory_peak_usage(real)`.
     pub fn peak_usage(&self, real: bool) -> usize {
-        if real {
+        if self.libc_only {
+            0
+        } else if real {
             self.real_peak
         } else {
             self.peak.max(self.size)

@@ -51,6 +51,7 @@ impl Heap {
         if handlers.is_none() {
             self.custom = CustomHandlers::NONE;
             self.use_custom_heap = 0;
+            self.libc_only = false;
             Ok(())
         } else if handlers.is_complete() {
             self.custom = handlers;

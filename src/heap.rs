@@ -165,6 +165,9 @@ pub struct Heap {
     pub reserve: *mut u8,
     pub reserve_size: usize,
     pub custom: CustomHandlers,
+    /// Made custom by `USE_ZEND_ALLOC=0`: the heap's own memory is never used, and usage and peaks
+    /// read 0, as for PHP's heap then (an empty struct in front of `malloc`).
+    pub libc_only: bool,
     /// While `overflow` is set: the stack mark of the `raise` that set it. A call into the library
     /// from a shallower frame means the error handler is over (it longjmped out).
     pub report_mark: usize,
@@ -253,6 +256,7 @@ impl Heap {
             reserve: ptr::null_mut(),
             reserve_size: 0,
             custom: CustomHandlers::NONE,
+            libc_only: false,
             report_mark: 0,
         }
     }

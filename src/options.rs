@@ -22,6 +22,8 @@ pub struct Options {
     pub segment_size: usize,
     pub compact_size: usize,
     pub use_zend_alloc: bool,
+    /// Ask for transparent huge pages on segments and huge blocks.
+    pub huge_pages: bool,
 }
 
 impl Options {
@@ -32,6 +34,7 @@ impl Options {
             segment_size: ZEND_MM_SEG_SIZE,
             compact_size: DEFAULT_COMPACT_SIZE,
             use_zend_alloc: true,
+            huge_pages: false,
         }
     }
 }
@@ -53,7 +56,7 @@ pub struct EnvVar {
     apply: fn(&mut Options, &[u8]) -> Result<(), OptionError>,
 }
 
-pub static ENV_VARS: [EnvVar; 4] = [
+pub static ENV_VARS: [EnvVar; 5] = [
     EnvVar {
         name: c"ZEND_MM_MEM_TYPE",
         default: "malloc",
@@ -98,6 +101,15 @@ pub static ENV_VARS: [EnvVar; 4] = [
         doc: "`0` sends `emalloc`/`efree`/`erealloc` of thread heaps straight to the C library's `malloc`/`free`/`realloc`",
         apply: |o, v| {
             o.use_zend_alloc = number(v)? != 0;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: c"USE_ZEND_ALLOC_HUGE_PAGES",
+        default: "0",
+        doc: "non-zero asks the kernel for transparent huge pages on segments and huge blocks (`madvise(MADV_HUGEPAGE)` on their whole pages), as PHP 8 does",
+        apply: |o, v| {
+            o.huge_pages = number(v)? != 0;
             Ok(())
         },
     },

@@ -133,7 +133,10 @@ pub fn new_default_heap(per_thread: bool) -> *mut Heap {
     }
     if per_thread && !opts.use_zend_alloc {
         // SAFETY: the heap was just made.
-        let _ = unsafe { (*heap).set_custom(crate::custom::CustomHandlers::LIBC) };
+        unsafe {
+            let _ = (*heap).set_custom(crate::custom::CustomHandlers::LIBC);
+            (*heap).libc_only = true;
+        }
     }
     heap
 }

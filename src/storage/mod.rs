@@ -226,6 +226,7 @@ impl Storage {
                 (*seg).size = size;
                 (*seg).next_segment = ptr::null_mut();
             }
+            advise_huge_pages(seg.cast(), size);
         }
         seg.cast()
     }
@@ -257,6 +258,7 @@ impl Storage {
             self.check_alignment(new);
             // SAFETY: `new` is a live segment of `new_size` bytes.
             unsafe { (*new).size = new_size };
+            advise_huge_pages(new.cast(), new_size);
         }
         new.cast()
     }
@@ -288,6 +290,25 @@ impl Storage {
         if let Some(dtor) = self.handlers().dtor {
             // SAFETY: the storage is no longer used (caller contract).
             unsafe { dtor(self.raw) }
+        }
+    }
+}
+
+/// With `USE_ZEND_ALLOC_HUGE_PAGES`, asks the kernel to back the whole pages of a fresh segment
+/// with transparent huge pages (PHP 8 does the same for its chunks). A hint: failure (no THP in the
+/// kernel, memory that is not a mapping of ours) changes nothing.
+fn advise_huge_pages(p: *mut u8, size: usize) {
+    if !crate::options::get().huge_pages {
+        return;
+    }
+    let page = crate::sizes::ZEND_MM_PAGE_SIZE;
+    let start = p.addr().next_multiple_of(page);
+    let end = (p.addr() + size) & !(page - 1);
+    if end > start {
+        // SAFETY: the range lies inside a live segment the storage just gave this heap; madvise
+        // with MADV_HUGEPAGE changes no contents.
+        unsafe {
+            libc::madvise(p.with_addr(start).cast(), end - start, libc::MADV_HUGEPAGE);
         }
     }
 }
