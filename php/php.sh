@@ -54,7 +54,8 @@ install_deps() {
     command -v cc >/dev/null && command -v make >/dev/null && command -v pkg-config >/dev/null \
         && command -v objcopy >/dev/null && return 0
     say "installing build tools"
-    apt-get install -y -qq build-essential pkg-config binutils >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential pkg-config binutils >&2
 }
 
 # The static library with its C API renamed.
@@ -107,40 +108,46 @@ flavours() {
     if [ $# -eq 0 ]; then echo release debug; else echo "$@"; fi
 }
 
-cmd=${1:-build}
-[ $# -gt 0 ] && shift
-case $cmd in
-build)
-    fetch_source
-    install_deps
-    renamed_library
-    for flavour in $(flavours "$@"); do
-        for variant in stock lib; do
-            build_one "$variant" "$flavour"
-        done
-    done
-    ;;
-path)
-    echo "$(tree_of "$1" "$2")/sapi/cli/php"
-    ;;
-test)
-    flavour=${1:-release}
+# The whole file is read before anything runs (editing it during a run is then harmless).
+main() {
+    cmd=${1:-build}
     [ $# -gt 0 ] && shift
-    out=$build/results-$flavour$suffix
-    mkdir -p "$out"
-    for variant in stock lib; do
-        tree=$(tree_of "$variant" "$flavour")
-        [ -x "$tree/sapi/cli/php" ] || { say "no $variant $flavour CLI: run php/php.sh build $flavour"; exit 1; }
-        say "run-tests.php with the $variant $flavour$suffix CLI"
-        (cd "$tree" && TEST_PHP_EXECUTABLE="$tree/sapi/cli/php" NO_INTERACTION=1 \
-            "$tree/sapi/cli/php" -n run-tests.php -q -j"$jobs" --no-progress -W "$out/$variant.txt" "$@" \
-            > "$out/$variant.log" 2>&1) || true
-    done
-    "$(tree_of stock "$flavour")/sapi/cli/php" -n "$here/compare.php" "$out/stock.txt" "$out/lib.txt" "$flavour$suffix" \
-        "$(tree_of stock "$flavour")" "$(tree_of lib "$flavour")"
-    ;;
-*)
-    echo "usage: php/php.sh build|test|path ..." >&2
-    exit 2
-    ;;
-esac
+    case $cmd in
+    build)
+        fetch_source
+        install_deps
+        renamed_library
+        for flavour in $(flavours "$@"); do
+            for variant in stock lib; do
+                build_one "$variant" "$flavour"
+            done
+        done
+        ;;
+    path)
+        echo "$(tree_of "$1" "$2")/sapi/cli/php"
+        ;;
+    test)
+        flavour=${1:-release}
+        [ $# -gt 0 ] && shift
+        out=$build/results-$flavour$suffix
+        mkdir -p "$out"
+        for variant in stock lib; do
+            tree=$(tree_of "$variant" "$flavour")
+            [ -x "$tree/sapi/cli/php" ] || { say "no $variant $flavour CLI: run php/php.sh build $flavour"; exit 1; }
+            say "run-tests.php with the $variant $flavour$suffix CLI"
+            (cd "$tree" && TEST_PHP_EXECUTABLE="$tree/sapi/cli/php" NO_INTERACTION=1 \
+                "$tree/sapi/cli/php" -n run-tests.php -q -j"$jobs" --no-progress -W "$out/$variant.txt" "$@" \
+                > "$out/$variant.log" 2>&1) || true
+        done
+        "$(tree_of stock "$flavour")/sapi/cli/php" -n "$here/compare.php" "$out/stock.txt" "$out/lib.txt" "$flavour$suffix" \
+            "$(tree_of stock "$flavour")" "$(tree_of lib "$flavour")"
+        ;;
+    *)
+        echo "usage: php/php.sh build|test|path ..." >&2
+        exit 2
+        ;;
+    esac
+}
+
+main "$@"
+exit
