@@ -252,6 +252,30 @@ static inline child_result run_self(const char *mode, const char *const *env)
     return spawn_child(&spec);
 }
 
+/* "hg" if the mapping holding `p` is advised for transparent huge pages (VmFlags of
+ * /proc/self/smaps), "-" if not, "?" if no mapping holds it. */
+static inline const char *huge_page_flag(const void *p)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    int inside = 0;
+    const char *flag = "?";
+    uintptr_t a = (uintptr_t)p;
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            inside = a >= lo && a < hi;
+        } else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
+            flag = strstr(line, " hg") ? "hg" : "-";
+            break;
+        }
+    }
+    if (f) {
+        fclose(f);
+    }
+    return flag;
+}
+
 /* Checks that a child ended with exit status `status` and (unless `err` is NULL) wrote exactly
  * `err` to stderr. */
 #define CHECK_EXIT(r, status, err) check_exit_impl(&(r), (status), (err), __FILE__, __LINE__)

@@ -936,32 +936,9 @@ static void test_bad_environment_values(void)
     }
 }
 
-/* "hg" if the mapping holding `p` is advised for transparent huge pages (VmFlags of
- * /proc/self/smaps), "-" if not, "?" if no mapping holds it. */
-static const char *huge_page_flag(const void *p)
-{
-    FILE *f = fopen("/proc/self/smaps", "r");
-    char line[512];
-    int inside = 0;
-    const char *flag = "?";
-    uintptr_t a = (uintptr_t)p;
-    while (f && fgets(line, sizeof line, f)) {
-        unsigned long lo, hi;
-        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
-            inside = a >= lo && a < hi;
-        } else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
-            flag = strstr(line, " hg") ? "hg" : "-";
-            break;
-        }
-    }
-    if (f) {
-        fclose(f);
-    }
-    return flag;
-}
-
-/* USE_ZEND_ALLOC_HUGE_PAGES=1 advises segments and huge blocks for transparent huge pages (PHP 8's
- * MADV_HUGEPAGE on chunks); without it they are left alone. */
+/* USE_ZEND_ALLOC_HUGE_PAGES=1 advises segments and huge blocks of the built-in storages for
+ * transparent huge pages (PHP 8's MADV_HUGEPAGE on its chunks); without it they are left alone.
+ * (test_storage checks that a user storage's memory is never advised.) */
 static void test_use_zend_alloc_huge_pages(void)
 {
     if (access("/sys/kernel/mm/transparent_hugepage/enabled", R_OK) != 0) {
@@ -977,7 +954,7 @@ static void test_use_zend_alloc_huge_pages(void)
     CHECK(strcmp(r.out, "small - huge -\n") == 0);
     const char *bad[] = {"USE_ZEND_ALLOC_HUGE_PAGES=yes", NULL};
     r = run_self("hugepages", bad);
-    CHECK(r.exited && r.status == 255);
+    CHECK_EXIT(r, 255, "USE_ZEND_ALLOC_HUGE_PAGES must be a number (optionally followed by k, m or g), got 'yes'\n");
 }
 
 static void test_use_zend_alloc_0_uses_the_c_library(void)

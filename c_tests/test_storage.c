@@ -964,7 +964,26 @@ static int probe(const char *mode)
         printf("compacts %d\n", arena_state.compacts);
         return 0;
     }
+    if (strcmp(mode, "hugepages") == 0) {
+        reset_offset_storage(0);
+        zend_mm_heap *heap = zend_mm_startup_ex(&offset_handlers, 2 * 1024 * 1024, 0, 0, NULL);
+        zend_mm_set_heap(heap);
+        char *small = emalloc(100);
+        char *huge = emalloc(4u << 20);
+        printf("small %s huge %s\n", huge_page_flag(small), huge_page_flag(huge));
+        return 0;
+    }
     return 2;
+}
+
+/* USE_ZEND_ALLOC_HUGE_PAGES concerns the library's own storages: memory a user storage hands out
+ * (here fresh anonymous mappings) is never advised, as PHP 8 leaves a custom storage's chunks alone. */
+static void test_huge_pages_leave_user_storages_alone(void)
+{
+    const char *on[] = {"USE_ZEND_ALLOC_HUGE_PAGES=1", NULL};
+    child_result r = run_self("hugepages", on);
+    CHECK_EXIT(r, 0, "");
+    CHECK(strcmp(r.out, "small - huge -\n") == 0);
 }
 
 static void test_compaction_threshold_comes_from_the_environment(void)
@@ -985,6 +1004,7 @@ int main(int argc, char **argv)
         return probe(argv[2]);
     }
     RUN(test_heap_on_an_aligned_arena);
+    RUN(test_huge_pages_leave_user_storages_alone);
     RUN(test_heap_on_an_unaligned_arena);
     RUN(test_storage_without_realloc);
     RUN(test_storage_exhaustion_is_out_of_memory);

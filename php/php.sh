@@ -32,7 +32,7 @@ fetch_source() {
     tarball=$(ls "$build"/src/php8.2_*.orig.tar.xz 2>/dev/null | head -n 1 || true)
     [ -n "$tarball" ] && return 0
     mkdir -p "$build/src"
-    if ! apt-cache showsrc php8.2 >/dev/null 2>&1 || [ -z "$(apt-cache showsrc php8.2 2>/dev/null)" ]; then
+    if [ -z "$(apt-cache showsrc php8.2 2>/dev/null)" ]; then
         say "adding deb-src entries for apt"
         for f in /etc/apt/sources.list.d/*.sources; do
             [ -f "$f" ] || continue

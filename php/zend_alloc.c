@@ -121,29 +121,24 @@ zend_alloc_lib_error_handler zend_alloc_lib_zend_mm_set_error_handler(zend_alloc
  * location; a nested bailout while reporting is absorbed, then the request bails out. */
 static ZEND_COLD ZEND_NORETURN void php_mm_error(int type, const char *file, uint32_t line, const char *message)
 {
-	(void) type;
-#if ZEND_DEBUG
-	/* Debug builds name the C location of the allocation in the limit message. */
+	/* Debug builds name the C location of the allocation in the limit message: "Allowed memory
+	 * size of N bytes exhausted at file:line (tried to allocate M bytes)". */
+	const char *tried = NULL;
 	static const char limit_prefix[] = "Allowed memory size of ";
-	const char *tried = strstr(message, " (tried to allocate ");
-	if (strncmp(message, limit_prefix, sizeof(limit_prefix) - 1) == 0 && tried) {
-		zend_try {
+	if (ZEND_DEBUG && strncmp(message, limit_prefix, sizeof(limit_prefix) - 1) == 0) {
+		tried = strstr(message, " (tried to allocate ");
+	}
+	(void) type;
+	zend_try {
+		if (tried) {
 			zend_error_noreturn(E_ERROR, "%.*s at %s:%u%s", (int) (tried - message), message,
 				file ? file : "Unknown", line, tried);
-		} zend_catch {
-		} zend_end_try();
-		zend_bailout();
-	}
-#else
-	(void) file;
-	(void) line;
-#endif
-	zend_try {
-		zend_error_noreturn(E_ERROR, "%s", message);
+		} else {
+			zend_error_noreturn(E_ERROR, "%s", message);
+		}
 	} zend_catch {
 	} zend_end_try();
 	zend_bailout();
-	exit(1);
 }
 
 /* ---- Allocation ---- */
@@ -394,7 +389,6 @@ ZEND_API void zend_mm_set_custom_debug_handlers(zend_mm_heap *heap,
 
 typedef struct {
 	zend_alloc_lib_storage lib;
-	size_t data_size;
 	zend_mm_storage php; /* PHP 8's view: the handlers and a copy of the caller's data after it */
 } chunk_storage;
 
@@ -412,7 +406,6 @@ static zend_alloc_lib_storage *chunk_storage_init(void *params)
 		return NULL;
 	}
 	memcpy((zend_mm_handlers *) &s->php.handlers, p->handlers, sizeof(zend_mm_handlers));
-	s->data_size = p->data_size;
 	s->php.data = NULL;
 	if (p->data) {
 		s->php.data = s + 1;
@@ -424,11 +417,6 @@ static zend_alloc_lib_storage *chunk_storage_init(void *params)
 static void chunk_storage_dtor(zend_alloc_lib_storage *storage)
 {
 	free(storage);
-}
-
-static void chunk_storage_compact(zend_alloc_lib_storage *storage)
-{
-	(void) storage;
 }
 
 static zend_alloc_lib_segment *chunk_storage_alloc(zend_alloc_lib_storage *storage, size_t size)
@@ -469,7 +457,7 @@ static const zend_alloc_lib_mem_handlers chunk_storage_handlers = {
 	"php8_chunks",
 	chunk_storage_init,
 	chunk_storage_dtor,
-	chunk_storage_compact,
+	NULL, /* PHP 8's handlers have nothing to compact with */
 	chunk_storage_alloc,
 	chunk_storage_realloc,
 	chunk_storage_free,

@@ -100,16 +100,16 @@ pub static ENV_VARS: [EnvVar; 5] = [
         default: "1",
         doc: "`0` sends `emalloc`/`efree`/`erealloc` of thread heaps straight to the C library's `malloc`/`free`/`realloc`",
         apply: |o, v| {
-            o.use_zend_alloc = number(v)? != 0;
+            o.use_zend_alloc = flag(v)?;
             Ok(())
         },
     },
     EnvVar {
         name: c"USE_ZEND_ALLOC_HUGE_PAGES",
         default: "0",
-        doc: "non-zero asks the kernel for transparent huge pages on segments and huge blocks (`madvise(MADV_HUGEPAGE)` on their whole pages), as PHP 8 does",
+        doc: "non-zero asks the kernel for transparent huge pages on the built-in storages' segments and huge blocks (`madvise(MADV_HUGEPAGE)` on their whole pages), as PHP 8 does for its own chunks",
         apply: |o, v| {
-            o.huge_pages = number(v)? != 0;
+            o.huge_pages = flag(v)?;
             Ok(())
         },
     },
@@ -217,6 +217,11 @@ pub fn parse_zend_atoi(s: &[u8]) -> Result<i64, NumberError> {
     };
     let value = value.checked_mul(factor).ok_or(NumberError::TooLarge)?;
     Ok(if negative { -value } else { value })
+}
+
+/// A switch: any number, non-zero meaning on (PHP reads these with `ZEND_ATOL`).
+fn flag(v: &[u8]) -> Result<bool, OptionError> {
+    Ok(number(v)? != 0)
 }
 
 fn number(v: &[u8]) -> Result<i64, OptionError> {

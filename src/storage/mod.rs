@@ -93,7 +93,9 @@ unsafe extern "C" fn alloc_tramp<S: SegmentSource>(
     _storage: *mut zend_mm_storage,
     size: usize,
 ) -> *mut zend_mm_segment {
-    S::alloc(size).cast()
+    let p = S::alloc(size);
+    advise_huge_pages(p, size);
+    p.cast()
 }
 
 /// # Safety
@@ -106,7 +108,9 @@ unsafe extern "C" fn realloc_tramp<S: SegmentSource>(
     // SAFETY: the heap keeps the allocated size in the segment header (module invariant).
     let old_size = unsafe { (*segment).size };
     // SAFETY: `segment` was allocated by `S` with `old_size` bytes (caller contract).
-    unsafe { S::realloc(segment.cast(), old_size, size).cast() }
+    let p = unsafe { S::realloc(segment.cast(), old_size, size) };
+    advise_huge_pages(p, size);
+    p.cast()
 }
 
 /// # Safety
@@ -226,7 +230,6 @@ impl Storage {
                 (*seg).size = size;
                 (*seg).next_segment = ptr::null_mut();
             }
-            advise_huge_pages(seg.cast(), size);
         }
         seg.cast()
     }
@@ -258,7 +261,6 @@ impl Storage {
             self.check_alignment(new);
             // SAFETY: `new` is a live segment of `new_size` bytes.
             unsafe { (*new).size = new_size };
-            advise_huge_pages(new.cast(), new_size);
         }
         new.cast()
     }
@@ -294,11 +296,12 @@ impl Storage {
     }
 }
 
-/// With `USE_ZEND_ALLOC_HUGE_PAGES`, asks the kernel to back the whole pages of a fresh segment
-/// with transparent huge pages (PHP 8 does the same for its chunks). A hint: failure (no THP in the
-/// kernel, memory that is not a mapping of ours) changes nothing.
+/// With `USE_ZEND_ALLOC_HUGE_PAGES`, asks the kernel to back the whole pages of a block a built-in
+/// storage just gave out with transparent huge pages. PHP 8 does the same for the chunks it maps
+/// itself, never for a user storage's memory, hence here and not in [`Storage::alloc`]. A hint:
+/// failure (no THP in the kernel) changes nothing.
 fn advise_huge_pages(p: *mut u8, size: usize) {
-    if !crate::options::get().huge_pages {
+    if p.is_null() || !crate::options::get().huge_pages {
         return;
     }
     let page = crate::sizes::ZEND_MM_PAGE_SIZE;
