@@ -153,8 +153,8 @@ typedef struct _zend_mm_storage zend_mm_storage;
 
 /**
  * Largest request served as a page run of a default-sized segment (511 pages); larger requests are
- * huge blocks with storage of their own. Other segment sizes move this bound, see
- * [`crate::segment::max_large_pages`].
+ * huge blocks with storage of their own. Other segment sizes move this bound (the segment module
+ * computes it from the segment header's size).
  */
 #define ZEND_MM_MAX_LARGE_SIZE (((2 * 1024) * 1024) - 4096)
 
@@ -175,16 +175,20 @@ typedef void (*zend_mm_storage_dtor_t)(zend_mm_storage *storage);
 typedef void (*zend_mm_storage_compact_t)(zend_mm_storage *storage);
 
 /**
- * Header the heap keeps at the start of every block of memory it gets from a storage.
- *
- * The heap writes `size` (the number of bytes it asked the storage for) before it calls the
- * storage's `_realloc` or `_free`, so handlers can read the size there as PHP's `mmap_anon` does.
+ * The header at the start of every storage allocation (C: `zend_mm_segment`, PHP 5.3's layout):
+ * the size the heap asked for, which storages read when they free or resize, and an unused link.
  */
 struct _zend_mm_segment {
     size_t size;
     struct _zend_mm_segment *next_segment;
 };
 
+/**
+ * Header the heap keeps at the start of every block of memory it gets from a storage.
+ *
+ * The heap writes `size` (the number of bytes it asked the storage for) before it calls the
+ * storage's `_realloc` or `_free`, so handlers can read the size there as PHP's `mmap_anon` does.
+ */
 typedef struct _zend_mm_segment zend_mm_segment;
 
 /**

@@ -1,9 +1,11 @@
 //! Diagnostics: fatal errors, heap corruption and the messages they print (zend_alloc.c's
 //! `zend_mm_safe_error`, `zend_mm_panic`, `zend_out_of_memory`).
 //!
-//! Owns the error handler an embedding program installs and every text the library prints. Texts are
-//! PHP's, byte for byte. Nothing here allocates: messages are formatted into stack buffers and written
-//! with `write(2)`, so the error path works when memory is what ran out.
+//! Owns the slot for the error handler an embedding program installs and every text the library
+//! prints. Texts are PHP's, byte for byte. Nothing here allocates: messages are formatted into stack
+//! buffers and written with `write(2)`, so the error path works when memory is what ran out. It
+//! knows no heap: the heap marks itself as reporting (`heap::api::raise`) before it calls
+//! [`report_fatal`], and holds no borrow of itself while the handler runs.
 //!
 //! Fatal errors are raised only from frames that hold no values with destructors, because the error
 //! handler may `longjmp` over them (as PHP's bailout does).
@@ -11,9 +13,6 @@
 use core::ffi::{CStr, c_char, c_int};
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicPtr, Ordering};
-
-use crate::ffi::types::zend_mm_error_handler_t;
-use crate::heap::Heap;
 
 /// PHP's `E_ERROR`, the type every fatal error is reported with.
 pub(crate) const E_ERROR: c_int = 1;
@@ -36,13 +35,6 @@ impl Site {
             may_fail: false,
         }
     }
-
-    /// An allocation the library makes for itself: failures are handled by the caller.
-    pub const INTERNAL: Site = Site {
-        file: core::ptr::null(),
-        line: 0,
-        may_fail: true,
-    };
 
     pub const fn may_fail(self) -> Site {
         Site {
@@ -182,38 +174,31 @@ pub fn eprint(args: fmt::Arguments<'_>) {
     write_stderr(msg.as_bytes());
 }
 
+/// The embedder's fatal error handler: error type (`E_ERROR`), the caller's file and line, PHP's
+/// message. It may `longjmp` out; if it returns, the process exits.
+pub type ErrorHandler =
+    unsafe extern "C" fn(error_type: c_int, file: *const c_char, line: u32, message: *const c_char);
+
 static ERROR_HANDLER: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 
-/// Installs the process-wide fatal error handler; returns the previous one.
-pub fn set_error_handler(handler: zend_mm_error_handler_t) -> zend_mm_error_handler_t {
-    let new = handler.map_or(core::ptr::null_mut(), |f| f as *mut ());
-    let old = ERROR_HANDLER.swap(new, Ordering::AcqRel);
-    if old.is_null() {
+/// The handler a slot value stands for.
+fn handler_from(raw: *mut ()) -> Option<ErrorHandler> {
+    if raw.is_null() {
         None
     } else {
-        // SAFETY: only values of this exact function pointer type are stored.
-        Some(unsafe {
-            core::mem::transmute::<
-                *mut (),
-                unsafe extern "C" fn(c_int, *const c_char, u32, *const c_char),
-            >(old)
-        })
+        // SAFETY: the slot holds only null or values of this exact function pointer type.
+        Some(unsafe { core::mem::transmute::<*mut (), ErrorHandler>(raw) })
     }
 }
 
-fn error_handler() -> zend_mm_error_handler_t {
-    let h = ERROR_HANDLER.load(Ordering::Acquire);
-    if h.is_null() {
-        None
-    } else {
-        // SAFETY: only values of this exact function pointer type are stored.
-        Some(unsafe {
-            core::mem::transmute::<
-                *mut (),
-                unsafe extern "C" fn(c_int, *const c_char, u32, *const c_char),
-            >(h)
-        })
-    }
+/// Installs the process-wide fatal error handler; returns the previous one.
+pub fn set_error_handler(handler: Option<ErrorHandler>) -> Option<ErrorHandler> {
+    let new = handler.map_or(core::ptr::null_mut(), |f| f as *mut ());
+    handler_from(ERROR_HANDLER.swap(new, Ordering::AcqRel))
+}
+
+fn error_handler() -> Option<ErrorHandler> {
+    handler_from(ERROR_HANDLER.load(Ordering::Acquire))
 }
 
 /// The file name to report for `site` (PHP says "Unknown" when it has none).
@@ -226,24 +211,17 @@ fn site_file(site: &Site) -> &CStr {
     }
 }
 
-/// Raises a fatal error: hands PHP's message to the error handler, or prints
+/// Reports a fatal error: hands PHP's message to the error handler, or prints
 /// `Fatal error: <message> in <file> on line <line>` and exits with status 255.
 ///
-/// `heap` (if not null) is marked as reporting an error, so for limit and out-of-memory errors the
-/// handler may allocate beyond the memory limit; its reserve is given back for the same reason.
-///
 /// # Safety
-/// `heap` must be null or a live heap in a consistent state. The caller's frames must hold no values
-/// with destructors: the handler may `longjmp` over them.
+/// The caller's frames must hold no values with destructors and no borrow of a heap: the handler
+/// may `longjmp` over them, or call back into the library.
 #[cold]
 #[inline(never)]
-pub unsafe fn raise(heap: *mut Heap, site: Site, fatal: Fatal) -> ! {
+pub unsafe fn report_fatal(site: Site, fatal: Fatal) -> ! {
     let mut msg = MsgBuf::<256>::new();
     let _ = write!(msg, "{fatal}");
-    if !heap.is_null() {
-        // SAFETY: live heap (caller contract).
-        unsafe { (*heap).begin_error_report(&fatal, stack_mark()) };
-    }
     let file = site_file(&site);
     if let Some(handler) = error_handler() {
         // SAFETY: calling the embedder's handler with valid C strings; it may longjmp away.
@@ -283,6 +261,16 @@ pub fn heap_corrupted() -> ! {
 pub fn misuse(function: &str, problem: &str) -> ! {
     eprint(format_args!("{function}: {problem}\n"));
     std::process::abort()
+}
+
+/// A storage's `init` returned nothing: PHP 5.3's startup error, exit status 255.
+#[cold]
+#[inline(never)]
+pub fn storage_init_failed(name: &CStr) -> ! {
+    startup_error(format_args!(
+        "Cannot initialize zend_mm storage [{}]\n",
+        name.to_str().unwrap_or("?")
+    ))
 }
 
 /// PHP's `zend_out_of_memory()`: a persistent (libc) allocation failed.

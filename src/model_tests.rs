@@ -10,11 +10,9 @@ use core::ffi::CStr;
 use std::alloc::{Layout, alloc, dealloc, realloc};
 use std::collections::BTreeMap;
 
-use crate::diagnostics::Site;
-use crate::ffi::types::{zend_mm_mem_handlers, zend_mm_storage};
 use crate::heap::Heap;
 use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, keeps_bin};
-use crate::storage::{self, SegmentSource, StaticStorage, Storage, handlers_for};
+use crate::storage::{self, SegmentSource, Storage, StorageOps};
 
 /// A storage on Rust's global allocator whose segments start `MISALIGN` bytes into a page (the
 /// storage API promises 16-byte alignment only), to exercise the heap on addresses no mmap storage
@@ -28,15 +26,8 @@ const MISALIGN: usize = 16;
 type Unaligned = StdStorage<MISALIGN>;
 
 impl<const MISALIGN: usize> StdStorage<MISALIGN> {
-    const HANDLERS: zend_mm_mem_handlers = handlers_for::<Self>();
-    /// The storage instance: a constant, never written (the heap only reads it).
-    const INSTANCE: zend_mm_storage = zend_mm_storage {
-        handlers: &Self::HANDLERS,
-        data: core::ptr::null_mut(),
-    };
-
-    pub(crate) fn handlers() -> &'static zend_mm_mem_handlers {
-        &Self::HANDLERS
+    pub(crate) fn ops() -> &'static StorageOps {
+        &<Self as SegmentSource>::OPS
     }
 
     fn layout(size: usize) -> Layout {
@@ -49,14 +40,8 @@ impl<const MISALIGN: usize> StdStorage<MISALIGN> {
     }
 }
 
-static STD_HANDLERS: zend_mm_mem_handlers = handlers_for::<Unaligned>();
-
 impl<const MISALIGN: usize> SegmentSource for StdStorage<MISALIGN> {
     const NAME: &'static CStr = c"std";
-
-    fn instance() -> *mut zend_mm_storage {
-        (&Self::INSTANCE as *const zend_mm_storage).cast_mut()
-    }
 
     fn alloc(size: usize) -> *mut u8 {
         // SAFETY: a non-zero layout.
@@ -197,17 +182,19 @@ fn heap_block(b: &Block) -> usize {
     b.block
 }
 
-fn run(handlers: &'static zend_mm_mem_handlers, segment_size: usize, seed: u64, steps: usize) {
-    // SAFETY: built-in and test init handlers take no parameters.
-    let raw = unsafe { handlers.init.unwrap()(core::ptr::null_mut()) };
-    // SAFETY: a fresh storage with every handler.
-    let storage = unsafe { Storage::from_raw(raw) };
+/// A heap on `ops` with `segment_size` segments.
+fn new_heap(ops: &'static StorageOps, segment_size: usize) -> *mut Heap {
+    let storage = Storage::open_builtin(ops, false).expect("the storage opens");
     // SAFETY: the storage is ours; the segment size is valid.
-    let heap_ptr = unsafe { Heap::create(storage, segment_size, 0, 0) };
-    assert!(!heap_ptr.is_null());
+    let heap = unsafe { Heap::create(storage, segment_size, 0, 0) };
+    assert!(!heap.is_null());
+    heap
+}
+
+fn run(ops: &'static StorageOps, segment_size: usize, seed: u64, steps: usize) {
+    let heap_ptr = new_heap(ops, segment_size);
     // SAFETY: a live heap used by this thread only.
     let heap = unsafe { &mut *heap_ptr };
-    let site = Site::INTERNAL;
     let limit = 40 * segment_size;
     heap.set_limit(limit).unwrap();
     let mut rng = Rng(seed | 1);
@@ -218,17 +205,16 @@ fn run(handlers: &'static zend_mm_mem_handlers, segment_size: usize, seed: u64, 
         match rng.below(100) {
             0..=44 => {
                 let size = rng.size(segment_size);
-                let p = heap.alloc(size, site);
-                if p.is_null() {
+                let Ok(p) = heap.alloc(size) else {
                     // Only the limit may refuse, and only when storage would be needed: a segment,
                     // or a huge block with its header page.
                     let need = segment_size.max(expected_block_size(size) + 4096);
                     assert!(
-                        heap.real_size + need > limit,
+                        heap.usage(true) + need > limit,
                         "refused {size} bytes below the limit"
                     );
                     continue;
-                }
+                };
                 let block = expected_block_size(size);
                 model.check_new_block(heap, p, size, block);
                 let seed = rng.next() as u8;
@@ -246,13 +232,12 @@ fn run(handlers: &'static zend_mm_mem_handlers, segment_size: usize, seed: u64, 
             80..=96 if !model.live.is_empty() => {
                 let (key, b) = model.take_random(&mut rng);
                 let size = rng.size(segment_size);
-                let q = heap.realloc(key as *mut u8, size, size, site);
-                if q.is_null() {
+                let Ok(q) = heap.realloc(key as *mut u8, size, size) else {
                     // Refused by the limit: the old block is intact.
                     assert!(stamped(key as *const u8, b.size, b.seed));
                     model.live.insert(key, b);
                     continue;
-                }
+                };
                 // PHP 8.2 keeps a small block in place down to the next smaller bin's size.
                 let old_bin = (b.block <= ZEND_MM_MAX_SMALL_SIZE).then(|| bin_of(b.block));
                 let block = match old_bin {
@@ -285,9 +270,9 @@ fn run(handlers: &'static zend_mm_mem_handlers, segment_size: usize, seed: u64, 
             }
             _ => {}
         }
-        assert_eq!(heap.size, model.usage(), "usage after step {step}");
+        assert_eq!(heap.usage(false), model.usage(), "usage after step {step}");
         assert!(
-            heap.real_size <= limit || heap.overflow != 0,
+            heap.usage(true) <= limit || heap.in_error_report(),
             "real usage under the limit"
         );
         if step % 500 == 0 {
@@ -320,8 +305,8 @@ fn segment_sizes() -> &'static [usize] {
 #[test]
 #[cfg_attr(miri, ignore = "the built-in storages need mmap and libc")]
 fn random_sequences_on_every_builtin_storage() {
-    for (i, handlers) in storage::BUILTIN.iter().enumerate() {
-        run(handlers, 2 << 20, 0x5eed_0000 + i as u64, steps());
+    for (i, ops) in storage::BUILTIN.iter().enumerate() {
+        run(ops, 2 << 20, 0x5eed_0000 + i as u64, steps());
     }
 }
 
@@ -329,7 +314,7 @@ fn random_sequences_on_every_builtin_storage() {
 fn random_sequences_on_unaligned_storage() {
     for seed in 1..4 {
         for &segment_size in segment_sizes() {
-            run(&STD_HANDLERS, segment_size, seed, steps());
+            run(Unaligned::ops(), segment_size, seed, steps());
         }
     }
 }
@@ -337,19 +322,14 @@ fn random_sequences_on_unaligned_storage() {
 #[test]
 fn random_sequences_on_storages_misaligned_by_any_amount() {
     let storages = [
-        StdStorage::<48>::handlers(),
-        StdStorage::<2048>::handlers(),
-        StdStorage::<2064>::handlers(),
-        StdStorage::<4080>::handlers(),
+        StdStorage::<48>::ops(),
+        StdStorage::<2048>::ops(),
+        StdStorage::<2064>::ops(),
+        StdStorage::<4080>::ops(),
     ];
-    for (i, handlers) in storages.into_iter().enumerate() {
+    for (i, ops) in storages.into_iter().enumerate() {
         for (j, &segment_size) in segment_sizes().iter().enumerate() {
-            run(
-                handlers,
-                segment_size,
-                40 + 10 * j as u64 + i as u64,
-                steps(),
-            );
+            run(ops, segment_size, 40 + 10 * j as u64 + i as u64, steps());
         }
     }
 }
@@ -362,31 +342,23 @@ fn random_sequences_on_storages_misaligned_by_any_amount() {
     ignore = "2 MiB segments take many minutes under Miri; the misaligned model runs cover the path"
 )]
 fn the_longest_large_block_on_a_storage_far_into_a_page_keeps_memory_bounded() {
-    for handlers in [
-        StdStorage::<2048>::handlers(),
-        StdStorage::<4080>::handlers(),
-        StdStorage::<16>::handlers(),
+    for ops in [
+        StdStorage::<2048>::ops(),
+        StdStorage::<4080>::ops(),
+        StdStorage::<16>::ops(),
     ] {
-        // SAFETY: test init handlers take no parameters.
-        let raw = unsafe { handlers.init.unwrap()(core::ptr::null_mut()) };
-        // SAFETY: a fresh storage with every handler; a valid segment size.
-        let heap_ptr = unsafe { Heap::create(Storage::from_raw(raw), 2 << 20, 0, 0) };
+        let heap_ptr = new_heap(ops, 2 << 20);
         // SAFETY: a live heap used by this thread only.
         let heap = unsafe { &mut *heap_ptr };
         heap.set_limit(32 << 20).unwrap();
         let longest = crate::sizes::ZEND_MM_MAX_LARGE_SIZE;
-        let kept = heap.alloc(longest, Site::INTERNAL);
-        assert!(!kept.is_null());
+        let kept = heap.alloc(longest).expect("under the limit");
         for _ in 0..200 {
-            let p = heap.alloc(longest, Site::INTERNAL);
-            assert!(!p.is_null(), "refused under the limit");
+            let p = heap.alloc(longest).expect("refused under the limit");
             assert_eq!(heap.block_size(p), longest);
             heap.free(p);
         }
-        assert!(
-            heap.segments_count + heap.cached_count <= 3,
-            "segments pile up"
-        );
+        assert!(heap.segments_held() <= 3, "segments pile up");
         let errors = heap.check_all(&mut |_| {});
         assert_eq!(errors, 0);
         heap.free(kept);
@@ -399,7 +371,7 @@ fn the_longest_large_block_on_a_storage_far_into_a_page_keeps_memory_bounded() {
 #[cfg_attr(miri, ignore = "the built-in storages need mmap and libc")]
 fn random_sequences_with_other_segment_sizes() {
     for (i, segment_size) in [64 << 10, 256 << 10, 8 << 20].into_iter().enumerate() {
-        run(&STD_HANDLERS, segment_size, 77 + i as u64, steps());
+        run(Unaligned::ops(), segment_size, 77 + i as u64, steps());
         run(storage::BUILTIN[1], segment_size, 99 + i as u64, steps());
     }
 }
@@ -435,15 +407,8 @@ fn the_test_storage_really_is_unaligned() {
 /// The unaligned storage, except that it refuses every resize.
 struct NoResizeStorage;
 
-static NO_RESIZE_HANDLERS: zend_mm_mem_handlers = handlers_for::<NoResizeStorage>();
-static NO_RESIZE_INSTANCE: StaticStorage = StaticStorage::new(&NO_RESIZE_HANDLERS);
-
 impl SegmentSource for NoResizeStorage {
     const NAME: &'static CStr = c"no_resize";
-
-    fn instance() -> *mut zend_mm_storage {
-        NO_RESIZE_INSTANCE.get()
-    }
 
     fn alloc(size: usize) -> *mut u8 {
         Unaligned::alloc(size)
@@ -465,23 +430,19 @@ impl SegmentSource for NoResizeStorage {
 #[cfg_attr(miri, ignore = "the built-in storages need mmap and libc")]
 fn huge_blocks_resized_through_storage_stay_on_the_list() {
     const MIB: usize = 1 << 20;
-    let every: [&'static zend_mm_mem_handlers; 5] = [
+    let every: [&'static StorageOps; 5] = [
         storage::BUILTIN[0],
         storage::BUILTIN[1],
         storage::BUILTIN[2],
-        &STD_HANDLERS,
-        &NO_RESIZE_HANDLERS,
+        Unaligned::ops(),
+        &<NoResizeStorage as SegmentSource>::OPS,
     ];
-    for handlers in every {
-        // SAFETY: built-in and test init handlers take no parameters.
-        let raw = unsafe { handlers.init.unwrap()(core::ptr::null_mut()) };
-        // SAFETY: a fresh storage with every handler; a valid segment size.
-        let heap_ptr = unsafe { Heap::create(Storage::from_raw(raw), 2 * MIB, 0, 0) };
+    for ops in every {
+        let heap_ptr = new_heap(ops, 2 * MIB);
         // SAFETY: a live heap used by this thread only.
         let heap = unsafe { &mut *heap_ptr };
-        let site = Site::INTERNAL;
         let mut blocks = [(3 * MIB, 1u8), (6 * MIB, 2), (4 * MIB, 3)].map(|(size, seed)| {
-            let p = heap.alloc(size, site);
+            let p = heap.alloc(size).unwrap();
             stamp(p, size, seed);
             (p, size, seed)
         });
@@ -489,7 +450,7 @@ fn huge_blocks_resized_through_storage_stay_on_the_list() {
         // below half of its storage.
         for (i, new_size) in [(2, 12 * MIB), (1, 2 * MIB + 300 * 1024)] {
             let (p, _, seed) = blocks[i];
-            let q = heap.realloc(p, new_size, new_size, site);
+            let q = heap.realloc(p, new_size, new_size).unwrap();
             assert_eq!(heap.block_size(q), expected_block_size(new_size));
             assert_eq!(
                 // SAFETY: `q` holds at least one byte.
@@ -509,8 +470,8 @@ fn huge_blocks_resized_through_storage_stay_on_the_list() {
         }
         let errors = heap.check_all(&mut |args| problems.push(args.to_string()));
         assert_eq!(errors, 0, "{problems:?}");
-        assert_eq!(heap.size, 0);
-        assert!(heap.huge_list.is_null());
+        // The check above also holds the huge list to the usage: no block is left on it.
+        assert_eq!(heap.usage(false), 0);
         // SAFETY: no block of the heap is live.
         unsafe { Heap::shutdown(heap_ptr, true) };
     }

@@ -11,14 +11,13 @@ use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::diagnostics::startup_error;
-use crate::ffi::types::zend_mm_mem_handlers;
 use crate::sizes::{DEFAULT_COMPACT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, ZEND_MM_SEG_SIZE};
-use crate::storage;
+use crate::storage::{self, StorageOps};
 
 /// The options every default heap is made with.
 #[derive(Clone, Copy)]
 pub struct Options {
-    pub storage: &'static zend_mm_mem_handlers,
+    pub storage: &'static StorageOps,
     pub segment_size: usize,
     pub compact_size: usize,
     pub use_zend_alloc: bool,
@@ -258,9 +257,8 @@ impl core::fmt::Display for BadValue<'_> {
             OptionError::UnknownStorage => {
                 writeln!(f, "Wrong or unsupported zend_mm storage type '{value}'")?;
                 writeln!(f, "  supported types:")?;
-                for h in storage::BUILTIN {
-                    // SAFETY: built-in handler names are static C strings.
-                    let name = unsafe { CStr::from_ptr(h.name) };
+                for ops in storage::BUILTIN {
+                    let name = storage::builtin_name(ops);
                     writeln!(f, "    '{}'", name.to_str().unwrap_or("?"))?;
                 }
                 Ok(())
@@ -375,8 +373,7 @@ mod tests {
         assert_eq!(o.segment_size, 2 << 20);
         assert_eq!(o.compact_size, 2 << 20);
         assert!(o.use_zend_alloc);
-        // SAFETY: static C string.
-        assert_eq!(unsafe { CStr::from_ptr(o.storage.name) }, c"malloc");
+        assert_eq!(storage::builtin_name(o.storage), c"malloc");
     }
 
     #[test]
@@ -441,8 +438,7 @@ mod tests {
         .unwrap();
         assert_eq!(o.segment_size, 256 << 10);
         assert!(!o.use_zend_alloc);
-        // SAFETY: static C string.
-        assert_eq!(unsafe { CStr::from_ptr(o.storage.name) }, c"mmap_zero");
+        assert_eq!(storage::builtin_name(o.storage), c"mmap_zero");
         assert_eq!(
             with(&[("ZEND_MM_SEG_SIZE", "64k")]).unwrap().segment_size,
             65536

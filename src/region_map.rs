@@ -1,7 +1,8 @@
 //! The region map: which heap region, if any, contains an address, and which heap owns it.
 //!
 //! Owns a process-wide radix map from addresses to the regions the heaps got from storage (segments
-//! and huge blocks). It is what lets `efree` find a block's segment in O(1) whatever addresses the
+//! and huge blocks). It knows regions by kind, header address and owner id only, and imports no
+//! heap type: the heap casts what it gets back. It is what lets `efree` find a block's segment in O(1) whatever addresses the
 //! storage returned (segments need not be aligned), and what lets every entry point reject a pointer
 //! the library does not own *before* reading any metadata through it: a foreign pointer is answered
 //! with "zend_mm_heap corrupted", never a SIGSEGV.
@@ -27,9 +28,8 @@
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-use crate::heap::Heap;
-use crate::huge::HugeBlock;
-use crate::segment::Segment;
+use crate::os;
+use crate::sizes::{MIN_SEGMENT_SIZE, STORAGE_ALIGN};
 
 /// log2 of the granule: no region (segment or huge block) is smaller than this.
 pub(crate) const GRANULE_SHIFT: u32 = 15;
@@ -38,11 +38,11 @@ const LEAF_BITS: u32 = 18;
 const ROOT_BITS: u32 = ADDRESS_BITS - GRANULE_SHIFT - LEAF_BITS;
 const LEAF_LEN: usize = 1 << LEAF_BITS;
 
-const _: () = assert!(crate::sizes::MIN_SEGMENT_SIZE >= 1 << GRANULE_SHIFT);
+const _: () = assert!(MIN_SEGMENT_SIZE >= 1 << GRANULE_SHIFT);
 
 /// Regions start and end on this alignment (the storage API's), so a bound inside a granule fits in
 /// [`BOUND_BITS`] bits.
-pub(crate) const REGION_ALIGN: usize = 16;
+const REGION_ALIGN: usize = STORAGE_ALIGN;
 const ALIGN_SHIFT: u32 = REGION_ALIGN.trailing_zeros();
 
 // A region word: generation (low bits), bound within the granule in `REGION_ALIGN` units, then the
@@ -56,15 +56,20 @@ const _: () = assert!(ADDR_SHIFT + (ADDRESS_BITS - ALIGN_SHIFT) <= 64);
 
 /// Tag bit on the owner word: set for huge blocks, clear for segments.
 const TAG_HUGE: usize = 1;
-const _: () = assert!(align_of::<Heap>() > TAG_HUGE);
+/// Owner ids (heap addresses) are multiples of this, leaving the tag bit free.
+pub(crate) const OWNER_ALIGN: usize = TAG_HUGE << 1;
 
-/// The region an address lies in.
+/// An owner: the address of the heap that registered a region (only compared, never dereferenced
+/// here).
+pub type Owner = usize;
+
+/// The region an address lies in: its kind and its header (the start of the storage allocation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Region {
     /// No heap owns the address (or, from [`find_owned`], not the asking heap).
     Unowned,
-    Segment(*mut Segment),
-    Huge(*mut HugeBlock),
+    Segment(*mut u8),
+    Huge(*mut u8),
 }
 
 /// What a slot half says: the region's header address, its owner and its kind. Only addresses:
@@ -120,21 +125,11 @@ fn slot(g: usize) -> Option<&'static Slot> {
 
 /// A fresh zeroed leaf, or null.
 fn map_leaf() -> *mut Leaf {
+    // The leaf lives as long as the process: readers may hold references into it. Most of it
+    // is never touched, so it reserves no swap.
     #[cfg(not(miri))]
     {
-        match memmap2::MmapOptions::new()
-            .len(size_of::<Leaf>())
-            .no_reserve_swap()
-            .map_anon()
-        {
-            Ok(map) => {
-                let leaf = map.as_ptr() as *mut Leaf;
-                // The leaf lives as long as the process: readers may hold references into it.
-                core::mem::forget(map);
-                leaf
-            }
-            Err(_) => ptr::null_mut(),
-        }
+        os::map(size_of::<Leaf>(), -1, true).cast()
     }
     #[cfg(miri)]
     {
@@ -150,7 +145,7 @@ fn unmap_leaf(leaf: *mut Leaf) {
     #[cfg(not(miri))]
     // SAFETY: `leaf` is our own mapping of a whole leaf, never published.
     unsafe {
-        libc::munmap(leaf.cast(), size_of::<Leaf>())
+        os::unmap(leaf.cast(), size_of::<Leaf>())
     };
     #[cfg(miri)]
     // SAFETY: allocated by `map_leaf` with this layout, never published.
@@ -222,17 +217,18 @@ fn entry(word: u64, owner: usize) -> Entry {
 
 /// Records that `[start, end)` is `region`, owned by `owner`. False if the range is outside the
 /// mappable address space or not aligned as regions are.
-pub fn register(start: usize, end: usize, region: Region, owner: *const Heap) -> bool {
+pub fn register(start: usize, end: usize, region: Region, owner: Owner) -> bool {
     debug_assert!(end - start >= 1 << GRANULE_SHIFT);
+    debug_assert!(owner % OWNER_ALIGN == 0);
     let (base, tag) = match region {
         Region::Unowned => return false,
-        Region::Segment(seg) => (seg.expose_provenance(), 0),
-        Region::Huge(block) => (block.expose_provenance(), TAG_HUGE),
+        Region::Segment(base) => (base.expose_provenance(), 0),
+        Region::Huge(base) => (base.expose_provenance(), TAG_HUGE),
     };
     if end > 1 << ADDRESS_BITS || start % REGION_ALIGN != 0 || end % REGION_ALIGN != 0 {
         return false;
     }
-    let owner = owner as usize | tag;
+    let owner = owner | tag;
     let (first_g, last_g) = (granule(start), granule(end - 1));
     // Map every leaf first so a failure leaves nothing half registered.
     for g in first_g..=last_g {
@@ -296,25 +292,25 @@ fn lookup_last(s: &Slot, units: u64) -> Option<Entry> {
     (units >= (word >> GEN_BITS) & BOUND_MASK).then(|| entry(word, owner))
 }
 
-/// The heap owning the region that contains `addr`; null if none does. Only an address: it may be
-/// compared, not dereferenced (another thread may be releasing that heap).
+/// The owner of the region that contains `addr`; 0 if none. Only an address: it may be compared,
+/// not dereferenced (another thread may be releasing that heap).
 #[inline(always)]
-pub fn owner_of(addr: usize) -> *const Heap {
-    lookup(addr).map_or(ptr::null(), |e| e.owner as *const Heap)
+pub fn owner_of(addr: usize) -> Owner {
+    lookup(addr).map_or(0, |e| e.owner)
 }
 
 /// The region containing `addr` if `heap` owns it; [`Region::Unowned`] otherwise (no region, or
 /// another heap's). The caller must be the one thread using `heap`: then the region stays live until
 /// the caller itself releases it.
 #[inline(always)]
-pub fn find_owned(addr: usize, heap: *const Heap) -> Region {
+pub fn find_owned(addr: usize, owner: Owner) -> Region {
     match lookup(addr) {
-        Some(e) if e.owner == heap as usize => {
+        Some(e) if e.owner == owner => {
             let base: *mut u8 = ptr::with_exposed_provenance_mut(e.base);
             if e.huge {
-                Region::Huge(base.cast())
+                Region::Huge(base)
             } else {
-                Region::Segment(base.cast())
+                Region::Segment(base)
             }
         }
         _ => Region::Unowned,
@@ -325,8 +321,8 @@ pub fn find_owned(addr: usize, heap: *const Heap) -> Region {
 mod tests {
     use super::*;
 
-    fn heap(n: usize) -> *const Heap {
-        (n * 64) as *const Heap
+    fn heap(n: usize) -> Owner {
+        n * 64
     }
 
     #[test]
@@ -339,7 +335,7 @@ mod tests {
         let (ha, hb) = (heap(1), heap(2));
         assert!(register(a, a + 0x10000, seg, ha));
         assert!(register(b, b + 0x10000, huge, hb));
-        assert_eq!(owner_of(a - 1), ptr::null());
+        assert_eq!(owner_of(a - 1), 0);
         assert_eq!(find_owned(a, ha), seg);
         assert_eq!(find_owned(a + 0xffff, ha), seg);
         assert_eq!(
@@ -350,19 +346,19 @@ mod tests {
         assert_eq!(owner_of(a + 0xffff), ha);
         assert_eq!(find_owned(b, hb), huge);
         assert_eq!(find_owned(b + 0xffff, hb), huge);
-        assert_eq!(owner_of(b + 0x10000), ptr::null());
+        assert_eq!(owner_of(b + 0x10000), 0);
         unregister(a, a + 0x10000);
-        assert_eq!(owner_of(a + 5), ptr::null());
+        assert_eq!(owner_of(a + 5), 0);
         assert_eq!(find_owned(b + 5, hb), huge);
         unregister(b, b + 0x10000);
-        assert_eq!(owner_of(b + 5), ptr::null());
+        assert_eq!(owner_of(b + 5), 0);
     }
 
     #[test]
     fn addresses_outside_the_map_are_nobodys() {
-        assert_eq!(owner_of(0), ptr::null());
-        assert_eq!(owner_of(usize::MAX), ptr::null());
-        assert_eq!(owner_of(1 << 50), ptr::null());
+        assert_eq!(owner_of(0), 0);
+        assert_eq!(owner_of(usize::MAX), 0);
+        assert_eq!(owner_of(1 << 50), 0);
         let seg = Region::Segment(ptr::without_provenance_mut(0x1000));
         assert!(!register(
             (1 << 48) - 0x8000,
@@ -380,14 +376,14 @@ mod tests {
         // granules; the other reads: every pair it sees is one of the two registrations.
         let base = 0x7300_0000_0000usize + 2048;
         let (ra, rb) = (base, base + 16);
-        let (ha, hb) = (heap(3) as usize, heap(4) as usize);
+        let (ha, hb) = (heap(3), heap(4));
         let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 for i in 0..if cfg!(miri) { 6 } else { 200_000 } {
                     let (r, h) = if i % 2 == 0 { (ra, ha) } else { (rb, hb) };
                     let seg = Region::Segment(ptr::without_provenance_mut(r));
-                    assert!(register(r, r + 0x20000, seg, h as *const Heap));
+                    assert!(register(r, r + 0x20000, seg, h));
                     unregister(r, r + 0x20000);
                 }
                 stop.store(true, Ordering::Release);

@@ -3,30 +3,30 @@
 use core::ffi::{c_char, c_int, c_void};
 use core::ptr;
 
-use super::{entered, safe_address, site};
+use super::{raise_on_current, safe_address, site};
 use crate::diagnostics::{self, Fatal, Site};
-use crate::heap::Heap;
-use crate::thread;
+use crate::heap::{Heap, api};
+use crate::runtime;
 
-/// The current heap, made if the thread has none.
+/// The current heap, made if the thread has none, entered from the calling frame.
 #[inline(always)]
-fn heap_for(size: usize, site: Site) -> &'static mut Heap {
-    let heap = thread::current_or_create(size, site);
+fn heap_for(size: usize, site: Site) -> *mut Heap {
+    let heap = runtime::current_or_create(size, site);
     // SAFETY: a live heap, used by this thread only while it is current.
-    unsafe { entered(heap) }
+    unsafe { api::enter(heap) }
 }
 
 /// The current heap (the thread's own one after `zend_mm_set_heap(NULL)`) for an operation on an
-/// existing (non-null) block. A thread without a heap cannot own the block: that is heap
-/// corruption, as in PHP.
+/// existing (non-null) block, entered from the calling frame. A thread without a heap cannot own
+/// the block: that is heap corruption, as in PHP.
 #[inline(always)]
-fn heap_of_block() -> &'static mut Heap {
-    let heap = thread::current_or_own();
+fn heap_of_block() -> *mut Heap {
+    let heap = runtime::current_or_own();
     if heap.is_null() {
         diagnostics::heap_corrupted();
     }
     // SAFETY: a live heap, used by this thread only while it is current.
-    unsafe { entered(heap) }
+    unsafe { api::enter(heap) }
 }
 
 /// Allocates `size` bytes from the current request heap; never returns NULL (the memory limit and
@@ -41,7 +41,7 @@ pub extern "C" fn _emalloc(
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
     // SAFETY: the fast heap is this thread's live current heap or the sentinel.
-    let p = unsafe { (*thread::fast()).alloc_small_fast(size) };
+    let p = unsafe { (*runtime::fast()).alloc_small_fast(size) };
     if !p.is_null() {
         return p.cast();
     }
@@ -54,7 +54,8 @@ pub extern "C" fn _emalloc(
 #[inline(never)]
 fn emalloc_slow(size: usize, file: *const c_char, line: u32) -> *mut c_void {
     let site = site(file, line);
-    heap_for(size, site).emalloc(size, site).cast()
+    // SAFETY: the current heap, not borrowed here.
+    unsafe { api::emalloc(heap_for(size, site), size, site) }.cast()
 }
 
 /// Allocates `nmemb * size + offset` bytes; a product or sum that does not fit is a fatal error
@@ -72,7 +73,8 @@ pub extern "C" fn _safe_emalloc(
 ) -> *mut c_void {
     let site = site(__zend_filename, __zend_lineno);
     let total = safe_address(nmemb, size, offset, site);
-    heap_for(total, site).emalloc(total, site).cast()
+    // SAFETY: the current heap, not borrowed here.
+    unsafe { api::emalloc(heap_for(total, site), total, site) }.cast()
 }
 
 /// Frees a block of the current heap. NULL is a no-op; a pointer the heap does not own ends with
@@ -89,7 +91,7 @@ pub unsafe extern "C" fn _efree(
     __zend_orig_lineno: u32,
 ) {
     // SAFETY: the fast heap is this thread's live current heap or the sentinel.
-    if unsafe { (*thread::fast()).free_small_fast(ptr.cast()) } {
+    if unsafe { (*runtime::fast()).free_small_fast(ptr.cast()) } {
         return;
     }
     efree_slow(ptr);
@@ -104,10 +106,11 @@ fn efree_slow(ptr: *mut c_void) {
         return;
     }
     // SAFETY: the fast heap is this thread's live current heap or the sentinel.
-    if unsafe { (*thread::fast()).free_large_fast(ptr.cast()) } {
+    if unsafe { (*runtime::fast()).free_large_fast(ptr.cast()) } {
         return;
     }
-    heap_of_block().efree(ptr.cast());
+    // SAFETY: the current heap, not borrowed here; the caller gives `ptr` up.
+    unsafe { api::efree(heap_of_block(), ptr.cast()) }
 }
 
 /// Allocates `nmemb * size` zeroed bytes (overflow is a fatal error).
@@ -123,7 +126,8 @@ pub extern "C" fn _ecalloc(
 ) -> *mut c_void {
     let site = site(__zend_filename, __zend_lineno);
     let total = safe_address(nmemb, size, 0, site);
-    let p = heap_for(total, site).emalloc(total, site);
+    // SAFETY: the current heap, not borrowed here.
+    let p = unsafe { api::emalloc(heap_for(total, site), total, site) };
     if !p.is_null() {
         // SAFETY: `p` is a fresh block of at least `total` bytes.
         unsafe { ptr::write_bytes(p, 0, total) };
@@ -149,7 +153,7 @@ pub unsafe extern "C" fn _erealloc(
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
     // SAFETY: the fast heap is this thread's live current heap or the sentinel.
-    if unsafe { (*thread::fast()).realloc_in_place_fast(ptr.cast(), size) } {
+    if unsafe { (*runtime::fast()).realloc_in_place_fast(ptr.cast(), size) } {
         return ptr;
     }
     let mut site = site(__zend_filename, __zend_lineno);
@@ -164,9 +168,8 @@ pub unsafe extern "C" fn _erealloc(
 #[cold]
 #[inline(never)]
 fn erealloc_slow(ptr: *mut c_void, size: usize, copy_size: usize, site: Site) -> *mut c_void {
-    heap_for(size, site)
-        .erealloc(ptr.cast(), size, copy_size, site)
-        .cast()
+    // SAFETY: the current heap, not borrowed here; `ptr` is the caller's block.
+    unsafe { api::erealloc(heap_for(size, site), ptr.cast(), size, copy_size, site) }.cast()
 }
 
 /// Like `_erealloc`, but copies at most `copy_size` bytes of the old contents.
@@ -183,10 +186,7 @@ pub unsafe extern "C" fn _erealloc2(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
-    let site = site(__zend_filename, __zend_lineno);
-    heap_for(size, site)
-        .erealloc(ptr.cast(), size, copy_size, site)
-        .cast()
+    erealloc_slow(ptr, size, copy_size, site(__zend_filename, __zend_lineno))
 }
 
 /// Resizes `ptr` to `nmemb * size + offset` bytes (overflow is a fatal error).
@@ -206,9 +206,7 @@ pub unsafe extern "C" fn _safe_erealloc(
 ) -> *mut c_void {
     let site = site(__zend_filename, __zend_lineno);
     let total = safe_address(nmemb, size, offset, site);
-    heap_for(total, site)
-        .erealloc(ptr.cast(), total, total, site)
-        .cast()
+    erealloc_slow(ptr, total, total, site)
 }
 
 /// Copies a C string into the current heap.
@@ -226,16 +224,12 @@ pub unsafe extern "C" fn _estrdup(
 ) -> *mut c_char {
     let site = site(__zend_filename, __zend_lineno);
     if s.is_null() {
-        // SAFETY: nothing with a destructor is live.
-        unsafe {
-            diagnostics::raise(
-                thread::current(),
-                site,
-                Fatal::NullString {
-                    function: "estrdup",
-                },
-            )
-        }
+        raise_on_current(
+            site,
+            Fatal::NullString {
+                function: "estrdup",
+            },
+        );
     }
     // SAFETY: `s` is a C string (caller contract).
     let len = unsafe { libc::strlen(s) };
@@ -259,16 +253,12 @@ pub unsafe extern "C" fn _estrndup(
 ) -> *mut c_char {
     let site = site(__zend_filename, __zend_lineno);
     if s.is_null() && length != 0 {
-        // SAFETY: nothing with a destructor is live.
-        unsafe {
-            diagnostics::raise(
-                thread::current(),
-                site,
-                Fatal::NullString {
-                    function: "estrndup",
-                },
-            )
-        }
+        raise_on_current(
+            site,
+            Fatal::NullString {
+                function: "estrndup",
+            },
+        );
     }
     // SAFETY: `s` has `length` readable bytes (caller contract).
     unsafe { copy_string(s, length, site) }
@@ -280,7 +270,8 @@ pub unsafe extern "C" fn _estrndup(
 /// `s` must have `length` readable bytes (it may be NULL when `length` is 0).
 unsafe fn copy_string(s: *const c_char, length: usize, site: Site) -> *mut c_char {
     let total = safe_address(1, length, 1, site);
-    let p = heap_for(total, site).emalloc(total, site);
+    // SAFETY: the current heap, not borrowed here.
+    let p = unsafe { api::emalloc(heap_for(total, site), total, site) };
     if p.is_null() {
         return p.cast();
     }
@@ -310,5 +301,6 @@ pub unsafe extern "C" fn _zend_mem_block_size(
     if ptr.is_null() {
         return 0;
     }
-    heap_of_block().mem_block_size(ptr.cast())
+    // SAFETY: the current heap, not borrowed here.
+    unsafe { api::block_size(heap_of_block(), ptr.cast()) }
 }

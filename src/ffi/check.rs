@@ -2,9 +2,9 @@
 
 use core::ffi::{CStr, c_char, c_int, c_void};
 
-use crate::check::BlockStatus;
 use crate::diagnostics::eprint;
-use crate::thread;
+use crate::heap::BlockStatus;
+use crate::runtime;
 
 fn file_of(file: *const c_char) -> &'static str {
     if file.is_null() {
@@ -25,7 +25,7 @@ pub extern "C" fn _mem_block_check(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> c_int {
-    let heap = thread::current();
+    let heap = runtime::current();
     let status = if ptr.is_null() {
         BlockStatus::Null
     } else if heap.is_null() {
@@ -78,9 +78,9 @@ pub extern "C" fn _full_mem_check(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> c_int {
-    let heap = thread::current();
+    let heap = runtime::current();
     // SAFETY: the current heap is live.
-    if heap.is_null() || unsafe { (*heap).use_custom_heap != 0 } {
+    if heap.is_null() || unsafe { (*heap).is_custom() } {
         return 0;
     }
     let (file, line) = (file_of(__zend_filename), __zend_lineno);

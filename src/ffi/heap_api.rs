@@ -6,6 +6,7 @@ use core::ffi::{c_char, c_void};
 
 use super::{checked_heap, site};
 use crate::ffi::types::zend_mm_heap;
+use crate::heap::api;
 
 /// Allocates `size` bytes from `heap`.
 ///
@@ -22,9 +23,9 @@ pub unsafe extern "C" fn _zend_mm_alloc(
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
     let site = site(__zend_filename, __zend_lineno);
-    checked_heap(heap, "zend_mm_alloc")
-        .emalloc(size, site)
-        .cast()
+    let heap = checked_heap(heap, "zend_mm_alloc");
+    // SAFETY: a checked live heap, not borrowed here.
+    unsafe { api::emalloc(heap, size, site) }.cast()
 }
 
 /// Frees a block of `heap` (NULL is a no-op).
@@ -40,7 +41,9 @@ pub unsafe extern "C" fn _zend_mm_free(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) {
-    checked_heap(heap, "zend_mm_free").efree(p.cast());
+    let heap = checked_heap(heap, "zend_mm_free");
+    // SAFETY: a checked live heap, not borrowed here; the caller gives `p` up.
+    unsafe { api::efree(heap, p.cast()) }
 }
 
 /// Resizes a block of `heap` (NULL `p` allocates).
@@ -58,9 +61,9 @@ pub unsafe extern "C" fn _zend_mm_realloc(
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
     let site = site(__zend_filename, __zend_lineno);
-    checked_heap(heap, "zend_mm_realloc")
-        .erealloc(p.cast(), size, size, site)
-        .cast()
+    let heap = checked_heap(heap, "zend_mm_realloc");
+    // SAFETY: a checked live heap, not borrowed here.
+    unsafe { api::erealloc(heap, p.cast(), size, size, site) }.cast()
 }
 
 /// Resizes a block of `heap`, copying at most `copy_size` bytes.
@@ -79,9 +82,9 @@ pub unsafe extern "C" fn _zend_mm_realloc2(
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
     let site = site(__zend_filename, __zend_lineno);
-    checked_heap(heap, "zend_mm_realloc2")
-        .erealloc(p.cast(), size, copy_size, site)
-        .cast()
+    let heap = checked_heap(heap, "zend_mm_realloc2");
+    // SAFETY: a checked live heap, not borrowed here.
+    unsafe { api::erealloc(heap, p.cast(), size, copy_size, site) }.cast()
 }
 
 /// Usable size of a block of `heap` (0 for NULL and on custom heaps).
@@ -97,5 +100,7 @@ pub unsafe extern "C" fn _zend_mm_block_size(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> usize {
-    checked_heap(heap, "zend_mm_block_size").mem_block_size(p.cast())
+    let heap = checked_heap(heap, "zend_mm_block_size");
+    // SAFETY: a checked live heap, not borrowed here.
+    unsafe { api::block_size(heap, p.cast()) }
 }

@@ -1,29 +1,35 @@
 //! The memory manager API: heap lifecycle, accounting, the limit, custom handlers, storage.
 
-use super::{FAILURE, SUCCESS, checked_heap, entered};
-use crate::custom::CustomHandlers;
-use crate::diagnostics::{self, misuse, startup_error};
-use crate::ffi::types::zend_mm_heap;
-use crate::ffi::types::{
-    zend_mm_custom_free_t, zend_mm_custom_malloc_t, zend_mm_custom_realloc_t,
-    zend_mm_error_handler_t, zend_mm_mem_handlers, zend_mm_storage,
-};
-use crate::heap::Heap;
-use crate::sizes::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
-use crate::storage::Storage;
-use crate::thread;
 use core::ffi::{CStr, c_int, c_void};
 
-/// The calling thread's current heap, made if needed.
-fn current() -> &'static mut Heap {
-    // SAFETY: a live heap, used by this thread only while it is current.
-    unsafe { entered(thread::ensure_current()) }
+use super::types::{
+    zend_mm_custom_free_t, zend_mm_custom_malloc_t, zend_mm_custom_realloc_t,
+    zend_mm_error_handler_t, zend_mm_heap, zend_mm_mem_handlers, zend_mm_storage,
+};
+use super::{FAILURE, SUCCESS, checked_heap, user_storage};
+use crate::diagnostics::{self, misuse, startup_error};
+use crate::heap::{CustomHandlers, Heap, api};
+use crate::runtime;
+use crate::sizes::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
+
+/// The calling thread's current heap, made if needed, entered from the calling frame: borrowed
+/// for one call of the caller's (nothing here calls out).
+fn current<'a>() -> &'a mut Heap {
+    // SAFETY: a live heap, used by this thread only while it is current; the borrow ends with the
+    // caller's statement, and no operation it is used for calls out of the library.
+    unsafe { &mut *api::enter(runtime::ensure_current()) }
+}
+
+/// `heap` checked (see [`checked_heap`]) and borrowed for one call of the caller's.
+fn checked<'a>(heap: *mut Heap, function: &str) -> &'a mut Heap {
+    // SAFETY: a checked live heap; as in [`current`].
+    unsafe { &mut *checked_heap(heap, function) }
 }
 
 /// Starts the memory manager for the calling thread: makes its heap if it has none.
 #[unsafe(no_mangle)]
 pub extern "C" fn start_memory_manager() {
-    thread::ensure_current();
+    runtime::ensure_current();
 }
 
 /// Ends a request on the calling thread's heap (`full_shutdown` 0): every block is released at
@@ -31,7 +37,7 @@ pub extern "C" fn start_memory_manager() {
 /// its memory go back to storage (a later allocation starts a new heap).
 #[unsafe(no_mangle)]
 pub extern "C" fn shutdown_memory_manager(silent: c_int, full_shutdown: c_int) {
-    let heap = thread::current();
+    let heap = runtime::current();
     if !heap.is_null() {
         // SAFETY: the current heap is live.
         unsafe { zend_mm_shutdown(heap, full_shutdown, silent) };
@@ -41,18 +47,16 @@ pub extern "C" fn shutdown_memory_manager(silent: c_int, full_shutdown: c_int) {
 /// Whether the calling thread's heap is the Zend heap (not custom handlers).
 #[unsafe(no_mangle)]
 pub extern "C" fn is_zend_mm() -> c_int {
-    c_int::from(current().use_custom_heap == 0)
+    c_int::from(!current().is_custom())
 }
 
 /// Whether `ptr` points into memory of the calling thread's heap (a segment or a huge block). 0 on
 /// a custom heap, whose blocks are not the heap's, and for another thread's heap.
 #[unsafe(no_mangle)]
 pub extern "C" fn is_zend_ptr(ptr: *const c_void) -> c_int {
-    let heap = thread::current_or_own();
+    let heap = runtime::current_or_own();
     // SAFETY: the current heap is live.
-    c_int::from(
-        !heap.is_null() && unsafe { (*heap).use_custom_heap == 0 && (*heap).owns(ptr.cast()) },
-    )
+    c_int::from(!heap.is_null() && unsafe { !(*heap).is_custom() && (*heap).owns(ptr.cast()) })
 }
 
 /// Bytes handed out by the calling thread's heap (`real_usage` 0), or taken from storage.
@@ -87,20 +91,18 @@ pub extern "C" fn zend_set_memory_limit(memory_limit: usize) -> c_int {
 /// from inside the error handler, not after it returned or longjmped out.
 #[unsafe(no_mangle)]
 pub extern "C" fn zend_alloc_in_memory_limit_error_reporting() -> c_int {
-    let heap = thread::current();
+    let heap = runtime::current();
     // SAFETY: the current heap is live.
-    c_int::from(!heap.is_null() && unsafe { entered(heap).overflow != 0 })
+    c_int::from(!heap.is_null() && unsafe { (*api::enter(heap)).in_error_report() })
 }
 
 /// A new heap on the storage selected by `ZEND_MM_MEM_TYPE` with `ZEND_MM_SEG_SIZE` segments.
 /// NULL (after a message) if the storage cannot provide the first segment.
 #[unsafe(no_mangle)]
 pub extern "C" fn zend_mm_startup() -> *mut zend_mm_heap {
-    let heap = thread::new_default_heap(false);
+    let heap = runtime::new_default_heap(false);
     if heap.is_null() {
-        let name = crate::options::get().storage.name;
-        // SAFETY: built-in handler names are static C strings.
-        report_no_heap(unsafe { CStr::from_ptr(name) });
+        report_no_heap(crate::storage::builtin_name(crate::options::get().storage));
     }
     heap
 }
@@ -141,7 +143,7 @@ pub unsafe extern "C" fn zend_mm_startup_ex(
         // SAFETY: a handler name is a C string (caller contract).
         unsafe { CStr::from_ptr(h.name) }
     };
-    let (Some(init), Some(_), Some(_)) = (h.init, h._alloc, h._free) else {
+    let (Some(_), Some(_), Some(_)) = (h.init, h._alloc, h._free) else {
         misuse(
             "zend_mm_startup_ex",
             "the storage handlers need init, _alloc and _free",
@@ -156,25 +158,16 @@ pub unsafe extern "C" fn zend_mm_startup_ex(
     if block_size > MAX_SEGMENT_SIZE {
         startup_error(format_args!("'block_size' is too large (at most 1G)\n"));
     }
-    // SAFETY: the embedder's init handler (caller contract).
-    let raw: *mut zend_mm_storage = unsafe { init(params) };
-    if raw.is_null() {
-        startup_error(format_args!(
-            "Cannot initialize zend_mm storage [{}]\n",
-            name.to_str().unwrap_or("?")
-        ));
-    }
-    // SAFETY: PHP 5.3 sets the handlers of the storage init returned.
-    unsafe { (*raw).handlers = handlers };
-    // SAFETY: a storage fresh from init with _alloc and _free.
-    let storage = unsafe { Storage::from_raw(raw) };
+    // SAFETY: a handler table with init, _alloc and _free (checked) that outlives the heap
+    // (caller contract).
+    let Some(storage) = (unsafe { user_storage::open(handlers, params) }) else {
+        diagnostics::storage_init_failed(name);
+    };
     let compact = crate::options::get().compact_size;
     // SAFETY: the storage is used by this heap only; block_size was checked.
     let heap = unsafe { Heap::create(storage, block_size, reserve_size, compact) };
     if heap.is_null() {
         report_no_heap(name);
-        // SAFETY: no segment of the storage is live.
-        unsafe { storage.destroy() };
     }
     heap
 }
@@ -192,9 +185,9 @@ pub unsafe extern "C" fn zend_mm_shutdown(
     silent: c_int,
 ) {
     let _ = silent;
-    checked_heap(heap, "zend_mm_shutdown");
+    let heap = checked_heap(heap, "zend_mm_shutdown");
     if full_shutdown != 0 {
-        thread::forget(heap);
+        runtime::forget(heap);
     }
     // SAFETY: a checked live heap; the caller gives up its blocks.
     unsafe { Heap::shutdown(heap, full_shutdown != 0) };
@@ -210,13 +203,13 @@ pub unsafe extern "C" fn zend_mm_set_heap(new_heap: *mut zend_mm_heap) -> *mut z
     if !new_heap.is_null() {
         checked_heap(new_heap, "zend_mm_set_heap");
     }
-    thread::set_current(new_heap)
+    runtime::set_current(new_heap)
 }
 
 /// The calling thread's current heap (made if needed).
 #[unsafe(no_mangle)]
 pub extern "C" fn zend_mm_get_heap() -> *mut zend_mm_heap {
-    thread::ensure_current()
+    runtime::ensure_current()
 }
 
 /// The storage instance `heap` gets its segments from.
@@ -225,7 +218,7 @@ pub extern "C" fn zend_mm_get_heap() -> *mut zend_mm_heap {
 /// `heap` must be a live heap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn zend_mm_get_storage(heap: *mut zend_mm_heap) -> *mut zend_mm_storage {
-    checked_heap(heap, "zend_mm_get_storage").storage.raw()
+    user_storage::c_storage(checked(heap, "zend_mm_get_storage").storage())
 }
 
 /// Frees every small run whose blocks are all free; returns the bytes given back (0 on custom
@@ -235,7 +228,7 @@ pub unsafe extern "C" fn zend_mm_get_storage(heap: *mut zend_mm_heap) -> *mut ze
 /// `heap` must be a live heap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn zend_mm_gc(heap: *mut zend_mm_heap) -> usize {
-    checked_heap(heap, "zend_mm_gc").gc()
+    checked(heap, "zend_mm_gc").gc()
 }
 
 /// Whether `heap` (NULL: the current heap) forwards to custom handlers.
@@ -247,9 +240,9 @@ pub unsafe extern "C" fn zend_mm_is_custom_heap(heap: *mut zend_mm_heap) -> c_in
     let h = if heap.is_null() {
         current()
     } else {
-        checked_heap(heap, "zend_mm_is_custom_heap")
+        checked(heap, "zend_mm_is_custom_heap")
     };
-    c_int::from(h.use_custom_heap != 0)
+    c_int::from(h.is_custom())
 }
 
 /// Sends `heap`'s allocations to `_malloc`/`_free`/`_realloc`; three NULLs switch back to the
@@ -264,7 +257,7 @@ pub unsafe extern "C" fn zend_mm_set_custom_handlers(
     _free: zend_mm_custom_free_t,
     _realloc: zend_mm_custom_realloc_t,
 ) {
-    let h = checked_heap(heap, "zend_mm_set_custom_handlers");
+    let h = checked(heap, "zend_mm_set_custom_handlers");
     if h.set_custom(CustomHandlers {
         malloc: _malloc,
         free: _free,
@@ -277,7 +270,7 @@ pub unsafe extern "C" fn zend_mm_set_custom_handlers(
             "malloc, free and realloc must all be set, or all be NULL",
         );
     }
-    thread::heap_changed(heap);
+    runtime::heap_changed(heap);
 }
 
 /// Reads `heap`'s custom handlers (NULLs when it has none); NULL out-pointers are skipped.
@@ -291,7 +284,7 @@ pub unsafe extern "C" fn zend_mm_get_custom_handlers(
     _free: *mut zend_mm_custom_free_t,
     _realloc: *mut zend_mm_custom_realloc_t,
 ) {
-    let c = checked_heap(heap, "zend_mm_get_custom_handlers").custom_handlers();
+    let c = checked(heap, "zend_mm_get_custom_handlers").custom_handlers();
     // SAFETY: non-NULL out-pointers are writable (caller contract).
     unsafe {
         if !_malloc.is_null() {

@@ -1,8 +1,10 @@
 //! The C skin: every `extern "C"` export and every C-named type lives here.
 //!
 //! Each export converts its C arguments (file/line pairs, `int` flags, raw pointers) into the core's
-//! Rust types, checks what C could get wrong (NULL heaps, unknown heaps), and calls into `heap`,
-//! `thread` and `diagnostics`. One ABI serves every client: every allocation function takes PHP's
+//! Rust types, checks what C could get wrong (NULL heaps, unknown heaps), and calls into
+//! `heap::api` (on raw heap pointers: see there for re-entry), `runtime` and `diagnostics`. The C
+//! types are defined here ([`types`]), as aliases of core types where the core has the same thing;
+//! [`user_storage`] is the only caller of a C storage's handler table. One ABI serves every client: every allocation function takes PHP's
 //! debug parameters (`ZEND_FILE_LINE_DC ZEND_FILE_LINE_ORIG_DC`), whether or not the caller was
 //! built with `ZEND_DEBUG`.
 
@@ -14,12 +16,14 @@ mod heap_api;
 mod manager;
 mod persistent;
 mod sized;
+mod user_storage;
 
 use core::ffi::c_char;
 
 use crate::diagnostics::{self, Site};
-use crate::heap::Heap;
+use crate::heap::{Heap, api};
 use crate::region_map;
+use crate::runtime;
 
 /// PHP's `SUCCESS` / `FAILURE`.
 pub(crate) const SUCCESS: core::ffi::c_int = 0;
@@ -30,32 +34,18 @@ fn site(file: *const c_char, line: u32) -> Site {
     Site::new(file, line)
 }
 
-/// The heap behind a `zend_mm_heap *` from C, after checking it is one: a heap lives in the header
-/// of its main segment, which names it as owner. Anything else ends with a message naming
-/// `function`.
-fn checked_heap<'a>(heap: *mut Heap, function: &str) -> &'a mut Heap {
+/// The heap behind a `zend_mm_heap *` from C, after checking it is one (a heap lives in the header
+/// of its main segment, which names it as owner), entered from the calling frame. Anything else
+/// ends with a message naming `function`.
+fn checked_heap(heap: *mut Heap, function: &str) -> *mut Heap {
     if heap.is_null() {
         diagnostics::misuse(function, "the heap is NULL");
     }
-    // The heap lies in its main segment, which it owns.
-    if region_map::owner_of(heap as usize) != heap.cast_const() {
+    if region_map::owner_of(heap.addr()) != heap.addr() {
         diagnostics::misuse(function, "not a zend_mm_heap");
     }
     // SAFETY: `heap` is the live heap of a live segment; heaps are used by one thread at a time.
-    unsafe { entered(heap) }
-}
-
-/// `heap` as the library is entered for it from the calling frame: an error report that this call
-/// is not nested in has ended (see [`Heap::end_finished_report`]).
-///
-/// # Safety
-/// `heap` must be a live heap, used by the calling thread only while the reference lives.
-#[inline(always)]
-unsafe fn entered<'a>(heap: *mut Heap) -> &'a mut Heap {
-    // SAFETY: caller contract.
-    let h = unsafe { &mut *heap };
-    h.end_finished_report(diagnostics::stack_mark());
-    h
+    unsafe { api::enter(heap) }
 }
 
 /// `nmemb * size + offset`, or PHP's overflow error.
@@ -63,17 +53,20 @@ unsafe fn entered<'a>(heap: *mut Heap) -> &'a mut Heap {
 fn safe_address(nmemb: usize, size: usize, offset: usize, site: Site) -> usize {
     match nmemb.checked_mul(size).and_then(|n| n.checked_add(offset)) {
         Some(n) => n,
-        // SAFETY: no destructors are live; the current heap (if any) is consistent.
-        None => unsafe {
-            diagnostics::raise(
-                crate::thread::current(),
-                site,
-                diagnostics::Fatal::Overflow3 {
-                    nmemb,
-                    size,
-                    offset,
-                },
-            )
-        },
+        None => raise_on_current(
+            site,
+            diagnostics::Fatal::Overflow3 {
+                nmemb,
+                size,
+                offset,
+            },
+        ),
     }
+}
+
+/// Raises `fatal` for the calling thread's current heap (if it has one).
+#[cold]
+fn raise_on_current(site: Site, fatal: diagnostics::Fatal) -> ! {
+    // SAFETY: no destructors are live; the current heap (if any) is live and not borrowed.
+    unsafe { api::raise(runtime::current(), site, fatal) }
 }

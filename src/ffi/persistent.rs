@@ -4,9 +4,8 @@
 
 use core::ffi::{c_char, c_void};
 
-use super::safe_address;
+use super::{raise_on_current, safe_address};
 use crate::diagnostics::{self, Fatal, Site};
-use crate::thread;
 
 /// Where persistent allocations report errors from: PHP gives these functions no file/line.
 const PERSISTENT: Site = Site::new(core::ptr::null(), 0);
@@ -55,16 +54,12 @@ pub unsafe extern "C" fn __zend_realloc(p: *mut c_void, len: usize) -> *mut c_vo
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn __zend_strdup(s: *const c_char) -> *mut c_char {
     if s.is_null() {
-        // SAFETY: nothing with a destructor is live.
-        unsafe {
-            diagnostics::raise(
-                thread::current(),
-                PERSISTENT,
-                Fatal::NullString {
-                    function: "pestrdup",
-                },
-            )
-        }
+        raise_on_current(
+            PERSISTENT,
+            Fatal::NullString {
+                function: "pestrdup",
+            },
+        );
     }
     // SAFETY: `s` is a C string (caller contract).
     non_null(unsafe { libc::strdup(s) }.cast()).cast()
@@ -78,16 +73,12 @@ pub unsafe extern "C" fn __zend_strdup(s: *const c_char) -> *mut c_char {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn zend_strndup(s: *const c_char, length: usize) -> *mut c_char {
     if s.is_null() && length != 0 {
-        // SAFETY: nothing with a destructor is live.
-        unsafe {
-            diagnostics::raise(
-                thread::current(),
-                PERSISTENT,
-                Fatal::NullString {
-                    function: "zend_strndup",
-                },
-            )
-        }
+        raise_on_current(
+            PERSISTENT,
+            Fatal::NullString {
+                function: "zend_strndup",
+            },
+        );
     }
     let total = safe_address(1, length, 1, PERSISTENT);
     let p = __zend_malloc(total).cast::<u8>();

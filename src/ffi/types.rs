@@ -1,9 +1,11 @@
 //! The C types of PHP 5.3's `zend_alloc.h`, field for field.
 //!
 //! These are the only structs C code sees. `zend_mm_heap` stays opaque; the storage types keep PHP
-//! 5.3's layout because user storage handlers are written against it. The forward typedefs
-//! (`zend_mm_heap`, `zend_mm_storage`) come from `cbindgen.toml`, because the handler table and the
-//! storage struct refer to each other.
+//! 5.3's layout because user storage handlers are written against it. Where the core has the same
+//! thing, the C type is an alias of the core type (`zend_mm_heap` of the heap, `zend_mm_segment` of
+//! the storage header, the handler typedefs of the core's function types), never the other way
+//! round. The forward typedefs (`zend_mm_heap`, `zend_mm_storage`) come from `cbindgen.toml`,
+//! because the handler table and the storage struct refer to each other.
 
 #![allow(non_camel_case_types)]
 
@@ -20,12 +22,7 @@ pub type zend_mm_heap = crate::heap::Heap;
 ///
 /// The heap writes `size` (the number of bytes it asked the storage for) before it calls the
 /// storage's `_realloc` or `_free`, so handlers can read the size there as PHP's `mmap_anon` does.
-#[repr(C)]
-pub struct _zend_mm_segment {
-    pub size: usize,
-    pub next_segment: *mut _zend_mm_segment,
-}
-pub type zend_mm_segment = _zend_mm_segment;
+pub type zend_mm_segment = crate::storage::SegmentHeader;
 
 /// `init(params)`: sets the storage up; returns its state or NULL when it cannot be used.
 pub type zend_mm_storage_init_t =
@@ -110,6 +107,16 @@ pub type zend_mm_custom_free_t = Option<unsafe extern "C" fn(ptr: *mut c_void)>;
 /// `realloc`-like custom resize function.
 pub type zend_mm_custom_realloc_t =
     Option<unsafe extern "C" fn(ptr: *mut c_void, size: usize) -> *mut c_void>;
+
+// The handler typedefs spell their signatures out for the C header; they are the core's types.
+const _: () = {
+    use crate::diagnostics::ErrorHandler;
+    use crate::heap::{FreeFn, MallocFn, ReallocFn};
+    let _: fn(zend_mm_error_handler_t) -> Option<ErrorHandler> = |h| h;
+    let _: fn(zend_mm_custom_malloc_t) -> Option<MallocFn> = |h| h;
+    let _: fn(zend_mm_custom_free_t) -> Option<FreeFn> = |h| h;
+    let _: fn(zend_mm_custom_realloc_t) -> Option<ReallocFn> = |h| h;
+};
 
 const _: () = {
     use core::mem::{offset_of, size_of};

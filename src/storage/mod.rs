@@ -1,13 +1,16 @@
 //! The storage layer: where segments come from (PHP 5.3's `zend_mm_mem_handlers`).
 //!
-//! Owns the built-in storage managers and the [`Storage`] handle the heap talks to. Every storage —
-//! built-in or supplied by C through `zend_mm_startup_ex` — is a PHP handler table; the built-ins
-//! are written against the [`SegmentSource`] trait and turned into handler tables by
-//! [`handlers_for`], so a test (or Miri) can plug in a storage of its own the same way.
+//! Owns the storage handle the heap talks to ([`Storage`]: a table of Rust functions and the
+//! storage's own state), the header every storage allocation starts with ([`SegmentHeader`], C's
+//! `zend_mm_segment`), and the built-in storages `malloc`, `mmap_anon` and `mmap_zero`, written
+//! against the [`SegmentSource`] trait so a test (or Miri) can plug in a storage of its own the same
+//! way. A storage written in C (`zend_mm_startup_ex`) is a [`StorageOps`] table in `ffi` that
+//! forwards to its C handlers: this layer never calls a C function table.
 //!
-//! Invariants: the heap writes `zend_mm_segment.size` (the size it asked for) into every segment it
-//! gets before handing it back to `_realloc`/`_free`; a storage is destroyed (`dtor`) only after its
-//! last segment went back to it.
+//! Invariants: the heap's size (what it asked for) is in the header of every allocation it hands
+//! back to `realloc`/`free` ([`Storage`] writes it); every allocation is at least
+//! [`STORAGE_ALIGN`]-aligned (checked: a storage that breaks it ends the process with a message); a
+//! storage is closed only after its last allocation went back to it.
 
 mod malloc;
 mod mmap;
@@ -15,7 +18,63 @@ mod mmap;
 use core::ffi::{CStr, c_void};
 use core::ptr;
 
-use crate::ffi::types::{zend_mm_mem_handlers, zend_mm_segment, zend_mm_storage};
+use crate::diagnostics;
+use crate::os;
+use crate::sizes::{STORAGE_ALIGN, ZEND_MM_PAGE_SIZE};
+
+/// The header at the start of every storage allocation (C: `zend_mm_segment`, PHP 5.3's layout):
+/// the size the heap asked for, which storages read when they free or resize, and an unused link.
+#[repr(C)]
+pub struct SegmentHeader {
+    pub size: usize,
+    pub next_segment: *mut SegmentHeader,
+}
+
+/// A storage allocation as a segment or huge block holds it: the header storages read, and the
+/// allocation's address with the provenance of all of it (a pointer derived from the holder's
+/// `&self` covers only the holder's struct).
+#[repr(C)]
+pub struct Allocation {
+    header: SegmentHeader,
+    base: *mut u8,
+}
+
+impl Allocation {
+    /// The allocation of `size` bytes at `base`, fresh from [`Storage::alloc`].
+    pub fn new(base: *mut u8, size: usize) -> Allocation {
+        Allocation {
+            header: SegmentHeader {
+                size,
+                next_segment: ptr::null_mut(),
+            },
+            base,
+        }
+    }
+
+    /// The start: what the storage returned.
+    #[inline(always)]
+    pub fn base(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// Bytes taken from the storage.
+    #[inline(always)]
+    pub fn size(&self) -> usize {
+        self.header.size
+    }
+
+    /// One past the last byte.
+    pub fn end(&self) -> usize {
+        self.base.addr() + self.header.size
+    }
+
+    /// Records that the storage resized the allocation (and maybe moved it) to `size` bytes at
+    /// `base`.
+    pub fn moved(&mut self, base: *mut u8, size: usize) {
+        self.base = base;
+        self.header.size = size;
+    }
+}
 
 /// A source of segments, implemented by the built-in storage managers.
 ///
@@ -24,8 +83,16 @@ use crate::ffi::types::{zend_mm_mem_handlers, zend_mm_segment, zend_mm_storage};
 pub trait SegmentSource {
     /// The name `ZEND_MM_MEM_TYPE` selects this storage by.
     const NAME: &'static CStr;
-    /// The storage instance `init` returns.
-    fn instance() -> *mut zend_mm_storage;
+    /// This source as the heap calls it.
+    const OPS: StorageOps = StorageOps {
+        name: source_name::<Self>,
+        open: Self::open,
+        close: source_close::<Self>,
+        compact: source_compact::<Self>,
+        alloc: source_alloc::<Self>,
+        realloc: Some(source_realloc::<Self>),
+        free: source_free::<Self>,
+    };
     /// Prepares the storage for one more heap; false if it cannot be used.
     fn open() -> bool {
         true
@@ -49,270 +116,247 @@ pub trait SegmentSource {
     fn compact() {}
 }
 
+/// A storage's operations. `instance` is the storage's own state: null for the built-ins, the C
+/// storage struct for one written in C.
+pub struct StorageOps {
+    /// The storage's name (for messages).
+    pub name: unsafe fn(instance: *mut c_void) -> &'static CStr,
+    /// Prepares one more use of a built-in storage; false if it cannot be used. (A C storage is
+    /// opened by its own `init` before its handle exists.)
+    pub open: fn() -> bool,
+    /// Ends one use; after the last allocation went back.
+    pub close: unsafe fn(instance: *mut c_void),
+    /// Gives cached memory back to the system.
+    pub compact: unsafe fn(instance: *mut c_void),
+    /// `size` bytes (at least 16-aligned) or null.
+    pub alloc: unsafe fn(instance: *mut c_void, size: usize) -> *mut u8,
+    /// Resizes a live allocation whose header holds its current size, moving it if needed; null on
+    /// failure, the allocation intact. `None`: the heap allocates, copies and frees instead.
+    pub realloc: Option<unsafe fn(instance: *mut c_void, p: *mut u8, size: usize) -> *mut u8>,
+    /// Returns a live allocation whose header holds its size.
+    pub free: unsafe fn(instance: *mut c_void, p: *mut u8),
+}
+
+fn source_name<S: SegmentSource + ?Sized>(_: *mut c_void) -> &'static CStr {
+    S::NAME
+}
+
+fn source_close<S: SegmentSource + ?Sized>(_: *mut c_void) {
+    S::close()
+}
+
+fn source_compact<S: SegmentSource + ?Sized>(_: *mut c_void) {
+    S::compact()
+}
+
+fn source_alloc<S: SegmentSource + ?Sized>(_: *mut c_void, size: usize) -> *mut u8 {
+    S::alloc(size)
+}
+
+/// # Safety
+/// `p` must be a live allocation of `S` whose header holds its size.
+unsafe fn source_realloc<S: SegmentSource + ?Sized>(
+    _: *mut c_void,
+    p: *mut u8,
+    size: usize,
+) -> *mut u8 {
+    // SAFETY: the heap keeps the allocated size in the header (module invariant).
+    let old_size = unsafe { (*p.cast::<SegmentHeader>()).size };
+    // SAFETY: `p` was allocated by `S` with `old_size` bytes (caller contract).
+    unsafe { S::realloc(p, old_size, size) }
+}
+
+/// # Safety
+/// `p` must be a live allocation of `S` whose header holds its size.
+unsafe fn source_free<S: SegmentSource + ?Sized>(_: *mut c_void, p: *mut u8) {
+    // SAFETY: the heap keeps the allocated size in the header (module invariant).
+    let size = unsafe { (*p.cast::<SegmentHeader>()).size };
+    // SAFETY: `p` was allocated by `S` with `size` bytes (caller contract).
+    unsafe { S::free(p, size) }
+}
+
 /// Alignment the built-in storages give a block of `size` bytes: segments (sizes that are powers of
 /// two) are aligned to their size, so that `p & !(size - 1)` finds a block's segment; anything else
 /// (huge blocks) to a page.
 pub fn alignment_for(size: usize) -> usize {
-    if size.is_power_of_two() && size >= crate::sizes::ZEND_MM_PAGE_SIZE {
+    if size.is_power_of_two() && size >= ZEND_MM_PAGE_SIZE {
         size
     } else {
-        crate::sizes::ZEND_MM_PAGE_SIZE
+        ZEND_MM_PAGE_SIZE
     }
 }
 
-/// The PHP handler table for a [`SegmentSource`].
-pub const fn handlers_for<S: SegmentSource>() -> zend_mm_mem_handlers {
-    zend_mm_mem_handlers {
-        name: S::NAME.as_ptr(),
-        init: Some(init_tramp::<S>),
-        dtor: Some(dtor_tramp::<S>),
-        compact: Some(compact_tramp::<S>),
-        _alloc: Some(alloc_tramp::<S>),
-        _realloc: Some(realloc_tramp::<S>),
-        _free: Some(free_tramp::<S>),
-    }
-}
-
-unsafe extern "C" fn init_tramp<S: SegmentSource>(_params: *mut c_void) -> *mut zend_mm_storage {
-    if S::open() {
-        S::instance()
-    } else {
-        ptr::null_mut()
-    }
-}
-
-unsafe extern "C" fn dtor_tramp<S: SegmentSource>(_storage: *mut zend_mm_storage) {
-    S::close();
-}
-
-unsafe extern "C" fn compact_tramp<S: SegmentSource>(_storage: *mut zend_mm_storage) {
-    S::compact();
-}
-
-unsafe extern "C" fn alloc_tramp<S: SegmentSource>(
-    _storage: *mut zend_mm_storage,
-    size: usize,
-) -> *mut zend_mm_segment {
-    let p = S::alloc(size);
-    advise_huge_pages(p, size);
-    p.cast()
-}
-
-/// # Safety
-/// `segment` must be a live segment of this storage whose header holds its size.
-unsafe extern "C" fn realloc_tramp<S: SegmentSource>(
-    _storage: *mut zend_mm_storage,
-    segment: *mut zend_mm_segment,
-    size: usize,
-) -> *mut zend_mm_segment {
-    // SAFETY: the heap keeps the allocated size in the segment header (module invariant).
-    let old_size = unsafe { (*segment).size };
-    // SAFETY: `segment` was allocated by `S` with `old_size` bytes (caller contract).
-    let p = unsafe { S::realloc(segment.cast(), old_size, size) };
-    advise_huge_pages(p, size);
-    p.cast()
-}
-
-/// # Safety
-/// `segment` must be a live segment of this storage whose header holds its size.
-unsafe extern "C" fn free_tramp<S: SegmentSource>(
-    _storage: *mut zend_mm_storage,
-    segment: *mut zend_mm_segment,
-) {
-    // SAFETY: the heap keeps the allocated size in the segment header (module invariant).
-    let size = unsafe { (*segment).size };
-    // SAFETY: `segment` was allocated by `S` with `size` bytes (caller contract).
-    unsafe { S::free(segment.cast(), size) }
-}
-
-/// A `zend_mm_storage` that lives in a static and may be handed to C as `*mut`.
-#[repr(transparent)]
-pub struct StaticStorage(core::cell::UnsafeCell<zend_mm_storage>);
-
-// SAFETY: the library never writes a built-in storage instance after initialisation; C code that
-// writes one through `zend_mm_get_storage` takes the responsibility PHP gives it.
-unsafe impl Sync for StaticStorage {}
-
-impl StaticStorage {
-    pub const fn new(handlers: &'static zend_mm_mem_handlers) -> Self {
-        StaticStorage(core::cell::UnsafeCell::new(zend_mm_storage {
-            handlers,
-            data: ptr::null_mut(),
-        }))
-    }
-
-    pub fn get(&'static self) -> *mut zend_mm_storage {
-        self.0.get()
-    }
-}
-
-/// The built-in storage managers in `ZEND_MM_MEM_TYPE` order; the first is the default.
-pub static BUILTIN: [&zend_mm_mem_handlers; 3] = [
-    &malloc::HANDLERS,
-    &mmap::ANON_HANDLERS,
-    &mmap::ZERO_HANDLERS,
+/// The built-in storages in `ZEND_MM_MEM_TYPE` order; the first is the default.
+pub static BUILTIN: [&StorageOps; 3] = [
+    &<malloc::MallocStorage as SegmentSource>::OPS,
+    &<mmap::MmapAnon as SegmentSource>::OPS,
+    &<mmap::MmapZero as SegmentSource>::OPS,
 ];
 
-/// The built-in storage called `name`, if any.
-pub fn builtin_by_name(name: &[u8]) -> Option<&'static zend_mm_mem_handlers> {
-    BUILTIN.iter().copied().find(|h| {
-        // SAFETY: built-in handler names are static C strings.
-        unsafe { CStr::from_ptr(h.name) }.to_bytes() == name
-    })
+/// The name of a built-in storage.
+pub fn builtin_name(ops: &StorageOps) -> &'static CStr {
+    // SAFETY: built-ins ignore their instance.
+    unsafe { (ops.name)(ptr::null_mut()) }
 }
 
-/// The heap's handle on its storage: a `zend_mm_storage` and the handler table behind it.
-///
-/// Every call goes through PHP's handler table, so user storages and built-ins behave alike.
+/// The built-in storage called `name`, if any.
+pub fn builtin_by_name(name: &[u8]) -> Option<&'static StorageOps> {
+    BUILTIN
+        .iter()
+        .copied()
+        .find(|ops| builtin_name(ops).to_bytes() == name)
+}
+
+/// The heap's handle on its storage.
 #[derive(Clone, Copy)]
 pub struct Storage {
-    raw: *mut zend_mm_storage,
+    ops: &'static StorageOps,
+    instance: *mut c_void,
+    /// Advise transparent huge pages on what a built-in storage gives out.
+    huge_pages: bool,
 }
+
+/// What the sentinel heap's storage does: nothing (it is never asked).
+const NO_OPS: StorageOps = StorageOps {
+    name: |_| c"none",
+    open: || false,
+    close: |_| {},
+    compact: |_| {},
+    alloc: |_, _| ptr::null_mut(),
+    realloc: None,
+    free: |_, _| {},
+};
 
 impl Storage {
     /// No storage (the sentinel heap's).
     pub const NONE: Storage = Storage {
-        raw: ptr::null_mut(),
+        ops: &NO_OPS,
+        instance: ptr::null_mut(),
+        huge_pages: false,
     };
 
-    /// Wraps a storage returned by `handlers.init`.
+    /// Opens a built-in storage (or a test's [`SegmentSource`]) for one heap; `None` if it cannot
+    /// be used. With `huge_pages`, what it gives out is advised for transparent huge pages (PHP 8
+    /// does the same for the chunks it maps itself, never for a user storage's memory).
+    pub fn open_builtin(ops: &'static StorageOps, huge_pages: bool) -> Option<Storage> {
+        (ops.open)().then_some(Storage {
+            ops,
+            instance: ptr::null_mut(),
+            huge_pages,
+        })
+    }
+
+    /// A storage opened elsewhere (a C storage's `init`), with `ops` that know its `instance`.
     ///
     /// # Safety
-    /// `raw` must be a live storage whose handler table has non-null `_alloc` and `_free`.
-    pub unsafe fn from_raw(raw: *mut zend_mm_storage) -> Storage {
-        Storage { raw }
-    }
-
-    pub fn raw(self) -> *mut zend_mm_storage {
-        self.raw
-    }
-
-    fn handlers(self) -> &'static zend_mm_mem_handlers {
-        // SAFETY: `raw` is live and its handler table outlives it (from_raw contract).
-        unsafe { &*(*self.raw).handlers }
-    }
-
-    /// The storage's name as given by its handler table.
-    pub fn name(self) -> &'static CStr {
-        let name = self.handlers().name;
-        if name.is_null() {
-            c"(unnamed)"
-        } else {
-            // SAFETY: a non-null handler name is a C string that lives as long as the table.
-            unsafe { CStr::from_ptr(name) }
+    /// `instance` must be what `ops` expect, live until [`Storage::close`].
+    pub unsafe fn from_instance(ops: &'static StorageOps, instance: *mut c_void) -> Storage {
+        Storage {
+            ops,
+            instance,
+            huge_pages: false,
         }
+    }
+
+    pub fn ops(self) -> &'static StorageOps {
+        self.ops
+    }
+
+    pub fn instance(self) -> *mut c_void {
+        self.instance
+    }
+
+    /// The storage's name.
+    pub fn name(self) -> &'static CStr {
+        // SAFETY: `instance` is what the ops expect (constructor contracts).
+        unsafe { (self.ops.name)(self.instance) }
     }
 
     /// Ends the process with a message if the storage returned memory that is not aligned as the
     /// storage API promises (the heap's headers and the region map rely on it).
-    fn check_alignment(self, p: *mut zend_mm_segment) {
-        if p as usize % crate::region_map::REGION_ALIGN != 0 {
-            crate::diagnostics::startup_error(format_args!(
+    fn check_alignment(self, p: *mut u8) {
+        if p.addr() % STORAGE_ALIGN != 0 {
+            diagnostics::startup_error(format_args!(
                 "zend_mm storage [{}] returned {:p}, which is not {}-byte aligned\n",
                 self.name().to_str().unwrap_or("?"),
                 p,
-                crate::region_map::REGION_ALIGN
+                STORAGE_ALIGN
             ));
         }
     }
 
-    /// Asks the storage for `size` bytes; writes the segment header on success.
-    pub fn alloc(self, size: usize) -> *mut u8 {
-        let Some(alloc) = self.handlers()._alloc else {
-            return ptr::null_mut();
-        };
-        // SAFETY: calling the storage's own allocation handler with its own instance.
-        let seg = unsafe { alloc(self.raw, size) };
-        if !seg.is_null() {
-            self.check_alignment(seg);
+    /// What the storage just gave out (`size` bytes at `p`): checked, advised, headed.
+    fn received(self, p: *mut u8, size: usize) -> *mut u8 {
+        if !p.is_null() {
+            self.check_alignment(p);
+            if self.huge_pages {
+                os::advise_huge_pages(p, size);
+            }
             // SAFETY: a storage returns at least `size` (>= 16) writable bytes.
             unsafe {
-                (*seg).size = size;
-                (*seg).next_segment = ptr::null_mut();
-            }
+                p.cast::<SegmentHeader>().write(SegmentHeader {
+                    size,
+                    next_segment: ptr::null_mut(),
+                })
+            };
         }
-        seg.cast()
+        p
     }
 
-    /// Resizes a segment through `_realloc`; without one (a user storage may leave it NULL) the
-    /// heap falls back to alloc + copy + free. Null on failure, the old segment intact.
+    /// Asks the storage for `size` bytes; writes the header on success.
+    pub fn alloc(self, size: usize) -> *mut u8 {
+        // SAFETY: the storage's own operation on its own instance.
+        let p = unsafe { (self.ops.alloc)(self.instance, size) };
+        self.received(p, size)
+    }
+
+    /// Resizes an allocation (without a `realloc` operation: allocate, copy, free). Null on
+    /// failure, the old allocation intact.
     ///
     /// # Safety
-    /// `p` must be a live segment of this storage whose header holds its size.
+    /// `p` must be a live allocation of this storage whose header holds its size.
     pub unsafe fn realloc(self, p: *mut u8, new_size: usize) -> *mut u8 {
-        let seg: *mut zend_mm_segment = p.cast();
-        let new = match self.handlers()._realloc {
-            // SAFETY: `p` is a live segment of this storage (caller contract).
-            Some(realloc) => unsafe { realloc(self.raw, seg, new_size) },
+        let new = match self.ops.realloc {
+            // SAFETY: `p` is a live allocation of this storage (caller contract).
+            Some(realloc) => unsafe { realloc(self.instance, p, new_size) },
             None => {
-                let new: *mut zend_mm_segment = self.alloc(new_size).cast();
+                let new = self.alloc(new_size);
                 if !new.is_null() {
                     // SAFETY: both blocks are live and at least min(old, new) bytes long.
                     unsafe {
-                        let old_size = (*seg).size;
-                        ptr::copy_nonoverlapping(p, new.cast(), old_size.min(new_size));
+                        let old_size = (*p.cast::<SegmentHeader>()).size;
+                        ptr::copy_nonoverlapping(p, new, old_size.min(new_size));
                         self.free(p);
                     }
                 }
                 new
             }
         };
-        if !new.is_null() {
-            self.check_alignment(new);
-            // SAFETY: `new` is a live segment of `new_size` bytes.
-            unsafe { (*new).size = new_size };
-        }
-        new.cast()
+        self.received(new, new_size)
     }
 
-    /// Returns a segment to the storage.
+    /// Returns an allocation to the storage.
     ///
     /// # Safety
-    /// `p` must be a live segment of this storage whose header holds its size; it is gone after.
+    /// `p` must be a live allocation of this storage whose header holds its size; it is gone after.
     pub unsafe fn free(self, p: *mut u8) {
-        if let Some(free) = self.handlers()._free {
-            // SAFETY: `p` is a live segment of this storage (caller contract).
-            unsafe { free(self.raw, p.cast()) }
-        }
+        // SAFETY: `p` is a live allocation of this storage (caller contract).
+        unsafe { (self.ops.free)(self.instance, p) }
     }
 
     /// Lets the storage give cached memory back to the system.
     pub fn compact(self) {
-        if let Some(compact) = self.handlers().compact {
-            // SAFETY: calling the storage's own handler with its own instance.
-            unsafe { compact(self.raw) }
-        }
+        // SAFETY: the storage's own operation on its own instance.
+        unsafe { (self.ops.compact)(self.instance) }
     }
 
-    /// Destroys the storage instance (after its last segment was freed).
+    /// Ends this use of the storage (after its last allocation went back).
     ///
     /// # Safety
-    /// No segment of this storage may be live, and the storage must not be used afterwards.
-    pub unsafe fn destroy(self) {
-        if let Some(dtor) = self.handlers().dtor {
-            // SAFETY: the storage is no longer used (caller contract).
-            unsafe { dtor(self.raw) }
-        }
-    }
-}
-
-/// With `USE_ZEND_ALLOC_HUGE_PAGES`, asks the kernel to back the whole pages of a block a built-in
-/// storage just gave out with transparent huge pages. PHP 8 does the same for the chunks it maps
-/// itself, never for a user storage's memory, hence here and not in [`Storage::alloc`]. A hint:
-/// failure (no THP in the kernel) changes nothing.
-fn advise_huge_pages(p: *mut u8, size: usize) {
-    if p.is_null() || !crate::options::get().huge_pages {
-        return;
-    }
-    let page = crate::sizes::ZEND_MM_PAGE_SIZE;
-    let start = p.addr().next_multiple_of(page);
-    let end = (p.addr() + size) & !(page - 1);
-    if end > start {
-        // SAFETY: the range lies inside a live segment the storage just gave this heap; madvise
-        // with MADV_HUGEPAGE changes no contents.
-        unsafe {
-            libc::madvise(p.with_addr(start).cast(), end - start, libc::MADV_HUGEPAGE);
-        }
+    /// No allocation of this storage may be live, and the handle must not be used afterwards.
+    pub unsafe fn close(self) {
+        // SAFETY: the storage is no longer used (caller contract).
+        unsafe { (self.ops.close)(self.instance) }
     }
 }
 
@@ -320,12 +364,8 @@ fn advise_huge_pages(p: *mut u8, size: usize) {
 mod tests {
     use super::*;
 
-    fn open(h: &zend_mm_mem_handlers) -> Storage {
-        // SAFETY: built-in init handlers take no parameters.
-        let raw = unsafe { h.init.unwrap()(ptr::null_mut()) };
-        assert!(!raw.is_null());
-        // SAFETY: built-in tables have every handler.
-        unsafe { Storage::from_raw(raw) }
+    fn open(ops: &'static StorageOps) -> Storage {
+        Storage::open_builtin(ops, false).expect("built-ins open")
     }
 
     #[test]
@@ -335,8 +375,7 @@ mod tests {
         assert!(builtin_by_name(b"mmap_zero").is_some());
         assert!(builtin_by_name(b"mmap").is_none());
         assert!(builtin_by_name(b"MALLOC").is_none());
-        // SAFETY: static C string.
-        assert_eq!(unsafe { CStr::from_ptr(BUILTIN[0].name) }, c"malloc");
+        assert_eq!(open(BUILTIN[0]).name(), c"malloc");
     }
 
     #[test]
@@ -360,7 +399,7 @@ mod tests {
                 assert!(!r.is_null());
                 assert_eq!(r.add(100).read(), 7);
                 s.free(r);
-                s.destroy();
+                s.close();
             }
         }
     }
@@ -384,21 +423,21 @@ mod tests {
             unsafe { s.free(p) };
             s.compact();
             // SAFETY: nothing of the storage is live.
-            unsafe { s.destroy() };
+            unsafe { s.close() };
         }
     }
 
     #[test]
     #[cfg_attr(miri, ignore = "needs mmap and libc")]
     fn mmap_storages_give_zeroed_memory() {
-        for h in [&mmap::ANON_HANDLERS, &mmap::ZERO_HANDLERS] {
+        for h in [BUILTIN[1], BUILTIN[2]] {
             let s = open(h);
             let p = s.alloc(2 << 20);
             // SAFETY: live segment of this storage.
             unsafe {
                 assert_eq!(p.add(4096).read(), 0, "fresh mappings are zeroed");
                 s.free(p);
-                s.destroy();
+                s.close();
             }
         }
     }

@@ -8,11 +8,13 @@
 use core::fmt;
 use core::ptr;
 
-use crate::heap::{FreeSlot, Heap};
+use super::Heap;
+use super::route::{Block, Lookup};
+use super::small::FreeSlot;
 use crate::region_map::{self, Region};
 use crate::segment::{
     LARGE_PAGES_MASK, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, Segment, small_bin,
-    small_place, starts_slot,
+    small_place,
 };
 use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
 
@@ -37,42 +39,23 @@ impl Heap {
         if p.is_null() {
             return BlockStatus::Null;
         }
-        let seg = match region_map::find_owned(p as usize, self) {
-            Region::Segment(seg) => seg,
-            Region::Huge(block) => {
-                // SAFETY: a live huge block of this heap (the region map vouches for the owner).
-                let b = unsafe { &*block };
-                return if b.data.cast_const() == p {
-                    BlockStatus::Live(b.size)
+        match self.lookup(p) {
+            Lookup::Block(Block::Small { bin, .. }) => {
+                if self.on_free_list(bin, p) {
+                    BlockStatus::Freed
                 } else {
-                    BlockStatus::NotABlock
-                };
+                    BlockStatus::Live(BIN_SIZE[bin])
+                }
             }
-            Region::Unowned => return BlockStatus::Foreign,
-        };
-        // SAFETY: a live segment of this heap (the region map vouches for the owner).
-        let s = unsafe { &*seg };
-        let Some(page) = s.page_of(p as usize) else {
-            return BlockStatus::NotABlock;
-        };
-        let info = s.map_get(page);
-        if let Some(bin) = small_bin(info) {
-            return if !starts_slot(p, info) {
-                BlockStatus::NotABlock
-            } else if self.on_free_list(bin, p) {
-                BlockStatus::Freed
-            } else {
-                BlockStatus::Live(BIN_SIZE[bin])
-            };
-        }
-        match info & PAGE_KIND_MASK {
-            PAGE_LARGE if (p as usize) % ZEND_MM_PAGE_SIZE == 0 => {
-                BlockStatus::Live((info & LARGE_PAGES_MASK) as usize * ZEND_MM_PAGE_SIZE)
+            Lookup::Block(Block::Large { pages, .. }) => {
+                BlockStatus::Live(pages * ZEND_MM_PAGE_SIZE)
             }
-            PAGE_FREE if page >= s.header_pages as usize && s.page_addr(page).cast_const() == p => {
-                BlockStatus::Freed
-            }
-            _ => BlockStatus::NotABlock,
+            // SAFETY: a live huge block of this heap (the lookup vouches for it).
+            Lookup::Block(Block::Huge(block)) => BlockStatus::Live(unsafe { (*block).size() }),
+            // Pages are page aligned: a free page's start is where a freed block began.
+            Lookup::FreePage { .. } if p.addr() % ZEND_MM_PAGE_SIZE == 0 => BlockStatus::Freed,
+            Lookup::FreePage { .. } | Lookup::NotABlock => BlockStatus::NotABlock,
+            Lookup::Foreign => BlockStatus::Foreign,
         }
     }
 
@@ -101,21 +84,18 @@ impl Heap {
         };
         let mut used_bytes = 0usize;
         let mut used_slots = [0usize; ZEND_MM_BINS];
-        let mut seg = self.main;
-        while !seg.is_null() {
-            // SAFETY: the all-list holds live segments of this heap.
+        // SAFETY: the main segment and the live list's are live segments of this heap.
+        for seg in core::iter::once(self.main).chain(unsafe { self.segments.iter() }) {
+            // SAFETY: as above.
             let s = unsafe { &*seg };
             used_bytes += self.check_segment(s, &mut used_slots, &mut error);
-            seg = s.all_next;
         }
-        let mut seg = self.cached;
-        while !seg.is_null() {
-            // SAFETY: cached segments are live segments of this heap.
-            let s = unsafe { &*seg };
-            if !s.is_empty() {
+        // SAFETY: cached segments are live segments of this heap.
+        for seg in unsafe { self.cached.iter() } {
+            // SAFETY: as above.
+            if unsafe { !(*seg).is_empty() } {
                 error(format_args!("cached segment {:p} has pages in use\n", seg));
             }
-            seg = s.class_next;
         }
         for (bin, slots) in used_slots.iter().enumerate() {
             let mut free = 0usize;
@@ -143,26 +123,19 @@ impl Heap {
             }
             used_bytes += slots.saturating_sub(free) * BIN_SIZE[bin];
         }
-        let mut block = self.huge_list;
-        while !block.is_null() {
-            // SAFETY: the huge list holds live huge blocks of this heap.
+        // SAFETY: the huge list holds live huge blocks of this heap.
+        for block in unsafe { self.huge_blocks.iter() } {
+            // SAFETY: as above.
             let b = unsafe { &*block };
-            if !ptr::eq(b.heap, self)
-                || region_map::find_owned(b.data as usize, self) != Region::Huge(block)
-            {
+            if region_map::find_owned(b.data().addr(), self.id()) != Region::Huge(block.cast()) {
                 error(format_args!(
                     "huge block {:p} is not registered to this heap\n",
-                    b.data
+                    b.data()
                 ));
             }
-            used_bytes += b.size;
-            block = b.next;
+            used_bytes += b.size();
         }
-        let reserve = if self.reserve.is_null() {
-            0
-        } else {
-            self.block_size(self.reserve)
-        };
+        let reserve = self.reserve_bytes();
         if used_bytes != self.size + reserve {
             error(format_args!(
                 "usage is {} bytes but the blocks in use add up to {}\n",
@@ -180,16 +153,17 @@ impl Heap {
         slots: &mut [usize; ZEND_MM_BINS],
         error: &mut dyn FnMut(fmt::Arguments<'_>),
     ) -> usize {
-        if !ptr::eq(s.heap, self) {
+        if s.owner() != self.id() {
             error(format_args!("segment {:p} belongs to another heap\n", s));
         }
-        if region_map::find_owned(s.base() as usize, self)
-            != Region::Segment(ptr::from_ref(s).cast_mut())
+        let base = s.allocation().base();
+        if region_map::find_owned(base.addr(), self.id()) != Region::Segment(base)
+            || base != ptr::from_ref(s).cast_mut().cast()
         {
             error(format_args!("segment {:p} is not registered\n", s));
         }
-        let pages = s.page_count as usize;
-        let header = s.header_pages as usize;
+        let pages = s.page_count();
+        let header = s.header_pages();
         let bits = |i: usize| s.page_used(i);
         for i in 0..header {
             if !bits(i) || s.map_get(i) != PAGE_FREE {
@@ -269,17 +243,18 @@ impl Heap {
             run = if bits(i) { 0 } else { run + 1 };
             longest = longest.max(run);
         }
-        if longest != s.longest_free as usize {
+        if longest != s.longest_free() as usize {
             error(format_args!(
                 "segment {:p}: longest free run recorded as {} pages, found {longest}\n",
-                s, s.longest_free
+                s,
+                s.longest_free()
             ));
         }
-        if used + s.free_pages as usize != pages - header {
+        if used + s.free_page_count() != pages - header {
             error(format_args!(
                 "segment {:p}: {} free pages recorded, {} found\n",
                 s,
-                s.free_pages,
+                s.free_page_count(),
                 pages - header - used
             ));
         }

@@ -12,7 +12,7 @@
 //! - the limit is checked only when memory is taken from storage, as in PHP 8, and not while a
 //!   fatal error is being reported (the handler may need memory).
 
-use crate::heap::Heap;
+use super::Heap;
 
 /// `zend_set_memory_limit` refused the new limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,13 +21,13 @@ pub struct LimitBelowUsage;
 impl Heap {
     /// Counts `bytes` handed out (the peak catches up at the next free).
     #[inline(always)]
-    pub fn count_alloc(&mut self, bytes: usize) {
+    pub(super) fn count_alloc(&mut self, bytes: usize) {
         self.size += bytes;
     }
 
     /// Counts `bytes` given back, first recording the usage they leave as a peak.
     #[inline(always)]
-    pub fn count_free(&mut self, bytes: usize) {
+    pub(super) fn count_free(&mut self, bytes: usize) {
         if self.size > self.peak {
             self.peak = self.size;
         }
@@ -35,14 +35,14 @@ impl Heap {
     }
 
     /// Counts `bytes` newly taken from storage, updating the real peak.
-    pub fn count_storage(&mut self, bytes: usize) {
+    pub(super) fn count_storage(&mut self, bytes: usize) {
         self.real_size += bytes;
         self.real_peak = self.real_peak.max(self.real_size);
     }
 
     /// Whether taking `grow` more bytes from storage stays within the limit (always while a fatal
     /// error is being reported).
-    pub fn within_limit(&self, grow: usize) -> bool {
+    pub(super) fn within_limit(&self, grow: usize) -> bool {
         self.overflow != 0 || grow <= self.limit.saturating_sub(self.real_size)
     }
 
@@ -79,7 +79,7 @@ impl Heap {
     /// dropped then: the cached huge blocks first, then segments one by one).
     pub fn set_limit(&mut self, limit: usize) -> Result<(), LimitBelowUsage> {
         if limit < self.real_size {
-            let cached_bytes = self.cached_count * self.segment_size + self.cached_huge_bytes();
+            let cached_bytes = self.cached_segment_bytes() + self.cached_huge_bytes();
             if limit < self.real_size - cached_bytes {
                 return Err(LimitBelowUsage);
             }

@@ -3,7 +3,7 @@
 //! Owns three pointers per thread: `fast`, the heap the allocation fast paths use (the current heap,
 //! or the static [`crate::heap::SENTINEL`] when there is none or it is custom, so the fast paths
 //! need no null check); `current` (`AG(mm_heap)`, null until made); and `own`, the thread's default
-//! heap. `crate::thread` keeps them consistent.
+//! heap. The runtime module above keeps them consistent.
 //!
 //! On x86-64 Linux the slots are an initial-exec TLS symbol read with inline assembly: a Rust
 //! `thread_local!` in a shared library goes through a call to `__tls_get_addr` on every access,

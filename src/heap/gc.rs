@@ -2,25 +2,23 @@
 //!
 //! Owns the operation that gives back memory the heap holds without using it: runs whose small
 //! slots are all free go back to their segment, and the segments (and huge blocks) the heap keeps
-//! cached for reuse go back to storage. It walks
-//! the free lists only (never every segment): pass 1 counts free slots per run in the run's first
-//! page-map entry, pass 2 unlinks the slots of complete runs and frees those runs, pass 3 clears
-//! the counters of the runs that stay. Segments are given up only after the walk, since a list may
-//! still lead into them.
+//! cached for reuse go back to storage. It walks the free lists, not the pages: pass 1 counts free
+//! slots per run in the run's first page-map entry, pass 2 unlinks the slots of complete runs and
+//! frees those runs, pass 3 clears the counters of the runs that stay. Segments emptied by the
+//! walk are given up only after it (a list may still lead into them), in one pass over the
+//! segment list.
 //!
 //! The free lists are written through user pointers, so the walk trusts none of them: every slot
 //! must start a slot of a run of its bin in a segment of this heap, and no run may be counted more
 //! free slots than it has (a list that loops, or names a slot twice, is caught there). Either
 //! failure is heap corruption; the walk is bounded by the slots the heap has.
 
-use core::ptr;
-
+use super::Heap;
+use super::route::{Block, Lookup};
+use super::small::FreeSlot;
 use crate::diagnostics;
-use crate::heap::{FreeSlot, Heap};
-use crate::region_map::{self, Region};
 use crate::segment::{
-    PAGE_KIND_MASK, PAGE_SMALL, SMALL_COUNTER_MASK, SMALL_COUNTER_SHIFT, Segment, small_bin,
-    starts_slot,
+    PAGE_KIND_MASK, PAGE_SMALL, SMALL_COUNTER_MASK, SMALL_COUNTER_SHIFT, Segment,
 };
 use crate::sizes::{BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
 
@@ -29,7 +27,7 @@ impl Heap {
     /// to storage; returns the bytes given back (PHP counts the runs only: it has no caches to
     /// empty mid-request).
     pub fn gc(&mut self) -> usize {
-        if self.use_custom_heap != 0 {
+        if self.is_custom() {
             return 0;
         }
         // Pass 1: count free slots per run.
@@ -42,7 +40,6 @@ impl Heap {
         });
         // Pass 2: unlink the slots of complete runs and free those runs.
         let mut collected_pages = 0;
-        let mut emptied: *mut Segment = ptr::null_mut();
         for (bin, info) in BINS.iter().enumerate() {
             let mut link: *mut *mut FreeSlot = &mut self.free_slots[bin];
             loop {
@@ -66,24 +63,13 @@ impl Heap {
                 // SAFETY: unlinking a slot; its memory stays mapped until the walk ends.
                 unsafe { *link = (*slot).next };
                 if complete {
-                    // SAFETY: a live segment of this heap; the run is all free slots.
-                    let emptied_now = unsafe {
+                    // SAFETY: a live segment of this heap; the run is all free slots. Emptied
+                    // segments stay filed (under their new class) until the walk ends.
+                    unsafe {
                         (*seg).free_pages(first, info.pages as usize);
-                        (*seg).is_empty() && seg != self.main
-                    };
-                    collected_pages += info.pages as usize;
-                    // Emptied segments are given up after the walk; the rest are refiled now.
-                    // SAFETY: as above.
-                    if emptied_now && unsafe { !(*seg).gc_emptied } {
-                        // SAFETY: as above.
-                        unsafe {
-                            (*seg).gc_emptied = true;
-                            (*seg).gc_next = emptied;
-                        }
-                        emptied = seg;
-                    } else if !emptied_now {
                         self.reclassify(seg);
                     }
+                    collected_pages += info.pages as usize;
                 }
             }
         }
@@ -91,58 +77,56 @@ impl Heap {
         self.for_each_free_slot_run(|s, first, _| {
             s.map_set(first, s.map_get(first) & !SMALL_COUNTER_MASK)
         });
-        // Give up the segments left empty; refile the others that lost runs.
-        while !emptied.is_null() {
-            // SAFETY: segments collected above are live segments of this heap.
-            let next = unsafe { (*emptied).gc_next };
-            // SAFETY: as above.
-            unsafe { (*emptied).gc_emptied = false };
-            self.segment_pages_freed(emptied);
-            emptied = next;
+        // Give up the segments the walk emptied.
+        // SAFETY: the live list holds live non-main segments of this heap; an emptied one moves
+        // to the cache after the iterator passed it.
+        unsafe {
+            for seg in self.segments.iter() {
+                if (*seg).is_empty() {
+                    self.segment_pages_freed(seg);
+                }
+            }
         }
         collected_pages * ZEND_MM_PAGE_SIZE
             + self.release_cached_segments()
             + self.release_cached_huge()
     }
 
-    /// The segment and first page of the run holding `p` (a run pass 2 freed reads as free pages,
-    /// and then `p`'s own page is named); heap corruption unless `p` lies in a segment of this heap.
+    /// The segment and first page of the run holding free slot `p` (a run pass 2 freed reads as
+    /// free pages, and then `p`'s own page is named); heap corruption unless `p` lies in a small
+    /// run or a free page of a segment of this heap.
     fn run_of(&self, p: *mut u8) -> (*mut Segment, usize) {
-        let Region::Segment(seg) = region_map::find_owned(p as usize, self) else {
-            diagnostics::heap_corrupted()
-        };
-        // SAFETY: a live segment of this heap (the region map vouches for the owner).
-        let s = unsafe { &*seg };
-        let page = s
-            .page_of(p as usize)
-            .unwrap_or_else(|| diagnostics::heap_corrupted());
-        (seg, s.small_run_start(page))
-    }
-
-    /// The segment and first page of the small run holding free slot `p` of `bin`; heap corruption
-    /// unless `p` starts a slot of a run of `bin` in a segment of this heap.
-    fn small_run_of(&self, p: *mut u8, bin: usize) -> (*mut Segment, usize) {
-        let (seg, first) = self.run_of(p);
-        // SAFETY: as in `run_of`.
-        let s = unsafe { &*seg };
-        let Some(page) = s.page_of(p as usize) else {
-            diagnostics::heap_corrupted()
-        };
-        let info = s.map_get(page);
-        if small_bin(info) != Some(bin) || !starts_slot(p, info) {
-            diagnostics::heap_corrupted();
+        match self.lookup(p) {
+            Lookup::Block(Block::Small { seg, page, .. }) => {
+                // SAFETY: a live segment of this heap.
+                (seg, unsafe { (*seg).small_run_start(page) })
+            }
+            Lookup::FreePage { seg, page } => (seg, page),
+            _ => diagnostics::heap_corrupted(),
         }
-        (seg, first)
     }
 
-    /// Calls `visit` with the segment, first page of the small run and bin of every free slot.
+    /// Calls `visit` with the segment, first page of the small run and bin of every free slot;
+    /// heap corruption unless each slot starts a slot of a run of its bin in this heap.
     fn for_each_free_slot_run(&mut self, mut visit: impl FnMut(&mut Segment, usize, usize)) {
         for bin in 0..ZEND_MM_BINS {
             let mut slot = self.free_slots[bin];
             while !slot.is_null() {
-                let (seg, first) = self.small_run_of(slot.cast(), bin);
-                // SAFETY: free-list slots lie in live segments of this heap.
-                visit(unsafe { &mut *seg }, first, bin);
+                let Lookup::Block(Block::Small {
+                    seg,
+                    page,
+                    bin: found,
+                }) = self.lookup(slot.cast())
+                else {
+                    diagnostics::heap_corrupted()
+                };
+                if found != bin {
+                    diagnostics::heap_corrupted();
+                }
+                // SAFETY: a live segment of this heap (the lookup vouches for it).
+                let s = unsafe { &mut *seg };
+                let first = s.small_run_start(page);
+                visit(s, first, bin);
                 // SAFETY: free slots hold their next link.
                 slot = unsafe { (*slot).next };
             }

@@ -8,27 +8,32 @@
 //! Invariant: a slot is on `free_slots[bin]` iff it is free; its run's first page-map entry names
 //! `bin`.
 
-use core::ptr;
-
-use crate::diagnostics::{self, Site};
-use crate::heap::{FreeSlot, Heap};
+use super::pages::NoPages;
+use super::{Heap, Refusal};
+use crate::diagnostics;
 use crate::segment::small_entry;
 use crate::sizes::{BINS, ZEND_MM_PAGE_SIZE};
+
+/// A free slot of a small bin: the next free slot of the same bin.
+#[repr(C)]
+pub(super) struct FreeSlot {
+    pub(super) next: *mut FreeSlot,
+}
 
 impl Heap {
     /// Pops a slot of `bin` (PHP's `zend_mm_alloc_small`).
     #[inline(always)]
-    pub fn alloc_small(&mut self, bin: usize, site: Site) -> *mut u8 {
+    pub(super) fn alloc_small(&mut self, bin: usize) -> Result<*mut u8, Refusal> {
         let p = self.pop_free_slot(bin);
         if p.is_null() {
-            return self.alloc_small_slow(bin, site);
+            return self.alloc_small_slow(bin);
         }
-        p
+        Ok(p)
     }
 
     /// Pops the first free slot of `bin` and counts it; null if the list is empty.
     #[inline(always)]
-    pub fn pop_free_slot(&mut self, bin: usize) -> *mut u8 {
+    pub(super) fn pop_free_slot(&mut self, bin: usize) -> *mut u8 {
         let slot = self.free_slots[bin];
         if !slot.is_null() {
             // SAFETY: free-list slots are free slots of this heap holding the next link.
@@ -41,15 +46,17 @@ impl Heap {
     /// Pushes slot `p` back on `bin`'s list (PHP's `zend_mm_free_small`). A slot that is already
     /// the head of the list is being freed twice (the commonest double free: free, then free
     /// again): pushing it would make it its own successor, so it is reported instead.
+    ///
+    /// # Safety
+    /// `p` must start a slot of a small run of `bin` in a live segment of this heap.
     #[inline(always)]
-    pub fn free_small(&mut self, p: *mut u8, bin: usize) {
+    pub(super) unsafe fn free_small(&mut self, p: *mut u8, bin: usize) {
         let slot = p.cast::<FreeSlot>();
         let head = self.free_slots[bin];
         if slot == head {
             diagnostics::heap_corrupted();
         }
-        // SAFETY: `p` is a slot of this heap's bin `bin` (found by `locate` or the fast lookup,
-        // both of which checked that it starts a slot).
+        // SAFETY: `p` is a slot of this heap's bin `bin` (caller contract): its memory is ours.
         unsafe { (*slot).next = head };
         self.free_slots[bin] = slot;
         self.count_free(self.bin_size[bin]);
@@ -59,11 +66,14 @@ impl Heap {
     /// the first.
     #[cold]
     #[inline(never)]
-    fn alloc_small_slow(&mut self, bin: usize, site: Site) -> *mut u8 {
+    fn alloc_small_slow(&mut self, bin: usize) -> Result<*mut u8, Refusal> {
         let info = BINS[bin];
-        let Ok((seg, page)) = self.alloc_pages(info.pages as usize, info.size as usize, site)
-        else {
-            return ptr::null_mut();
+        let (seg, page) = match self.alloc_pages(info.pages as usize) {
+            Ok(run) => run,
+            Err(NoPages::Refused(refusal)) => return Err(refusal),
+            // Cannot happen: every segment size leaves room for the longest bin run after
+            // alignment losses (checked at compile time in `heap`).
+            Err(NoPages::TooShort) => return Err(Refusal::OutOfMemory),
         };
         // SAFETY: `alloc_pages` returned a run of `info.pages` pages of a live segment of ours.
         let s = unsafe { &mut *seg };
@@ -87,6 +97,6 @@ impl Heap {
         }
         self.free_slots[bin] = next;
         self.count_alloc(size);
-        run
+        Ok(run)
     }
 }

@@ -1,18 +1,20 @@
-//! Per-thread heaps (PHP's ZTS model: `AG(mm_heap)` per thread).
+//! The runtime: per-thread heaps (PHP's ZTS model: `AG(mm_heap)` per thread).
 //!
 //! Owns the calling thread's *current* heap (what `emalloc` uses; `zend_mm_set_heap` changes it)
 //! and its *own* default heap, made on first use from the process options and released in full
-//! when the thread exits. Heaps take no locks: a heap is used by one thread at a time.
+//! when the thread exits, and the thread-local slots that hold them ([`tls`]). Heaps take no locks:
+//! a heap is used by one thread at a time.
+
+mod tls;
 
 use core::ffi::c_void;
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::diagnostics::{Fatal, Site};
-use crate::heap::{Heap, SENTINEL};
+use crate::diagnostics::{self, Fatal, Site};
+use crate::heap::{Heap, SENTINEL, api};
 use crate::options;
 use crate::storage::Storage;
-use crate::tls;
 
 /// The calling thread's current heap, or null if it has none yet.
 #[inline(always)]
@@ -61,7 +63,7 @@ fn refresh_fast() {
     // SAFETY: this thread's own slots; a non-null current heap is live.
     unsafe {
         let current = (*slots).current;
-        (*slots).fast = if !current.is_null() && (*current).use_custom_heap == 0 {
+        (*slots).fast = if !current.is_null() && !(*current).is_custom() {
             current
         } else {
             SENTINEL.get()
@@ -109,34 +111,14 @@ pub fn forget(heap: *mut Heap) {
 /// `zend_mm_startup`).
 pub fn new_default_heap(per_thread: bool) -> *mut Heap {
     let opts = options::get();
-    let Some(init) = opts.storage.init else {
-        return ptr::null_mut();
+    let Some(storage) = Storage::open_builtin(opts.storage, opts.huge_pages) else {
+        diagnostics::storage_init_failed(crate::storage::builtin_name(opts.storage));
     };
-    // SAFETY: built-in init handlers take no parameters.
-    let raw = unsafe { init(ptr::null_mut()) };
-    if raw.is_null() {
-        // SAFETY: built-in handler names are static C strings.
-        let name = unsafe { core::ffi::CStr::from_ptr(opts.storage.name) };
-        crate::diagnostics::startup_error(format_args!(
-            "Cannot initialize zend_mm storage [{}]\n",
-            name.to_str().unwrap_or("?")
-        ));
-    }
-    // SAFETY: a storage fresh from its built-in init.
-    let storage = unsafe { Storage::from_raw(raw) };
     // SAFETY: the storage is ours; the segment size was validated by the options.
     let heap = unsafe { Heap::create(storage, opts.segment_size, 0, opts.compact_size) };
-    if heap.is_null() {
-        // SAFETY: no segment of the storage is live.
-        unsafe { storage.destroy() };
-        return heap;
-    }
-    if per_thread && !opts.use_zend_alloc {
-        // SAFETY: the heap was just made.
-        unsafe {
-            let _ = (*heap).set_custom(crate::custom::CustomHandlers::LIBC);
-            (*heap).libc_only = true;
-        }
+    if !heap.is_null() && per_thread && !opts.use_zend_alloc {
+        // SAFETY: the heap was just made; nothing else refers to it.
+        unsafe { (*heap).use_libc_only() };
     }
     heap
 }
@@ -158,7 +140,7 @@ fn adopt_own(tried: usize, site: Site) -> *mut Heap {
         }
         // SAFETY: no heap to mark; nothing with a destructor is live here.
         unsafe {
-            crate::diagnostics::raise(
+            api::raise(
                 ptr::null_mut(),
                 site,
                 Fatal::OutOfMemory {
@@ -192,7 +174,7 @@ fn exit_key() -> libc::pthread_key_t {
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: creating a key with a destructor that only shuts a heap down.
     if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } != 0 {
-        crate::diagnostics::startup_error(format_args!(
+        diagnostics::startup_error(format_args!(
             "Cannot create the thread exit hook of zend_alloc\n"
         ));
     }

@@ -15,19 +15,26 @@
 //!   run point back to the first; the first page of a large run holds its page count; every other
 //!   page (header pages included) is `FREE`, so a pointer into it is not a block;
 //! - `free_pages` and `longest_free` are exact;
-//! - `heap` is the owning heap (the segment's owner, checked on every free).
+//! - `owner` is the owning heap's id (the region map's owner, checked on every free).
+//!
+//! The heap's bookkeeping in the header (its list links, class and creation number) is the heap's
+//! to keep; this module only stores it. Fields are private: the heap reads and writes them through
+//! methods.
 //!
 //! Ownership is per segment so that frees from other threads can be added without a redesign: a
 //! free whose segment belongs to another thread's heap is, today, heap corruption (PHP's rule); it
 //! can instead push the block onto a list kept in this header for the owner to drain, as mimalloc
 //! does per page. The header has room for such fields (its size is computed, not fixed).
 
+mod bitmap;
+
 use core::ptr;
 
-use crate::bitmap::PageBitmap;
-use crate::ffi::types::zend_mm_segment;
-use crate::heap::Heap;
+use crate::list::{Field, Links};
+use crate::region_map::Owner;
 use crate::sizes::{PAGE_SHIFT, ZEND_MM_PAGE_SIZE};
+use crate::storage::Allocation;
+use bitmap::PageBitmap;
 
 /// Page-map entry kinds (top two bits).
 pub(crate) const PAGE_FREE: u32 = 0;
@@ -134,38 +141,48 @@ pub(crate) const NO_CLASS: u32 = u32::MAX;
 
 #[repr(C)]
 pub struct Segment {
-    /// What the storage sees: the allocation size (and an unused link, NULL).
-    pub raw: zend_mm_segment,
-    /// The owning heap.
-    pub heap: *mut Heap,
+    /// The storage allocation, its header first (what the storage reads).
+    alloc: Allocation,
+    /// The owning heap's id.
+    owner: Owner,
     /// Address of page 0: the segment's start rounded down to a page.
-    pub page0: *mut u8,
-    /// The page map, at [`MAP_OFFSET`]. Kept as a pointer (with the provenance of the whole storage
-    /// allocation) because the header beyond this struct is not part of it: a pointer derived from
-    /// `&self` may not reach the map, nor hand the allocation back to storage.
-    map: *mut u32,
+    page0: *mut u8,
     /// Pages numbered in the map (the segment size over the page size).
-    pub page_count: u32,
+    page_count: u32,
     /// Pages at the start that the header occupies.
-    pub header_pages: u32,
-    pub free_pages: u32,
+    header_pages: u32,
+    free_pages: u32,
     /// Longest run of free pages.
-    pub longest_free: u32,
+    longest_free: u32,
     /// The heap's class list this segment is on ([`NO_CLASS`] if none).
-    pub class: u32,
-    /// `zend_mm_gc`: already on its list of emptied segments.
-    pub gc_emptied: bool,
+    class: u32,
     /// Creation ordinal: younger segments have larger numbers.
-    pub num: u64,
-    /// Every live segment of the heap, main segment first.
-    pub all_prev: *mut Segment,
-    pub all_next: *mut Segment,
-    /// The class list (or the cache list).
-    pub class_prev: *mut Segment,
-    pub class_next: *mut Segment,
-    /// `zend_mm_gc`'s list of segments it emptied.
-    pub gc_next: *mut Segment,
-    pub bitmap: *mut u64,
+    num: u64,
+    /// On the heap's list of live segments.
+    all: Links<Segment>,
+    /// On one of the heap's class lists, or its cache.
+    by_class: Links<Segment>,
+    bitmap: *mut u64,
+}
+
+/// The list of a heap's live segments.
+pub struct AllSegments;
+
+impl Field<Segment> for AllSegments {
+    unsafe fn links(item: *mut Segment) -> *mut Links<Segment> {
+        // SAFETY: `item` is a live segment (caller contract).
+        unsafe { &raw mut (*item).all }
+    }
+}
+
+/// A heap's class lists and its cache of empty segments (a segment is on one at most).
+pub struct ByClass;
+
+impl Field<Segment> for ByClass {
+    unsafe fn links(item: *mut Segment) -> *mut Links<Segment> {
+        // SAFETY: `item` is a live segment (caller contract).
+        unsafe { &raw mut (*item).by_class }
+    }
 }
 
 /// Offset of the page map from the segment's start.
@@ -208,30 +225,24 @@ pub(crate) const fn usable_pages_at(base: usize, size: usize) -> usize {
 }
 
 const _: () = {
-    // The default segment keeps PHP's 511 pages, even the main one holding the heap.
     let seg = crate::sizes::ZEND_MM_SEG_SIZE;
-    assert!(header_pages(seg, size_of::<Heap>()) == 1);
     assert!(max_large_pages(seg) * ZEND_MM_PAGE_SIZE == crate::sizes::ZEND_MM_MAX_LARGE_SIZE);
     // A storage address far into a page costs at most one page.
     assert!(usable_pages_at(ZEND_MM_PAGE_SIZE - 16, seg) + 1 == max_large_pages(seg));
-    // Every allowed segment size leaves room for the longest bin run after alignment losses.
-    assert!(
-        max_large_pages(crate::sizes::MIN_SEGMENT_SIZE)
-            - header_pages(crate::sizes::MIN_SEGMENT_SIZE, size_of::<Heap>())
-            >= crate::sizes::MAX_BIN_PAGES as usize
-    );
 };
 
 impl Segment {
-    /// Lays a segment out over `size` bytes at `base` (fresh from storage) for `heap`, reserving
-    /// `extra` bytes after the bitmap, and returns it with every page past the header free.
+    /// Lays a segment out over `size` bytes at `base` (fresh from storage) for the heap `owner`,
+    /// reserving `extra` bytes after the bitmap, and returns it with every page past the header
+    /// free.
     ///
     /// # Safety
-    /// `base` must point to `size` writable bytes (at least 16-byte aligned) that nothing else uses.
+    /// `base` must point to `size` writable bytes (at least 16-byte aligned) that nothing else uses,
+    /// with the provenance of all of them; `size` a power of two within the segment bounds.
     pub unsafe fn init(
         base: *mut u8,
         size: usize,
-        heap: *mut Heap,
+        owner: Owner,
         extra: usize,
         num: u64,
     ) -> *mut Segment {
@@ -244,25 +255,17 @@ impl Segment {
         // size bounds) and nothing else references this memory yet.
         unsafe {
             seg.write(Segment {
-                raw: zend_mm_segment {
-                    size,
-                    next_segment: ptr::null_mut(),
-                },
-                heap,
+                alloc: Allocation::new(base, size),
+                owner,
                 page0,
-                map: base.wrapping_add(MAP_OFFSET).cast(),
                 page_count: page_count as u32,
                 header_pages: header_pages as u32,
                 free_pages: 0,
                 longest_free: 0,
                 class: NO_CLASS,
-                gc_emptied: false,
                 num,
-                all_prev: ptr::null_mut(),
-                all_next: ptr::null_mut(),
-                class_prev: ptr::null_mut(),
-                class_next: ptr::null_mut(),
-                gc_next: ptr::null_mut(),
+                all: Links::NONE,
+                by_class: Links::NONE,
                 bitmap: base.add(bitmap_offset(size)).cast(),
             });
             (*seg).reset();
@@ -288,9 +291,10 @@ impl Segment {
         self.page_count - self.header_pages
     }
 
+    /// The page map, at [`MAP_OFFSET`], with the provenance of the whole allocation.
     #[inline(always)]
     fn map(&self) -> *mut u32 {
-        self.map
+        self.alloc.base().wrapping_add(MAP_OFFSET).cast()
     }
 
     fn bitmap(&mut self) -> PageBitmap<'_> {
@@ -308,16 +312,50 @@ impl Segment {
         unsafe { *self.bitmap.add(i / 64) & (1 << (i % 64)) != 0 }
     }
 
-    /// Start address of the segment (what the storage returned), with the provenance of the
-    /// whole allocation.
+    /// The storage allocation the segment is.
     #[inline(always)]
-    pub fn base(&self) -> *mut u8 {
-        self.map.cast::<u8>().wrapping_sub(MAP_OFFSET)
+    pub fn allocation(&self) -> &Allocation {
+        &self.alloc
     }
 
-    /// One past the segment's last byte.
-    pub fn end(&self) -> usize {
-        self.base() as usize + self.raw.size
+    /// The owning heap's id.
+    pub fn owner(&self) -> Owner {
+        self.owner
+    }
+
+    /// Pages numbered in the map.
+    pub fn page_count(&self) -> usize {
+        self.page_count as usize
+    }
+
+    /// Pages the header occupies.
+    pub fn header_pages(&self) -> usize {
+        self.header_pages as usize
+    }
+
+    /// Free pages.
+    pub fn free_page_count(&self) -> usize {
+        self.free_pages as usize
+    }
+
+    /// The longest run of free pages.
+    #[inline(always)]
+    pub fn longest_free(&self) -> u32 {
+        self.longest_free
+    }
+
+    /// The heap's class list the segment is on ([`NO_CLASS`] if none).
+    pub fn class(&self) -> u32 {
+        self.class
+    }
+
+    pub fn set_class(&mut self, class: u32) {
+        self.class = class;
+    }
+
+    /// Creation ordinal: younger segments have larger numbers.
+    pub fn num(&self) -> u64 {
+        self.num
     }
 
     #[inline(always)]

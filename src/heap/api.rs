@@ -1,0 +1,133 @@
+//! The heap's interface (zend_alloc.c "Interface"): what the C skin calls for `_emalloc`, `_efree`,
+//! `_erealloc`, `_zend_mem_block_size` and their `_zend_mm_*` twins.
+//!
+//! Owns re-entry safety. Every function takes the heap as a raw pointer, borrows it only for a
+//! statement at a time, and holds no borrow while it calls out: to a custom handler, or to the
+//! error handler a refusal raises. A handler that calls back into the library (PHP's bailout code
+//! frees memory; an embedder's handler may allocate) therefore never meets a live `&mut Heap`.
+//! Here too the refusals of the allocation paths become PHP's fatal errors, or NULL for callers
+//! that may fail (`erealloc_recoverable`).
+//!
+//! The safety contract of every function here: `heap` is a live heap, used by the calling thread
+//! only, and not borrowed by the caller.
+
+use core::ptr;
+
+use super::{Heap, Refusal, custom};
+use crate::diagnostics::{self, Fatal, Site};
+
+/// Marks the library as entered for `heap` from the calling frame: an error report this call is
+/// not nested in has ended (see [`Heap::end_finished_report`]).
+///
+/// # Safety
+/// See the module documentation.
+#[inline(always)]
+pub unsafe fn enter(heap: *mut Heap) -> *mut Heap {
+    // SAFETY: live, unborrowed heap (caller contract).
+    unsafe { (*heap).end_finished_report(diagnostics::stack_mark()) };
+    heap
+}
+
+/// Allocates `size` bytes.
+///
+/// # Safety
+/// See the module documentation.
+#[inline(always)]
+pub unsafe fn emalloc(heap: *mut Heap, size: usize, site: Site) -> *mut u8 {
+    // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
+    if unsafe { (*heap).is_custom() } {
+        // SAFETY: forwarded caller contract.
+        return unsafe { custom::alloc(heap, size, site) };
+    }
+    // SAFETY: as above.
+    match unsafe { (*heap).alloc(size) } {
+        Ok(p) => p,
+        // SAFETY: forwarded caller contract; the borrow has ended.
+        Err(refusal) => unsafe { refused(heap, refusal, size, site) },
+    }
+}
+
+/// Frees `p` (null is a no-op; a pointer that is not a block of the heap aborts).
+///
+/// # Safety
+/// See the module documentation; `p` must not be used afterwards.
+#[inline(always)]
+pub unsafe fn efree(heap: *mut Heap, p: *mut u8) {
+    // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
+    if unsafe { (*heap).is_custom() } {
+        // SAFETY: forwarded caller contract.
+        return unsafe { custom::free(heap, p) };
+    }
+    // SAFETY: as above.
+    unsafe { (*heap).free(p) }
+}
+
+/// Resizes `p` to `size` bytes, copying at most `copy_size`; null `p` allocates. On a refusal
+/// with `site.may_fail`, null and `p` intact.
+///
+/// # Safety
+/// See the module documentation; `p` must not be used after a successful call.
+pub unsafe fn erealloc(
+    heap: *mut Heap,
+    p: *mut u8,
+    size: usize,
+    copy_size: usize,
+    site: Site,
+) -> *mut u8 {
+    // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
+    if unsafe { (*heap).is_custom() } {
+        // SAFETY: forwarded caller contract.
+        return unsafe { custom::realloc(heap, p, size, site) };
+    }
+    // SAFETY: as above.
+    match unsafe { (*heap).realloc(p, size, copy_size) } {
+        Ok(q) => q,
+        // SAFETY: forwarded caller contract; the borrow has ended.
+        Err(refusal) => unsafe { refused(heap, refusal, size, site) },
+    }
+}
+
+/// `zend_mem_block_size`: the usable size of `p`; 0 for null and on custom heaps, which keep no
+/// sizes.
+///
+/// # Safety
+/// See the module documentation.
+pub unsafe fn block_size(heap: *mut Heap, p: *mut u8) -> usize {
+    // SAFETY: live heap (caller contract).
+    let h = unsafe { &*heap };
+    if h.is_custom() { 0 } else { h.block_size(p) }
+}
+
+/// What a refused request of `tried` bytes ends in: null when the caller may fail, PHP's fatal
+/// error otherwise.
+///
+/// # Safety
+/// See the module documentation; the caller's frames must hold no values with destructors.
+#[cold]
+pub unsafe fn refused(heap: *mut Heap, refusal: Refusal, tried: usize, site: Site) -> *mut u8 {
+    if site.may_fail {
+        return ptr::null_mut();
+    }
+    // SAFETY: live heap (caller contract).
+    let fatal = unsafe { (*heap).fatal_for(refusal, tried) };
+    // SAFETY: forwarded caller contract.
+    unsafe { raise(heap, site, fatal) }
+}
+
+/// Raises `fatal`. `heap` (if not null) is marked as reporting first, so for limit and
+/// out-of-memory errors the handler may allocate beyond the memory limit; its reserve is given
+/// back for the same reason.
+///
+/// # Safety
+/// `heap` must be null or as the module documentation says; the caller's frames must hold no
+/// values with destructors (the handler may `longjmp` over them).
+#[cold]
+#[inline(never)]
+pub unsafe fn raise(heap: *mut Heap, site: Site, fatal: Fatal) -> ! {
+    if !heap.is_null() {
+        // SAFETY: live, unborrowed heap (caller contract); the borrow ends before the handler runs.
+        unsafe { (*heap).begin_error_report(&fatal, diagnostics::stack_mark()) };
+    }
+    // SAFETY: no borrow of the heap is live; no destructors (caller contract).
+    unsafe { diagnostics::report_fatal(site, fatal) }
+}

@@ -1,0 +1,271 @@
+//! The fast paths: small allocations and frees, and reallocations that keep their block, served
+//! with no lookup beyond the heap's table of aligned segments.
+//!
+//! Owns that table (`fast_segments`), the empty segment its free entries point at, and the
+//! sentinel heap a thread without a usable heap sees. No error can happen here: null or false
+//! sends the caller to the slow path, which handles everything (and the sentinel makes every fast
+//! path decline).
+
+use core::cell::UnsafeCell;
+use core::ptr;
+
+use super::Heap;
+use crate::segment::{
+    LARGE_PAGES_MASK, MAP_OFFSET, PAGE_CLASS_SHIFT, PAGE_KIND_MASK, PAGE_LARGE, SMALL_CLASS_BASE,
+    Segment, small_bin, starts_slot,
+};
+use crate::sizes::{
+    BIN_SLOTS, MAX_SEGMENT_SIZE, PAGE_SHIFT, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of,
+    keeps_bin,
+};
+use crate::storage::Storage;
+
+/// Entries of the fast table: segment numbers modulo this.
+const FAST_BITS: u32 = 6;
+pub(super) const FAST_SEGMENTS: usize = 1 << FAST_BITS;
+
+/// The fast table's multiplier for `segment_size` (see `Heap::fast_multiplier`); 0 for the
+/// sentinel (size 0), so every address lands on its empty entry 0.
+pub(super) const fn multiplier(segment_size: usize) -> usize {
+    if segment_size == 0 {
+        0
+    } else {
+        1 << (64 - FAST_BITS - segment_size.trailing_zeros())
+    }
+}
+
+/// What an empty fast-table entry points at: zeroed memory as large as the biggest segment's
+/// header, so the fast path may read "its" page map (all free pages, so the fast path declines)
+/// without a null check. In `.bss`: it costs no memory.
+#[repr(C, align(64))]
+struct NoSegment(UnsafeCell<[u8; MAP_OFFSET + 4 * (MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE)]>);
+
+// SAFETY: never written; read as zeroes by any thread.
+unsafe impl Sync for NoSegment {}
+
+static NO_SEGMENT: NoSegment = NoSegment(UnsafeCell::new(
+    [0; MAP_OFFSET + 4 * (MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE)],
+));
+
+pub(super) fn no_segment() -> *mut Segment {
+    NO_SEGMENT.0.get().cast()
+}
+
+/// The heap the fast paths of a thread without a usable heap see: no free slot in any bin and no
+/// segment (its segment size is 0), so every fast path declines and the slow path decides.
+#[repr(transparent)]
+pub struct SentinelHeap(UnsafeCell<Heap>);
+
+// SAFETY: the fast paths only read the sentinel, and every read declines; nothing writes it.
+unsafe impl Sync for SentinelHeap {}
+
+impl SentinelHeap {
+    pub const fn get(&self) -> *mut Heap {
+        self.0.get()
+    }
+}
+
+pub static SENTINEL: SentinelHeap = SentinelHeap(UnsafeCell::new(Heap::blank(
+    NO_SEGMENT.0.get().cast(),
+    0,
+    Storage::NONE,
+)));
+
+impl Heap {
+    /// Pops a free slot for `size` bytes if `size` is small and its bin has one.
+    #[inline(always)]
+    pub fn alloc_small_fast(&mut self, size: usize) -> *mut u8 {
+        if size > ZEND_MM_MAX_SMALL_SIZE {
+            return ptr::null_mut();
+        }
+        self.pop_free_slot(bin_of(size))
+    }
+
+    /// The fast-table entry for the segment-sized block containing `addr`.
+    #[inline(always)]
+    fn fast_index(&self, addr: usize) -> usize {
+        addr.wrapping_mul(self.fast_multiplier) >> (usize::BITS - FAST_BITS)
+    }
+
+    /// The segment, offset and page-map entry of `p` if it lies in one of this heap's aligned
+    /// segments (the fast table), without the region map.
+    #[inline(always)]
+    fn fast_lookup(&self, p: *mut u8) -> Option<(*mut Segment, usize, u32)> {
+        let seg = self.fast_segments[self.fast_index(p.addr())];
+        let offset = p.addr().wrapping_sub(seg.addr());
+        if offset >= self.segment_size {
+            return None;
+        }
+        // SAFETY: `seg` is a live segment of this heap aligned to its size, or the empty segment
+        // (whose zeroes cover any page map); `offset` lies inside it, so the entry is inside its
+        // map.
+        let info = unsafe {
+            seg.cast::<u8>()
+                .add(MAP_OFFSET + (offset >> PAGE_SHIFT) * 4)
+                .cast::<u32>()
+                .read()
+        };
+        Some((seg, offset, info))
+    }
+
+    /// Frees `p` if it is a small block in one of this heap's aligned segments; false otherwise
+    /// (including pointers that do not start a slot: the slow path reports them).
+    #[inline(always)]
+    pub fn free_small_fast(&mut self, p: *mut u8) -> bool {
+        let Some((_, _, info)) = self.fast_lookup(p) else {
+            return false;
+        };
+        // The slot check fails for every page that is not part of a small run.
+        if !starts_slot(p, info) {
+            return false;
+        }
+        let bin = (info >> PAGE_CLASS_SHIFT) as usize - SMALL_CLASS_BASE;
+        // SAFETY: only small runs' classes pass the slot check, and their bins are below 32.
+        unsafe { core::hint::assert_unchecked(bin < BIN_SLOTS) };
+        // SAFETY: `p` starts a slot of bin `bin` in a live segment of this heap (checked above).
+        unsafe { self.free_small(p, bin) };
+        true
+    }
+
+    /// Frees `p` if it is a large block in one of this heap's aligned segments; false otherwise.
+    pub fn free_large_fast(&mut self, p: *mut u8) -> bool {
+        let Some((seg, offset, info)) = self.fast_lookup(p) else {
+            return false;
+        };
+        if info & PAGE_KIND_MASK != PAGE_LARGE || offset % ZEND_MM_PAGE_SIZE != 0 {
+            return false;
+        }
+        let pages = (info & LARGE_PAGES_MASK) as usize;
+        // SAFETY: a large run of `pages` pages of a live segment of this heap starts at `p`.
+        unsafe { self.free_large(seg, offset >> PAGE_SHIFT, pages) };
+        true
+    }
+
+    /// Whether `p` can stay in place at `size` bytes because its block stays the same (the same bin,
+    /// or the same number of pages of a large block) and it lies in one of this heap's aligned
+    /// segments: PHP's in-place cases that need no metadata change. False sends the caller to the
+    /// slow path.
+    #[inline(always)]
+    pub fn realloc_in_place_fast(&mut self, p: *mut u8, size: usize) -> bool {
+        let Some((_, offset, info)) = self.fast_lookup(p) else {
+            return false;
+        };
+        if let Some(bin) = small_bin(info) {
+            return keeps_bin(bin, size) && starts_slot(p, info);
+        }
+        match info & PAGE_KIND_MASK {
+            PAGE_LARGE => {
+                let bytes = (info & LARGE_PAGES_MASK) as usize * ZEND_MM_PAGE_SIZE;
+                offset % ZEND_MM_PAGE_SIZE == 0
+                    && size <= bytes
+                    && size > bytes - ZEND_MM_PAGE_SIZE
+                    && size > ZEND_MM_MAX_SMALL_SIZE
+            }
+            _ => false,
+        }
+    }
+
+    /// Enters `seg` in the fast table if it is aligned to its size (a newer segment takes the place
+    /// of an older one with the same number).
+    pub(super) fn remember_fast(&mut self, seg: *mut Segment) {
+        if seg.addr() % self.segment_size == 0 {
+            let index = self.fast_index(seg.addr());
+            self.fast_segments[index] = seg;
+        }
+    }
+
+    /// Takes `seg` out of the fast table (it is about to go back to storage).
+    pub(super) fn forget_fast(&mut self, seg: *mut Segment) {
+        let index = self.fast_index(seg.addr());
+        let entry = &mut self.fast_segments[index];
+        if *entry == seg {
+            *entry = no_segment();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_heap;
+    use super::*;
+
+    #[test]
+    fn the_fast_paths_decline_everything_on_the_sentinel() {
+        // SAFETY: the sentinel is only read by declining fast paths.
+        let sentinel = unsafe { &mut *SENTINEL.get() };
+        for size in [0, 1, 64, 3072] {
+            assert!(sentinel.alloc_small_fast(size).is_null());
+        }
+        // efree(NULL) and erealloc(NULL, n) on a thread without a heap (a shift by the sentinel's
+        // segment size once overflowed in debug builds).
+        assert!(!sentinel.free_small_fast(ptr::null_mut()));
+        assert!(!sentinel.realloc_in_place_fast(ptr::null_mut(), 8));
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread.
+        let p = unsafe { (*heap).alloc(64) }.unwrap();
+        assert!(!sentinel.free_small_fast(p));
+        assert!(!sentinel.free_small_fast(no_segment().cast()));
+        assert!(!sentinel.free_large_fast(p));
+        assert!(!sentinel.realloc_in_place_fast(p, 64));
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn the_free_fast_path_takes_only_small_blocks_of_its_own_aligned_segments() {
+        let (a, b) = (test_heap(), test_heap());
+        // SAFETY: live heaps of this thread, each borrowed alone.
+        let (ha, hb) = unsafe { (&mut *a, &mut *b) };
+        let small = ha.alloc(100).unwrap();
+        let large = ha.alloc(10000).unwrap();
+        let huge = ha.alloc(3 << 20).unwrap();
+        let theirs = hb.alloc(100).unwrap();
+        let foreign = Box::into_raw(Box::new([0u8; 64])).cast::<u8>();
+        for p in [
+            ptr::null_mut(),
+            large,
+            huge,
+            theirs,
+            foreign,
+            no_segment().cast::<u8>().wrapping_add(5000),
+            small.wrapping_add(1 << 20).wrapping_add(4096 * 300),
+        ] {
+            assert!(!ha.free_small_fast(p), "{p:?} declined");
+        }
+        // In place only while the block stays the same: same bin, same page count.
+        assert!(ha.realloc_in_place_fast(small, 105));
+        assert!(
+            ha.realloc_in_place_fast(small, 96),
+            "exactly the smaller bin's size: stays, as in PHP 8.2"
+        );
+        assert!(
+            !ha.realloc_in_place_fast(small, 95),
+            "fits the smaller bin with room: moves"
+        );
+        assert!(
+            !ha.realloc_in_place_fast(small, 113),
+            "grows out of the bin"
+        );
+        assert!(ha.realloc_in_place_fast(large, 12000));
+        assert!(!ha.realloc_in_place_fast(large, 8000), "fewer pages");
+        assert!(!ha.realloc_in_place_fast(large, 12289), "more pages");
+        assert!(!ha.realloc_in_place_fast(large.wrapping_add(4096), 12000));
+        assert!(!ha.realloc_in_place_fast(huge, 3 << 20));
+        assert!(!ha.realloc_in_place_fast(theirs, 100));
+        assert!(
+            !ha.realloc_in_place_fast(ptr::null_mut(), 100),
+            "NULL allocates"
+        );
+        let usage = ha.size;
+        assert!(ha.free_small_fast(small));
+        assert_eq!(ha.size, usage - 112);
+        assert_eq!(ha.alloc_small_fast(100), small, "the slot is reused first");
+        // SAFETY: the Box allocation above.
+        drop(unsafe { Box::from_raw(foreign.cast::<[u8; 64]>()) });
+        // SAFETY: the heaps die with their blocks.
+        unsafe {
+            Heap::shutdown(a, true);
+            Heap::shutdown(b, true);
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Huge blocks (zend_alloc.c "Huge Runs"): requests too big for a segment, each with a storage
+//! allocation of its own.
+//!
+//! Owns the huge-block header, the heap's list of huge blocks and its cache of freed ones. A huge
+//! block is one storage allocation: a header page (the storage-visible `zend_mm_segment` first,
+//! then the owner and the list links) followed by the block, whose size is the request rounded up
+//! to whole pages. With the built-in storages the block is therefore page aligned. Resizing goes
+//! through the storage's `_realloc` (`mremap` for the mmap storages), so growing and shrinking
+//! never copy in user space.
+//!
+//! A freed huge block stays cached (up to [`HUGE_CACHE`] of them) until the request ends: the next
+//! huge request reuses its pages, already faulted in, instead of mapping fresh ones (each page of
+//! fresh memory costs a page fault on first touch, about as much as the block's whole use). A
+//! cached block serves any request it is big enough for; a smaller one grows through the storage.
+//!
+//! Invariants: every live huge block of a heap is on its `huge_blocks` list, every cached one on
+//! `huge_cached` (with `data` null, so a stale pointer to it is caught); both are registered in the
+//! region map (as a huge region); `HUGE_HEADER + size <=` the allocation's size (the storage
+//! allocation may be larger than the block it serves).
+
+use core::ptr;
+
+use super::{Heap, Refusal};
+use crate::diagnostics;
+use crate::list::{CountedList, Field, Links, List};
+use crate::region_map::{self, Region};
+use crate::sizes::{ZEND_MM_PAGE_SIZE, align_up};
+use crate::storage::Allocation;
+
+/// Bytes in front of every huge block: its header, padded to a page.
+const HUGE_HEADER: usize = ZEND_MM_PAGE_SIZE;
+
+/// Freed huge blocks a heap keeps for reuse during a request.
+const HUGE_CACHE: usize = 4;
+
+#[repr(C)]
+pub(super) struct HugeBlock {
+    /// The storage allocation, its header first (what the storage reads).
+    alloc: Allocation,
+    links: Links<HugeBlock>,
+    /// Block size: the request rounded up to whole pages.
+    size: usize,
+    /// The block handed to the caller (null while cached).
+    data: *mut u8,
+}
+
+const _: () = assert!(size_of::<HugeBlock>() <= HUGE_HEADER);
+
+/// A heap's list of live huge blocks, and of cached ones.
+pub(super) type HugeList = List<HugeBlock, HugeLinks>;
+pub(super) type CachedHugeList = CountedList<HugeBlock, HugeLinks>;
+
+pub(super) struct HugeLinks;
+
+impl Field<HugeBlock> for HugeLinks {
+    unsafe fn links(item: *mut HugeBlock) -> *mut Links<HugeBlock> {
+        // SAFETY: `item` is a live huge block (caller contract).
+        unsafe { &raw mut (*item).links }
+    }
+}
+
+impl HugeBlock {
+    /// The block handed out (null while cached).
+    pub(super) fn data(&self) -> *mut u8 {
+        self.data
+    }
+
+    /// Block size: the request rounded up to whole pages.
+    pub(super) fn size(&self) -> usize {
+        self.size
+    }
+}
+
+/// Block size and storage size for a huge request.
+fn huge_sizes(size: usize) -> Result<(usize, usize), Refusal> {
+    align_up(size, ZEND_MM_PAGE_SIZE)
+        .and_then(|block| Some((block, block.checked_add(HUGE_HEADER)?)))
+        .ok_or(Refusal::Overflow)
+}
+
+impl Heap {
+    /// Whether `grow` more bytes from storage fit under the limit, collecting garbage once if not.
+    fn huge_fits_limit(&mut self, grow: usize) -> bool {
+        if self.within_limit(grow) {
+            return true;
+        }
+        self.gc();
+        self.within_limit(grow)
+    }
+
+    /// A huge block of `size` bytes (PHP's `zend_mm_alloc_huge`).
+    pub(super) fn alloc_huge(&mut self, size: usize) -> Result<*mut u8, Refusal> {
+        let (block_size, total) = huge_sizes(size)?;
+        let block = match self.take_cached_huge(total) {
+            Some(block) => block,
+            None => self.map_huge(total)?,
+        };
+        // SAFETY: a registered huge block of this heap, on no list.
+        let data = unsafe {
+            (*block).size = block_size;
+            (*block).data = (*block).alloc.base().add(HUGE_HEADER);
+            self.huge_blocks.push_front(block);
+            (*block).data
+        };
+        self.count_alloc(block_size);
+        Ok(data)
+    }
+
+    /// A fresh huge block of `total` storage bytes, registered and counted in `real_size`.
+    fn map_huge(&mut self, total: usize) -> Result<*mut HugeBlock, Refusal> {
+        if !self.huge_fits_limit(total) {
+            return Err(Refusal::Limit);
+        }
+        let base = self.storage_alloc(total)?;
+        let block = base.cast::<HugeBlock>();
+        // SAFETY: `base` holds `total` fresh bytes; the header fits in the first page.
+        unsafe {
+            block.write(HugeBlock {
+                alloc: Allocation::new(base, total),
+                links: Links::NONE,
+                size: 0,
+                data: ptr::null_mut(),
+            })
+        };
+        if !region_map::register(
+            base.addr(),
+            base.addr() + total,
+            Region::Huge(base),
+            self.id(),
+        ) {
+            // SAFETY: never handed out.
+            unsafe { self.storage.free(base) };
+            return Err(Refusal::OutOfMemory);
+        }
+        self.count_storage(total);
+        Ok(block)
+    }
+
+    /// A cached huge block resized (if needed) to serve `total` storage bytes, off the cache.
+    fn take_cached_huge(&mut self, total: usize) -> Option<*mut HugeBlock> {
+        // The tightest cached block that is big enough, else the biggest one (to grow).
+        let mut best: *mut HugeBlock = ptr::null_mut();
+        let mut best_capacity = 0;
+        // SAFETY: cached huge blocks are registered blocks of this heap.
+        for block in unsafe { self.huge_cached.iter() } {
+            // SAFETY: as above.
+            let capacity = unsafe { (*block).alloc.size() };
+            let better = if capacity >= total {
+                best_capacity < total || capacity < best_capacity
+            } else {
+                best_capacity < total && capacity > best_capacity
+            };
+            if better {
+                best = block;
+                best_capacity = capacity;
+            }
+        }
+        if best.is_null() {
+            return None;
+        }
+        // SAFETY: `best` is on the cache list.
+        unsafe { self.huge_cached.remove(best) };
+        // Reuse as it is unless it is too small: shrinking would give back pages that are already
+        // faulted in, to fault them in again for the next bigger request. (The cache is small and
+        // emptied at request end, so the idle tail is bounded.)
+        if best_capacity >= total {
+            return Some(best);
+        }
+        if !self.huge_fits_limit(total - best_capacity) {
+            // SAFETY: `best` is a registered huge block of this heap, on no list.
+            unsafe { self.release_huge(best) };
+            return None;
+        }
+        // SAFETY: as above.
+        let resized = unsafe { self.resize_huge_storage(best, total) };
+        if resized.is_null() {
+            // SAFETY: as above: the storage left it intact.
+            unsafe { self.release_huge(best) };
+        }
+        (!resized.is_null()).then_some(resized)
+    }
+
+    /// Resizes a huge block's storage allocation (moving it if the storage must), keeping the
+    /// region map and `real_size` right; null (the block intact) if the storage refuses.
+    ///
+    /// # Safety
+    /// `block` must be a registered huge block of this heap on no list (so no neighbour keeps a
+    /// link to where it was).
+    unsafe fn resize_huge_storage(
+        &mut self,
+        block: *mut HugeBlock,
+        total: usize,
+    ) -> *mut HugeBlock {
+        // SAFETY: caller contract.
+        let (base, old_total) = unsafe { ((*block).alloc.base(), (*block).alloc.size()) };
+        region_map::unregister(base.addr(), base.addr() + old_total);
+        // SAFETY: `base` is a live allocation of our storage whose header holds its size.
+        let new_base = unsafe { self.storage.realloc(base, total) };
+        let (base, total) = if new_base.is_null() {
+            (base, old_total)
+        } else {
+            (new_base, total)
+        };
+        let block = base.cast::<HugeBlock>();
+        // SAFETY: the header at `base` is live (kept, or moved with the allocation); it records
+        // where it now is.
+        unsafe { (*block).alloc.moved(base, total) };
+        if !region_map::register(
+            base.addr(),
+            base.addr() + total,
+            Region::Huge(base),
+            self.id(),
+        ) {
+            // Out of the mappable address space after a move: nothing sensible can continue.
+            diagnostics::heap_corrupted();
+        }
+        if new_base.is_null() {
+            return ptr::null_mut();
+        }
+        self.real_size -= old_total;
+        self.count_storage(total);
+        block
+    }
+
+    /// Frees a huge block (PHP's `zend_mm_free_huge`): cached for reuse while the cache has room,
+    /// returned to storage otherwise.
+    ///
+    /// # Safety
+    /// `block` must be a live huge block of this heap.
+    pub(super) unsafe fn free_huge(&mut self, block: *mut HugeBlock) {
+        // SAFETY: caller contract; the cache holds cached blocks of this heap.
+        unsafe {
+            self.huge_blocks.remove(block);
+            self.count_free((*block).size);
+            if self.huge_cached.len() < HUGE_CACHE {
+                (*block).data = ptr::null_mut();
+                self.huge_cached.push_front(block);
+            } else {
+                self.release_huge(block);
+            }
+        }
+    }
+
+    /// Returns a huge block to storage.
+    ///
+    /// # Safety
+    /// `block` must be a registered huge block of this heap that no list references.
+    unsafe fn release_huge(&mut self, block: *mut HugeBlock) {
+        // SAFETY: caller contract.
+        unsafe {
+            let alloc = &(*block).alloc;
+            let base = alloc.base();
+            self.real_size -= alloc.size();
+            region_map::unregister(base.addr(), alloc.end());
+            self.storage.free(base);
+        }
+    }
+
+    /// Storage bytes held by cached huge blocks.
+    pub(super) fn cached_huge_bytes(&self) -> usize {
+        // SAFETY: cached huge blocks are registered blocks of this heap.
+        unsafe { self.huge_cached.iter() }
+            // SAFETY: as above.
+            .map(|block| unsafe { (*block).alloc.size() })
+            .sum()
+    }
+
+    /// Returns every cached huge block to storage; the bytes given back.
+    pub(super) fn release_cached_huge(&mut self) -> usize {
+        let released = self.cached_huge_bytes();
+        // SAFETY: cached huge blocks are registered blocks of this heap; popped, one is on no list.
+        unsafe {
+            while !self.huge_cached.is_empty() {
+                let block = self.huge_cached.pop_front();
+                self.release_huge(block);
+            }
+        }
+        released
+    }
+
+    /// Frees every huge block, cached ones included (request end).
+    pub(super) fn release_huge_blocks(&mut self) {
+        // SAFETY: the list holds live huge blocks of this heap; popped, one is on no list.
+        unsafe {
+            while !self.huge_blocks.is_empty() {
+                let block = self.huge_blocks.pop_front();
+                self.count_free((*block).size);
+                self.release_huge(block);
+            }
+        }
+        self.release_cached_huge();
+    }
+
+    /// Resizes a huge block (PHP's `zend_mm_realloc_huge`): in place while its storage is big
+    /// enough (and not more than twice too big), through the storage while it stays huge, by
+    /// moving when it becomes large or small.
+    ///
+    /// # Safety
+    /// `block` must be a live huge block of this heap.
+    pub(super) unsafe fn realloc_huge(
+        &mut self,
+        block: *mut HugeBlock,
+        size: usize,
+        copy_size: usize,
+    ) -> Result<*mut u8, Refusal> {
+        // SAFETY: caller contract.
+        let (old_size, capacity, data) =
+            unsafe { ((*block).size, (*block).alloc.size(), (*block).data) };
+        if size <= self.max_large_size {
+            // SAFETY: `data` is the live block, `old_size` bytes long.
+            return unsafe { self.move_block(data, old_size, size, copy_size) };
+        }
+        let (new_size, new_total) = huge_sizes(size)?;
+        if new_total <= capacity && new_total >= capacity / 2 {
+            // SAFETY: as above; the storage already holds the new size.
+            unsafe { (*block).size = new_size };
+            self.count_free(old_size);
+            self.count_alloc(new_size);
+            return Ok(data);
+        }
+        if new_total > capacity && !self.huge_fits_limit(new_total - capacity) {
+            return Err(Refusal::Limit);
+        }
+        // Off the list while the storage may move it, so no neighbour keeps a stale link.
+        // SAFETY: as above: a live block on the live list; off it, it may be resized.
+        let moved = unsafe {
+            self.huge_blocks.remove(block);
+            self.resize_huge_storage(block, new_total)
+        };
+        if moved.is_null() {
+            // SAFETY: the storage left the block intact; `data` is still `old_size` bytes.
+            unsafe {
+                self.huge_blocks.push_front(block);
+                return self.move_block(data, old_size, size, copy_size);
+            }
+        }
+        // SAFETY: the storage kept the header (it copies the allocation when it moves it).
+        unsafe {
+            (*moved).size = new_size;
+            (*moved).data = (*moved).alloc.base().add(HUGE_HEADER);
+            self.huge_blocks.push_front(moved);
+        }
+        self.count_free(old_size);
+        self.count_alloc(new_size);
+        // SAFETY: as above.
+        Ok(unsafe { (*moved).data })
+    }
+}

@@ -1,0 +1,435 @@
+//! Page runs across segments (zend_alloc.c's `zend_mm_alloc_pages` and chunk management).
+//!
+//! Owns the heap's segments as a set: the class lists that find a segment with a long enough free
+//! run, the cache of emptied segments, mapping new segments from storage and giving them back.
+//!
+//! Segments are filed by the length of their longest free run: one class per length below 16
+//! pages (every bin run and the commonest large blocks are exact), then 4 per power of two.
+//! `class_bits` has a bit set exactly for the non-empty class lists. A segment is on the list of
+//! its class, or on none when it has no free page or is cached.
+
+use core::ptr;
+
+use super::{EXPECTATION_DECAY, Heap, Refusal};
+use crate::list::List;
+use crate::region_map::{self, Region};
+use crate::segment::{NO_CLASS, Segment};
+use crate::sizes::{MAX_SEGMENT_SIZE, ZEND_MM_PAGE_SIZE};
+
+/// Segment classes by longest free run.
+pub(super) const NUM_CLASSES: usize = class_of((MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE) as u32) + 1;
+pub(super) const CLASS_WORDS: usize = NUM_CLASSES.div_ceil(64);
+
+/// The class list for a segment whose longest free run is `len` (>= 1) pages.
+const fn class_of(len: u32) -> usize {
+    if len < 16 {
+        len as usize
+    } else {
+        let log = 31 - len.leading_zeros();
+        16 + (log as usize - 4) * 4 + ((len >> (log - 2)) & 3) as usize
+    }
+}
+
+/// The smallest longest-free-run a segment on class list `class` can have.
+const fn class_floor(class: usize) -> u32 {
+    if class < 16 {
+        class as u32
+    } else {
+        let log = (class - 16) / 4 + 4;
+        ((4 + (class - 16) % 4) as u32) << (log - 2)
+    }
+}
+
+const _: () = {
+    assert!(class_of(15) == 15 && class_of(16) == 16 && class_floor(16) == 16);
+    assert!(class_of(511) == 16 + 4 * 4 + 3 && class_floor(class_of(511)) == 448);
+    assert!(class_floor(class_of(100)) <= 100 && class_floor(class_of(100) + 1) > 100);
+};
+
+/// Why [`Heap::alloc_pages`] found no run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum NoPages {
+    /// The limit or the storage said no.
+    Refused(Refusal),
+    /// A fresh segment has fewer pages than asked for (it was not page aligned).
+    TooShort,
+}
+
+impl Heap {
+    /// Takes a run of `pages` pages from some segment of this heap, mapping a new segment if no
+    /// existing one has room (after collecting garbage once when the limit is in the way).
+    pub(super) fn alloc_pages(&mut self, pages: usize) -> Result<(*mut Segment, usize), NoPages> {
+        let mut gc_done = false;
+        loop {
+            if let Some(seg) = self.segment_with_run(pages) {
+                // SAFETY: class lists hold live segments of this heap.
+                if let Some(page) = unsafe { (*seg).alloc_pages(pages) } {
+                    // SAFETY: as above.
+                    unsafe { self.reclassify(seg) };
+                    return Ok((seg, page));
+                }
+            }
+            let seg = if !self.cached.is_empty() {
+                self.take_cached_segment()
+            } else if self.within_limit(self.segment_size) {
+                self.map_segment().map_err(NoPages::Refused)?
+            } else if !gc_done {
+                gc_done = true;
+                self.gc();
+                continue;
+            } else {
+                return Err(NoPages::Refused(Refusal::Limit));
+            };
+            // SAFETY: a live segment just linked into this heap.
+            let s = unsafe { &mut *seg };
+            let Some(page) = s.alloc_pages(pages) else {
+                // The storage returned this segment further into a page than the first one: it
+                // has a page fewer. Blocks that long become huge from now on, and the segment
+                // goes back to the cache instead of staying linked for nothing.
+                self.max_large_size = self
+                    .max_large_size
+                    .min(s.usable_pages() as usize * ZEND_MM_PAGE_SIZE);
+                // SAFETY: as above.
+                unsafe { self.segment_pages_freed(seg) };
+                return Err(NoPages::TooShort);
+            };
+            // SAFETY: as above.
+            unsafe { self.reclassify(seg) };
+            return Ok((seg, page));
+        }
+    }
+
+    /// A segment whose longest free run has at least `pages` pages, preferring old segments: the
+    /// oldest of the first segments of the lists that surely fit (PHP takes the first chunk, in
+    /// creation order, with room). Not the tightest fit: a block that moved to grow sits at the
+    /// front of the youngest segment, whose free tail is then often the tightest run, while the
+    /// holes it left in older segments are longer. Filling that tail first blocks the block's next
+    /// in-place growth and makes it move again, into yet another new segment, leaving every hole
+    /// behind (7x PHP's real memory for a literal table growing among 64 KiB arena blocks).
+    /// Older segments first fill those holes and leave the young tail to the growing block.
+    fn segment_with_run(&self, pages: usize) -> Option<*mut Segment> {
+        let wanted = pages as u32;
+        let class = class_of(wanted);
+        // Every segment on a list at or above `first_sure` has a long enough run.
+        let first_sure = if class_floor(class) >= wanted {
+            class
+        } else {
+            class + 1
+        };
+        if let Some(seg) = self.oldest_head_from(first_sure) {
+            return Some(seg);
+        }
+        if first_sure != class {
+            // The shared class may still hold a fit; look at a few of its segments only.
+            // SAFETY: class lists hold live segments of this heap.
+            return unsafe { self.class_lists[class].iter() }
+                .take(8)
+                // SAFETY: as above.
+                .find(|&seg| unsafe { (*seg).longest_free() } >= wanted);
+        }
+        None
+    }
+
+    /// The oldest of the first segments of the non-empty class lists at or after `from`: one look
+    /// per list (at most [`NUM_CLASSES`]), whatever the segment count.
+    fn oldest_head_from(&self, from: usize) -> Option<*mut Segment> {
+        let mut best: *mut Segment = ptr::null_mut();
+        let mut best_num = u64::MAX;
+        for w in from / 64..CLASS_WORDS {
+            let mut bits = self.class_bits[w];
+            if w == from / 64 {
+                bits &= u64::MAX << (from % 64);
+            }
+            while bits != 0 {
+                let head = self.class_lists[w * 64 + bits.trailing_zeros() as usize].head();
+                bits &= bits - 1;
+                // SAFETY: class lists hold live segments of this heap.
+                let num = unsafe { (*head).num() };
+                if num < best_num {
+                    best = head;
+                    best_num = num;
+                }
+            }
+        }
+        (!best.is_null()).then_some(best)
+    }
+
+    /// Puts `seg` on the class list matching its longest free run (none if it has no free page).
+    ///
+    /// # Safety
+    /// `seg` must be a live segment of this heap that is not cached.
+    pub(super) unsafe fn reclassify(&mut self, seg: *mut Segment) {
+        // SAFETY: a live segment of this heap (caller contract).
+        let (longest_free, current) = unsafe { ((*seg).longest_free(), (*seg).class()) };
+        let class = if longest_free == 0 {
+            NO_CLASS
+        } else {
+            class_of(longest_free) as u32
+        };
+        if class == current {
+            return;
+        }
+        // SAFETY: as above.
+        unsafe { self.unclassify(seg) };
+        if class != NO_CLASS {
+            let c = class as usize;
+            // SAFETY: as above; it is on no class list now, and the list holds live segments.
+            unsafe {
+                (*seg).set_class(class);
+                self.class_lists[c].push_front(seg);
+            }
+            self.class_bits[c / 64] |= 1 << (c % 64);
+        }
+    }
+
+    /// Takes `seg` off its class list, if it is on one.
+    ///
+    /// # Safety
+    /// `seg` must be a live segment of this heap.
+    unsafe fn unclassify(&mut self, seg: *mut Segment) {
+        // SAFETY: a live segment of this heap (caller contract).
+        let c = unsafe { (*seg).class() };
+        if c == NO_CLASS {
+            return;
+        }
+        let list = &mut self.class_lists[c as usize];
+        // SAFETY: `seg` is on this list, whose members are live segments of this heap.
+        unsafe {
+            list.remove(seg);
+            (*seg).set_class(NO_CLASS);
+        }
+        if list.is_empty() {
+            self.class_bits[c as usize / 64] &= !(1 << (c % 64));
+        }
+    }
+
+    /// Adds a segment to the live list and its class list, and counts it.
+    ///
+    /// # Safety
+    /// `seg` must be a live non-main segment of this heap on no list.
+    unsafe fn link_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: caller contract; the list holds live segments.
+        unsafe {
+            self.segments.push_front(seg);
+            self.reclassify(seg);
+        }
+        self.segments_count += 1;
+        self.peak_segments_count = self.peak_segments_count.max(self.segments_count);
+    }
+
+    /// Takes a segment off the live list and its class list, and uncounts it.
+    ///
+    /// # Safety
+    /// `seg` must be a live non-main segment of this heap on the live list.
+    unsafe fn unlink_segment(&mut self, seg: *mut Segment) {
+        // SAFETY: caller contract.
+        unsafe {
+            self.unclassify(seg);
+            self.segments.remove(seg);
+        }
+        self.segments_count -= 1;
+    }
+
+    /// Brings the most recently cached segment back to the live list; the cache must not be empty.
+    fn take_cached_segment(&mut self) -> *mut Segment {
+        // SAFETY: cached segments are live segments of this heap, on no other list.
+        unsafe {
+            let seg = self.cached.pop_front();
+            self.link_segment(seg);
+            seg
+        }
+    }
+
+    /// Maps a new segment from storage (PHP's chunk allocation).
+    fn map_segment(&mut self) -> Result<*mut Segment, Refusal> {
+        let size = self.segment_size;
+        let base = self.storage_alloc(size)?;
+        let num = self.next_num;
+        self.next_num += 1;
+        // SAFETY: `base` holds `size` fresh bytes from our storage.
+        let seg = unsafe { Segment::init(base, size, self.id(), 0, num) };
+        if !region_map::register(
+            base.addr(),
+            base.addr() + size,
+            Region::Segment(base),
+            self.id(),
+        ) {
+            // SAFETY: never handed out.
+            unsafe { self.storage.free(base) };
+            return Err(Refusal::OutOfMemory);
+        }
+        self.count_storage(size);
+        // SAFETY: a fresh segment of this heap, on no list.
+        unsafe { self.link_segment(seg) };
+        self.remember_fast(seg);
+        Ok(seg)
+    }
+
+    /// `size` bytes from storage, retrying once after `gc` gave memory back.
+    pub(super) fn storage_alloc(&mut self, size: usize) -> Result<*mut u8, Refusal> {
+        let mut p = self.storage.alloc(size);
+        if p.is_null() && self.gc() > 0 {
+            p = self.storage.alloc(size);
+        }
+        if p.is_null() {
+            Err(Refusal::OutOfMemory)
+        } else {
+            Ok(p)
+        }
+    }
+
+    /// Called when pages of a segment were freed: an emptied segment other than the main one goes
+    /// to the cache, any other is refiled under its new class.
+    ///
+    /// An emptied segment is cached rather than unmapped: segments go back to storage at request
+    /// end (beyond what recent requests needed), in `zend_mm_gc`, and when the limit or the
+    /// storage asks for memory, so a request whose usage swings reuses its segments instead of
+    /// unmapping them and faulting the same memory in again. (PHP's `zend_mm_delete_chunk` keeps
+    /// about the average of recent requests and unmaps the rest at once.)
+    ///
+    /// # Safety
+    /// `seg` must be a live segment of this heap that is not cached.
+    pub(super) unsafe fn segment_pages_freed(&mut self, seg: *mut Segment) {
+        // SAFETY: caller contract.
+        unsafe {
+            if seg != self.main && (*seg).is_empty() {
+                self.unlink_segment(seg);
+                self.cached.push_front(seg);
+            } else {
+                self.reclassify(seg);
+            }
+        }
+    }
+
+    /// Bytes held by cached segments.
+    pub(super) fn cached_segment_bytes(&self) -> usize {
+        self.cached.len() * self.segment_size
+    }
+
+    /// Returns every cached segment to storage; the bytes given back.
+    pub(super) fn release_cached_segments(&mut self) -> usize {
+        let released = self.cached_segment_bytes();
+        while !self.cached.is_empty() {
+            self.drop_one_cached_segment();
+        }
+        released
+    }
+
+    /// Returns the most recently cached segment to storage.
+    pub(super) fn drop_one_cached_segment(&mut self) {
+        // SAFETY: cached segments are live segments of this heap.
+        let seg = unsafe { self.cached.pop_front() };
+        if seg.is_null() {
+            return;
+        }
+        self.real_size -= self.segment_size;
+        // SAFETY: a live segment of this heap, now on no list.
+        unsafe { self.release_segment(seg) };
+    }
+
+    /// Returns a segment to storage (its accounting is the caller's business).
+    ///
+    /// # Safety
+    /// `seg` must be a live segment of this heap that no list references any more.
+    unsafe fn release_segment(&mut self, seg: *mut Segment) {
+        self.forget_fast(seg);
+        // SAFETY: caller contract: nothing refers to the segment after this.
+        unsafe {
+            let alloc = (*seg).allocation();
+            let base = alloc.base();
+            region_map::unregister(base.addr(), alloc.end());
+            self.storage.free(base);
+        }
+    }
+
+    /// Request end: every segment but the main one goes to the cache (its blocks forgotten, so a
+    /// stale pointer into it is caught), then the cache is cut to what the next request is
+    /// expected to need: the peak of recent requests, decaying. A request like the recent ones
+    /// maps nothing new; after a spike the cache shrinks a little per request. (PHP keeps about the
+    /// average of recent peaks, so requests whose peak wobbles around it unmap and fault in a
+    /// segment again and again.)
+    pub(super) fn end_request_segments(&mut self) {
+        // SAFETY: the live list holds live non-main segments of this heap; each moves to the cache
+        // after the iterator passed it.
+        unsafe {
+            for seg in self.segments.iter() {
+                self.unlink_segment(seg);
+                (*seg).reset();
+                self.cached.push_front(seg);
+            }
+        }
+        self.expected_segments =
+            (self.peak_segments_count as f64).max(self.expected_segments * EXPECTATION_DECAY);
+        // A little slack over the expectation: a request slightly above the recent peaks then
+        // finds its segments still there.
+        let keep = (self.expected_segments * 1.125).ceil() as usize;
+        while self.cached.len() + 1 > keep {
+            // SAFETY: cached segments are live segments of this heap; popped, it is on no list.
+            unsafe {
+                let seg = self.cached.pop_front();
+                self.release_segment(seg);
+            }
+        }
+        if self.compact_size != 0 && self.real_peak > self.compact_size {
+            self.storage.compact();
+        }
+    }
+
+    /// Returns every segment but the main one to storage (the heap is being destroyed).
+    pub(super) fn release_all_segments(&mut self) {
+        // SAFETY: the live list holds live segments of this heap; each is released after the
+        // iterator passed it, and the heap forgets the list.
+        unsafe {
+            for seg in self.segments.iter() {
+                self.release_segment(seg);
+            }
+        }
+        self.segments = List::new();
+        self.release_cached_segments();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_heap;
+    use super::*;
+
+    #[test]
+    fn every_run_length_falls_in_the_class_whose_floor_it_meets() {
+        for len in 1..=(MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE) as u32 {
+            let class = class_of(len);
+            assert!(class < NUM_CLASSES);
+            assert!(
+                class_floor(class) <= len
+                    && (class + 1 == NUM_CLASSES || class_floor(class + 1) > len)
+            );
+        }
+    }
+
+    #[test]
+    fn page_runs_go_to_the_oldest_segment_that_fits() {
+        const PAGE: usize = ZEND_MM_PAGE_SIZE;
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread.
+        let h = unsafe { &mut *heap };
+        let main_seg = h.main.addr()..h.main.addr() + h.segment_size;
+        // The main segment (511 free pages): a 300-page block, then a 16-page one, 195 pages left.
+        let x = h.alloc(300 * PAGE).unwrap();
+        let side = h.alloc(16 * PAGE).unwrap();
+        assert!(main_seg.contains(&x.addr()) && main_seg.contains(&side.addr()));
+        // A 301-page block needs a new segment, and leaves 210 pages behind it there.
+        let y = h.alloc(301 * PAGE).unwrap();
+        assert!(!main_seg.contains(&y.addr()));
+        // The main segment now has a 300-page hole: the next run goes there, although the
+        // younger segment's 210 pages fit it more tightly; so the 301-page block grows in place.
+        h.free(x);
+        let next = h.alloc(16 * PAGE).unwrap();
+        assert!(
+            main_seg.contains(&next.addr()),
+            "the older segment serves the run"
+        );
+        assert_eq!(h.realloc(y, 302 * PAGE, 0), Ok(y));
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+}

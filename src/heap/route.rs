@@ -1,0 +1,209 @@
+//! Routing (zend_alloc.c's `zend_mm_alloc_heap`, `zend_mm_free_heap`, `zend_mm_realloc_heap`):
+//! which path serves a request, and what a pointer handed back names.
+//!
+//! Owns the one pointer classification every slow path uses ([`Heap::lookup`]): the region map
+//! vouches for the pointer's owner before any metadata is read through it, then the segment's page
+//! map says whether it starts a block. `locate` (free, realloc, block size), the checks and the
+//! garbage collector all build on it.
+
+use core::ptr;
+
+use super::huge::HugeBlock;
+use super::{Heap, Refusal};
+use crate::diagnostics;
+use crate::region_map::{self, Region};
+use crate::segment::{
+    LARGE_PAGES_MASK, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, Segment, small_bin, starts_slot,
+};
+use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, keeps_bin};
+
+/// A live block of this heap (as far as the metadata tells), found by [`Heap::locate`].
+#[derive(Clone, Copy)]
+pub(super) enum Block {
+    Small {
+        seg: *mut Segment,
+        page: usize,
+        bin: usize,
+    },
+    Large {
+        seg: *mut Segment,
+        page: usize,
+        pages: usize,
+    },
+    Huge(*mut HugeBlock),
+}
+
+/// What a pointer names in this heap.
+#[derive(Clone, Copy)]
+pub(super) enum Lookup {
+    /// The start of a block (of a small run's slot: free or not, the page map cannot tell).
+    Block(Block),
+    /// Inside a free page (past the header) of a segment of this heap.
+    FreePage { seg: *mut Segment, page: usize },
+    /// Inside this heap's memory, but not at a block's start nor in a free page.
+    NotABlock,
+    /// Not in this heap's memory.
+    Foreign,
+}
+
+impl Heap {
+    /// Classifies `p` against this heap's metadata, trusting nothing before the region map vouches
+    /// for its owner.
+    #[inline(always)]
+    pub(super) fn lookup(&self, p: *const u8) -> Lookup {
+        let seg = match region_map::find_owned(p.addr(), self.id()) {
+            Region::Segment(base) => base.cast::<Segment>(),
+            Region::Huge(base) => return self.lookup_huge(p, base.cast()),
+            Region::Unowned => return Lookup::Foreign,
+        };
+        // SAFETY: a live segment of this heap (the region map vouches for the owner).
+        let s = unsafe { &*seg };
+        let Some(page) = s.page_of(p.addr()) else {
+            return Lookup::NotABlock;
+        };
+        let info = s.map_get(page);
+        if let Some(bin) = small_bin(info) {
+            return if starts_slot(p, info) {
+                Lookup::Block(Block::Small { seg, page, bin })
+            } else {
+                Lookup::NotABlock
+            };
+        }
+        match info & PAGE_KIND_MASK {
+            PAGE_LARGE if p.addr() % ZEND_MM_PAGE_SIZE == 0 => Lookup::Block(Block::Large {
+                seg,
+                page,
+                pages: (info & LARGE_PAGES_MASK) as usize,
+            }),
+            // Pages after a large run's first have free entries too: the bitmap tells them apart.
+            PAGE_FREE if page >= s.header_pages() && !s.page_used(page) => {
+                Lookup::FreePage { seg, page }
+            }
+            _ => Lookup::NotABlock,
+        }
+    }
+
+    #[cold]
+    fn lookup_huge(&self, p: *const u8, block: *mut HugeBlock) -> Lookup {
+        // SAFETY: a live huge block of this heap (the region map vouches for the owner).
+        if unsafe { (*block).data() }.cast_const() == p {
+            Lookup::Block(Block::Huge(block))
+        } else {
+            Lookup::NotABlock
+        }
+    }
+
+    /// The block `p` names in this heap; "zend_mm_heap corrupted" for any pointer that is not the
+    /// start of a live block of this heap as far as the metadata tells.
+    #[inline(always)]
+    pub(super) fn locate(&self, p: *mut u8) -> Block {
+        match self.lookup(p) {
+            Lookup::Block(block) => block,
+            _ => diagnostics::heap_corrupted(),
+        }
+    }
+
+    /// Allocates `size` bytes (PHP's `zend_mm_alloc_heap`).
+    #[inline(always)]
+    pub fn alloc(&mut self, size: usize) -> Result<*mut u8, Refusal> {
+        if size <= ZEND_MM_MAX_SMALL_SIZE {
+            self.alloc_small(bin_of(size))
+        } else {
+            self.alloc_big(size)
+        }
+    }
+
+    #[inline(never)]
+    fn alloc_big(&mut self, size: usize) -> Result<*mut u8, Refusal> {
+        if size <= self.max_large_size {
+            self.alloc_large(size)
+        } else {
+            self.alloc_huge(size)
+        }
+    }
+
+    /// Frees `p` (PHP's `zend_mm_free_heap`); null is a no-op.
+    #[inline(always)]
+    pub fn free(&mut self, p: *mut u8) {
+        if p.is_null() {
+            return;
+        }
+        // SAFETY: `locate` vouches for each block: a live block of this heap.
+        unsafe {
+            match self.locate(p) {
+                Block::Small { bin, .. } => self.free_small(p, bin),
+                Block::Large { seg, page, pages } => self.free_large(seg, page, pages),
+                Block::Huge(block) => self.free_huge(block),
+            }
+        }
+    }
+
+    /// Usable size of the block at `p` (bin size, whole pages, page-rounded huge size); 0 for null.
+    pub fn block_size(&self, p: *mut u8) -> usize {
+        if p.is_null() {
+            return 0;
+        }
+        match self.locate(p) {
+            Block::Small { bin, .. } => BIN_SIZE[bin],
+            Block::Large { pages, .. } => pages * ZEND_MM_PAGE_SIZE,
+            // SAFETY: `locate` returned a live huge block of this heap.
+            Block::Huge(block) => unsafe { (*block).size() },
+        }
+    }
+
+    /// Resizes `p` to `size` bytes keeping at most `copy_size` bytes of its contents (PHP's
+    /// `zend_mm_realloc_heap`). On a refusal `p` is untouched.
+    pub fn realloc(
+        &mut self,
+        p: *mut u8,
+        size: usize,
+        copy_size: usize,
+    ) -> Result<*mut u8, Refusal> {
+        if p.is_null() {
+            return self.alloc(size);
+        }
+        match self.locate(p) {
+            Block::Small { bin, .. } => {
+                if keeps_bin(bin, size) {
+                    return Ok(p);
+                }
+                // SAFETY: a live small block of this heap of its bin's size.
+                unsafe { self.move_block(p, BIN_SIZE[bin], size, copy_size) }
+            }
+            Block::Large { seg, page, pages } => {
+                let stays_large = size > ZEND_MM_MAX_SMALL_SIZE && size <= self.max_large_size;
+                // SAFETY: `locate` found this large run of a live segment of this heap.
+                if stays_large && unsafe { self.resize_large_in_place(seg, page, pages, size) } {
+                    return Ok(p);
+                }
+                let old_size = pages * ZEND_MM_PAGE_SIZE;
+                // SAFETY: a live large block of this heap of `old_size` bytes.
+                unsafe { self.move_block(p, old_size, size, copy_size) }
+            }
+            // SAFETY: `locate` found a live huge block of this heap.
+            Block::Huge(block) => unsafe { self.realloc_huge(block, size, copy_size) },
+        }
+    }
+
+    /// Moves a block to a new one of `size` bytes (PHP's `zend_mm_realloc_slow`); the transient
+    /// double allocation does not count towards the peak.
+    ///
+    /// # Safety
+    /// `p` must be a live block of this heap of at least `old_size` bytes.
+    pub(super) unsafe fn move_block(
+        &mut self,
+        p: *mut u8,
+        old_size: usize,
+        size: usize,
+        copy_size: usize,
+    ) -> Result<*mut u8, Refusal> {
+        let orig_peak = self.peak.max(self.size);
+        let new = self.alloc(size)?;
+        let n = old_size.min(size).min(copy_size);
+        // SAFETY: both blocks are live, distinct, and at least `n` bytes long (caller contract).
+        unsafe { ptr::copy_nonoverlapping(p, new, n) };
+        self.free(p);
+        self.peak = orig_peak.max(self.size);
+        Ok(new)
+    }
+}
