@@ -131,3 +131,58 @@ pub unsafe fn raise(heap: *mut Heap, site: Site, fatal: Fatal) -> ! {
     // SAFETY: no borrow of the heap is live; no destructors (caller contract).
     unsafe { diagnostics::report_fatal(site, fatal) }
 }
+
+#[cfg(test)]
+mod tests {
+    use core::ffi::c_void;
+    use core::sync::atomic::{AtomicPtr, Ordering};
+
+    use super::*;
+    use crate::heap::CustomHandlers;
+    use crate::storage::Storage;
+
+    static HEAP: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
+
+    /// A custom `malloc` that calls back into its own heap, as a tracking handler might: it
+    /// switches the heap back to its own allocator and allocates there. Under Miri this fails if
+    /// the caller still held a `&mut Heap` across the call.
+    unsafe extern "C" fn reentrant_malloc(size: usize) -> *mut c_void {
+        let heap = HEAP.load(Ordering::Relaxed);
+        // SAFETY: the test's live heap; `api` holds no borrow of it while a handler runs.
+        unsafe {
+            (*heap).set_custom(CustomHandlers::NONE).unwrap();
+            emalloc(heap, size, Site::new(ptr::null(), 0)).cast()
+        }
+    }
+
+    unsafe extern "C" fn unused_free(_: *mut c_void) {}
+
+    unsafe extern "C" fn unused_realloc(_: *mut c_void, _: usize) -> *mut c_void {
+        ptr::null_mut()
+    }
+
+    #[test]
+    fn a_custom_handler_may_call_back_into_its_heap() {
+        let storage =
+            Storage::open_builtin(crate::model_tests::StdStorage::<0>::ops(), false).unwrap();
+        // SAFETY: a fresh storage; the smallest segment size (cheap under Miri).
+        let heap = unsafe { Heap::create(storage, 64 << 10, 0, 0) };
+        HEAP.store(heap, Ordering::Relaxed);
+        // SAFETY: a live heap of this thread; each borrow ends with its statement.
+        unsafe {
+            (*heap)
+                .set_custom(CustomHandlers {
+                    malloc: Some(reentrant_malloc),
+                    free: Some(unused_free),
+                    realloc: Some(unused_realloc),
+                })
+                .unwrap();
+            let p = emalloc(heap, 100, Site::new(ptr::null(), 0));
+            assert!(!(*heap).is_custom(), "the handler switched the heap back");
+            assert_eq!(block_size(heap, p), 112, "a block of the heap's own");
+            efree(heap, p);
+            assert_eq!((*heap).usage(false), 0);
+            Heap::shutdown(heap, true);
+        }
+    }
+}

@@ -106,12 +106,12 @@ impl Heap {
         Ok(data)
     }
 
-    /// A fresh huge block of `total` storage bytes, registered and counted in `real_size`.
+    /// A fresh huge block of `total` storage bytes, registered and counted in the real usage.
     fn map_huge(&mut self, total: usize) -> Result<*mut HugeBlock, Refusal> {
         if !self.huge_fits_limit(total) {
             return Err(Refusal::Limit);
         }
-        let base = self.storage_alloc(total)?;
+        let base = self.map_region(total, Region::Huge)?;
         let block = base.cast::<HugeBlock>();
         // SAFETY: `base` holds `total` fresh bytes; the header fits in the first page.
         unsafe {
@@ -122,17 +122,6 @@ impl Heap {
                 data: ptr::null_mut(),
             })
         };
-        if !region_map::register(
-            base.addr(),
-            base.addr() + total,
-            Region::Huge(base),
-            self.id(),
-        ) {
-            // SAFETY: never handed out.
-            unsafe { self.storage.free(base) };
-            return Err(Refusal::OutOfMemory);
-        }
-        self.count_storage(total);
         Ok(block)
     }
 

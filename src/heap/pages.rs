@@ -243,30 +243,36 @@ impl Heap {
     /// Maps a new segment from storage (PHP's chunk allocation).
     fn map_segment(&mut self) -> Result<*mut Segment, Refusal> {
         let size = self.segment_size;
-        let base = self.storage_alloc(size)?;
+        let base = self.map_region(size, Region::Segment)?;
         let num = self.next_num;
         self.next_num += 1;
         // SAFETY: `base` holds `size` fresh bytes from our storage.
         let seg = unsafe { Segment::init(base, size, self.id(), 0, num) };
-        if !region_map::register(
-            base.addr(),
-            base.addr() + size,
-            Region::Segment(base),
-            self.id(),
-        ) {
-            // SAFETY: never handed out.
-            unsafe { self.storage.free(base) };
-            return Err(Refusal::OutOfMemory);
-        }
-        self.count_storage(size);
         // SAFETY: a fresh segment of this heap, on no list.
         unsafe { self.link_segment(seg) };
         self.remember_fast(seg);
         Ok(seg)
     }
 
+    /// A new region of `size` bytes from storage, registered in the region map as `kind` (before
+    /// anything in it is handed out) and counted in the real usage.
+    pub(super) fn map_region(
+        &mut self,
+        size: usize,
+        kind: fn(*mut u8) -> Region,
+    ) -> Result<*mut u8, Refusal> {
+        let base = self.storage_alloc(size)?;
+        if !region_map::register(base.addr(), base.addr() + size, kind(base), self.id()) {
+            // SAFETY: never handed out.
+            unsafe { self.storage.free(base) };
+            return Err(Refusal::OutOfMemory);
+        }
+        self.count_storage(size);
+        Ok(base)
+    }
+
     /// `size` bytes from storage, retrying once after `gc` gave memory back.
-    pub(super) fn storage_alloc(&mut self, size: usize) -> Result<*mut u8, Refusal> {
+    fn storage_alloc(&mut self, size: usize) -> Result<*mut u8, Refusal> {
         let mut p = self.storage.alloc(size);
         if p.is_null() && self.gc() > 0 {
             p = self.storage.alloc(size);
