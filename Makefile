@@ -75,9 +75,7 @@ rust-test:
 
 # The unit and model tests Miri can run (those on the std::alloc storages; the ones that need mmap
 # are ignored under Miri) under Stacked Borrows. The region map's exposed provenance is deliberate.
-# The other heap:: tests are left out: each takes minutes under Miri (2 MiB segments; the model
-# tests cover the same paths).
-MIRI_TESTS := model_tests region_map bitmap tls diagnostics sizes options storage list heap::api
+MIRI_TESTS := model_tests region_map bitmap tls diagnostics sizes options storage list heap::
 miri:
 	MIRIFLAGS="-Zmiri-permissive-provenance" $(CARGO) +nightly miri test --lib -- $(MIRI_TESTS)
 
