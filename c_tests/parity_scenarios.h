@@ -56,10 +56,13 @@ static void scenario_segment_step(void)
     out("reset %zu %zu", A_USAGE(0), A_PEAK(0));
 }
 
-/* One block of each size, each from a fresh request: block size, usage and real-usage deltas. */
+/* One block of each size, each from a fresh request: block size, usage and real-usage deltas.
+ * (Fresh as in a new process: this library keeps freed huge blocks for later requests, PHP does
+ * not; zend_mm_gc gives them back on both.) */
 static void measure_block(size_t size)
 {
     A_RESET();
+    A_GC();
     size_t u0 = A_USAGE(0), r0 = A_USAGE(1);
     void *p = A_ALLOC(size);
     size_t u1 = A_USAGE(0), r1 = A_USAGE(1);

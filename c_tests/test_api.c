@@ -440,6 +440,58 @@ static void test_thousand_requests_keep_rss_flat(void)
     CHECK(rss_late <= rss_early + 1024);
 }
 
+/* One big request, then small ones, on a fresh heap: the big request's memory stays resident
+ * (RSS) no more than a quarter above its real peak, and after 20 small requests the process holds at
+ * most 4 MiB above what it held before the big one (PHP 8.2 holds 1.6 MiB there: its first chunk). */
+static void memory_goes_back_between_requests(void *arg)
+{
+    (void)arg;
+    shutdown_memory_manager(1, 1); /* a fresh heap */
+    emalloc(100);
+    shutdown_memory_manager(1, 0);
+    long base = rss_kib();
+    char *blocks[24];
+    for (int i = 0; i < 24; i++) { /* 24 MiB of large blocks, and two 6 MiB huge blocks */
+        blocks[i] = emalloc(1000000);
+        memset(blocks[i], i, 1000000);
+    }
+    for (int i = 0; i < 2; i++) {
+        memset(emalloc(6000000), i, 6000000);
+    }
+    for (int i = 0; i < 24; i += 2) { /* half freed mid-request, as a request's temporaries are */
+        efree(blocks[i]);
+    }
+    for (int i = 0; i < 12; i++) { /* huge temporaries, each bigger than the last */
+        size_t size = 3000000 + (size_t)i * 500000;
+        char *p = emalloc(size);
+        memset(p, i, size);
+        efree(p);
+    }
+    long during = rss_kib() - base;
+    long real_peak_kib = (long)(zend_memory_peak_usage(1) / 1024);
+    CHECK(during <= real_peak_kib + real_peak_kib / 4);
+    shutdown_memory_manager(1, 0);
+    for (int request = 0; request < 20; request++) {
+        memset(emalloc(100), 1, 100);
+        shutdown_memory_manager(1, 0);
+    }
+    long after = rss_kib() - base;
+    CHECK(after <= 4 * 1024);
+    if (during > real_peak_kib + real_peak_kib / 4 || after > 4 * 1024) {
+        fprintf(stderr, "  RSS above the start: %ld KiB in the big request (real peak %ld KiB), %ld KiB after\n",
+                during, real_peak_kib, after);
+    }
+}
+
+static void test_memory_goes_back_between_requests(void)
+{
+    if (under_valgrind()) {
+        printf("test_memory_goes_back_between_requests: skipped under valgrind (RSS is valgrind's)\n");
+        return;
+    }
+    run_checks_in_child(memory_goes_back_between_requests, NULL, "one big request, then 20 small ones");
+}
+
 static void test_gc_returns_free_runs(void)
 {
     shutdown_memory_manager(1, 0);
@@ -1167,6 +1219,7 @@ int main(int argc, char **argv)
     RUN(test_request_shutdown_keeps_the_heap);
     RUN(test_full_shutdown_then_a_new_heap);
     RUN(test_thousand_requests_keep_rss_flat);
+    RUN(test_memory_goes_back_between_requests);
     RUN(test_gc_returns_free_runs);
     RUN(test_memory_limit_setting);
     RUN(test_heap_checks);

@@ -39,6 +39,7 @@
 #define A_PEAK(real)     zend_memory_peak_usage(real)
 /* Request end: every block released, usage and peak back to 0. */
 #define A_RESET()        shutdown_memory_manager(1, 0)
+#define A_GC()           zend_mm_gc(zend_mm_get_heap())
 
 /* A growable list of output lines. */
 typedef struct {

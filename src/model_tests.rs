@@ -9,6 +9,7 @@
 use core::ffi::CStr;
 use std::alloc::{Layout, alloc, dealloc, realloc};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::heap::Heap;
 use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, keeps_bin};
@@ -72,6 +73,48 @@ impl<const MISALIGN: usize> SegmentSource for StdStorage<MISALIGN> {
     unsafe fn free(p: *mut u8, size: usize) {
         // SAFETY: `p - MISALIGN` was allocated with `layout(size)`.
         unsafe { dealloc(p.wrapping_sub(MISALIGN), Self::layout(size)) }
+    }
+}
+
+/// Storage calls counted per counting storage (`CountingStorage<ID>` uses row `ID`): allocations,
+/// resizes, frees. Each test that counts has an `ID` of its own (tests run in parallel).
+pub(crate) static STORAGE_CALLS: [[AtomicUsize; 3]; 4] =
+    [const { [const { AtomicUsize::new(0) }; 3] }; 4];
+
+/// The aligned test storage, counting its calls in `STORAGE_CALLS[ID]`.
+pub(crate) struct CountingStorage<const ID: usize>;
+
+impl<const ID: usize> CountingStorage<ID> {
+    pub(crate) fn ops() -> &'static StorageOps {
+        &<Self as SegmentSource>::OPS
+    }
+
+    /// (allocations, resizes, frees) so far.
+    pub(crate) fn calls() -> (usize, usize, usize) {
+        let [a, r, f] = &STORAGE_CALLS[ID];
+        let load = |c: &AtomicUsize| c.load(Ordering::Relaxed);
+        (load(a), load(r), load(f))
+    }
+}
+
+impl<const ID: usize> SegmentSource for CountingStorage<ID> {
+    const NAME: &'static CStr = c"counting";
+
+    fn alloc(size: usize) -> *mut u8 {
+        STORAGE_CALLS[ID][0].fetch_add(1, Ordering::Relaxed);
+        StdStorage::<0>::alloc(size)
+    }
+
+    unsafe fn realloc(p: *mut u8, old_size: usize, new_size: usize) -> *mut u8 {
+        STORAGE_CALLS[ID][1].fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded caller contract (the blocks come from `StdStorage<0>`).
+        unsafe { StdStorage::<0>::realloc(p, old_size, new_size) }
+    }
+
+    unsafe fn free(p: *mut u8, size: usize) {
+        STORAGE_CALLS[ID][2].fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded caller contract.
+        unsafe { StdStorage::<0>::free(p, size) }
     }
 }
 

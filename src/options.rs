@@ -87,7 +87,7 @@ pub static ENV_VARS: [EnvVar; 5] = [
     EnvVar {
         name: c"ZEND_MM_COMPACT",
         default: "2M",
-        doc: "at request end, ask the storage to compact if the request's real peak passed this many bytes (`0`: never)",
+        doc: "at request end, call the storage's `compact` handler if the request's real peak passed this many bytes (`0`: never); the built-in storages' does nothing, as they give memory back when the heap does",
         apply: |o, v| {
             let n = number(v)?;
             o.compact_size = usize::try_from(n).map_err(|_| OptionError::Negative)?;

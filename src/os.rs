@@ -1,5 +1,5 @@
 //! The operating system's memory calls: `mmap`, `mremap`, `munmap`, `madvise`, and the C library's
-//! `posix_memalign`/`realloc`/`free`/`malloc_trim`.
+//! `posix_memalign`/`free`.
 //!
 //! Owns nothing but the wrappers: each returns null (or does nothing) on failure instead of an
 //! error code, rounds lengths to pages where the kernel wants them, and keeps the `libc` calls (and
@@ -125,6 +125,22 @@ pub fn close(fd: i32) {
     unsafe { libc::close(fd) };
 }
 
+/// Gives the whole pages strictly inside `p + keep..p + len` back to the kernel
+/// (`MADV_DONTNEED`): their contents are lost, their addresses stay valid (zero pages on the next
+/// touch). The first `keep` bytes stay as they are.
+///
+/// # Safety
+/// `p..p + len` must be memory of the caller's whose contents past `keep` nobody needs.
+pub unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
+    let start = (p.addr() + keep).next_multiple_of(ZEND_MM_PAGE_SIZE);
+    let end = (p.addr() + len) & !(ZEND_MM_PAGE_SIZE - 1);
+    if end > start {
+        // SAFETY: whole pages of the caller's memory whose contents are not needed (caller
+        // contract).
+        unsafe { libc::madvise(p.with_addr(start).cast(), end - start, libc::MADV_DONTNEED) };
+    }
+}
+
 /// `posix_memalign`: `size` bytes aligned to `align` from the C library's heap, or null.
 pub fn c_alloc_aligned(size: usize, align: usize) -> *mut u8 {
     let mut p: *mut c_void = ptr::null_mut();
@@ -135,16 +151,6 @@ pub fn c_alloc_aligned(size: usize, align: usize) -> *mut u8 {
     p.cast()
 }
 
-/// The C library's `realloc`.
-///
-/// # Safety
-/// `p` must be null or a live block of the C library's heap; it must not be used after a
-/// successful call.
-pub unsafe fn c_realloc(p: *mut u8, size: usize) -> *mut u8 {
-    // SAFETY: caller contract.
-    unsafe { libc::realloc(p.cast(), size).cast() }
-}
-
 /// The C library's `free`.
 ///
 /// # Safety
@@ -152,10 +158,4 @@ pub unsafe fn c_realloc(p: *mut u8, size: usize) -> *mut u8 {
 pub unsafe fn c_free(p: *mut u8) {
     // SAFETY: caller contract.
     unsafe { libc::free(p.cast()) }
-}
-
-/// `malloc_trim(0)`: the C library gives its free memory back to the system.
-pub fn c_trim() {
-    // SAFETY: malloc_trim only releases free memory of the C library's heap.
-    unsafe { libc::malloc_trim(0) };
 }

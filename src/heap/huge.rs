@@ -8,10 +8,13 @@
 //! through the storage's `_realloc` (`mremap` for the mmap storages), so growing and shrinking
 //! never copy in user space.
 //!
-//! A freed huge block stays cached (up to [`HUGE_CACHE`] of them) until the request ends: the next
-//! huge request reuses its pages, already faulted in, instead of mapping fresh ones (each page of
-//! fresh memory costs a page fault on first touch, about as much as the block's whole use). A
-//! cached block serves any request it is big enough for; a smaller one grows through the storage.
+//! A freed huge block stays cached (up to [`HUGE_CACHE`] of them), also across request ends, until
+//! it has served no request for [`IDLE_REQUESTS`] request ends: the next huge request reuses its
+//! pages, already faulted in, instead of mapping fresh ones (each page of fresh memory costs a page
+//! fault on first touch, about as much as the block's whole use). A cached block serves a request
+//! it is big enough for, the tightest fit first; one too small is never grown (through the
+//! storage, that would copy its dead contents): the request maps a fresh block. Cached blocks count
+//! in the real usage, and `zend_mm_gc`, the limit and `zend_set_memory_limit` give them back.
 //!
 //! Invariants: every live huge block of a heap is on its `huge_blocks` list, every cached one on
 //! `huge_cached` (with `data` null, so a stale pointer to it is caught); both are registered in the
@@ -20,7 +23,7 @@
 
 use core::ptr;
 
-use super::{Heap, Refusal};
+use super::{Heap, IDLE_REQUESTS, Refusal};
 use crate::diagnostics;
 use crate::list::{CountedList, Field, Links, List};
 use crate::region_map::{self, Region};
@@ -42,6 +45,8 @@ pub(super) struct HugeBlock {
     size: usize,
     /// The block handed to the caller (null while cached).
     data: *mut u8,
+    /// The heap's request count when the block last served a request.
+    last_used: u64,
 }
 
 const _: () = assert!(size_of::<HugeBlock>() <= HUGE_HEADER);
@@ -120,53 +125,24 @@ impl Heap {
                 links: Links::NONE,
                 size: 0,
                 data: ptr::null_mut(),
+                last_used: 0,
             })
         };
         Ok(block)
     }
 
-    /// A cached huge block resized (if needed) to serve `total` storage bytes, off the cache.
+    /// The tightest cached huge block with at least `total` storage bytes, off the cache.
     fn take_cached_huge(&mut self, total: usize) -> Option<*mut HugeBlock> {
-        // The tightest cached block that is big enough, else the biggest one (to grow).
-        let mut best: *mut HugeBlock = ptr::null_mut();
-        let mut best_capacity = 0;
         // SAFETY: cached huge blocks are registered blocks of this heap.
-        for block in unsafe { self.huge_cached.iter() } {
+        let best = unsafe { self.huge_cached.iter() }
             // SAFETY: as above.
-            let capacity = unsafe { (*block).alloc.size() };
-            let better = if capacity >= total {
-                best_capacity < total || capacity < best_capacity
-            } else {
-                best_capacity < total && capacity > best_capacity
-            };
-            if better {
-                best = block;
-                best_capacity = capacity;
-            }
-        }
-        if best.is_null() {
-            return None;
-        }
+            .map(|block| (block, unsafe { (*block).alloc.size() }))
+            .filter(|&(_, capacity)| capacity >= total)
+            .min_by_key(|&(_, capacity)| capacity)?
+            .0;
         // SAFETY: `best` is on the cache list.
         unsafe { self.huge_cached.remove(best) };
-        // Reuse as it is unless it is too small: shrinking would give back pages that are already
-        // faulted in, to fault them in again for the next bigger request. (The cache is small and
-        // emptied at request end, so the idle tail is bounded.)
-        if best_capacity >= total {
-            return Some(best);
-        }
-        if !self.huge_fits_limit(total - best_capacity) {
-            // SAFETY: `best` is a registered huge block of this heap, on no list.
-            unsafe { self.release_huge(best) };
-            return None;
-        }
-        // SAFETY: as above.
-        let resized = unsafe { self.resize_huge_storage(best, total) };
-        if resized.is_null() {
-            // SAFETY: as above: the storage left it intact.
-            unsafe { self.release_huge(best) };
-        }
-        (!resized.is_null()).then_some(resized)
+        Some(best)
     }
 
     /// Resizes a huge block's storage allocation (moving it if the storage must), keeping the
@@ -217,12 +193,26 @@ impl Heap {
     /// # Safety
     /// `block` must be a live huge block of this heap.
     pub(super) unsafe fn free_huge(&mut self, block: *mut HugeBlock) {
-        // SAFETY: caller contract; the cache holds cached blocks of this heap.
+        // SAFETY: caller contract.
         unsafe {
             self.huge_blocks.remove(block);
             self.count_free((*block).size);
+            self.cache_huge(block);
+        }
+    }
+
+    /// Keeps a huge block that was just freed (on no list) for reuse while the cache has room;
+    /// returns it to storage otherwise.
+    ///
+    /// # Safety
+    /// `block` must be a registered huge block of this heap on no list.
+    unsafe fn cache_huge(&mut self, block: *mut HugeBlock) {
+        // SAFETY: caller contract; the cache holds cached blocks of this heap.
+        unsafe {
             if self.huge_cached.len() < HUGE_CACHE {
                 (*block).data = ptr::null_mut();
+                // It served the request under way.
+                (*block).last_used = self.requests + 1;
                 self.huge_cached.push_front(block);
             } else {
                 self.release_huge(block);
@@ -267,7 +257,28 @@ impl Heap {
         released
     }
 
-    /// Frees every huge block, cached ones included (request end).
+    /// Request end: every live huge block is freed into the cache (while it has room), and cached
+    /// blocks idle for [`IDLE_REQUESTS`] request ends go back to storage.
+    pub(super) fn end_request_huge_blocks(&mut self) {
+        let now = self.requests + 1;
+        // SAFETY: the lists hold registered huge blocks of this heap; popped or removed, one is on
+        // no list.
+        unsafe {
+            while !self.huge_blocks.is_empty() {
+                let block = self.huge_blocks.pop_front();
+                self.count_free((*block).size);
+                self.cache_huge(block);
+            }
+            for block in self.huge_cached.iter() {
+                if now - (*block).last_used >= u64::from(IDLE_REQUESTS) {
+                    self.huge_cached.remove(block);
+                    self.release_huge(block);
+                }
+            }
+        }
+    }
+
+    /// Frees every huge block, cached ones included (the heap is being destroyed).
     pub(super) fn release_huge_blocks(&mut self) {
         // SAFETY: the list holds live huge blocks of this heap; popped, one is on no list.
         unsafe {
@@ -333,5 +344,85 @@ impl Heap {
         self.count_alloc(new_size);
         // SAFETY: as above.
         Ok(unsafe { (*moved).data })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_tests::CountingStorage;
+
+    const SEG: usize = 64 << 10;
+    const KIB: usize = 1 << 10;
+
+    #[test]
+    fn cached_huge_blocks_serve_later_requests_and_are_never_grown() {
+        type Counted = CountingStorage<0>;
+        let heap = super::super::test_heap_on(Counted::ops(), SEG);
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        let end_request = || {
+            // SAFETY: as above; the test forgets its blocks with the request.
+            unsafe { Heap::shutdown(heap, false) }
+        };
+        let (allocs, _, _) = Counted::calls();
+        // Live at request end: kept for the next request, counted in the real usage.
+        h().alloc(200 * KIB).unwrap();
+        end_request();
+        assert_eq!(h().usage(true), SEG + 200 * KIB + HUGE_HEADER);
+        let p = h().alloc(180 * KIB).unwrap();
+        let q = h().alloc(400 * KIB).unwrap();
+        assert_eq!(
+            Counted::calls().0,
+            allocs + 2,
+            "the 180 KiB block reused the cached one"
+        );
+        h().free(p);
+        h().free(q);
+        // Too big for every cached block: mapped fresh, no cached block grown.
+        h().alloc(600 * KIB).unwrap();
+        assert_eq!(Counted::calls().0, allocs + 3);
+        assert_eq!(Counted::calls().1, 0, "no storage resize");
+        // The tightest cached block that fits.
+        let r = h().alloc(300 * KIB).unwrap();
+        assert_eq!(h().block_size(r), 300 * KIB);
+        assert_eq!(Counted::calls().0, allocs + 3);
+        end_request();
+        // Idle blocks go back after a few requests; zend_mm_gc would give them back at once.
+        for _ in 0..IDLE_REQUESTS {
+            assert!(h().usage(true) > SEG);
+            end_request();
+        }
+        assert_eq!(h().usage(true), SEG, "idle huge blocks given back");
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn gc_and_a_lower_limit_give_cached_huge_blocks_back() {
+        type Counted = CountingStorage<1>;
+        let heap = super::super::test_heap_on(Counted::ops(), SEG);
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        let p = h().alloc(200 * KIB).unwrap();
+        h().free(p);
+        assert_eq!(h().gc(), 200 * KIB + HUGE_HEADER);
+        let p = h().alloc(200 * KIB).unwrap();
+        h().free(p);
+        assert!(
+            h().set_limit(SEG).is_ok(),
+            "the cache makes way for the limit"
+        );
+        assert_eq!(h().usage(true), SEG);
+        // Over the limit only with the cache: the cache goes, the block is mapped.
+        h().set_limit(SEG + 300 * KIB).unwrap();
+        let p = h().alloc(100 * KIB).unwrap();
+        h().free(p);
+        assert!(
+            h().alloc(250 * KIB).is_ok(),
+            "the cached block went to make room"
+        );
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
     }
 }

@@ -116,6 +116,9 @@ pub struct Heap {
     /// decaying by [`EXPECTATION_DECAY`] per request. It decides how many segments stay cached.
     expected_segments: f64,
     next_num: u64,
+    /// Requests ended (`shutdown` without `full`): the clock of the idle policy. The request under
+    /// way is number `requests + 1`.
+    requests: u64,
     /// Live huge blocks, and freed ones kept for reuse until the request ends.
     huge_blocks: HugeList,
     huge_cached: CachedHugeList,
@@ -150,6 +153,10 @@ const _: () = {
 /// Per request, the expected segment count decays by this factor towards the latest peak.
 const EXPECTATION_DECAY: f64 = 0.98;
 
+/// Cached memory (segments, huge blocks) that served no request for this many request ends goes
+/// back to storage.
+const IDLE_REQUESTS: u32 = 8;
+
 impl Heap {
     /// A heap with no segment, no block and no limit; `create` fills in the rest.
     const fn blank(no_segment: *mut Segment, segment_size: usize, storage: Storage) -> Heap {
@@ -176,6 +183,7 @@ impl Heap {
             cached: CountedList::new(),
             expected_segments: 1.0,
             next_num: 1,
+            requests: 0,
             huge_blocks: HugeList::new(),
             huge_cached: CachedHugeList::new(),
             storage,
@@ -266,13 +274,15 @@ impl Heap {
         // SAFETY: live heap (caller contract).
         let h = unsafe { &mut *heap };
         h.release_reserve();
-        h.release_huge_blocks();
         if full {
+            h.release_huge_blocks();
             // SAFETY: forwarded caller contract.
             unsafe { Heap::destroy(heap) };
             return;
         }
+        h.end_request_huge_blocks();
         h.end_request_segments();
+        h.requests += 1;
         // SAFETY: the main segment is live.
         unsafe {
             (*h.main).reset();
@@ -281,7 +291,7 @@ impl Heap {
         h.free_slots = [ptr::null_mut(); BIN_SLOTS];
         h.size = 0;
         h.peak = 0;
-        h.real_size = (h.cached.len() + 1) * h.segment_size;
+        h.real_size = (h.cached.len() + 1) * h.segment_size + h.cached_huge_bytes();
         h.real_peak = h.real_size;
         h.segments_count = 1;
         h.peak_segments_count = 1;
@@ -338,8 +348,14 @@ impl Heap {
 #[cfg(test)]
 fn test_heap() -> *mut Heap {
     // Aligned as the built-in storages align, on Rust's allocator (Miri has no mmap).
-    let ops = crate::model_tests::StdStorage::<0>::ops();
+    test_heap_on(crate::model_tests::StdStorage::<0>::ops(), 2 << 20)
+}
+
+#[cfg(test)]
+fn test_heap_on(ops: &'static crate::storage::StorageOps, segment_size: usize) -> *mut Heap {
     let storage = Storage::open_builtin(ops, false).unwrap();
     // SAFETY: a fresh storage, a valid segment size.
-    unsafe { Heap::create(storage, 2 << 20, 0, 0) }
+    let heap = unsafe { Heap::create(storage, segment_size, 0, 0) };
+    assert!(!heap.is_null());
+    heap
 }

@@ -10,7 +10,7 @@
 
 use core::ptr;
 
-use super::{EXPECTATION_DECAY, Heap, Refusal};
+use super::{EXPECTATION_DECAY, Heap, IDLE_REQUESTS, Refusal};
 use crate::list::List;
 use crate::region_map::{self, Region};
 use crate::segment::{NO_CLASS, Segment};
@@ -210,6 +210,8 @@ impl Heap {
     unsafe fn link_segment(&mut self, seg: *mut Segment) {
         // SAFETY: caller contract; the list holds live segments.
         unsafe {
+            // It serves the request under way (the one after those ended).
+            (*seg).set_last_used(self.requests + 1);
             self.segments.push_front(seg);
             self.reclassify(seg);
         }
@@ -349,12 +351,17 @@ impl Heap {
     }
 
     /// Request end: every segment but the main one goes to the cache (its blocks forgotten, so a
-    /// stale pointer into it is caught), then the cache is cut to what the next request is
-    /// expected to need: the peak of recent requests, decaying. A request like the recent ones
-    /// maps nothing new; after a spike the cache shrinks a little per request. (PHP keeps about the
-    /// average of recent peaks, so requests whose peak wobbles around it unmap and fault in a
-    /// segment again and again.)
+    /// stale pointer into it is caught). Then the cache gives back
+    /// what the next requests are not expected to need:
+    /// - every segment that served no request for [`IDLE_REQUESTS`] request ends: after a spike,
+    ///   memory goes back within a few requests, while segments that steady requests reuse stay
+    ///   (unmapping and faulting them in again is what makes a request cycle slow);
+    /// - beyond that, the stalest segments above the expectation: the peak of recent requests,
+    ///   decaying, with an eighth of slack, so a request like the recent ones maps nothing new.
+    ///   (PHP keeps about the average of recent peaks, so requests whose peak wobbles around it
+    ///   unmap and fault in a segment again and again.)
     pub(super) fn end_request_segments(&mut self) {
+        let now = self.requests + 1;
         // SAFETY: the live list holds live non-main segments of this heap; each moves to the cache
         // after the iterator passed it.
         unsafe {
@@ -364,16 +371,31 @@ impl Heap {
                 self.cached.push_front(seg);
             }
         }
+        // SAFETY: cached segments are live segments of this heap, each released after the iterator
+        // passed it.
+        for seg in unsafe { self.cached.iter() } {
+            // SAFETY: as above.
+            if unsafe { (*seg).idle_for(now) } >= IDLE_REQUESTS {
+                // SAFETY: as above; off the cache, it is on no list.
+                unsafe {
+                    self.cached.remove(seg);
+                    self.release_segment(seg);
+                }
+            }
+        }
         self.expected_segments =
             (self.peak_segments_count as f64).max(self.expected_segments * EXPECTATION_DECAY);
-        // A little slack over the expectation: a request slightly above the recent peaks then
-        // finds its segments still there.
         let keep = (self.expected_segments * 1.125).ceil() as usize;
         while self.cached.len() + 1 > keep {
-            // SAFETY: cached segments are live segments of this heap; popped, it is on no list.
+            // SAFETY: as above.
+            let stalest = unsafe { self.cached.iter() }
+                // SAFETY: as above.
+                .max_by_key(|&seg| unsafe { (*seg).idle_for(now) });
+            let Some(stalest) = stalest else { break };
+            // SAFETY: as above.
             unsafe {
-                let seg = self.cached.pop_front();
-                self.release_segment(seg);
+                self.cached.remove(stalest);
+                self.release_segment(stalest);
             }
         }
         if self.compact_size != 0 && self.real_peak > self.compact_size {
@@ -436,6 +458,71 @@ mod tests {
         );
         assert_eq!(h.realloc(y, 302 * PAGE, 0), Ok(y));
         // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    /// Ends a request on `heap` (its blocks die with it).
+    fn end_request(heap: *mut Heap) {
+        // SAFETY: a live heap of this thread, not borrowed; the tests forget their blocks.
+        unsafe { Heap::shutdown(heap, false) };
+    }
+
+    #[test]
+    fn segments_idle_for_a_few_requests_go_back_and_gc_gives_back_the_rest() {
+        const SEG: usize = 64 << 10;
+        let heap = super::super::test_heap_on(crate::model_tests::StdStorage::<0>::ops(), SEG);
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        // A big request: 12 segments' worth of large blocks.
+        for _ in 0..12 {
+            h().alloc(SEG / 2 + 1).unwrap();
+        }
+        assert!(h().segments_held() >= 12);
+        end_request(heap);
+        let after_big = h().segments_held();
+        assert!(after_big >= 12, "the recent peak stays cached: {after_big}");
+        // Small requests use the main segment only: the rest sits idle, and stays for a while.
+        for request in 1..=IDLE_REQUESTS {
+            h().alloc(100).unwrap();
+            end_request(heap);
+            let held = h().segments_held();
+            if request < IDLE_REQUESTS {
+                assert_eq!(held, after_big, "kept through request {request}");
+            } else {
+                assert_eq!(held, 1, "idle for {IDLE_REQUESTS} requests: given back");
+            }
+        }
+        assert_eq!(h().usage(true), SEG, "the main segment alone");
+        // A second spike; zend_mm_gc gives back everything cached at once.
+        for _ in 0..6 {
+            h().alloc(SEG / 2 + 1).unwrap();
+        }
+        end_request(heap);
+        let cached = h().segments_held() - 1;
+        assert!(cached >= 5);
+        assert_eq!(h().gc(), cached * SEG);
+        assert_eq!((h().segments_held(), h().usage(true)), (1, SEG));
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn segments_reused_every_request_stay() {
+        const SEG: usize = 64 << 10;
+        let heap = super::super::test_heap_on(crate::model_tests::StdStorage::<0>::ops(), SEG);
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        for _ in 0..3 * IDLE_REQUESTS {
+            for _ in 0..4 {
+                h().alloc(SEG / 2 + 1).unwrap();
+            }
+            end_request(heap);
+            assert!(
+                h().segments_held() >= 4,
+                "a steady request keeps its segments"
+            );
+        }
+        // SAFETY: the heap dies.
         unsafe { Heap::shutdown(heap, true) };
     }
 }

@@ -145,8 +145,6 @@ pub struct Segment {
     alloc: Allocation,
     /// The owning heap's id.
     owner: Owner,
-    /// Address of page 0: the segment's start rounded down to a page.
-    page0: *mut u8,
     /// Pages numbered in the map (the segment size over the page size).
     page_count: u32,
     /// Pages at the start that the header occupies.
@@ -156,6 +154,8 @@ pub struct Segment {
     longest_free: u32,
     /// The heap's class list this segment is on ([`NO_CLASS`] if none).
     class: u32,
+    /// The heap's request count (its low 32 bits) when the segment last served a request.
+    last_used: u32,
     /// Creation ordinal: younger segments have larger numbers.
     num: u64,
     /// On the heap's list of live segments.
@@ -257,13 +257,13 @@ impl Segment {
             seg.write(Segment {
                 alloc: Allocation::new(base, size),
                 owner,
-                page0,
                 page_count: page_count as u32,
                 header_pages: header_pages as u32,
                 free_pages: 0,
                 longest_free: 0,
                 class: NO_CLASS,
                 num,
+                last_used: 0,
                 all: Links::NONE,
                 by_class: Links::NONE,
                 bitmap: base.add(bitmap_offset(size)).cast(),
@@ -358,15 +358,34 @@ impl Segment {
         self.num
     }
 
+    /// Request ends since the segment last served a request, the heap's request count being
+    /// `now` (counts compared modulo 2^32).
+    pub fn idle_for(&self, now: u64) -> u32 {
+        (now as u32).wrapping_sub(self.last_used)
+    }
+
+    /// Records that the segment serves request `request` of its heap.
+    pub fn set_last_used(&mut self, request: u64) {
+        self.last_used = request as u32;
+    }
+
+    /// Address of page 0: the segment's start rounded down to a page (with the provenance of the
+    /// whole allocation).
+    #[inline(always)]
+    fn page0(&self) -> *mut u8 {
+        let base = self.alloc.base();
+        base.wrapping_sub(base.addr() % ZEND_MM_PAGE_SIZE)
+    }
+
     #[inline(always)]
     pub fn page_addr(&self, page: usize) -> *mut u8 {
-        self.page0.wrapping_add(page << PAGE_SHIFT)
+        self.page0().wrapping_add(page << PAGE_SHIFT)
     }
 
     /// The page `p` lies in, if it lies in the segment's pages.
     #[inline(always)]
     pub fn page_of(&self, p: usize) -> Option<usize> {
-        let page = p.wrapping_sub(self.page0.addr()) >> PAGE_SHIFT;
+        let page = p.wrapping_sub(self.page0().addr()) >> PAGE_SHIFT;
         if page < self.page_count as usize {
             Some(page)
         } else {
