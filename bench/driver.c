@@ -305,10 +305,12 @@ static void gen_large(trace_t *t, double scale, uint64_t seed)
     gen_live_set(t, &r, live, steps, size_large, NULL, NULL, 0);
 }
 
-/* Request cycles. Each request: `steps` operations, 50% allocate (PHP mix, no huge), 42% free a
- * random live block, 8% grow a random live block with realloc (a string being built); then the
- * request ends with about 1/6 of its blocks still live. */
-static void gen_request(trace_t *t, double scale, uint64_t seed)
+/* Request cycles. Each request: `steps` operations, 50% allocate (PHP mix), 42% free a random live
+ * block, 8% grow a random live block with realloc (a string being built); then the request ends
+ * with about 1/6 of its blocks still live. With `huge`, one allocation in 5000 is a huge block of
+ * 2..6 MiB (about two per request, as a request that builds a big array or reads a file), which
+ * also takes the request's real peak past ZEND_MM_COMPACT's 2 MiB. */
+static void gen_requests(trace_t *t, double scale, uint64_t seed, int huge)
 {
     rng_t r = { seed };
     size_t requests = scaled(scale, 200, 3);
@@ -325,7 +327,7 @@ static void gen_request(trace_t *t, double scale, uint64_t seed)
             uint32_t x = below(&r, 100);
             if (x < 50 || n_live == 0) {
                 uint32_t s = spare[--n_spare];
-                size[s] = php_size(&r, 0);
+                size[s] = huge && below(&r, 5000) == 0 ? uniform(&r, 2 * MiB + 1, 6 * MiB) : php_size(&r, 0);
                 live[n_live++] = s;
                 emit(t, OP_ALLOC, s, size[s]);
             } else if (x < 92) {
@@ -344,6 +346,16 @@ static void gen_request(trace_t *t, double scale, uint64_t seed)
             emit(t, OP_DROP, live[k], 0);
         emit(t, OP_END, 0, 0);
     }
+}
+
+static void gen_request(trace_t *t, double scale, uint64_t seed)
+{
+    gen_requests(t, scale, seed, 0);
+}
+
+static void gen_hugereq(trace_t *t, double scale, uint64_t seed)
+{
+    gen_requests(t, scale, seed, 1);
 }
 
 /* LIFO bursts: allocate 64..2047 blocks of 8..512 B, free them in reverse order. */
@@ -524,7 +536,8 @@ static const struct {
     gen_fn gen;
 } single[] = {
     { "churn", gen_churn },     { "phpmix", gen_phpmix }, { "request", gen_request },
-    { "strings", gen_strings }, { "lifo", gen_lifo },     { "large", gen_large },
+    { "hugereq", gen_hugereq }, { "strings", gen_strings }, { "lifo", gen_lifo },
+    { "large", gen_large },
 };
 
 #define SEED 0x5EED2024u
@@ -673,7 +686,7 @@ static int run_fast(const char *mode, size_t n)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s churn|phpmix|request|strings|lifo|large|threads [SCALE]\n"
+        fprintf(stderr, "usage: %s churn|phpmix|request|hugereq|strings|lifo|large|threads [SCALE]\n"
                         "       %s fast-pair|fast-batch|fast-pair-empty|fast-batch-empty N\n",
                 argv[0], argv[0]);
         return 2;

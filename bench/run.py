@@ -55,7 +55,8 @@ class Allocator:
         env = dict(os.environ)
         # PHP's allocator switches itself to malloc under USE_ZEND_ALLOC=0; a stray preload would
         # replace malloc for everyone.
-        for var in ("LD_PRELOAD", "USE_ZEND_ALLOC", "USE_ZEND_ALLOC_HUGE_PAGES"):
+        for var in ("LD_PRELOAD", "USE_ZEND_ALLOC", "USE_ZEND_ALLOC_HUGE_PAGES", "ZEND_MM_MEM_TYPE",
+                    "ZEND_MM_SEG_SIZE", "ZEND_MM_COMPACT"):
             env.pop(var, None)
         if self.preload:
             env["LD_PRELOAD"] = self.needs
@@ -73,6 +74,16 @@ ALLOCATORS = [
 ]
 PEERS = ("glibc", "jemalloc", "mimalloc", "tcmalloc")
 
+
+def driver_args(alloc, workload, scale):
+    """The driver's arguments and environment for one row: `name@storage` runs workload `name`,
+    with zend on that built-in storage (ZEND_MM_MEM_TYPE); the default storage is malloc."""
+    name, _, storage = workload.partition("@")
+    env = alloc.env()
+    if storage and alloc.name == "zend":
+        env["ZEND_MM_MEM_TYPE"] = storage
+    return [name, str(scale)], env
+
 # Names as driver.c knows them; the descriptions' counts are driver.c's at scale 1.
 WORKLOADS = [
     ("churn", "small-size churn: sizes 8..256 B, a random slot of a 4096-block live set replaced 4M times"),
@@ -81,6 +92,10 @@ WORKLOADS = [
     ("request", "200 requests of 20000 operations: 50% allocate (PHP mix, no huge), 42% free, "
                 "8% grow by realloc; the request ends with ~1/6 of its blocks live "
                 "(zend/php: shutdown_memory_manager(1, 0); malloc: free them one by one)"),
+    ("hugereq", "request cycles as `request`, with one allocation in 5000 a huge block of 2..6 MiB "
+                "(about two per request; the real peak passes ZEND_MM_COMPACT's 2 MiB)"),
+    ("hugereq@mmap_anon", "`hugereq` with zend on the mmap_anon storage (the others as in `hugereq`)"),
+    ("hugereq@mmap_zero", "`hugereq` with zend on the mmap_zero storage (the others as in `hugereq`)"),
     ("strings", "string building: one buffer grown by 1..64 B reallocs to 1 MiB, 64 times"),
     ("lifo", "LIFO bursts: allocate 64..2047 blocks of 8..512 B, free in reverse order; 6000 bursts"),
     ("large", "large blocks: 4 KiB..1 MiB (log-uniform) over a 64-block live set, 40k replacements"),
@@ -149,7 +164,7 @@ def smoke(allocs):
         sums = {}
         for a in allocs:
             try:
-                res = run_driver(a, [w, str(SMOKE_SCALE)])
+                res = run_driver(a, *driver_args(a, w, SMOKE_SCALE))
             except RunError as e:
                 report(False, f"{w} {a.name}", str(e))
                 continue
@@ -192,7 +207,7 @@ def timed(allocs, rounds, scale):
         for w, _ in WORKLOADS:
             print(f"round {r + 1}/{rounds}: {w:8s} " + " ".join(a.name for a in order), file=sys.stderr, flush=True)
             for a in order:
-                res = run_driver(a, [w, str(scale)])
+                res = run_driver(a, *driver_args(a, w, scale))
                 if res is None:
                     data[w][a.name] = None
                 else:

@@ -81,10 +81,11 @@ impl<const MISALIGN: usize> SegmentSource for StdStorage<MISALIGN> {
 pub(crate) static STORAGE_CALLS: [[AtomicUsize; 3]; 4] =
     [const { [const { AtomicUsize::new(0) }; 3] }; 4];
 
-/// The aligned test storage, counting its calls in `STORAGE_CALLS[ID]`.
-pub(crate) struct CountingStorage<const ID: usize>;
+/// The aligned test storage, counting its calls in `STORAGE_CALLS[ID]`; with `KEEPS`, it claims
+/// that resizes keep pages (as `mremap` does; the test storage copies, which only costs time).
+pub(crate) struct CountingStorage<const ID: usize, const KEEPS: bool = false>;
 
-impl<const ID: usize> CountingStorage<ID> {
+impl<const ID: usize, const KEEPS: bool> CountingStorage<ID, KEEPS> {
     pub(crate) fn ops() -> &'static StorageOps {
         &<Self as SegmentSource>::OPS
     }
@@ -97,8 +98,9 @@ impl<const ID: usize> CountingStorage<ID> {
     }
 }
 
-impl<const ID: usize> SegmentSource for CountingStorage<ID> {
+impl<const ID: usize, const KEEPS: bool> SegmentSource for CountingStorage<ID, KEEPS> {
     const NAME: &'static CStr = c"counting";
+    const RESIZE_KEEPS_PAGES: bool = KEEPS;
 
     fn alloc(size: usize) -> *mut u8 {
         STORAGE_CALLS[ID][0].fetch_add(1, Ordering::Relaxed);

@@ -38,6 +38,8 @@ static C_OPS_NO_REALLOC: StorageOps = StorageOps {
     alloc: c_alloc,
     realloc: None,
     free: c_free,
+    // Unknown: a C storage's `_realloc` may copy.
+    resize_keeps_pages: false,
 };
 
 /// # Safety

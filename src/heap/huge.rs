@@ -131,18 +131,41 @@ impl Heap {
         Ok(block)
     }
 
-    /// The tightest cached huge block with at least `total` storage bytes, off the cache.
+    /// The tightest cached huge block with at least `total` storage bytes, off the cache. When
+    /// none is big enough, the biggest is grown if the storage moves pages without copying them
+    /// (`mremap`: only the new pages cost a fault); otherwise it goes back to storage (growing
+    /// would copy its dead contents) and the request maps a fresh block in its place, so the cache
+    /// does not hold dead memory beside it.
     fn take_cached_huge(&mut self, total: usize) -> Option<*mut HugeBlock> {
+        let mut tightest: Option<(*mut HugeBlock, usize)> = None;
+        let mut biggest: Option<(*mut HugeBlock, usize)> = None;
         // SAFETY: cached huge blocks are registered blocks of this heap.
-        let best = unsafe { self.huge_cached.iter() }
+        for block in unsafe { self.huge_cached.iter() } {
             // SAFETY: as above.
-            .map(|block| (block, unsafe { (*block).alloc.size() }))
-            .filter(|&(_, capacity)| capacity >= total)
-            .min_by_key(|&(_, capacity)| capacity)?
-            .0;
-        // SAFETY: `best` is on the cache list.
-        unsafe { self.huge_cached.remove(best) };
-        Some(best)
+            let capacity = unsafe { (*block).alloc.size() };
+            if capacity >= total && tightest.is_none_or(|(_, c)| capacity < c) {
+                tightest = Some((block, capacity));
+            }
+            if biggest.is_none_or(|(_, c)| capacity > c) {
+                biggest = Some((block, capacity));
+            }
+        }
+        let (block, capacity) = tightest.or(biggest)?;
+        // SAFETY: `block` is on the cache list; off it, it is on no list.
+        unsafe { self.huge_cached.remove(block) };
+        if tightest.is_some() {
+            return Some(block);
+        }
+        if self.storage.resize_keeps_pages() && self.huge_fits_limit(total - capacity) {
+            // SAFETY: as above.
+            let grown = unsafe { self.resize_huge_storage(block, total) };
+            if !grown.is_null() {
+                return Some(grown);
+            }
+        }
+        // SAFETY: as above (the storage left it intact if it refused to grow it).
+        unsafe { self.release_huge(block) };
+        None
     }
 
     /// Resizes a huge block's storage allocation (moving it if the storage must), keeping the
@@ -356,7 +379,7 @@ mod tests {
     const KIB: usize = 1 << 10;
 
     #[test]
-    fn cached_huge_blocks_serve_later_requests_and_are_never_grown() {
+    fn cached_huge_blocks_serve_later_requests_and_a_copying_storage_never_grows_them() {
         type Counted = CountingStorage<0>;
         let heap = super::super::test_heap_on(Counted::ops(), SEG);
         // SAFETY: a live heap of this thread, borrowed for a statement.
@@ -379,13 +402,20 @@ mod tests {
         );
         h().free(p);
         h().free(q);
-        // Too big for every cached block: mapped fresh, no cached block grown.
+        // Too big for every cached block: mapped fresh, no cached block grown; the biggest cached
+        // block (the one growing would have copied) goes back.
+        let frees = Counted::calls().2;
         h().alloc(600 * KIB).unwrap();
-        assert_eq!(Counted::calls().0, allocs + 3);
-        assert_eq!(Counted::calls().1, 0, "no storage resize");
-        // The tightest cached block that fits.
-        let r = h().alloc(300 * KIB).unwrap();
-        assert_eq!(h().block_size(r), 300 * KIB);
+        assert_eq!(
+            Counted::calls(),
+            (allocs + 3, 0, frees + 1),
+            "no storage resize"
+        );
+        let huge = |kib: usize| kib * KIB + HUGE_HEADER;
+        assert_eq!(h().usage(true), SEG + huge(200) + huge(600));
+        // The tightest cached block that fits (the 180 KiB block's 200 KiB storage).
+        let r = h().alloc(150 * KIB).unwrap();
+        assert_eq!(h().block_size(r), 152 * KIB);
         assert_eq!(Counted::calls().0, allocs + 3);
         end_request();
         // Idle blocks go back after a few requests; zend_mm_gc would give them back at once.
@@ -394,6 +424,27 @@ mod tests {
             end_request();
         }
         assert_eq!(h().usage(true), SEG, "idle huge blocks given back");
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn a_storage_that_moves_pages_grows_a_cached_block_instead() {
+        type Remapping = CountingStorage<2, true>;
+        let heap = super::super::test_heap_on(Remapping::ops(), SEG);
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        let p = h().alloc(200 * KIB).unwrap();
+        h().free(p);
+        let (allocs, resizes, frees) = Remapping::calls();
+        let q = h().alloc(500 * KIB).unwrap();
+        assert_eq!(
+            Remapping::calls(),
+            (allocs, resizes + 1, frees),
+            "grown, not mapped"
+        );
+        assert_eq!(h().usage(true), SEG + 500 * KIB + HUGE_HEADER);
+        h().free(q);
         // SAFETY: the heap dies.
         unsafe { Heap::shutdown(heap, true) };
     }

@@ -19,6 +19,7 @@ pub struct MmapAnon;
 
 impl SegmentSource for MmapAnon {
     const NAME: &'static CStr = c"mmap_anon";
+    const RESIZE_KEEPS_PAGES: bool = true;
 
     fn alloc(size: usize) -> *mut u8 {
         os::map_aligned(size, alignment_for(size), -1)
@@ -57,6 +58,7 @@ fn dev_zero_fd() -> i32 {
 
 impl SegmentSource for MmapZero {
     const NAME: &'static CStr = c"mmap_zero";
+    const RESIZE_KEEPS_PAGES: bool = true;
 
     fn open() -> bool {
         loop {

@@ -83,6 +83,9 @@ impl Allocation {
 pub trait SegmentSource {
     /// The name `ZEND_MM_MEM_TYPE` selects this storage by.
     const NAME: &'static CStr;
+    /// Whether [`SegmentSource::realloc`] of a block that is not a segment moves its pages
+    /// without copying them (see [`StorageOps::resize_keeps_pages`]).
+    const RESIZE_KEEPS_PAGES: bool = false;
     /// This source as the heap calls it.
     const OPS: StorageOps = StorageOps {
         name: source_name::<Self>,
@@ -92,6 +95,7 @@ pub trait SegmentSource {
         alloc: source_alloc::<Self>,
         realloc: Some(source_realloc::<Self>),
         free: source_free::<Self>,
+        resize_keeps_pages: Self::RESIZE_KEEPS_PAGES,
     };
     /// Prepares the storage for one more heap; false if it cannot be used.
     fn open() -> bool {
@@ -135,6 +139,10 @@ pub struct StorageOps {
     pub realloc: Option<unsafe fn(instance: *mut c_void, p: *mut u8, size: usize) -> *mut u8>,
     /// Returns a live allocation whose header holds its size.
     pub free: unsafe fn(instance: *mut c_void, p: *mut u8),
+    /// `realloc` of a block that is not a segment (a huge block) moves or extends its pages
+    /// without copying them (`mremap`): growing a block whose contents are dead then costs only
+    /// the new pages.
+    pub resize_keeps_pages: bool,
 }
 
 fn source_name<S: SegmentSource + ?Sized>(_: *mut c_void) -> &'static CStr {
@@ -225,6 +233,7 @@ const NO_OPS: StorageOps = StorageOps {
     alloc: |_, _| ptr::null_mut(),
     realloc: None,
     free: |_, _| {},
+    resize_keeps_pages: false,
 };
 
 impl Storage {
@@ -342,6 +351,11 @@ impl Storage {
     pub unsafe fn free(self, p: *mut u8) {
         // SAFETY: `p` is a live allocation of this storage (caller contract).
         unsafe { (self.ops.free)(self.instance, p) }
+    }
+
+    /// Whether resizing a huge block moves its pages without copying them.
+    pub fn resize_keeps_pages(self) -> bool {
+        self.ops.resize_keeps_pages && self.ops.realloc.is_some()
     }
 
     /// Lets the storage give cached memory back to the system.
