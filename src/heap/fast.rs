@@ -2,7 +2,10 @@
 //! with no lookup beyond the heap's table of aligned segments.
 //!
 //! Owns that table (`fast_segments`), the empty segment its free entries point at, and the
-//! sentinel heap a thread without a usable heap sees. No error can happen here: null or false
+//! sentinel heap a thread without a usable heap sees. The table serves heaps with the default
+//! segment size (PHP's 2 MiB chunk) only, so a pointer's entry is found with constant shifts and
+//! masks, as PHP finds its chunk; a heap with other segments keeps its table empty and every
+//! fast path declines for it (its slow paths serve everything). No error can happen here: null or false
 //! sends the caller to the slow path, which handles everything (and the sentinel makes every fast
 //! path decline).
 
@@ -15,37 +18,31 @@ use crate::segment::{
     Segment, small_bin, starts_slot,
 };
 use crate::sizes::{
-    BIN_SLOTS, MAX_SEGMENT_SIZE, PAGE_SHIFT, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of,
+    BIN_SLOTS, PAGE_SHIFT, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, ZEND_MM_SEG_SIZE, bin_of,
     keeps_bin,
 };
 use crate::storage::Storage;
 
 /// Entries of the fast table: segment numbers modulo this.
-const FAST_BITS: u32 = 6;
-pub(super) const FAST_SEGMENTS: usize = 1 << FAST_BITS;
+pub(super) const FAST_SEGMENTS: usize = 64;
+/// The segments the fast table serves: the default size.
+const FAST_SEGMENT_SIZE: usize = ZEND_MM_SEG_SIZE;
+const FAST_SEGMENT_SHIFT: u32 = FAST_SEGMENT_SIZE.trailing_zeros();
+const _: () = assert!(FAST_SEGMENT_SIZE.is_power_of_two() && FAST_SEGMENTS.is_power_of_two());
 
-/// The fast table's multiplier for `segment_size` (see `Heap::fast_multiplier`); 0 for the
-/// sentinel (size 0), so every address lands on its empty entry 0.
-pub(super) const fn multiplier(segment_size: usize) -> usize {
-    if segment_size == 0 {
-        0
-    } else {
-        1 << (64 - FAST_BITS - segment_size.trailing_zeros())
-    }
-}
+/// Bytes of a default segment's header the fast path may read: up to the end of its page map.
+const NO_SEGMENT_BYTES: usize = MAP_OFFSET + 4 * (FAST_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE);
 
-/// What an empty fast-table entry points at: zeroed memory as large as the biggest segment's
-/// header, so the fast path may read "its" page map (all free pages, so the fast path declines)
-/// without a null check. In `.bss`: it costs no memory.
+/// What an empty fast-table entry points at: zeroed memory as large as a default segment's header,
+/// so the fast path may read "its" page map (all free pages, so the fast path declines) without a
+/// null check. In `.bss`: it costs no memory.
 #[repr(C, align(64))]
-struct NoSegment(UnsafeCell<[u8; MAP_OFFSET + 4 * (MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE)]>);
+struct NoSegment(UnsafeCell<[u8; NO_SEGMENT_BYTES]>);
 
 // SAFETY: never written; read as zeroes by any thread.
 unsafe impl Sync for NoSegment {}
 
-static NO_SEGMENT: NoSegment = NoSegment(UnsafeCell::new(
-    [0; MAP_OFFSET + 4 * (MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE)],
-));
+static NO_SEGMENT: NoSegment = NoSegment(UnsafeCell::new([0; NO_SEGMENT_BYTES]));
 
 pub(super) fn no_segment() -> *mut Segment {
     NO_SEGMENT.0.get().cast()
@@ -81,31 +78,34 @@ impl Heap {
         self.pop_free_slot(bin_of(size))
     }
 
-    /// The fast-table entry for the segment-sized block containing `addr`.
+    /// The fast-table entry for the default-sized segment containing `addr`.
     #[inline(always)]
-    fn fast_index(&self, addr: usize) -> usize {
-        addr.wrapping_mul(self.fast_multiplier) >> (usize::BITS - FAST_BITS)
+    fn fast_index(addr: usize) -> usize {
+        (addr >> FAST_SEGMENT_SHIFT) & (FAST_SEGMENTS - 1)
     }
 
-    /// The segment, offset and page-map entry of `p` if it lies in one of this heap's aligned
+    /// The segment, page and page-map entry of `p` if it lies in one of this heap's aligned
     /// segments (the fast table), without the region map.
     #[inline(always)]
     fn fast_lookup(&self, p: *mut u8) -> Option<(*mut Segment, usize, u32)> {
-        let seg = self.fast_segments[self.fast_index(p.addr())];
-        let offset = p.addr().wrapping_sub(seg.addr());
-        if offset >= self.segment_size {
+        let seg = self.fast_segments[Self::fast_index(p.addr())];
+        // Compared as a page number (not a byte offset), so the map entry's address is one scaled
+        // index.
+        let page = p.addr().wrapping_sub(seg.addr()) >> PAGE_SHIFT;
+        if page >= FAST_SEGMENT_SIZE >> PAGE_SHIFT {
             return None;
         }
-        // SAFETY: `seg` is a live segment of this heap aligned to its size, or the empty segment
-        // (whose zeroes cover any page map); `offset` lies inside it, so the entry is inside its
-        // map.
+        // SAFETY: `seg` is a live default-sized segment of this heap aligned to its size, or the
+        // empty segment (whose zeroes cover a default segment's page map); `page` is one of its
+        // pages, so the entry is inside its map.
         let info = unsafe {
             seg.cast::<u8>()
-                .add(MAP_OFFSET + (offset >> PAGE_SHIFT) * 4)
+                .add(MAP_OFFSET)
                 .cast::<u32>()
+                .add(page)
                 .read()
         };
-        Some((seg, offset, info))
+        Some((seg, page, info))
     }
 
     /// Frees `p` if it is a small block in one of this heap's aligned segments; false otherwise
@@ -129,15 +129,16 @@ impl Heap {
 
     /// Frees `p` if it is a large block in one of this heap's aligned segments; false otherwise.
     pub fn free_large_fast(&mut self, p: *mut u8) -> bool {
-        let Some((seg, offset, info)) = self.fast_lookup(p) else {
+        let Some((seg, page, info)) = self.fast_lookup(p) else {
             return false;
         };
-        if info & PAGE_KIND_MASK != PAGE_LARGE || offset % ZEND_MM_PAGE_SIZE != 0 {
+        // The segment is page aligned: `p` starts its page when it is page aligned.
+        if info & PAGE_KIND_MASK != PAGE_LARGE || p.addr() % ZEND_MM_PAGE_SIZE != 0 {
             return false;
         }
         let pages = (info & LARGE_PAGES_MASK) as usize;
         // SAFETY: a large run of `pages` pages of a live segment of this heap starts at `p`.
-        unsafe { self.free_large(seg, offset >> PAGE_SHIFT, pages) };
+        unsafe { self.free_large(seg, page, pages) };
         true
     }
 
@@ -147,7 +148,7 @@ impl Heap {
     /// slow path.
     #[inline(always)]
     pub fn realloc_in_place_fast(&mut self, p: *mut u8, size: usize) -> bool {
-        let Some((_, offset, info)) = self.fast_lookup(p) else {
+        let Some((_, _, info)) = self.fast_lookup(p) else {
             return false;
         };
         if let Some(bin) = small_bin(info) {
@@ -156,7 +157,7 @@ impl Heap {
         match info & PAGE_KIND_MASK {
             PAGE_LARGE => {
                 let bytes = (info & LARGE_PAGES_MASK) as usize * ZEND_MM_PAGE_SIZE;
-                offset % ZEND_MM_PAGE_SIZE == 0
+                p.addr() % ZEND_MM_PAGE_SIZE == 0
                     && size <= bytes
                     && size > bytes - ZEND_MM_PAGE_SIZE
                     && size > ZEND_MM_MAX_SMALL_SIZE
@@ -165,18 +166,17 @@ impl Heap {
         }
     }
 
-    /// Enters `seg` in the fast table if it is aligned to its size (a newer segment takes the place
-    /// of an older one with the same number).
+    /// Enters `seg` in the fast table if it is a default-sized segment aligned to its size (a newer
+    /// segment takes the place of an older one with the same number).
     pub(super) fn remember_fast(&mut self, seg: *mut Segment) {
-        if seg.addr() % self.segment_size == 0 {
-            let index = self.fast_index(seg.addr());
-            self.fast_segments[index] = seg;
+        if self.segment_size == FAST_SEGMENT_SIZE && seg.addr() % FAST_SEGMENT_SIZE == 0 {
+            self.fast_segments[Self::fast_index(seg.addr())] = seg;
         }
     }
 
     /// Takes `seg` out of the fast table (it is about to go back to storage).
     pub(super) fn forget_fast(&mut self, seg: *mut Segment) {
-        let index = self.fast_index(seg.addr());
+        let index = Self::fast_index(seg.addr());
         let entry = &mut self.fast_segments[index];
         if *entry == seg {
             *entry = no_segment();

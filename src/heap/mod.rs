@@ -28,7 +28,7 @@
 //! - a segment is on the class list of its longest free run, or on none when it has no free page
 //!   or is cached (see [`pages`]);
 //! - `free_slots[b]` is a list of free slots of bin `b` inside small runs of this heap's segments;
-//! - `fast_segments` names only live segments of this heap that are aligned to their size (or the
+//! - `fast_segments` names only live default-sized segments of this heap aligned to their size (or the
 //!   empty segment), each at the entry of its segment number;
 //! - `size`, `real_size` and the peaks follow [`accounting`]'s rules.
 //!
@@ -81,17 +81,13 @@ pub struct Heap {
     size: usize,
     peak: usize,
     segment_size: usize,
-    /// `2^(64 - FAST_BITS - log2(segment_size))`: an address times this, shifted right by
-    /// `64 - FAST_BITS`, is its segment number modulo `FAST_SEGMENTS` (one multiply instead of a
-    /// variable shift and a mask).
-    fast_multiplier: usize,
     /// Free slots per bin (indexed by bin; the entries past the last bin stay empty).
     free_slots: [*mut FreeSlot; BIN_SLOTS],
     /// `BIN_SIZE`, copied here so the fast paths address it from the heap pointer they hold
     /// (a constant table costs one more instruction to address in a shared library).
     bin_size: [usize; BIN_SLOTS],
-    /// This heap's segments that are aligned to their size, by segment number modulo
-    /// `FAST_SEGMENTS`; the empty segment where there is none. The free fast path finds a
+    /// This heap's default-sized segments that are aligned to their size, by segment number
+    /// modulo `FAST_SEGMENTS`; the empty segment where there is none. The free fast path finds a
     /// pointer's segment here without the region map.
     fast_segments: [*mut Segment; FAST_SEGMENTS],
     /// Bytes taken from storage (segments, cached ones included, and huge blocks), and its peak.
@@ -166,7 +162,6 @@ impl Heap {
             size: 0,
             peak: 0,
             segment_size,
-            fast_multiplier: fast::multiplier(segment_size),
             free_slots: [ptr::null_mut(); BIN_SLOTS],
             bin_size: BIN_SIZE,
             fast_segments: [no_segment; FAST_SEGMENTS],
