@@ -9,7 +9,7 @@
  *                   runner starts it under LD_PRELOAD; request end = free the live set one by one
  *
  * usage:  bench_X WORKLOAD [SCALE]      one timed run; prints a single line of key=value pairs
- *         bench_X fast-pair|fast-batch|fast-pair-empty|fast-batch-empty N
+ *         bench_X fast-pair|fast-batch|fast-sized (and each with -empty) N
  *                                       the small-block fast path, for callgrind (see run.py)
  *
  * Every workload is a trace of operations generated BEFORE the clock starts (fixed seed, so the
@@ -43,6 +43,8 @@
 # define A_START()         start_memory_manager()
 # define A_MALLOC(n)       emalloc(n)
 # define A_FREE(p)         efree(p)
+# define A_MALLOC_64()     _emalloc_64()
+# define A_FREE_64(p)      _efree_64(p)
 # define A_REALLOC(p, n)   erealloc((p), (n))
 # define A_REQUEST_END()   shutdown_memory_manager(1, 0)
 # define A_HAS_REQUEST_END 1
@@ -54,6 +56,8 @@
 void *_emalloc(size_t size);
 void _efree(void *ptr);
 void *_erealloc(void *ptr, size_t size);
+void *_emalloc_64(void);
+void _efree_64(void *ptr);
 void start_memory_manager(void);
 void shutdown_memory_manager(bool silent, bool full_shutdown);
 # define A_NAME            "php"
@@ -61,6 +65,8 @@ void shutdown_memory_manager(bool silent, bool full_shutdown);
 # define A_START()         start_memory_manager()
 # define A_MALLOC(n)       _emalloc(n)
 # define A_FREE(p)         _efree(p)
+# define A_MALLOC_64()     _emalloc_64()
+# define A_FREE_64(p)      _efree_64(p)
 # define A_REALLOC(p, n)   _erealloc((p), (n))
 # define A_REQUEST_END()   shutdown_memory_manager(1, 0)
 # define A_HAS_REQUEST_END 1
@@ -71,6 +77,8 @@ void shutdown_memory_manager(bool silent, bool full_shutdown);
 # define A_START()         ((void)0)
 # define A_MALLOC(n)       malloc(n)
 # define A_FREE(p)         free(p)
+# define A_MALLOC_64()     malloc(64)
+# define A_FREE_64(p)      free(p)
 # define A_REALLOC(p, n)   realloc((p), (n))
 # define A_REQUEST_END()   ((void)0)
 # define A_HAS_REQUEST_END 0
@@ -107,11 +115,23 @@ static void *map_mem(size_t bytes, int populate)
 }
 #define map(bytes) map_mem((bytes), 1)
 
-static uint64_t now_ns(void)
+static uint64_t clock_ns(clockid_t clock)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ns(void)
+{
+    return clock_ns(CLOCK_MONOTONIC);
+}
+
+/* CPU time of the whole process (every thread): unlike wall time, not stretched while the shared
+ * machine runs something else. */
+static uint64_t cpu_ns(void)
+{
+    return clock_ns(CLOCK_PROCESS_CPUTIME_ID);
 }
 
 /* A "VmXXX:  N kB" line of /proc/self/status, in KiB. VmHWM (peak) rather than getrusage's
@@ -535,15 +555,16 @@ static const struct {
     const char *name;
     gen_fn gen;
 } single[] = {
+    /* New workloads go last: a workload's seed is its place here. */
     { "churn", gen_churn },     { "phpmix", gen_phpmix }, { "request", gen_request },
-    { "hugereq", gen_hugereq }, { "strings", gen_strings }, { "lifo", gen_lifo },
-    { "large", gen_large },
+    { "strings", gen_strings }, { "lifo", gen_lifo },     { "large", gen_large },
+    { "hugereq", gen_hugereq },
 };
 
 #define SEED 0x5EED2024u
 
 typedef struct {
-    uint64_t checksum, ns;
+    uint64_t checksum, ns, cpu_ns;
     size_t ops;
 } result_t;
 
@@ -585,7 +606,7 @@ static void gen_threads(worker_t *w, double scale)
 static result_t run_threads(worker_t *w)
 {
     pthread_barrier_t go;
-    result_t res = { 0, 0, 0 };
+    result_t res = { 0, 0, 0, 0 };
     pthread_barrier_init(&go, NULL, THREADS);
     for (int i = 0; i < THREADS; i++) {
         w[i].go = &go;
@@ -646,7 +667,14 @@ void bench_pair_empty(size_t n);
 void bench_batch_empty(size_t n);
 void warm_pair(size_t n);
 void warm_batch(size_t n);
+void bench_sized(size_t n);
+void bench_sized_empty(size_t n);
+void warm_sized(size_t n);
 PAIR_LOOP(bench_pair, A_MALLOC(64), A_FREE(p))
+/* PHP 8's size-specialised entry points, which its release header calls for constant sizes. */
+PAIR_LOOP(bench_sized, A_MALLOC_64(), A_FREE_64(p))
+PAIR_LOOP(warm_sized, A_MALLOC_64(), A_FREE_64(p))
+PAIR_LOOP(bench_sized_empty, (void *)&dummy, (void)0)
 PAIR_LOOP(warm_pair, A_MALLOC(64), A_FREE(p))
 PAIR_LOOP(bench_pair_empty, (void *)&dummy, (void)0)
 BATCH_LOOP(bench_batch, A_MALLOC(64), A_FREE(p))
@@ -663,6 +691,10 @@ static int run_fast(const char *mode, size_t n)
         fn = bench_pair, warm = warm_pair, arg = pairs = n;
     } else if (!strcmp(mode, "fast-batch")) {
         fn = bench_batch, warm = warm_batch, arg = rounds, pairs = rounds * 64;
+    } else if (!strcmp(mode, "fast-sized")) {
+        fn = bench_sized, warm = warm_sized, arg = pairs = n;
+    } else if (!strcmp(mode, "fast-sized-empty")) {
+        fn = bench_sized_empty, warm = NULL, arg = pairs = n;
     } else if (!strcmp(mode, "fast-pair-empty")) {
         fn = bench_pair_empty, warm = NULL, arg = pairs = n;
     } else if (!strcmp(mode, "fast-batch-empty")) {
@@ -701,7 +733,7 @@ int main(int argc, char **argv)
         die("unknown fast-path mode");
     }
 
-    result_t res = { 0, 0, 0 };
+    result_t res = { 0, 0, 0, 0 };
     long rss_base;
     if (!strcmp(name, "threads")) {
         if (!A_THREADS) {
@@ -714,7 +746,9 @@ int main(int argc, char **argv)
         gen_threads(w, scale);
         rss_base = rss_now_kib();
         A_START();
+        uint64_t c0 = cpu_ns();
         res = run_threads(w);
+        res.cpu_ns = cpu_ns() - c0;
     } else {
         trace_t t;
         size_t w = 0;
@@ -729,13 +763,15 @@ int main(int argc, char **argv)
         void *warm = A_MALLOC(64); /* lazy initialisation outside the clock, for every allocator */
         OPAQUE(warm);
         A_FREE(warm);
-        uint64_t t0 = now_ns();
+        uint64_t t0 = now_ns(), c0 = cpu_ns();
         res.checksum = run_trace(&t, tab);
         res.ns = now_ns() - t0;
+        res.cpu_ns = cpu_ns() - c0;
         res.ops = t.counted;
     }
-    printf("alloc=%s workload=%s ops=%zu ns=%" PRIu64 " checksum=%016" PRIx64
+    printf("alloc=%s workload=%s ops=%zu ns=%" PRIu64 " cpu_ns=%" PRIu64 " checksum=%016" PRIx64
            " rss_base_kib=%ld rss_peak_kib=%ld lib=%s\n",
-           A_NAME, name, res.ops, res.ns, res.checksum, rss_base, rss_peak_kib(), provider(A_SYMBOL));
+           A_NAME, name, res.ops, res.ns, res.cpu_ns, res.checksum, rss_base, rss_peak_kib(),
+           provider(A_SYMBOL));
     return 0;
 }

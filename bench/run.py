@@ -106,6 +106,8 @@ WORKLOADS = [
 FAST = [
     ("pair", "`p = alloc(64); free(p)`"),
     ("batch", "64 × `alloc(64)`, then 64 × `free` in reverse (LIFO)"),
+    ("sized", "`p = _emalloc_64(); _efree_64(p)`: PHP 8's size-specialised entry points, which its "
+              "release header calls for a constant size (malloc peers: `malloc(64)`, `free`)"),
 ]
 
 SMOKE_SCALE = 0.002

@@ -52,7 +52,7 @@ pub extern "C" fn _emalloc(
 /// blocks, custom handlers, errors.
 #[cold]
 #[inline(never)]
-fn emalloc_slow(size: usize, file: *const c_char, line: u32) -> *mut c_void {
+pub(super) fn emalloc_slow(size: usize, file: *const c_char, line: u32) -> *mut c_void {
     let site = site(file, line);
     // SAFETY: the current heap, not borrowed here.
     unsafe { api::emalloc(heap_for(size, site), size, site) }.cast()

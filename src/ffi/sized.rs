@@ -13,8 +13,47 @@
 use core::ffi::c_void;
 use core::ptr;
 
-use super::alloc::{_efree, _emalloc};
+use super::alloc::{_efree, _emalloc, emalloc_slow};
+use crate::runtime;
 use crate::sizes::BIN_SIZE;
+
+/// `emalloc(size)` for a size whose bin is known: the fast path pops the bin's free list with no
+/// size check or bin lookup.
+#[inline(always)]
+fn emalloc_bin(bin: usize, size: usize) -> *mut c_void {
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    let p = unsafe { (*runtime::fast()).alloc_bin_fast(bin) };
+    if !p.is_null() {
+        return p.cast();
+    }
+    emalloc_slow(size, ptr::null(), 0)
+}
+
+/// `efree` of a block the caller says is of `bin`: the fast path checks that it is (a block of
+/// another bin, or no block, goes to `_efree`, which frees or reports it by what it is).
+///
+/// # Safety
+/// As `_efree`.
+#[inline(always)]
+unsafe fn efree_bin(ptr: *mut c_void, bin: usize) {
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    if unsafe { (*runtime::fast()).free_bin_fast(ptr.cast(), bin) } {
+        return;
+    }
+    // SAFETY: forwarded caller contract.
+    unsafe { efree_other(ptr) }
+}
+
+/// What [`efree_bin`]'s fast path declines, out of line so the fast path needs no stack frame.
+///
+/// # Safety
+/// As `_efree`.
+#[cold]
+#[inline(never)]
+unsafe fn efree_other(ptr: *mut c_void) {
+    // SAFETY: forwarded caller contract.
+    unsafe { _efree(ptr, ptr::null(), 0, ptr::null(), 0) }
+}
 
 /// Defines `_emalloc_<size>` and `_efree_<size>` for each bin, in bin order, and checks the sizes
 /// against the bin table.
@@ -26,7 +65,7 @@ macro_rules! sized_entry_points {
             #[doc = concat!("`emalloc(", stringify!($size), ")` for PHP 8 release builds.")]
             #[unsafe(no_mangle)]
             pub extern "C" fn $alloc() -> *mut c_void {
-                _emalloc($size, ptr::null(), 0, ptr::null(), 0)
+                emalloc_bin($bin, $size)
             }
 
             #[doc = concat!("`efree` of a block of `", stringify!($size), "` bytes for PHP 8 release builds.")]
@@ -36,7 +75,7 @@ macro_rules! sized_entry_points {
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn $free(ptr: *mut c_void) {
                 // SAFETY: caller contract, as for `_efree`.
-                unsafe { _efree(ptr, ptr::null(), 0, ptr::null(), 0) }
+                unsafe { efree_bin(ptr, $bin) }
             }
         )*
         const _: () = assert!([$($size),*].len() == crate::sizes::ZEND_MM_BINS);

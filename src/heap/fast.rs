@@ -15,8 +15,9 @@ use core::ptr;
 use super::Heap;
 use crate::segment::{
     LARGE_PAGES_MASK, MAP_OFFSET, PAGE_CLASS_SHIFT, PAGE_KIND_MASK, PAGE_LARGE, SMALL_CLASS_BASE,
-    Segment, small_bin, starts_slot,
+    Segment, run_offset, small_bin, starts_slot,
 };
+use crate::sizes::{self, SLOT_LIMIT, SLOT_MAGIC};
 use crate::sizes::{
     BIN_SLOTS, PAGE_SHIFT, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, ZEND_MM_SEG_SIZE, bin_of,
     keeps_bin,
@@ -78,6 +79,12 @@ impl Heap {
         self.pop_free_slot(bin_of(size))
     }
 
+    /// Pops a free slot of `bin` if it has one (the size-specialised entry points' fast path).
+    #[inline(always)]
+    pub fn alloc_bin_fast(&mut self, bin: usize) -> *mut u8 {
+        self.pop_free_slot(bin)
+    }
+
     /// The fast-table entry for the default-sized segment containing `addr`.
     #[inline(always)]
     fn fast_index(addr: usize) -> usize {
@@ -122,6 +129,24 @@ impl Heap {
         let bin = (info >> PAGE_CLASS_SHIFT) as usize - SMALL_CLASS_BASE;
         // SAFETY: only small runs' classes pass the slot check, and their bins are below 32.
         unsafe { core::hint::assert_unchecked(bin < BIN_SLOTS) };
+        // SAFETY: `p` starts a slot of bin `bin` in a live segment of this heap (checked above).
+        unsafe { self.free_small(p, bin) };
+        true
+    }
+
+    /// Frees `p` if it is a small block of `bin` in one of this heap's aligned segments; false
+    /// otherwise (a block of another bin too: the slow path frees it by what it is). The
+    /// size-specialised entry points' fast path: the slot check's constants are the bin's.
+    #[inline(always)]
+    pub fn free_bin_fast(&mut self, p: *mut u8, bin: usize) -> bool {
+        let Some((_, _, info)) = self.fast_lookup(p) else {
+            return false;
+        };
+        if (info >> PAGE_CLASS_SHIFT) as usize != SMALL_CLASS_BASE + bin
+            || !sizes::starts_slot(SLOT_MAGIC[bin], SLOT_LIMIT[bin], run_offset(p, info))
+        {
+            return false;
+        }
         // SAFETY: `p` starts a slot of bin `bin` in a live segment of this heap (checked above).
         unsafe { self.free_small(p, bin) };
         true
