@@ -281,7 +281,25 @@ mod tests {
             !ha.realloc_in_place_fast(ptr::null_mut(), 100),
             "NULL allocates"
         );
+        // The specialised free takes a block of its own bin only.
+        let bin_112 = crate::sizes::bin_of(112);
+        assert!(
+            !ha.free_bin_fast(small, bin_112 - 1),
+            "another bin's size: declined"
+        );
+        assert!(
+            !ha.free_bin_fast(small.wrapping_add(16), bin_112),
+            "not a slot start"
+        );
+        assert!(!ha.free_bin_fast(large, bin_112) && !ha.free_bin_fast(theirs, bin_112));
         let usage = ha.size;
+        assert!(ha.free_bin_fast(small, bin_112));
+        assert_eq!(ha.size, usage - 112);
+        assert_eq!(
+            ha.alloc_bin_fast(bin_112),
+            small,
+            "the slot is reused first"
+        );
         assert!(ha.free_small_fast(small));
         assert_eq!(ha.size, usage - 112);
         assert_eq!(ha.alloc_small_fast(100), small, "the slot is reused first");
