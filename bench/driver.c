@@ -769,9 +769,10 @@ int main(int argc, char **argv)
         res.cpu_ns = cpu_ns() - c0;
         res.ops = t.counted;
     }
+    /* rss_end_kib: what the allocator still holds after its last request end (or free). */
     printf("alloc=%s workload=%s ops=%zu ns=%" PRIu64 " cpu_ns=%" PRIu64 " checksum=%016" PRIx64
-           " rss_base_kib=%ld rss_peak_kib=%ld lib=%s\n",
-           A_NAME, name, res.ops, res.ns, res.cpu_ns, res.checksum, rss_base, rss_peak_kib(),
+           " rss_base_kib=%ld rss_peak_kib=%ld rss_end_kib=%ld lib=%s\n",
+           A_NAME, name, res.ops, res.ns, res.cpu_ns, res.checksum, rss_base, rss_peak_kib(), rss_now_kib(),
            provider(A_SYMBOL));
     return 0;
 }
