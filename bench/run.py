@@ -421,31 +421,25 @@ def markdown(m, summary, rat, cg, names, missing, rounds, scale):
         zp = s["zend"]["cpu_ns_op"] / s["php"]["cpu_ns_op"] if s.get("zend") and s.get("php") else None
         L.append(f"| {w} | " + " | ".join(cells) + f" | {fmt(zp, 2)} |")
     L.append("")
-    L.append("## Peak RSS growth (MiB, median of rounds)")
-    L.append("")
-    L.append("Peak resident set (`VmHWM`) at the end of the run minus the resident set just before the "
-             "allocator's first use "
-             "(the trace and the driver's tables are resident by then): the allocator's peak footprint, "
-             "its metadata and caches included.")
-    L.append("")
-    L.append("| workload | " + " | ".join(names) + " |")
-    L.append("|" + "|".join(["---"] + ["---:"] * len(names)) + "|")
-    for w, _ in WORKLOADS:
-        s = summary[w]
-        L.append(f"| {w} | " + " | ".join(fmt(s[n]["rss_mib"]) if s.get(n) else "n/a" for n in names) + " |")
-    L.append("")
-    L.append("## RSS held at the end (MiB, median of rounds)")
-    L.append("")
-    L.append("Resident set after the run's last request end (zend, php: `shutdown_memory_manager(1, 0)`) "
+    for title, key, text in (
+            ("Peak RSS growth", "rss_mib",
+             "Peak resident set (`VmHWM`) at the end of the run minus the resident set just before the "
+             "allocator's first use (the trace and the driver's tables are resident by then): the "
+             "allocator's peak footprint, its metadata and caches included."),
+            ("RSS held at the end", "rss_end_mib",
+             "Resident set after the run's last request end (zend, php: `shutdown_memory_manager(1, 0)`) "
              "or last free (malloc peers) minus the resident set before the allocator's first use: what "
-             "the allocator keeps between requests.")
-    L.append("")
-    L.append("| workload | " + " | ".join(names) + " |")
-    L.append("|" + "|".join(["---"] + ["---:"] * len(names)) + "|")
-    for w, _ in WORKLOADS:
-        s = summary[w]
-        L.append(f"| {w} | " + " | ".join(fmt(s[n]["rss_end_mib"]) if s.get(n) else "n/a" for n in names) + " |")
-    L.append("")
+             "the allocator keeps between requests.")):
+        L.append(f"## {title} (MiB, median of rounds)")
+        L.append("")
+        L.append(text)
+        L.append("")
+        L.append("| workload | " + " | ".join(names) + " |")
+        L.append("|" + "|".join(["---"] + ["---:"] * len(names)) + "|")
+        for w, _ in WORKLOADS:
+            s = summary[w]
+            L.append(f"| {w} | " + " | ".join(fmt(s[n][key]) if s.get(n) else "n/a" for n in names) + " |")
+        L.append("")
     L.append("## Instructions per 64-byte alloc + free pair (callgrind)")
     L.append("")
     if cg is None:
