@@ -34,7 +34,7 @@ use crate::storage::Allocation;
 const HUGE_HEADER: usize = ZEND_MM_PAGE_SIZE;
 
 /// Freed huge blocks a heap keeps for reuse during a request.
-const HUGE_CACHE: usize = 4;
+const HUGE_CACHE: usize = 2;
 
 #[repr(C)]
 pub(super) struct HugeBlock {
