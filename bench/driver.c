@@ -291,6 +291,7 @@ static void gen_live_set(trace_t *t, rng_t *r, uint32_t live, size_t steps, size
 static uint32_t size_small(rng_t *r) { return uniform(r, 8, 256); }
 static uint32_t size_php(rng_t *r) { return php_size(r, 1); }
 static uint32_t size_large(rng_t *r) { return log_uniform(r, 4 * KiB, 1 * MiB); }
+static uint32_t size_pages(rng_t *r) { return log_uniform(r, 4 * KiB, 300 * KiB); }
 
 /* Small-size churn: sizes 8..256 B, live set of 4096. */
 static void gen_churn(trace_t *t, double scale, uint64_t seed)
@@ -323,6 +324,20 @@ static void gen_large(trace_t *t, double scale, uint64_t seed)
     size_t steps = scaled(scale, 40000, 500);
     trace_init(t, 2 * live + 2 * steps, live, seed);
     gen_live_set(t, &r, live, steps, size_large, NULL, NULL, 0);
+}
+
+/* Page-sized churn: 4 KiB..300 KiB (what malloc peers serve from per-size lists) over a live set
+ * of PAGES_LIVE blocks, long enough for the segments to fragment. */
+#ifndef PAGES_LIVE
+#define PAGES_LIVE 128
+#endif
+static void gen_pages(trace_t *t, double scale, uint64_t seed)
+{
+    rng_t r = { seed };
+    uint32_t live = PAGES_LIVE;
+    size_t steps = scaled(scale, 200000, 500);
+    trace_init(t, 2 * live + 2 * steps, live, seed);
+    gen_live_set(t, &r, live, steps, size_pages, NULL, NULL, 0);
 }
 
 /* Request cycles. Each request: `steps` operations, 50% allocate (PHP mix), 42% free a random live
@@ -558,7 +573,7 @@ static const struct {
     /* New workloads go last: a workload's seed is its place here. */
     { "churn", gen_churn },     { "phpmix", gen_phpmix }, { "request", gen_request },
     { "strings", gen_strings }, { "lifo", gen_lifo },     { "large", gen_large },
-    { "hugereq", gen_hugereq },
+    { "hugereq", gen_hugereq }, { "pages", gen_pages },
 };
 
 #define SEED 0x5EED2024u
@@ -718,7 +733,7 @@ static int run_fast(const char *mode, size_t n)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s churn|phpmix|request|hugereq|strings|lifo|large|threads [SCALE]\n"
+        fprintf(stderr, "usage: %s churn|phpmix|request|hugereq|strings|lifo|large|pages|threads [SCALE]\n"
                         "       %s fast-pair|fast-batch|fast-pair-empty|fast-batch-empty N\n",
                 argv[0], argv[0]);
         return 2;

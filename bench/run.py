@@ -103,6 +103,8 @@ WORKLOADS = [
     ("strings", "string building: one buffer grown by 1..64 B reallocs to 1 MiB, 64 times"),
     ("lifo", "LIFO bursts: allocate 64..2047 blocks of 8..512 B, free in reverse order; 6000 bursts"),
     ("large", "large blocks: 4 KiB..1 MiB (log-uniform) over a 64-block live set, 40k replacements"),
+    ("pages", "page-sized churn: 4 KiB..300 KiB (log-uniform) over a 128-block live set, "
+              "200k replacements"),
     ("threads", "2 threads, each running the churn workload on its own heap (wall time over all "
                 "operations of both; php: n/a, its NTS heap is not thread safe)"),
 ]

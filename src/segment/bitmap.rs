@@ -99,24 +99,13 @@ impl<'a> PageBitmap<'a> {
         self.words[i / 64] & (1 << (i % 64)) != 0
     }
 
-    /// First free page at or after `i`, or `pages`.
-    fn next_free(&self, i: usize) -> usize {
-        self.next_with(i, ONES)
-    }
-
     /// First used page at or after `i`, or `pages`.
     fn next_used(&self, i: usize) -> usize {
-        self.next_with(i, 0)
-    }
-
-    /// First page at or after `i` whose bit, flipped by `flip` (all ones looks for free pages, zero
-    /// for used ones), is set; or `pages`.
-    fn next_with(&self, i: usize, flip: u64) -> usize {
         let mut w = i / 64;
         if w >= self.words.len() {
             return self.pages;
         }
-        let mut bits = (self.words[w] ^ flip) & (ONES << (i % 64));
+        let mut bits = self.words[w] & (ONES << (i % 64));
         loop {
             if bits != 0 {
                 return (w * 64 + bits.trailing_zeros() as usize).min(self.pages);
@@ -125,23 +114,48 @@ impl<'a> PageBitmap<'a> {
             if w >= self.words.len() {
                 return self.pages;
             }
-            bits = self.words[w] ^ flip;
+            bits = self.words[w];
         }
     }
 
     /// Calls `f(start, len)` for each free run, in address order, until it returns false.
+    ///
+    /// Walks the words once, finding each run's ends with one `trailing_zeros` per end: full
+    /// words inside a run (or between runs) cost one comparison.
     fn for_each_free_run(&self, mut f: impl FnMut(usize, usize) -> bool) {
-        let mut i = 0;
-        while i < self.pages {
-            let start = self.next_free(i);
-            if start >= self.pages {
-                return;
+        let mut run_start = None;
+        for (w, &used) in self.words.iter().enumerate() {
+            let base = w * 64;
+            // The bit the search resumes at, always below 64.
+            let mut bit = 0;
+            loop {
+                match run_start {
+                    None => {
+                        let free = !used >> bit;
+                        if free == 0 {
+                            break;
+                        }
+                        bit += free.trailing_zeros();
+                        run_start = Some(base + bit as usize);
+                    }
+                    Some(start) => {
+                        let taken = used >> bit;
+                        if taken == 0 {
+                            break;
+                        }
+                        bit += taken.trailing_zeros();
+                        run_start = None;
+                        let end = base + bit as usize;
+                        if !f(start, end - start) {
+                            return;
+                        }
+                    }
+                }
             }
-            let end = self.next_used(start);
-            if !f(start, end - start) {
-                return;
-            }
-            i = end;
+        }
+        // Only a bitmap whose pages fill its last word can end inside a run.
+        if let Some(start) = run_start {
+            f(start, self.pages - start);
         }
     }
 
@@ -273,5 +287,59 @@ mod tests {
         assert_eq!(b.free_run_around(200), 512 - 190);
         b.clear_range(60, 130);
         assert_eq!(b.free_run_around(130), 512);
+    }
+
+    /// The free runs of a bitmap, page by page: what the word-wise walk must agree with.
+    fn runs_by_page(b: &PageBitmap<'_>) -> Vec<(usize, usize)> {
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < b.pages {
+            if b.is_used(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < b.pages && !b.is_used(i) {
+                i += 1;
+            }
+            runs.push((start, i - start));
+        }
+        runs
+    }
+
+    #[test]
+    fn the_word_walk_finds_the_runs_a_page_walk_finds() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for pages in [1, 63, 64, 65, 128, 500, 511, 512] {
+            let mut w = map(pages);
+            let mut b = PageBitmap::new(&mut w, pages);
+            for _ in 0..400 {
+                let start = next(pages);
+                let len = 1 + next(pages - start).min(70);
+                if next(2) == 0 {
+                    b.set_range(start, len);
+                } else {
+                    b.clear_range(start, len);
+                }
+                let runs = runs_by_page(&b);
+                let mut walked = Vec::new();
+                b.for_each_free_run(|s, l| {
+                    walked.push((s, l));
+                    true
+                });
+                assert_eq!(walked, runs, "{pages} pages");
+                let longest = runs.iter().map(|r| r.1).max().unwrap_or(0);
+                assert_eq!(b.longest_free_run(), longest);
+                let n = 1 + next(pages);
+                let best = runs.iter().filter(|r| r.1 >= n).min_by_key(|r| r.1);
+                assert_eq!(b.best_fit(n).map(|f| (f.start, f.len)), best.copied());
+            }
+        }
     }
 }
