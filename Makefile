@@ -23,7 +23,7 @@ LINK_SO := -L$(RELEASE) -lzend_alloc -Wl,-rpath,$(abspath $(RELEASE))
 LINK_A  := $(LIB_A) -lpthread -ldl -lm
 STORAGES := malloc mmap_anon mmap_zero
 
-C_TESTS := test_api test_storage test_threads test_php_parity test_growth test_defects
+C_TESTS := test_api test_storage test_threads test_php_parity test_growth test_defects test_debug
 
 .PHONY: php php-test php-ci all build deps demo test check-header lint rust-test miri c-test-bins c-tests valgrind-tests stress symbols headers bench clean
 

@@ -117,6 +117,20 @@ typedef struct _zend_mm_storage zend_mm_storage;
 #define ZEND_MM_CUSTOM_HEAP_STD 1
 
 /**
+ * PHP's message numbers (`zend.h`) the leak report sends to a message handler: the script name
+ * (`data` NULL), a leaked block (`data` a `const zend_leak_info *`), the number of further leaks
+ * from the same file and line (`data` the count itself, cast to a pointer), the total (`data` a
+ * `const uint32_t *`).
+ */
+#define ZMSG_MEMORY_LEAK_DETECTED 4
+
+#define ZMSG_MEMORY_LEAK_REPEATED 5
+
+#define ZMSG_LOG_SCRIPT_NAME 6
+
+#define ZMSG_MEMORY_LEAKS_GRAND_TOTAL 7
+
+/**
  * The allocation unit inside a segment; large blocks are whole runs of pages.
  */
 #define ZEND_MM_PAGE_SIZE 4096
@@ -157,6 +171,11 @@ typedef struct _zend_mm_storage zend_mm_storage;
  * computes it from the segment header's size).
  */
 #define ZEND_MM_MAX_LARGE_SIZE (((2 * 1024) * 1024) - 4096)
+
+/**
+ * Receives the leak report's messages (PHP's `zend_message_dispatcher` signature).
+ */
+typedef void (*zend_mm_message_handler_t)(long message, const void *data);
 
 /**
  * `init(params)`: sets the storage up; returns its state or NULL when it cannot be used.
@@ -255,17 +274,29 @@ struct _zend_mm_storage {
 };
 
 /**
- * One leaked block, as PHP 5.3 reports it (field order is 5.3's).
+ * One leaked block, as PHP's leak report hands it to the message handler (`zend_leak_info`, PHP
+ * 5.3's field order).
  */
 struct _zend_leak_info {
     void *addr;
+    /**
+     * The size the caller asked for.
+     */
     size_t size;
     const char *filename;
     uint32_t lineno;
+    /**
+     * Where the allocation was relayed from (`ZEND_FILE_LINE_ORIG_*`); null if it was not.
+     */
     const char *orig_filename;
     uint32_t orig_lineno;
 };
 
+/**
+ * One leaked block, as the leak report hands it to the message handler (PHP 5.3's
+ * `zend_leak_info`, field for field): the block, the size asked for, where it was allocated, and
+ * where that call was relayed from (`orig_filename` NULL if it was not).
+ */
 typedef struct _zend_leak_info zend_leak_info;
 
 
@@ -518,6 +549,36 @@ size_t _zend_mm_block_size(zend_mm_heap *heap,
                            uint32_t __zend_orig_lineno);
 
 /**
+ * Installs the handler that receives leak reports (`ZMSG_*` messages) instead of stderr; NULL
+ * restores the default. Returns the previous handler. Process-wide.
+ */
+ZEND_API zend_mm_message_handler_t zend_mm_set_message_handler(zend_mm_message_handler_t handler);
+
+/**
+ * Sets the script name the default handler prints in leak reports (`-` when NULL or never set).
+ * The string is not copied: it must stay valid until it is replaced.
+ */
+ZEND_API void zend_mm_set_script_name(const char *name);
+
+/**
+ * Switches block tracking (PHP 5.3's debug build) on or off for `heap` (NULL: the current heap).
+ * Returns 0 (SUCCESS), or -1 (FAILURE) if the heap has live blocks: switch it at startup or right
+ * after a request end. `ZEND_MM_DEBUG=1` switches it on for every heap made afterwards.
+ *
+ * # Safety
+ * `heap` must be NULL or a live heap.
+ */
+ZEND_API int zend_mm_set_tracking(zend_mm_heap *heap, int on);
+
+/**
+ * Whether `heap` (NULL: the current heap) tracks its blocks: 1 or 0.
+ *
+ * # Safety
+ * `heap` must be NULL or a live heap.
+ */
+ZEND_API int zend_mm_is_tracking(zend_mm_heap *heap);
+
+/**
  * Starts the memory manager for the calling thread: makes its heap if it has none.
  */
 ZEND_API void start_memory_manager(void);
@@ -593,8 +654,8 @@ zend_mm_heap *zend_mm_startup_ex(const zend_mm_mem_handlers *handlers,
 
 /**
  * Shuts `heap` down: with `full_shutdown`, everything returns to storage and the heap is gone;
- * otherwise only its blocks are released (request end). `silent` is accepted for PHP
- * compatibility (leak reports come with block tracking).
+ * otherwise only its blocks are released (request end). Unless `silent`, a heap that tracks its
+ * blocks reports those still live as leaks first (`ZEND_MM_DEBUG`).
  *
  * # Safety
  * `heap` must be a live heap; none of its blocks may be used afterwards.

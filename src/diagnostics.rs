@@ -10,7 +10,7 @@
 //! Fatal errors are raised only from frames that hold no values with destructors, because the error
 //! handler may `longjmp` over them (as PHP's bailout does).
 
-use core::ffi::{CStr, c_char, c_int};
+use core::ffi::{CStr, c_char, c_int, c_void};
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
@@ -23,6 +23,9 @@ pub struct Site {
     /// The caller's C file (`__FILE__` via `ZEND_FILE_LINE_CC`), or null.
     pub file: *const c_char,
     pub line: u32,
+    /// Where the caller's caller was, when the call was relayed (`ZEND_FILE_LINE_ORIG_*`), or null.
+    pub orig_file: *const c_char,
+    pub orig_line: u32,
     /// Return null instead of raising a fatal error (`erealloc_recoverable`, internal allocations).
     pub may_fail: bool,
 }
@@ -32,7 +35,18 @@ impl Site {
         Site {
             file,
             line,
+            orig_file: core::ptr::null(),
+            orig_line: 0,
             may_fail: false,
+        }
+    }
+
+    /// This site, relayed from `orig_file`:`orig_line` (kept by block tracking).
+    pub const fn relayed(self, orig_file: *const c_char, orig_line: u32) -> Site {
+        Site {
+            orig_file,
+            orig_line,
+            ..self
         }
     }
 
@@ -172,6 +186,87 @@ pub fn eprint(args: fmt::Arguments<'_>) {
     let mut msg = MsgBuf::<1024>::new();
     let _ = msg.write_fmt(args);
     write_stderr(msg.as_bytes());
+}
+
+/// One leaked block, as PHP's leak report hands it to the message handler (`zend_leak_info`, PHP
+/// 5.3's field order).
+#[repr(C)]
+pub struct LeakInfo {
+    pub addr: *mut c_void,
+    /// The size the caller asked for.
+    pub size: usize,
+    pub filename: *const c_char,
+    pub lineno: u32,
+    /// Where the allocation was relayed from (`ZEND_FILE_LINE_ORIG_*`); null if it was not.
+    pub orig_filename: *const c_char,
+    pub orig_lineno: u32,
+}
+
+/// What a leak report says, in order: per group of leaks from one file and line, the script name,
+/// the first block and the count of the others; at the end, the total (PHP's `ZMSG_*` messages).
+pub enum LeakEvent<'a> {
+    ScriptName,
+    Leak(&'a LeakInfo),
+    Repeated(usize),
+    Total(u32),
+}
+
+/// A C string for a report, `Unknown` for null.
+fn c_text<'a>(s: *const c_char) -> &'a str {
+    if s.is_null() {
+        return "Unknown";
+    }
+    // SAFETY: file names come from `__FILE__` (C string literals) or the embedder's C strings.
+    unsafe { CStr::from_ptr(s) }.to_str().unwrap_or("?")
+}
+
+/// Prints one leak-report message as PHP 5.3's message handler does (`main.c`), to stderr.
+/// `script` is the script name (`-` when unset).
+pub fn print_leak_event(event: &LeakEvent<'_>, script: &CStr) {
+    let script = script.to_str().unwrap_or("?");
+    match *event {
+        LeakEvent::ScriptName => {
+            let mut stamp = [0 as c_char; 64];
+            // SAFETY: `time`, `localtime_r` and `asctime_r` with valid buffers (asctime_r needs 26
+            // bytes).
+            let text = unsafe {
+                let now = libc::time(core::ptr::null_mut());
+                let mut tm: libc::tm = core::mem::zeroed();
+                if libc::localtime_r(&now, &mut tm).is_null()
+                    || libc::asctime_r(&tm, stamp.as_mut_ptr()).is_null()
+                {
+                    None
+                } else {
+                    CStr::from_ptr(stamp.as_ptr()).to_str().ok()
+                }
+            };
+            match text {
+                Some(t) => eprint(format_args!("[{}]  Script:  '{script}'\n", t.trim_end())),
+                None => eprint(format_args!("[null]  Script:  '{script}'\n")),
+            }
+        }
+        LeakEvent::Leak(leak) => {
+            eprint(format_args!(
+                "{}({}) :  Freeing 0x{:08X} ({} bytes), script={script}\n",
+                c_text(leak.filename),
+                leak.lineno,
+                leak.addr.addr(),
+                leak.size
+            ));
+            if !leak.orig_filename.is_null() {
+                eprint(format_args!(
+                    "{}({}) : Actual location (location was relayed)\n",
+                    c_text(leak.orig_filename),
+                    leak.orig_lineno
+                ));
+            }
+        }
+        LeakEvent::Repeated(n) => eprint(format_args!(
+            "Last leak repeated {n} time{}\n",
+            if n > 1 { "s" } else { "" }
+        )),
+        LeakEvent::Total(n) => eprint(format_args!("=== Total {n} memory leaks detected ===\n")),
+    }
 }
 
 /// The embedder's fatal error handler: error type (`E_ERROR`), the caller's file and line, PHP's

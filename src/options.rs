@@ -23,6 +23,10 @@ pub struct Options {
     pub use_zend_alloc: bool,
     /// Ask for transparent huge pages on segments and huge blocks.
     pub huge_pages: bool,
+    /// Heaps track their blocks (PHP 5.3's debug build): sites, guards, leak reports.
+    pub track: bool,
+    /// A non-silent request end of a tracking heap reports its leaks.
+    pub print_leaks: bool,
 }
 
 impl Options {
@@ -34,6 +38,8 @@ impl Options {
             compact_size: DEFAULT_COMPACT_SIZE,
             use_zend_alloc: true,
             huge_pages: false,
+            track: false,
+            print_leaks: true,
         }
     }
 }
@@ -55,7 +61,7 @@ pub struct EnvVar {
     apply: fn(&mut Options, &[u8]) -> Result<(), OptionError>,
 }
 
-pub static ENV_VARS: [EnvVar; 5] = [
+pub static ENV_VARS: [EnvVar; 7] = [
     EnvVar {
         name: c"ZEND_MM_MEM_TYPE",
         default: "malloc",
@@ -109,6 +115,24 @@ pub static ENV_VARS: [EnvVar; 5] = [
         doc: "non-zero asks the kernel for transparent huge pages on the built-in storages' segments and huge blocks (`madvise(MADV_HUGEPAGE)` on their whole pages), as PHP 8 does for its own chunks",
         apply: |o, v| {
             o.huge_pages = flag(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: c"ZEND_MM_DEBUG",
+        default: "0",
+        doc: "`1` makes every heap created afterwards track its blocks (PHP 5.3's debug build at run time): the allocation site of each block, guards before and after it, every `efree`/`erealloc`/`zend_mem_block_size` pointer checked and a bad one reported and skipped, freed blocks poisoned, a leak report at each non-silent request end",
+        apply: |o, v| {
+            o.track = flag(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: c"ZEND_ALLOC_PRINT_LEAKS",
+        default: "1",
+        doc: "`0` keeps a tracking heap's request end from reporting leaks",
+        apply: |o, v| {
+            o.print_leaks = flag(v)?;
             Ok(())
         },
     },

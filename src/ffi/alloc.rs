@@ -45,15 +45,27 @@ pub extern "C" fn _emalloc(
     if !p.is_null() {
         return p.cast();
     }
-    emalloc_slow(size, __zend_filename, __zend_lineno)
+    emalloc_slow(
+        size,
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    )
 }
 
 /// Everything `_emalloc`'s fast path declines: making the heap, refilling a bin, large and huge
 /// blocks, custom handlers, errors.
 #[cold]
 #[inline(never)]
-pub(super) fn emalloc_slow(size: usize, file: *const c_char, line: u32) -> *mut c_void {
-    let site = site(file, line);
+pub(super) fn emalloc_slow(
+    size: usize,
+    file: *const c_char,
+    line: u32,
+    orig_file: *const c_char,
+    orig_line: u32,
+) -> *mut c_void {
+    let site = site(file, line, orig_file, orig_line);
     // SAFETY: the current heap, not borrowed here.
     unsafe { api::emalloc(heap_for(size, site), size, site) }.cast()
 }
@@ -71,7 +83,12 @@ pub extern "C" fn _safe_emalloc(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
-    let site = site(__zend_filename, __zend_lineno);
+    let site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
     let total = safe_address(nmemb, size, offset, site);
     // SAFETY: the current heap, not borrowed here.
     unsafe { api::emalloc(heap_for(total, site), total, site) }.cast()
@@ -94,14 +111,26 @@ pub unsafe extern "C" fn _efree(
     if unsafe { (*runtime::fast()).free_small_fast(ptr.cast()) } {
         return;
     }
-    efree_slow(ptr);
+    efree_slow(
+        ptr,
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
 }
 
 /// Everything `_efree`'s fast path declines: NULL, large and huge blocks, unaligned segments,
 /// custom handlers, and every pointer that is not a block of the current heap.
 #[cold]
 #[inline(never)]
-fn efree_slow(ptr: *mut c_void) {
+fn efree_slow(
+    ptr: *mut c_void,
+    file: *const c_char,
+    line: u32,
+    orig_file: *const c_char,
+    orig_line: u32,
+) {
     if ptr.is_null() {
         return;
     }
@@ -110,7 +139,13 @@ fn efree_slow(ptr: *mut c_void) {
         return;
     }
     // SAFETY: the current heap, not borrowed here; the caller gives `ptr` up.
-    unsafe { api::efree(heap_of_block(), ptr.cast()) }
+    unsafe {
+        api::efree(
+            heap_of_block(),
+            ptr.cast(),
+            site(file, line, orig_file, orig_line),
+        )
+    }
 }
 
 /// Allocates `nmemb * size` zeroed bytes (overflow is a fatal error).
@@ -124,7 +159,12 @@ pub extern "C" fn _ecalloc(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
-    let site = site(__zend_filename, __zend_lineno);
+    let site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
     let total = safe_address(nmemb, size, 0, site);
     // SAFETY: the current heap, not borrowed here.
     let p = unsafe { api::emalloc(heap_for(total, site), total, site) };
@@ -156,7 +196,12 @@ pub unsafe extern "C" fn _erealloc(
     if unsafe { (*runtime::fast()).realloc_in_place_fast(ptr.cast(), size) } {
         return ptr;
     }
-    let mut site = site(__zend_filename, __zend_lineno);
+    let mut site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
     if allow_failure != 0 {
         site = site.may_fail();
     }
@@ -186,7 +231,17 @@ pub unsafe extern "C" fn _erealloc2(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
-    erealloc_slow(ptr, size, copy_size, site(__zend_filename, __zend_lineno))
+    erealloc_slow(
+        ptr,
+        size,
+        copy_size,
+        site(
+            __zend_filename,
+            __zend_lineno,
+            __zend_orig_filename,
+            __zend_orig_lineno,
+        ),
+    )
 }
 
 /// Resizes `ptr` to `nmemb * size + offset` bytes (overflow is a fatal error).
@@ -204,7 +259,12 @@ pub unsafe extern "C" fn _safe_erealloc(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
-    let site = site(__zend_filename, __zend_lineno);
+    let site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
     let total = safe_address(nmemb, size, offset, site);
     erealloc_slow(ptr, total, total, site)
 }
@@ -222,7 +282,12 @@ pub unsafe extern "C" fn _estrdup(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_char {
-    let site = site(__zend_filename, __zend_lineno);
+    let site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
     if s.is_null() {
         raise_on_current(
             site,
@@ -251,7 +316,12 @@ pub unsafe extern "C" fn _estrndup(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_char {
-    let site = site(__zend_filename, __zend_lineno);
+    let site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
     if s.is_null() && length != 0 {
         raise_on_current(
             site,
@@ -301,6 +371,12 @@ pub unsafe extern "C" fn _zend_mem_block_size(
     if ptr.is_null() {
         return 0;
     }
+    let site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
     // SAFETY: the current heap, not borrowed here.
-    unsafe { api::block_size(heap_of_block(), ptr.cast()) }
+    unsafe { api::block_size(heap_of_block(), ptr.cast(), site) }
 }

@@ -1,9 +1,11 @@
-//! `_mem_block_check` and `_full_mem_check` (PHP 5.3's debug checks, available in every build).
+//! `_mem_block_check` and `_full_mem_check` (PHP 5.3's debug checks, available in every build; on a
+//! heap that tracks its blocks they print PHP 5.3's reports with allocation sites and guards).
 
 use core::ffi::{CStr, c_char, c_int, c_void};
 
+use super::site;
 use crate::diagnostics::eprint;
-use crate::heap::BlockStatus;
+use crate::heap::{BlockStatus, print_report};
 use crate::runtime;
 
 fn file_of(file: *const c_char) -> &'static str {
@@ -26,6 +28,22 @@ pub extern "C" fn _mem_block_check(
     __zend_orig_lineno: u32,
 ) -> c_int {
     let heap = runtime::current();
+    // SAFETY: the current heap is live.
+    if !heap.is_null() && unsafe { (*heap).is_tracking() && !(*heap).is_custom() } {
+        let site = site(
+            __zend_filename,
+            __zend_lineno,
+            __zend_orig_filename,
+            __zend_orig_lineno,
+        );
+        // SAFETY: as above.
+        let inspection = unsafe { (*heap).inspect(ptr.cast()) };
+        // PHP 5.3's codes: 0 and 3 print, 1 and 2 do not.
+        if silent == 0 || silent == 3 {
+            print_report(ptr.cast(), &inspection, site);
+        }
+        return c_int::from(inspection.is_valid());
+    }
     let status = if ptr.is_null() {
         BlockStatus::Null
     } else if heap.is_null() {
@@ -87,11 +105,21 @@ pub extern "C" fn _full_mem_check(
     let dashes = "------------------------------------------------\n";
     eprint(format_args!("{dashes}Full Memory Check at {file}:{line}\n"));
     // SAFETY: the current heap is live.
-    let errors = unsafe { &*heap }.check_all(&mut |args| {
+    let heap = unsafe { &*heap };
+    let mut errors = heap.check_all(&mut |args| {
         if silent == 0 {
             eprint(args);
         }
     });
+    if heap.is_tracking() {
+        let site = site(
+            __zend_filename,
+            __zend_lineno,
+            __zend_orig_filename,
+            __zend_orig_lineno,
+        );
+        errors += heap.check_tracked(site, silent != 0);
+    }
     eprint(format_args!(
         "End of full memory check {file}:{line} ({errors} errors)\n{dashes}"
     ));

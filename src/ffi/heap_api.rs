@@ -22,7 +22,12 @@ pub unsafe extern "C" fn _zend_mm_alloc(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
-    let site = site(__zend_filename, __zend_lineno);
+    let site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
     let heap = checked_heap(heap, "zend_mm_alloc");
     // SAFETY: a checked live heap, not borrowed here.
     unsafe { api::emalloc(heap, size, site) }.cast()
@@ -42,8 +47,14 @@ pub unsafe extern "C" fn _zend_mm_free(
     __zend_orig_lineno: u32,
 ) {
     let heap = checked_heap(heap, "zend_mm_free");
+    let site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
     // SAFETY: a checked live heap, not borrowed here; the caller gives `p` up.
-    unsafe { api::efree(heap, p.cast()) }
+    unsafe { api::efree(heap, p.cast(), site) }
 }
 
 /// Resizes a block of `heap` (NULL `p` allocates).
@@ -60,7 +71,12 @@ pub unsafe extern "C" fn _zend_mm_realloc(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
-    let site = site(__zend_filename, __zend_lineno);
+    let site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
     let heap = checked_heap(heap, "zend_mm_realloc");
     // SAFETY: a checked live heap, not borrowed here.
     unsafe { api::erealloc(heap, p.cast(), size, size, site) }.cast()
@@ -81,7 +97,12 @@ pub unsafe extern "C" fn _zend_mm_realloc2(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
-    let site = site(__zend_filename, __zend_lineno);
+    let site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
     let heap = checked_heap(heap, "zend_mm_realloc2");
     // SAFETY: a checked live heap, not borrowed here.
     unsafe { api::erealloc(heap, p.cast(), size, copy_size, site) }.cast()
@@ -101,6 +122,12 @@ pub unsafe extern "C" fn _zend_mm_block_size(
     __zend_orig_lineno: u32,
 ) -> usize {
     let heap = checked_heap(heap, "zend_mm_block_size");
+    let site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
     // SAFETY: a checked live heap, not borrowed here.
-    unsafe { api::block_size(heap, p.cast()) }
+    unsafe { api::block_size(heap, p.cast(), site) }
 }

@@ -169,12 +169,14 @@ pub unsafe extern "C" fn zend_mm_startup_ex(
     if heap.is_null() {
         report_no_heap(name);
     }
+    // SAFETY: the heap was just made and has no block.
+    let _ = unsafe { (*heap).set_tracking(crate::options::get().track) };
     heap
 }
 
 /// Shuts `heap` down: with `full_shutdown`, everything returns to storage and the heap is gone;
-/// otherwise only its blocks are released (request end). `silent` is accepted for PHP
-/// compatibility (leak reports come with block tracking).
+/// otherwise only its blocks are released (request end). Unless `silent`, a heap that tracks its
+/// blocks reports those still live as leaks first (`ZEND_MM_DEBUG`).
 ///
 /// # Safety
 /// `heap` must be a live heap; none of its blocks may be used afterwards.
@@ -184,8 +186,9 @@ pub unsafe extern "C" fn zend_mm_shutdown(
     full_shutdown: c_int,
     silent: c_int,
 ) {
-    let _ = silent;
     let heap = checked_heap(heap, "zend_mm_shutdown");
+    // SAFETY: a checked live heap, not borrowed here.
+    unsafe { super::leaks::report_if_tracking(heap, silent != 0) };
     if full_shutdown != 0 {
         runtime::forget(heap);
     }

@@ -13,6 +13,7 @@ pub mod types;
 mod alloc;
 mod check;
 mod heap_api;
+mod leaks;
 mod manager;
 mod persistent;
 mod sized;
@@ -29,9 +30,10 @@ use crate::runtime;
 pub(crate) const SUCCESS: core::ffi::c_int = 0;
 pub(crate) const FAILURE: core::ffi::c_int = -1;
 
+/// The caller's location, with the relayed origin block tracking records.
 #[inline(always)]
-fn site(file: *const c_char, line: u32) -> Site {
-    Site::new(file, line)
+fn site(file: *const c_char, line: u32, orig_file: *const c_char, orig_line: u32) -> Site {
+    Site::new(file, line).relayed(orig_file, orig_line)
 }
 
 /// The heap behind a `zend_mm_heap *` from C, after checking it is one (a heap lives in the header

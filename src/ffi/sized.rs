@@ -26,7 +26,7 @@ fn emalloc_bin(bin: usize, size: usize) -> *mut c_void {
     if !p.is_null() {
         return p.cast();
     }
-    emalloc_slow(size, ptr::null(), 0)
+    emalloc_slow(size, ptr::null(), 0, ptr::null(), 0)
 }
 
 /// `efree` of a block the caller says is of `bin`: the fast path checks that it is (a block of

@@ -9,7 +9,7 @@
 
 #![allow(non_camel_case_types)]
 
-use core::ffi::{c_char, c_int, c_void};
+use core::ffi::{c_char, c_int, c_long, c_void};
 
 /// `zend_mm_is_custom_heap()` values, as PHP 7+ names them.
 pub const ZEND_MM_CUSTOM_HEAP_NONE: c_int = 0;
@@ -74,17 +74,23 @@ pub struct _zend_mm_storage {
 }
 pub type zend_mm_storage = _zend_mm_storage;
 
-/// One leaked block, as PHP 5.3 reports it (field order is 5.3's).
-#[repr(C)]
-pub struct _zend_leak_info {
-    pub addr: *mut c_void,
-    pub size: usize,
-    pub filename: *const c_char,
-    pub lineno: u32,
-    pub orig_filename: *const c_char,
-    pub orig_lineno: u32,
-}
-pub type zend_leak_info = _zend_leak_info;
+/// One leaked block, as the leak report hands it to the message handler (PHP 5.3's
+/// `zend_leak_info`, field for field): the block, the size asked for, where it was allocated, and
+/// where that call was relayed from (`orig_filename` NULL if it was not).
+pub type zend_leak_info = crate::diagnostics::LeakInfo;
+
+/// PHP's message numbers (`zend.h`) the leak report sends to a message handler: the script name
+/// (`data` NULL), a leaked block (`data` a `const zend_leak_info *`), the number of further leaks
+/// from the same file and line (`data` the count itself, cast to a pointer), the total (`data` a
+/// `const uint32_t *`).
+pub const ZMSG_MEMORY_LEAK_DETECTED: c_long = 4;
+pub const ZMSG_MEMORY_LEAK_REPEATED: c_long = 5;
+pub const ZMSG_LOG_SCRIPT_NAME: c_long = 6;
+pub const ZMSG_MEMORY_LEAKS_GRAND_TOTAL: c_long = 7;
+
+/// Receives the leak report's messages (PHP's `zend_message_dispatcher` signature).
+pub type zend_mm_message_handler_t =
+    Option<unsafe extern "C" fn(message: c_long, data: *const c_void)>;
 
 /// Handler for fatal errors (memory limit, out of memory, size overflow).
 ///

@@ -40,26 +40,40 @@ pub unsafe fn emalloc(heap: *mut Heap, size: usize, site: Site) -> *mut u8 {
         return unsafe { custom::alloc(heap, size, site) };
     }
     // SAFETY: as above.
-    match unsafe { (*heap).alloc(size) } {
+    let result = unsafe {
+        if (*heap).is_tracking() {
+            (*heap).alloc_tracked(size, site)
+        } else {
+            (*heap).alloc(size)
+        }
+    };
+    match result {
         Ok(p) => p,
         // SAFETY: forwarded caller contract; the borrow has ended.
         Err(refusal) => unsafe { refused(heap, refusal, size, site) },
     }
 }
 
-/// Frees `p` (null is a no-op; a pointer that is not a block of the heap aborts).
+/// Frees `p` (null is a no-op; a pointer that is not a block of the heap aborts, or is reported
+/// with `site` and skipped on a tracking heap).
 ///
 /// # Safety
 /// See the module documentation; `p` must not be used afterwards.
 #[inline(always)]
-pub unsafe fn efree(heap: *mut Heap, p: *mut u8) {
+pub unsafe fn efree(heap: *mut Heap, p: *mut u8, site: Site) {
     // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
     if unsafe { (*heap).is_custom() } {
         // SAFETY: forwarded caller contract.
         return unsafe { custom::free(heap, p) };
     }
     // SAFETY: as above.
-    unsafe { (*heap).free(p) }
+    unsafe {
+        if (*heap).is_tracking() {
+            (*heap).free_tracked(p, site)
+        } else {
+            (*heap).free(p)
+        }
+    }
 }
 
 /// Resizes `p` to `size` bytes, copying at most `copy_size`; null `p` allocates. On a refusal
@@ -80,22 +94,35 @@ pub unsafe fn erealloc(
         return unsafe { custom::realloc(heap, p, size, site) };
     }
     // SAFETY: as above.
-    match unsafe { (*heap).realloc(p, size, copy_size) } {
+    let result = unsafe {
+        if (*heap).is_tracking() {
+            (*heap).realloc_tracked(p, size, copy_size, site)
+        } else {
+            (*heap).realloc(p, size, copy_size)
+        }
+    };
+    match result {
         Ok(q) => q,
         // SAFETY: forwarded caller contract; the borrow has ended.
         Err(refusal) => unsafe { refused(heap, refusal, size, site) },
     }
 }
 
-/// `zend_mem_block_size`: the usable size of `p`; 0 for null and on custom heaps, which keep no
-/// sizes.
+/// `zend_mem_block_size`: the usable size of `p` (on a tracking heap the requested size, as in
+/// PHP 5.3's debug build); 0 for null and on custom heaps, which keep no sizes.
 ///
 /// # Safety
 /// See the module documentation.
-pub unsafe fn block_size(heap: *mut Heap, p: *mut u8) -> usize {
+pub unsafe fn block_size(heap: *mut Heap, p: *mut u8, site: Site) -> usize {
     // SAFETY: live heap (caller contract).
     let h = unsafe { &*heap };
-    if h.is_custom() { 0 } else { h.block_size(p) }
+    if h.is_custom() {
+        0
+    } else if h.is_tracking() {
+        h.tracked_size(p, site)
+    } else {
+        h.block_size(p)
+    }
 }
 
 /// What a refused request of `tried` bytes ends in: null when the caller may fail, PHP's fatal
@@ -179,8 +206,9 @@ mod tests {
                 .unwrap();
             let p = emalloc(heap, 100, Site::new(ptr::null(), 0));
             assert!(!(*heap).is_custom(), "the handler switched the heap back");
-            assert_eq!(block_size(heap, p), 112, "a block of the heap's own");
-            efree(heap, p);
+            let here = Site::new(ptr::null(), 0);
+            assert_eq!(block_size(heap, p, here), 112, "a block of the heap's own");
+            efree(heap, p, here);
             assert_eq!((*heap).usage(false), 0);
             Heap::shutdown(heap, true);
         }

@@ -54,6 +54,7 @@ impl Heap {
             Lookup::Block(Block::Huge(block)) => BlockStatus::Live(unsafe { (*block).size() }),
             // Pages are page aligned: a free page's start is where a freed block began.
             Lookup::FreePage { .. } if p.addr() % ZEND_MM_PAGE_SIZE == 0 => BlockStatus::Freed,
+            Lookup::CachedHuge => BlockStatus::Freed,
             Lookup::FreePage { .. } | Lookup::NotABlock => BlockStatus::NotABlock,
             Lookup::Foreign => BlockStatus::Foreign,
         }

@@ -70,6 +70,11 @@ impl HugeBlock {
         self.data
     }
 
+    /// Where a freed (cached) block's data started: the same place a block there would start.
+    pub(super) fn cached_data(&self) -> *mut u8 {
+        self.alloc.base().wrapping_add(HUGE_HEADER)
+    }
+
     /// Block size: the request rounded up to whole pages.
     pub(super) fn size(&self) -> usize {
         self.size

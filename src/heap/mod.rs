@@ -16,6 +16,7 @@
 //! | [`error`] | refusals, the error-report state, the reserve |
 //! | [`custom`] | custom handlers, `USE_ZEND_ALLOC=0` |
 //! | [`check`] | block status and whole-heap checks |
+//! | [`track`] | block tracking (PHP 5.3's debug build at run time): headers, guards, leak report |
 //!
 //! The heap struct lives in the header of its first ("main") segment, as in PHP 7+, so creating a
 //! heap needs nothing but one segment from its storage, and a request-end shutdown keeps the heap
@@ -49,6 +50,7 @@ mod large;
 mod pages;
 mod route;
 mod small;
+mod track;
 
 use core::ptr;
 
@@ -68,6 +70,8 @@ use fast::{FAST_SEGMENTS, no_segment};
 use huge::{CachedHugeList, HugeList};
 use pages::{CLASS_WORDS, NUM_CLASSES};
 use small::FreeSlot;
+use track::TrackedList;
+pub use track::{print_report, report_leaks};
 
 #[repr(C)]
 pub struct Heap {
@@ -128,6 +132,10 @@ pub struct Heap {
     /// Made custom by `USE_ZEND_ALLOC=0`: the heap's own memory is never used, and usage and peaks
     /// read 0, as for PHP's heap then (an empty struct in front of `malloc`).
     libc_only: bool,
+    /// Every block carries a tracking header (see [`track`]).
+    tracking: bool,
+    /// Live tracked blocks, the most recent first.
+    tracked: TrackedList,
     /// While `overflow` is set: the stack mark of the `raise` that set it. A call into the library
     /// from a shallower frame means the error handler is over (it longjmped out).
     report_mark: usize,
@@ -187,6 +195,8 @@ impl Heap {
             reserve_size: 0,
             custom: CustomHandlers::NONE,
             libc_only: false,
+            tracking: false,
+            tracked: List::new(),
             report_mark: 0,
         }
     }
@@ -284,6 +294,7 @@ impl Heap {
             h.reclassify(h.main);
         }
         h.free_slots = [ptr::null_mut(); BIN_SLOTS];
+        h.forget_tracked();
         h.size = 0;
         h.peak = 0;
         h.real_size = (h.cached.len() + 1) * h.segment_size + h.cached_huge_bytes();

@@ -40,6 +40,8 @@ pub(super) enum Lookup {
     Block(Block),
     /// Inside a free page (past the header) of a segment of this heap.
     FreePage { seg: *mut Segment, page: usize },
+    /// The start of a freed huge block the heap keeps for reuse.
+    CachedHuge,
     /// Inside this heap's memory, but not at a block's start nor in a free page.
     NotABlock,
     /// Not in this heap's memory.
@@ -86,8 +88,12 @@ impl Heap {
     #[cold]
     fn lookup_huge(&self, p: *const u8, block: *mut HugeBlock) -> Lookup {
         // SAFETY: a live huge block of this heap (the region map vouches for the owner).
-        if unsafe { (*block).data() }.cast_const() == p {
+        // SAFETY: as above.
+        let (data, cached_data) = unsafe { ((*block).data(), (*block).cached_data()) };
+        if data.cast_const() == p {
             Lookup::Block(Block::Huge(block))
+        } else if data.is_null() && cached_data.cast_const() == p {
+            Lookup::CachedHuge
         } else {
             Lookup::NotABlock
         }
@@ -128,9 +134,20 @@ impl Heap {
         if p.is_null() {
             return;
         }
-        // SAFETY: `locate` vouches for each block: a live block of this heap.
+        let block = self.locate(p);
+        // SAFETY: `locate` vouches for the block: a live block of this heap.
+        unsafe { self.free_block(p, block) }
+    }
+
+    /// Frees the block `p` starts, as [`Heap::lookup`] found it.
+    ///
+    /// # Safety
+    /// `block` must be what `lookup(p)` returned, and the block live.
+    #[inline(always)]
+    pub(super) unsafe fn free_block(&mut self, p: *mut u8, block: Block) {
+        // SAFETY: a live block of this heap (caller contract).
         unsafe {
-            match self.locate(p) {
+            match block {
                 Block::Small { bin, .. } => self.free_small(p, bin),
                 Block::Large { seg, page, pages } => self.free_large(seg, page, pages),
                 Block::Huge(block) => self.free_huge(block),

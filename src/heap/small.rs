@@ -43,6 +43,11 @@ impl Heap {
         slot.cast()
     }
 
+    /// The first free slot of `bin`'s list (the one the next allocation takes); null if none.
+    pub(super) fn free_slot_head(&self, bin: usize) -> *mut FreeSlot {
+        self.free_slots[bin]
+    }
+
     /// Pushes slot `p` back on `bin`'s list (PHP's `zend_mm_free_small`). A slot that is already
     /// the head of the list is being freed twice (the commonest double free: free, then free
     /// again): pushing it would make it its own successor, so it is reported instead.
@@ -96,6 +101,10 @@ impl Heap {
             next = slot;
         }
         self.free_slots[bin] = next;
+        if self.is_tracking() {
+            // SAFETY: a fresh run of `bin` of this heap.
+            unsafe { self.clear_stale_headers(run, bin) };
+        }
         self.count_alloc(size);
         Ok(run)
     }

@@ -57,13 +57,13 @@ pub fn current_or_create(tried: usize, site: Site) -> *mut Heap {
     }
 }
 
-/// Points the fast paths at the current heap, unless it is missing or custom.
+/// Points the fast paths at the current heap, unless it is missing, custom or tracking.
 fn refresh_fast() {
     let slots = tls::slots();
     // SAFETY: this thread's own slots; a non-null current heap is live.
     unsafe {
         let current = (*slots).current;
-        (*slots).fast = if !current.is_null() && !(*current).is_custom() {
+        (*slots).fast = if !current.is_null() && (*current).takes_fast_paths() {
             current
         } else {
             SENTINEL.get()
@@ -116,9 +116,15 @@ pub fn new_default_heap(per_thread: bool) -> *mut Heap {
     };
     // SAFETY: the storage is ours; the segment size was validated by the options.
     let heap = unsafe { Heap::create(storage, opts.segment_size, 0, opts.compact_size) };
-    if !heap.is_null() && per_thread && !opts.use_zend_alloc {
-        // SAFETY: the heap was just made; nothing else refers to it.
-        unsafe { (*heap).use_libc_only() };
+    if heap.is_null() {
+        return heap;
+    }
+    // SAFETY: the heap was just made; nothing else refers to it, and it has no block.
+    unsafe {
+        let _ = (*heap).set_tracking(opts.track);
+        if per_thread && !opts.use_zend_alloc {
+            (*heap).use_libc_only();
+        }
     }
     heap
 }

@@ -1,7 +1,7 @@
 //! The calling thread's heap slots, in thread-local storage that costs one load to read.
 //!
 //! Owns three pointers per thread: `fast`, the heap the allocation fast paths use (the current heap,
-//! or the static [`crate::heap::SENTINEL`] when there is none or it is custom, so the fast paths
+//! or the static [`crate::heap::SENTINEL`] when there is none or it is custom or tracking, so the fast paths
 //! need no null check); `current` (`AG(mm_heap)`, null until made); and `own`, the thread's default
 //! heap. The runtime module above keeps them consistent.
 //!

@@ -1,0 +1,526 @@
+/*
+ * Block tracking (ZEND_MM_DEBUG=1, zend_mm_set_tracking): PHP 5.3's debug build at run time.
+ *
+ * Every case runs in a fresh process (the library reads ZEND_MM_DEBUG once per process), which
+ * writes what PHP 5.3 would print to stdout with printf and the same formats, while the library
+ * writes its report to stderr; the parent compares them byte for byte. Reports for bad pointers
+ * are checked line by line, and every child must exit normally (a bad pointer is reported and
+ * the operation skipped, never a signal).
+ */
+#include "test.h"
+
+#define DASHES "---------------------------------------\n"
+
+/* Sizes the compiler cannot see, so the deliberate overflows below compile without warnings. */
+static volatile size_t ten = 10, twenty_four = 24;
+
+static const char *const debug_on[] = {"ZEND_MM_DEBUG=1", NULL};
+
+/* Drops the "[date]  Script:  'name'" lines (their date varies) after checking their shape;
+ * returns how many there were. */
+static int strip_script_lines(char *text, const char *script)
+{
+    char want[256];
+    int n = 0;
+    snprintf(want, sizeof want, "]  Script:  '%s'\n", script);
+    char *line = text, *out = text;
+    while (*line) {
+        char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line + 1) : strlen(line);
+        char *mark = strstr(line, want);
+        if (line[0] == '[' && mark && mark + strlen(want) == line + len) {
+            n++;
+        } else {
+            memmove(out, line, len);
+            out += len;
+        }
+        line += len;
+    }
+    *out = '\0';
+    return n;
+}
+
+/* ---- Leak report --------------------------------------------------------------------------- */
+
+/* Where the known leaks were made. */
+static struct {
+    int single, group, large, huge, relayed, relay_inner;
+    void *p_single, *p_group, *p_large, *p_huge, *p_relayed;
+} leaks;
+
+/* A helper that relays its caller's location, as PHP's internal functions do. */
+static void *relaying_alloc(size_t size ZEND_FILE_LINE_DC)
+{
+    leaks.relay_inner = __LINE__ + 1;
+    return _emalloc(size ZEND_FILE_LINE_RELAY_CC ZEND_FILE_LINE_CC);
+}
+
+/* Leaks known blocks at known lines (and frees one, which is not reported). */
+static void leak_some(void)
+{
+    void *freed = emalloc(50);
+    leaks.single = __LINE__ + 1;
+    leaks.p_single = emalloc(10);
+    leaks.group = __LINE__ + 2;
+    for (int i = 0; i < 3; i++) {
+        void *p = emalloc(20);
+        if (i == 0) {
+            leaks.p_group = p;
+        }
+    }
+    leaks.large = __LINE__ + 1;
+    leaks.p_large = emalloc(10000);
+    leaks.huge = __LINE__ + 1;
+    leaks.p_huge = emalloc(3 << 20);
+    leaks.relayed = __LINE__ + 1;
+    leaks.p_relayed = relaying_alloc(33 ZEND_FILE_LINE_CC);
+    efree(freed);
+}
+
+/* Prints to stdout what PHP 5.3's message handler prints for those leaks (script lines aside). */
+static void print_expected_report(const char *script)
+{
+    const char *f = "%s(%d) :  Freeing 0x%.8lX (%zu bytes), script=%s\n";
+    printf(f, __FILE__, leaks.single, (unsigned long)leaks.p_single, (size_t)10, script);
+    printf(f, __FILE__, leaks.group, (unsigned long)leaks.p_group, (size_t)20, script);
+    printf("Last leak repeated %ld time%s\n", 2L, "s");
+    printf(f, __FILE__, leaks.large, (unsigned long)leaks.p_large, (size_t)10000, script);
+    printf(f, __FILE__, leaks.huge, (unsigned long)leaks.p_huge, (size_t)3 << 20, script);
+    printf(f, __FILE__, leaks.relayed, (unsigned long)leaks.p_relayed, (size_t)33, script);
+    printf("%s(%d) : Actual location (location was relayed)\n", __FILE__, leaks.relay_inner);
+    printf("=== Total %d memory leaks detected ===\n", 7);
+}
+
+/* The handler's log: every message it got, in order. */
+static char handler_log[4096];
+
+static void log_line(const char *fmt, ...)
+{
+    va_list ap;
+    size_t len = strlen(handler_log);
+    va_start(ap, fmt);
+    vsnprintf(handler_log + len, sizeof handler_log - len, fmt, ap);
+    va_end(ap);
+}
+
+static void record_message(long message, const void *data)
+{
+    switch (message) {
+    case ZMSG_LOG_SCRIPT_NAME:
+        log_line("script %s\n", data == NULL ? "null" : "data");
+        break;
+    case ZMSG_MEMORY_LEAK_DETECTED: {
+        const zend_leak_info *leak = data;
+        log_line("leak %p %zu %s:%u orig %s:%u\n", leak->addr, leak->size, leak->filename ? leak->filename : "null",
+                 leak->lineno, leak->orig_filename ? leak->orig_filename : "null", leak->orig_lineno);
+        break;
+    }
+    case ZMSG_MEMORY_LEAK_REPEATED:
+        log_line("repeated %zu\n", (size_t)(uintptr_t)data);
+        break;
+    case ZMSG_MEMORY_LEAKS_GRAND_TOTAL:
+        log_line("total %u\n", *(const uint32_t *)data);
+        break;
+    default:
+        log_line("unknown %ld\n", message);
+    }
+}
+
+/* What record_message should log for the known leaks. */
+static void print_expected_messages(void)
+{
+    printf("script null\nleak %p 10 %s:%d orig null:0\n", leaks.p_single, __FILE__, leaks.single);
+    printf("script null\nleak %p 20 %s:%d orig null:0\nrepeated 2\n", leaks.p_group, __FILE__, leaks.group);
+    printf("script null\nleak %p 10000 %s:%d orig null:0\n", leaks.p_large, __FILE__, leaks.large);
+    printf("script null\nleak %p %zu %s:%d orig null:0\n", leaks.p_huge, (size_t)3 << 20, __FILE__, leaks.huge);
+    printf("script null\nleak %p 33 %s:%d orig %s:%d\n", leaks.p_relayed, __FILE__, leaks.relayed, __FILE__,
+           leaks.relay_inner);
+    printf("total 7\n");
+}
+
+static int probe(const char *mode)
+{
+    if (strcmp(mode, "leaks") == 0 || strcmp(mode, "leaks-named") == 0) {
+        int named = strcmp(mode, "leaks-named") == 0;
+        start_memory_manager();
+        if (named) {
+            zend_mm_set_script_name("/srv/www/index.php");
+        }
+        leak_some();
+        print_expected_report(named ? "/srv/www/index.php" : "-");
+        fflush(stdout);
+        shutdown_memory_manager(0, 0);
+        /* The next request starts clean: nothing more to report. */
+        efree(emalloc(10));
+        shutdown_memory_manager(0, 0);
+        return 0;
+    }
+    if (strcmp(mode, "leaks-silent") == 0) {
+        start_memory_manager();
+        leak_some();
+        shutdown_memory_manager(1, 0);
+        emalloc(10);
+        shutdown_memory_manager(1, 1);
+        return 0;
+    }
+    if (strcmp(mode, "handler") == 0) {
+        start_memory_manager();
+        int installed = zend_mm_set_message_handler(record_message) == NULL;
+        leak_some();
+        print_expected_messages();
+        shutdown_memory_manager(0, 0);
+        printf("--\n%s", handler_log);
+        int restored = zend_mm_set_message_handler(NULL) == record_message;
+        return installed && restored ? 0 : 1;
+    }
+    if (strcmp(mode, "tracking-state") == 0) {
+        start_memory_manager();
+        printf("tracking %d\n", zend_mm_is_tracking(NULL));
+        return 0;
+    }
+    fprintf(stderr, "unknown probe mode %s\n", mode);
+    return 2;
+}
+
+static void check_same(const char *what, const char *got, const char *want)
+{
+    CHECK(strcmp(got, want) == 0);
+    if (strcmp(got, want) != 0) {
+        fprintf(stderr, "  %s:\n%s  expected:\n%s", what, got, want);
+    }
+}
+
+static void test_leak_report_is_php_53s(void)
+{
+    child_result r = run_self("leaks", debug_on);
+    CHECK(r.exited && r.status == 0);
+    CHECK_EQ(strip_script_lines(r.err, "-"), 5); /* one per group */
+    check_same("report", r.err, r.out);
+}
+
+static void test_leak_report_names_the_script(void)
+{
+    child_result r = run_self("leaks-named", debug_on);
+    CHECK(r.exited && r.status == 0);
+    CHECK_EQ(strip_script_lines(r.err, "/srv/www/index.php"), 5);
+    check_same("report", r.err, r.out);
+}
+
+static void test_no_report_without_tracking_silently_or_when_disabled(void)
+{
+    child_result off = run_self("leaks", NULL);
+    CHECK_EXIT(off, 0, "");
+    const char *no_print[] = {"ZEND_MM_DEBUG=1", "ZEND_ALLOC_PRINT_LEAKS=0", NULL};
+    child_result disabled = run_self("leaks", no_print);
+    CHECK_EXIT(disabled, 0, "");
+    child_result silent = run_self("leaks-silent", debug_on);
+    CHECK_EXIT(silent, 0, "");
+    child_result state_off = run_self("tracking-state", NULL);
+    CHECK(strcmp(state_off.out, "tracking 0\n") == 0);
+    child_result state_on = run_self("tracking-state", debug_on);
+    CHECK(strcmp(state_on.out, "tracking 1\n") == 0);
+}
+
+static void test_a_message_handler_gets_phps_protocol(void)
+{
+    child_result r = run_self("handler", debug_on);
+    CHECK_EXIT(r, 0, "");
+    char *sep = strstr(r.out, "--\n");
+    CHECK(sep != NULL);
+    if (sep) {
+        *sep = '\0';
+        check_same("messages", sep + 3, r.out);
+    }
+}
+
+static void test_bad_debug_value_is_refused(void)
+{
+    const char *env[] = {"ZEND_MM_DEBUG=yes", NULL};
+    child_result r = run_self("tracking-state", env);
+    CHECK(r.exited && r.status == 255);
+    CHECK_CONTAINS(r.err, "ZEND_MM_DEBUG");
+}
+
+/* ---- Checks ----------------------------------------------------------------------------------- */
+
+/* Each case runs in a child on a tracking heap; `expect` lists lines its stderr must hold, and
+ * "after" (printed by the case once the bad call returned) proves the process went on. */
+typedef struct {
+    const char *name;
+    void (*run)(void *);
+} bad_case;
+
+static char *make_tracking(void)
+{
+    start_memory_manager();
+    CHECK_EQ(zend_mm_set_tracking(NULL, 1), SUCCESS);
+    return NULL;
+}
+
+static void double_free_small(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    char *p = emalloc(100);
+    efree(p);
+    efree(p);
+    printf("after %zu\n", zend_mem_block_size(emalloc(7)));
+}
+
+static void double_free_large(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    char *p = emalloc(10000);
+    efree(p);
+    efree(p);
+    printf("after\n");
+}
+
+static void double_free_huge(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    char *p = emalloc(3 << 20);
+    efree(p);
+    efree(p);
+    printf("after\n");
+}
+
+static void interior_pointer(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    char *p = emalloc(100);
+    efree(p + 16);
+    printf("after %zu\n", zend_mem_block_size(p));
+}
+
+static void foreign_pointer(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    char *m = malloc(64);
+    efree(m);
+    free(m);
+    printf("after\n");
+}
+
+static void another_heaps_block(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    zend_mm_heap *other = zend_mm_startup();
+    void *q = _zend_mm_alloc(other, 100 ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC);
+    efree(q);
+    _zend_mm_free(other, q ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC);
+    printf("after\n");
+}
+
+static void overflow_past_the_end(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    char *p = emalloc(ten);
+    memset(p, 'a', ten + 1); /* one byte too many */
+    efree(p);            /* reported, skipped */
+    p[ten] = '\x7f'; /* still ours: the free was skipped; a second byte changed */
+    p[ten + 1] = 'b';
+    printf("after %d\n", mem_block_check(p, 1));
+}
+
+static void underflow_before_the_start(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    char *p = (char *)emalloc(twenty_four) + twenty_four - 24;
+    p[-1] = 0;
+    p[-2] = 0;
+    efree(p);
+    printf("after\n");
+}
+
+static void use_after_free(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    char *p = emalloc(100);
+    efree(p);
+    p[5] = 'x'; /* written after the free */
+    char *q = emalloc(100);
+    printf("after %d\n", q == p);
+}
+
+static void realloc_of_a_bad_pointer(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    char *p = emalloc(40);
+    efree(p);
+    char *q = erealloc(p, 80); /* reported; a fresh block instead */
+    memset(q, 1, 80);
+    printf("after %zu\n", zend_mem_block_size(q));
+}
+
+static const bad_case bad_cases[] = {
+    {"double free (small)", double_free_small},
+    {"double free (large)", double_free_large},
+    {"double free (huge)", double_free_huge},
+    {"interior pointer", interior_pointer},
+    {"foreign pointer", foreign_pointer},
+    {"another heap's block", another_heaps_block},
+    {"overflow past the end", overflow_past_the_end},
+    {"underflow before the start", underflow_before_the_start},
+    {"use after free", use_after_free},
+    {"realloc of a bad pointer", realloc_of_a_bad_pointer},
+};
+
+static child_result run_bad_case(int i)
+{
+    return run_child(bad_cases[i].run, NULL, NULL);
+}
+
+static void check_report(const child_result *r, const char *name, const char *const *lines, const char *out)
+{
+    int ok = r->exited && r->status == 0;
+    for (const char *const *l = lines; *l; l++) {
+        ok &= strstr(r->err, *l) != NULL;
+    }
+    ok &= strcmp(r->out, out) == 0;
+    CHECK(ok);
+    if (!ok) {
+        fprintf(stderr, "  case %s: exited=%d status=%d signal=%d\n  stdout: [%s]\n  stderr:\n%s", name, r->exited,
+                r->status, r->signal, r->out, r->err);
+    }
+}
+
+static void test_bad_pointers_are_reported_and_skipped(void)
+{
+    char head[256];
+    {
+        child_result r = run_bad_case(0);
+        /* The report names the caller (the second efree's line) and the block. */
+        snprintf(head, sizeof head, "%s(", __FILE__);
+        const char *lines[] = {DASHES, head, " status:\n", "Beginning:  \tFreed\n", "    Start:\tUnknown\n",
+                               "      End:\tUnknown\n", NULL};
+        check_report(&r, "double free small", lines, "after 7\n");
+    }
+    {
+        child_result r = run_bad_case(1);
+        const char *lines[] = {"Beginning:  \tFreed\n", NULL};
+        check_report(&r, "double free large", lines, "after\n");
+    }
+    {
+        child_result r = run_bad_case(2);
+        const char *lines[] = {"Beginning:  \tFreed\n", NULL};
+        check_report(&r, "double free huge", lines, "after\n");
+    }
+    {
+        child_result r = run_bad_case(3);
+        const char *lines[] = {"Invalid pointer: (not the start of a block)\n", NULL};
+        check_report(&r, "interior", lines, "after 100\n");
+    }
+    {
+        child_result r = run_bad_case(4);
+        const char *lines[] = {"Invalid pointer: (not owned by this heap)\n", NULL};
+        check_report(&r, "foreign", lines, "after\n");
+    }
+    {
+        child_result r = run_bad_case(5);
+        const char *lines[] = {"Invalid pointer: (owned by another heap)\n", NULL};
+        check_report(&r, "another heap", lines, "after\n");
+    }
+    {
+        child_result r = run_bad_case(6);
+        const char *lines[] = {"Beginning:  \tOK (allocated on " __FILE__ ":",
+                               ", 10 bytes)\n    Start:\tOK\n      End:\tOverflown (magic=0x1C0FFE61 instead of "
+                               "0x1C0FFEE5)\n          \t1 byte(s) overflown\n" DASHES,
+                               NULL};
+        check_report(&r, "overflow", lines, "after 0\n");
+    }
+    {
+        child_result r = run_bad_case(7);
+        const char *lines[] = {"    Start:\tOverflown (magic=0x0000CC84 instead of 0x2A8FCC84)\n          \t2 byte(s) "
+                               "overflown\n      End:\tOK\n",
+                               NULL};
+        check_report(&r, "underflow", lines, "after\n");
+    }
+    {
+        child_result r = run_bad_case(8);
+        const char *lines[] = {"Beginning:  \tFreed, then written to (1 byte(s) changed after the free on " __FILE__ ":",
+                               ", 100 bytes)\n", NULL};
+        check_report(&r, "use after free", lines, "after 1\n");
+    }
+    {
+        child_result r = run_bad_case(9);
+        const char *lines[] = {"Beginning:  \tFreed\n", NULL};
+        check_report(&r, "realloc of a bad pointer", lines, "after 80\n");
+    }
+}
+
+static void test_checks_report_sites_and_guards(void)
+{
+    zend_mm_heap *heap = zend_mm_startup();
+    zend_mm_heap *old = zend_mm_set_heap(heap);
+    CHECK_EQ(zend_mm_set_tracking(heap, 1), SUCCESS);
+    CHECK_EQ(zend_mm_is_tracking(heap), 1);
+    char *p = emalloc(10);
+    CHECK_EQ(zend_mem_block_size(p), 10); /* the requested size, as PHP 5.3's debug build */
+    CHECK_EQ(zend_mm_set_tracking(heap, 0), FAILURE); /* not while blocks are live */
+    CHECK_EQ(mem_block_check(p, 1), 1);
+    /* Growth keeps contents and the block's tracking. */
+    memcpy(p, "0123456789", 10);
+    p = erealloc(p, 5000);
+    CHECK(memcmp(p, "0123456789", 10) == 0);
+    CHECK_EQ(zend_mem_block_size(p), 5000);
+    p = erealloc(p, 3 << 20);
+    CHECK(memcmp(p, "0123456789", 10) == 0);
+    p = erealloc(p, 3);
+    CHECK(memcmp(p, "012", 3) == 0);
+    CHECK_EQ(zend_mem_block_size(p), 3);
+    CHECK_EQ(full_mem_check(1), 0);
+    p[3] = 0; /* one past the end */
+    CHECK_EQ(mem_block_check(p, 1), 0);
+    CHECK_EQ(full_mem_check(1), 1);
+    p[3] = (char)0xE5; /* the guard's first byte again */
+    CHECK_EQ(full_mem_check(1), 0);
+    efree(p);
+    CHECK_EQ(zend_memory_usage(0), 0);
+    CHECK_EQ(zend_mm_set_tracking(heap, 0), SUCCESS);
+    CHECK_EQ(zend_mem_block_size(p = emalloc(10)), 16); /* bin size again */
+    efree(p);
+    zend_mm_set_heap(old);
+    zend_mm_shutdown(heap, 1, 1);
+}
+
+static void test_a_valid_block_report(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    char *p = emalloc(42);
+    printf("%d\n", mem_block_check(p, 0));
+}
+
+static void test_mem_block_check_prints_the_allocation_site(void)
+{
+    child_result r = run_child(test_a_valid_block_report, NULL, NULL);
+    const char *lines[] = {DASHES, " status:\n", "Beginning:  \tOK (allocated on " __FILE__ ":",
+                           ", 42 bytes)\n    Start:\tOK\n      End:\tOK\n" DASHES, NULL};
+    check_report(&r, "valid block", lines, "1\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--probe") == 0) {
+        return probe(argv[2]);
+    }
+    RUN(test_leak_report_is_php_53s);
+    RUN(test_leak_report_names_the_script);
+    RUN(test_no_report_without_tracking_silently_or_when_disabled);
+    RUN(test_a_message_handler_gets_phps_protocol);
+    RUN(test_bad_debug_value_is_refused);
+    RUN(test_bad_pointers_are_reported_and_skipped);
+    RUN(test_checks_report_sites_and_guards);
+    RUN(test_mem_block_check_prints_the_allocation_site);
+    return test_summary();
+}
