@@ -90,7 +90,7 @@ c-test-bins: build | $(OUT)
 # access or uninitialised value in the test or in the children it forks (c_tests/valgrind.sh says
 # how children and intended aborts are judged). A shell fragment: c-tests runs it with its other
 # runs, valgrind-tests on its own.
-VALGRIND_TESTS := test_api test_storage
+VALGRIND_TESTS := test_api test_storage test_debug
 VALGRIND_RUNS = for t in $(VALGRIND_TESTS); do \
 		c_tests/run.sh $$t-valgrind c_tests/valgrind.sh $(OUT)/$$t || fail=1; \
 	done
@@ -113,7 +113,7 @@ c-tests: c-test-bins symbols headers $(OUT)/php_probe $(OUT)/growth_probe_php | 
 	c_tests/run.sh test_api-static-256k ZEND_MM_SEG_SIZE=256k $(OUT)/test_api.static || fail=1; \
 	c_tests/run.sh test_api-static-mmap_anon-64k ZEND_MM_MEM_TYPE=mmap_anon ZEND_MM_SEG_SIZE=64k $(OUT)/test_api.static || fail=1; \
 	c_tests/run.sh test_api-static-mmap_zero-16M ZEND_MM_MEM_TYPE=mmap_zero ZEND_MM_SEG_SIZE=16M $(OUT)/test_api.static || fail=1; \
-	for t in test_storage test_threads test_php_parity test_growth; do \
+	for t in test_storage test_threads test_php_parity test_growth test_debug; do \
 		c_tests/run.sh $$t $(OUT)/$$t || fail=1; \
 		c_tests/run.sh $$t-static $(OUT)/$$t.static || fail=1; \
 	done; \

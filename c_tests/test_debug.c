@@ -77,17 +77,49 @@ static void leak_some(void)
     efree(freed);
 }
 
+/* One leak group as the report lists it. */
+typedef struct {
+    void *addr;
+    size_t size;
+    int line, repeats, relayed;
+} expected_leak;
+
+static int by_address(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)((const expected_leak *)a)->addr, y = (uintptr_t)((const expected_leak *)b)->addr;
+    return x < y ? -1 : x > y;
+}
+
+/* The groups in the report's order (PHP's): huge blocks, then the segment's blocks by address. */
+static int expected_leaks(expected_leak *out)
+{
+    expected_leak rest[4] = {
+        {leaks.p_single, 10, leaks.single, 0, 0},
+        {leaks.p_group, 20, leaks.group, 2, 0},
+        {leaks.p_large, 10000, leaks.large, 0, 0},
+        {leaks.p_relayed, 33, leaks.relayed, 0, 1},
+    };
+    qsort(rest, 4, sizeof rest[0], by_address);
+    out[0] = (expected_leak){leaks.p_huge, (size_t)3 << 20, leaks.huge, 0, 0};
+    memcpy(out + 1, rest, sizeof rest);
+    return 5;
+}
+
 /* Prints to stdout what PHP 5.3's message handler prints for those leaks (script lines aside). */
 static void print_expected_report(const char *script)
 {
-    const char *f = "%s(%d) :  Freeing 0x%.8lX (%zu bytes), script=%s\n";
-    printf(f, __FILE__, leaks.single, (unsigned long)leaks.p_single, (size_t)10, script);
-    printf(f, __FILE__, leaks.group, (unsigned long)leaks.p_group, (size_t)20, script);
-    printf("Last leak repeated %ld time%s\n", 2L, "s");
-    printf(f, __FILE__, leaks.large, (unsigned long)leaks.p_large, (size_t)10000, script);
-    printf(f, __FILE__, leaks.huge, (unsigned long)leaks.p_huge, (size_t)3 << 20, script);
-    printf(f, __FILE__, leaks.relayed, (unsigned long)leaks.p_relayed, (size_t)33, script);
-    printf("%s(%d) : Actual location (location was relayed)\n", __FILE__, leaks.relay_inner);
+    expected_leak e[5];
+    int n = expected_leaks(e);
+    for (int i = 0; i < n; i++) {
+        printf("%s(%d) :  Freeing 0x%.8lX (%zu bytes), script=%s\n", __FILE__, e[i].line, (unsigned long)e[i].addr,
+               e[i].size, script);
+        if (e[i].relayed) {
+            printf("%s(%d) : Actual location (location was relayed)\n", __FILE__, leaks.relay_inner);
+        }
+        if (e[i].repeats) {
+            printf("Last leak repeated %ld time%s\n", (long)e[i].repeats, e[i].repeats > 1 ? "s" : "");
+        }
+    }
     printf("=== Total %d memory leaks detected ===\n", 7);
 }
 
@@ -129,12 +161,19 @@ static void record_message(long message, const void *data)
 /* What record_message should log for the known leaks. */
 static void print_expected_messages(void)
 {
-    printf("script null\nleak %p 10 %s:%d orig null:0\n", leaks.p_single, __FILE__, leaks.single);
-    printf("script null\nleak %p 20 %s:%d orig null:0\nrepeated 2\n", leaks.p_group, __FILE__, leaks.group);
-    printf("script null\nleak %p 10000 %s:%d orig null:0\n", leaks.p_large, __FILE__, leaks.large);
-    printf("script null\nleak %p %zu %s:%d orig null:0\n", leaks.p_huge, (size_t)3 << 20, __FILE__, leaks.huge);
-    printf("script null\nleak %p 33 %s:%d orig %s:%d\n", leaks.p_relayed, __FILE__, leaks.relayed, __FILE__,
-           leaks.relay_inner);
+    expected_leak e[5];
+    int n = expected_leaks(e);
+    for (int i = 0; i < n; i++) {
+        printf("script null\nleak %p %zu %s:%d orig ", e[i].addr, e[i].size, __FILE__, e[i].line);
+        if (e[i].relayed) {
+            printf("%s:%d\n", __FILE__, leaks.relay_inner);
+        } else {
+            printf("null:0\n");
+        }
+        if (e[i].repeats) {
+            printf("repeated %d\n", e[i].repeats);
+        }
+    }
     printf("total 7\n");
 }
 

@@ -69,16 +69,6 @@ impl<T, F: Field<T>> List<T, F> {
         unsafe { (*F::links(item)).next }
     }
 
-    /// The element before `item`; null at the front.
-    ///
-    /// # Safety
-    /// `item` must be a live element of a list linked through `F`.
-    #[inline(always)]
-    pub unsafe fn prev(item: *mut T) -> *mut T {
-        // SAFETY: `item` is live (caller contract).
-        unsafe { (*F::links(item)).prev }
-    }
-
     /// Puts `item` first.
     ///
     /// # Safety

@@ -168,9 +168,10 @@ pub unsafe extern "C" fn zend_mm_startup_ex(
     let heap = unsafe { Heap::create(storage, block_size, reserve_size, compact) };
     if heap.is_null() {
         report_no_heap(name);
+    } else {
+        // SAFETY: the heap was just made and has no block.
+        let _ = unsafe { (*heap).set_tracking(crate::options::get().track) };
     }
-    // SAFETY: the heap was just made and has no block.
-    let _ = unsafe { (*heap).set_tracking(crate::options::get().track) };
     heap
 }
 

@@ -48,6 +48,7 @@ impl Heap {
         }
         let (size, peak) = (self.size, self.peak);
         self.reserve = self.alloc(self.reserve_size).unwrap_or(ptr::null_mut());
+        self.unmark_untracked(self.reserve);
         self.size = size;
         self.peak = peak;
     }

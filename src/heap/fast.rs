@@ -115,6 +115,14 @@ impl Heap {
         Some((seg, page, info))
     }
 
+    /// The segment of the fast table that `p` lies in, if any (a live segment of this heap).
+    #[inline(always)]
+    pub(super) fn fast_segment_of(&self, p: *const u8) -> Option<*mut Segment> {
+        let seg = self.fast_segments[Self::fast_index(p.addr())];
+        let inside = p.addr().wrapping_sub(seg.addr()) < FAST_SEGMENT_SIZE;
+        (inside && seg != no_segment()).then_some(seg)
+    }
+
     /// Frees `p` if it is a small block in one of this heap's aligned segments; false otherwise
     /// (including pointers that do not start a slot: the slow path reports them).
     #[inline(always)]

@@ -70,7 +70,6 @@ use fast::{FAST_SEGMENTS, no_segment};
 use huge::{CachedHugeList, HugeList};
 use pages::{CLASS_WORDS, NUM_CLASSES};
 use small::FreeSlot;
-use track::TrackedList;
 pub use track::{print_report, report_leaks};
 
 #[repr(C)]
@@ -134,8 +133,6 @@ pub struct Heap {
     libc_only: bool,
     /// Every block carries a tracking header (see [`track`]).
     tracking: bool,
-    /// Live tracked blocks, the most recent first.
-    tracked: TrackedList,
     /// While `overflow` is set: the stack mark of the `raise` that set it. A call into the library
     /// from a shallower frame means the error handler is over (it longjmped out).
     report_mark: usize,
@@ -196,7 +193,6 @@ impl Heap {
             custom: CustomHandlers::NONE,
             libc_only: false,
             tracking: false,
-            tracked: List::new(),
             report_mark: 0,
         }
     }
@@ -294,7 +290,6 @@ impl Heap {
             h.reclassify(h.main);
         }
         h.free_slots = [ptr::null_mut(); BIN_SLOTS];
-        h.forget_tracked();
         h.size = 0;
         h.peak = 0;
         h.real_size = (h.cached.len() + 1) * h.segment_size + h.cached_huge_bytes();

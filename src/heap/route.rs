@@ -53,10 +53,15 @@ impl Heap {
     /// for its owner.
     #[inline(always)]
     pub(super) fn lookup(&self, p: *const u8) -> Lookup {
-        let seg = match region_map::find_owned(p.addr(), self.id()) {
-            Region::Segment(base) => base.cast::<Segment>(),
-            Region::Huge(base) => return self.lookup_huge(p, base.cast()),
-            Region::Unowned => return Lookup::Foreign,
+        // The fast table names this heap's aligned default segments: a pointer inside one needs no
+        // region map.
+        let seg = match self.fast_segment_of(p) {
+            Some(seg) => seg,
+            None => match region_map::find_owned(p.addr(), self.id()) {
+                Region::Segment(base) => base.cast::<Segment>(),
+                Region::Huge(base) => return self.lookup_huge(p, base.cast()),
+                Region::Unowned => return Lookup::Foreign,
+            },
         };
         // SAFETY: a live segment of this heap (the region map vouches for the owner).
         let s = unsafe { &*seg };

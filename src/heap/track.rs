@@ -1,8 +1,8 @@
 //! Block tracking: PHP 5.3's debug build, switched on at run time (`ZEND_MM_DEBUG=1`,
 //! `zend_mm_set_tracking`).
 //!
-//! Owns the header in front of every block of a tracking heap, the list of its live blocks, and
-//! what they make possible: the leak report at request end, `mem_block_check`/`full_mem_check`
+//! Owns the header in front of every block of a tracking heap, the walk that finds the live ones,
+//! and what they make possible: the leak report at request end, `mem_block_check`/`full_mem_check`
 //! reports that name where a block came from, and a check of every pointer handed to `efree`,
 //! `erealloc` and `zend_mem_block_size` (a bad one is reported with the caller's location and the
 //! operation is skipped, as in PHP 5.3).
@@ -10,14 +10,16 @@
 //! A tracked block of `size` bytes is one block of the heap's own of `size + OVERHEAD` bytes:
 //!
 //! ```text
-//! [ Tracked: links | file, orig file | lines | size | magic | start guard ][ caller's bytes ][ end guard ]
+//! [ Tracked: chain | file, orig file | lines | size | magic | start guard ][ caller's bytes ][ end guard ]
 //! ```
 //!
 //! Invariants:
 //! - a tracking heap serves every block through here (its fast paths decline, as for a custom
-//!   heap), so each of its blocks has a header, and each live one is on `tracked`;
+//!   heap), so each of its blocks has a header;
 //! - a header's magic is [`VALID`] while its block is live and [`FREED`] after it was freed (the
-//!   free list's link overwrites the first word only, never the magic);
+//!   free list's link overwrites the first word only, never the magic); no free slot of a small
+//!   run reads [`VALID`] (a fresh run's slots are cleared), so the live blocks are found by
+//!   walking the heap's runs, as PHP walks its chunks for the leak report;
 //! - the first [`POISON_LIMIT`] bytes of a freed block hold [`POISON`] until it is handed out
 //!   again, which is when a small block's poison is checked (large and huge blocks go back to
 //!   the page pool or storage and are not checked).
@@ -33,8 +35,10 @@ use super::Heap;
 use super::error::Refusal;
 use super::route::{Block, Lookup};
 use crate::diagnostics::{LeakEvent, LeakInfo, Site, eprint};
-use crate::list::{Field, Links, List};
 use crate::region_map;
+use crate::segment::{
+    LARGE_PAGES_MASK, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, small_bin, small_place,
+};
 use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of};
 
 /// PHP 5.3's block magics.
@@ -45,18 +49,18 @@ const LEAK: u32 = 0x6C5E_8F2D;
 /// A block being resized: if the heap moves it, the copy left behind must not read as live, nor
 /// as a freed block whose poison is checked (it was not poisoned).
 const MOVING: u32 = 0x4D0E_D0FF;
-/// The guards' contents: before the block (three copies), and after it.
+/// The guards' contents: before the block (repeated), and after it.
 const START_MAGIC: u32 = 0x2A8F_CC84;
 const END_MAGIC: u32 = 0x1C0F_FEE5;
 /// What freed blocks are filled with (PHP 5.3's value), and how much of each.
 const POISON: u8 = 0x5A;
-const POISON_LIMIT: usize = 256;
+const POISON_LIMIT: usize = 64;
 
 /// The header in front of a tracked block.
 #[repr(C)]
 pub(super) struct Tracked {
-    /// On the heap's list of live tracked blocks; the first word is a free slot's link once freed.
-    links: Links<Tracked>,
+    /// The leak report's chain of live blocks while it runs; a free slot's list link once freed.
+    chain: *mut Tracked,
     /// Where the block was allocated (or last reallocated); where it was freed once it is.
     file: *const c_char,
     orig_file: *const c_char,
@@ -66,9 +70,10 @@ pub(super) struct Tracked {
     size: usize,
     magic: u32,
     /// Written over by code that writes before the block.
-    start_guard: [u32; 3],
+    start_guard: [u32; START_GUARD_WORDS],
 }
 
+const START_GUARD_WORDS: usize = 5;
 /// Bytes in front of a tracked block.
 const HEADER: usize = size_of::<Tracked>();
 /// Bytes of the end guard.
@@ -79,18 +84,6 @@ const OVERHEAD: usize = HEADER + END_GUARD;
 // The caller's bytes keep the alignment of the heap's blocks; the magic lies past the first word.
 const _: () = assert!(HEADER == 64 && HEADER % 16 == 0);
 const _: () = assert!(core::mem::offset_of!(Tracked, magic) >= size_of::<usize>());
-
-/// The heap's list of live tracked blocks.
-pub(super) type TrackedList = List<Tracked, TrackedLinks>;
-
-pub(super) struct TrackedLinks;
-
-impl Field<Tracked> for TrackedLinks {
-    unsafe fn links(item: *mut Tracked) -> *mut Links<Tracked> {
-        // SAFETY: `item` is a live header (caller contract).
-        unsafe { &raw mut (*item).links }
-    }
-}
 
 /// What the start of a block says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,57 +313,72 @@ impl Heap {
         if on == self.tracking {
             return Ok(());
         }
-        if self.size != 0 || !self.tracked.is_empty() {
+        if self.size != 0 {
             return Err(HeapInUse);
         }
         self.tracking = on;
         Ok(())
     }
 
-    /// Forgets every tracked block (the request's blocks are released at once).
-    pub(super) fn forget_tracked(&mut self) {
-        self.tracked = List::new();
+    /// The heap's block holding the tracked block at `p` if `p` is a live tracked block with
+    /// both guards intact (the quick yes of [`Heap::inspect`], for every free).
+    #[inline]
+    fn live_tracked(&self, p: *const u8) -> Option<Block> {
+        let base = p.wrapping_sub(HEADER);
+        let Lookup::Block(block) = self.lookup(base) else {
+            return None;
+        };
+        let capacity = self.capacity(block);
+        if capacity < OVERHEAD {
+            return None;
+        }
+        let t = base.cast::<Tracked>();
+        // SAFETY: the start of a block of this heap at least a header long; the end guard lies
+        // inside it once `size` is checked against the capacity.
+        let intact = unsafe {
+            (*t).magic == VALID
+                && (*t).size <= capacity - OVERHEAD
+                && (*t).start_guard == [START_MAGIC; START_GUARD_WORDS]
+                && p.add((*t).size).cast::<u32>().read_unaligned() == END_MAGIC
+        };
+        intact.then_some(block)
+    }
+
+    /// Bytes of a block of this heap.
+    fn capacity(&self, block: Block) -> usize {
+        match block {
+            Block::Small { bin, .. } => BIN_SIZE[bin],
+            Block::Large { pages, .. } => pages * ZEND_MM_PAGE_SIZE,
+            // SAFETY: a live huge block of this heap (the lookup vouches for it).
+            Block::Huge(huge) => unsafe { (*huge).size() },
+        }
     }
 
     /// What `p` is to this heap.
     pub fn inspect(&self, p: *const u8) -> Inspection {
-        self.inspect_block(p).0
-    }
-
-    /// What `p` is to this heap, and the heap's block holding its header if there is one.
-    fn inspect_block(&self, p: *const u8) -> (Inspection, Option<Block>) {
         if p.is_null() {
-            return (Inspection::Null, None);
+            return Inspection::Null;
         }
         let base = p.wrapping_sub(HEADER);
         let block = match self.lookup(base) {
             Lookup::Block(block) => block,
             Lookup::FreePage { .. } if base.addr() % ZEND_MM_PAGE_SIZE == 0 => {
-                return (Inspection::FreedPages, None);
+                return Inspection::FreedPages;
             }
-            Lookup::CachedHuge => return (Inspection::FreedPages, None),
+            Lookup::CachedHuge => return Inspection::FreedPages,
             Lookup::Foreign => {
                 let owner = region_map::owner_of(p.addr());
-                let other = owner != 0 && owner != self.id();
-                return (
-                    if other {
-                        Inspection::OtherHeap
-                    } else {
-                        Inspection::Foreign
-                    },
-                    None,
-                );
+                return if owner != 0 && owner != self.id() {
+                    Inspection::OtherHeap
+                } else {
+                    Inspection::Foreign
+                };
             }
-            _ => return (Inspection::NotABlock, None),
+            _ => return Inspection::NotABlock,
         };
-        let capacity = match block {
-            Block::Small { bin, .. } => BIN_SIZE[bin],
-            Block::Large { pages, .. } => pages * ZEND_MM_PAGE_SIZE,
-            // SAFETY: a live huge block of this heap (the lookup vouches for it).
-            Block::Huge(huge) => unsafe { (*huge).size() },
-        };
+        let capacity = self.capacity(block);
         if capacity < OVERHEAD {
-            return (Inspection::NotABlock, None);
+            return Inspection::NotABlock;
         }
         let t = base.cast::<Tracked>();
         // SAFETY: the start of a block of this heap at least a header long.
@@ -384,53 +392,56 @@ impl Heap {
             // SAFETY: both guards lie inside the block (`size + OVERHEAD <= capacity`).
             unsafe {
                 (
-                    check_guard((&raw const (*t).start_guard).cast(), 12, START_MAGIC),
+                    check_guard(
+                        (&raw const (*t).start_guard).cast(),
+                        4 * START_GUARD_WORDS,
+                        START_MAGIC,
+                    ),
                     check_guard(p.add(size), END_GUARD, END_MAGIC),
                 )
             }
         } else {
             (Guard::Unknown, Guard::Unknown)
         };
-        let inspection = Inspection::Block {
+        Inspection::Block {
             beginning,
             start,
             end,
             file,
             line,
             size,
-        };
-        (inspection, Some(block))
+        }
     }
 
-    /// Writes a fresh header and guards for a block of `size` bytes at `base`, and lists it.
+    /// Writes a fresh header and guards for a block of `size` bytes at `base`.
     ///
     /// # Safety
-    /// `base` must be a block of this heap of at least `size + OVERHEAD` bytes, not listed.
+    /// `base` must be a block of this heap of at least `size + OVERHEAD` bytes.
     unsafe fn start_tracking(&mut self, base: *mut u8, size: usize, site: Site) -> *mut u8 {
         let t = base.cast::<Tracked>();
         // SAFETY: the block is ours and long enough (caller contract).
         unsafe {
             t.write(Tracked {
-                links: Links::NONE,
+                chain: ptr::null_mut(),
                 file: site.file,
                 orig_file: site.orig_file,
                 line: site.line,
                 orig_line: site.orig_line,
                 size,
                 magic: VALID,
-                start_guard: [START_MAGIC; 3],
+                start_guard: [START_MAGIC; START_GUARD_WORDS],
             });
             data_of(t)
                 .add(size)
                 .cast::<u32>()
                 .write_unaligned(END_MAGIC);
-            self.tracked.push_front(t);
         }
         data_of(t)
     }
 
     /// Clears the magic of every slot of a fresh small run: whatever the pages held before (other
-    /// blocks' headers among them) must not read as a freed block whose poison is checked.
+    /// blocks' headers among them) must not read as a live block, nor as a freed one whose poison
+    /// is checked.
     ///
     /// # Safety
     /// `run` must be a fresh run of `bin` of this heap (its slots free, but the first).
@@ -458,7 +469,7 @@ impl Heap {
             // SAFETY: a slot of this heap at least `total` bytes long, freed by `free_tracked`.
             unsafe { check_poison(base.cast(), BIN_SIZE[bin_of(total)], site) };
         }
-        // SAFETY: a fresh block of `total` bytes, on no list.
+        // SAFETY: a fresh block of `total` bytes.
         Ok(unsafe { self.start_tracking(base, size, site) })
     }
 
@@ -467,15 +478,13 @@ impl Heap {
         if p.is_null() {
             return;
         }
-        let (inspection, block) = self.inspect_block(p);
-        let Some(block) = block.filter(|_| inspection.is_valid()) else {
-            print_report(p, &inspection, site);
+        let Some(block) = self.live_tracked(p) else {
+            print_report(p, &self.inspect(p), site);
             return;
         };
         let t = header_of(p);
-        // SAFETY: a valid tracked block: listed, its header and `size` bytes ours.
+        // SAFETY: a valid tracked block: its header and `size` bytes ours.
         unsafe {
-            self.tracked.remove(t);
             (*t).magic = FREED;
             (*t).file = site.file;
             (*t).line = site.line;
@@ -499,16 +508,14 @@ impl Heap {
         if p.is_null() {
             return self.alloc_tracked(size, site);
         }
-        let inspection = self.inspect(p);
-        if !inspection.is_valid() {
-            print_report(p, &inspection, site);
+        if self.live_tracked(p).is_none() {
+            print_report(p, &self.inspect(p), site);
             return self.alloc_tracked(size, site);
         }
         let total = size.checked_add(OVERHEAD).ok_or(Refusal::Overflow)?;
         let t = header_of(p);
         // SAFETY: a valid tracked block (checked above).
         let old_size = unsafe {
-            self.tracked.remove(t);
             (*t).magic = MOVING;
             (*t).size
         };
@@ -541,16 +548,12 @@ impl Heap {
                         .add(size)
                         .cast::<u32>()
                         .write_unaligned(END_MAGIC);
-                    self.tracked.push_front(moved);
                 }
                 Ok(data_of(moved))
             }
             Err(refusal) => {
                 // SAFETY: untouched on a refusal.
-                unsafe {
-                    (*t).magic = VALID;
-                    self.tracked.push_front(t);
-                }
+                unsafe { (*t).magic = VALID };
                 Err(refusal)
             }
         }
@@ -580,8 +583,7 @@ impl Heap {
     /// many there were.
     pub fn check_tracked(&self, site: Site, silent: bool) -> usize {
         let mut errors = 0;
-        // SAFETY: the list holds live tracked blocks of this heap.
-        for t in unsafe { self.tracked.iter() } {
+        self.each_tracked(&mut |t| {
             let p = data_of(t);
             let inspection = self.inspect(p);
             if !inspection.is_valid() {
@@ -590,8 +592,69 @@ impl Heap {
                     print_report(p, &inspection, site);
                 }
             }
-        }
+        });
         errors
+    }
+
+    /// Calls `f` with the header of every live tracked block in PHP's leak-report order: huge
+    /// blocks, then each segment (the main one first) page by page, a small run slot by slot.
+    fn each_tracked(&self, f: &mut dyn FnMut(*mut Tracked)) {
+        let mut visit = |t: *mut Tracked, capacity: usize| {
+            if capacity < OVERHEAD {
+                return;
+            }
+            // SAFETY: the start of a block of this heap at least a header long.
+            let (magic, size) = unsafe { ((*t).magic, (*t).size) };
+            if magic == VALID && size <= capacity - OVERHEAD {
+                f(t);
+            }
+        };
+        // SAFETY: the huge list holds live huge blocks of this heap.
+        for block in unsafe { self.huge_blocks.iter() } {
+            // SAFETY: as above.
+            let (data, size) = unsafe { ((*block).data(), (*block).size()) };
+            visit(data.cast(), size);
+        }
+        // SAFETY: the main segment and the live list's are live segments of this heap.
+        for seg in core::iter::once(self.main).chain(unsafe { self.segments.iter() }) {
+            // SAFETY: as above.
+            let s = unsafe { &*seg };
+            let mut page = s.header_pages();
+            while page < s.page_count() {
+                let info = s.map_get(page);
+                let run = s.page_addr(page);
+                match info & PAGE_KIND_MASK {
+                    PAGE_LARGE => {
+                        let pages = ((info & LARGE_PAGES_MASK) as usize).max(1);
+                        visit(run.cast(), pages * ZEND_MM_PAGE_SIZE);
+                        page += pages;
+                    }
+                    PAGE_SMALL => match small_bin(info) {
+                        Some(bin) if small_place(info, run.addr()) == 0 => {
+                            let b = BINS[bin];
+                            for i in 0..b.count as usize {
+                                visit(
+                                    run.wrapping_add(i * b.size as usize).cast(),
+                                    b.size as usize,
+                                );
+                            }
+                            page += b.pages as usize;
+                        }
+                        _ => page += 1,
+                    },
+                    _ => page += 1,
+                }
+            }
+        }
+    }
+
+    /// Marks the reserve (a block of the heap's own, never tracked) so no walk reads it as a
+    /// tracked block whatever the pages held before.
+    pub(super) fn unmark_untracked(&mut self, p: *mut u8) {
+        if !p.is_null() && self.block_size(p) >= OVERHEAD {
+            // SAFETY: a live block of this heap at least a header long.
+            unsafe { (&raw mut (*p.cast::<Tracked>()).magic).write(0) };
+        }
     }
 }
 
@@ -653,26 +716,34 @@ unsafe fn check_poison(t: *mut Tracked, capacity: usize, site: Site) {
     eprint(format_args!("{dashes}"));
 }
 
-/// Reports every live tracked block of `heap` as a leak through `sink`, in allocation order, one
-/// group per file and line (PHP's `zend_mm_check_leaks`); returns the total.
+/// Reports every live tracked block of `heap` as a leak through `sink`, in PHP's order (see
+/// `each_tracked`), one group per file and line (PHP's `zend_mm_check_leaks`); returns the total.
 ///
-/// The list is detached from the heap first and no borrow of the heap is held while `sink` runs,
-/// so a message handler may allocate (its blocks go on the heap's fresh list); it must not free
-/// the blocks it is told about.
+/// The live blocks are chained through their headers first; no borrow of the heap is held while
+/// `sink` runs, so a message handler may allocate (its blocks are not in the chain); it must not
+/// free the blocks it is told about.
 ///
 /// # Safety
 /// `heap` must be a live heap used by this thread only and not borrowed by the caller.
 pub unsafe fn report_leaks(heap: *mut Heap, sink: &mut dyn FnMut(&LeakEvent<'_>)) -> u32 {
+    let mut first: *mut Tracked = ptr::null_mut();
+    let mut last: *mut Tracked = ptr::null_mut();
     // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
-    let list = unsafe { core::mem::take(&mut (*heap).tracked) };
-    // SAFETY: the detached list holds live tracked blocks; nothing frees them meanwhile.
-    let oldest = unsafe { list.iter() }.last();
+    unsafe {
+        (*heap).each_tracked(&mut |t| {
+            (*t).chain = ptr::null_mut();
+            if last.is_null() {
+                first = t;
+            } else {
+                (*last).chain = t;
+            }
+            last = t;
+        })
+    };
     let mut total: u32 = 0;
-    let mut t = oldest.unwrap_or(ptr::null_mut());
+    let mut t = first;
     while !t.is_null() {
-        // SAFETY: as above; `prev` is the next younger block.
-        let younger = unsafe { TrackedList::prev(t) };
-        // SAFETY: as above.
+        // SAFETY: chained blocks are live tracked blocks; nothing frees them meanwhile.
         let h = unsafe { &*t };
         if h.magic != LEAK {
             let leak = LeakInfo {
@@ -686,7 +757,7 @@ pub unsafe fn report_leaks(heap: *mut Heap, sink: &mut dyn FnMut(&LeakEvent<'_>)
             sink(&LeakEvent::ScriptName);
             sink(&LeakEvent::Leak(&leak));
             let mut repeated = 0;
-            let mut q = younger;
+            let mut q = h.chain;
             while !q.is_null() {
                 // SAFETY: as above.
                 unsafe {
@@ -694,7 +765,7 @@ pub unsafe fn report_leaks(heap: *mut Heap, sink: &mut dyn FnMut(&LeakEvent<'_>)
                         (*q).magic = LEAK;
                         repeated += 1;
                     }
-                    q = TrackedList::prev(q);
+                    q = (*q).chain;
                 }
             }
             total = total.saturating_add(1 + repeated as u32);
@@ -702,10 +773,181 @@ pub unsafe fn report_leaks(heap: *mut Heap, sink: &mut dyn FnMut(&LeakEvent<'_>)
                 sink(&LeakEvent::Repeated(repeated));
             }
         }
-        t = younger;
+        t = h.chain;
     }
     if total > 0 {
         sink(&LeakEvent::Total(total));
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::{api, test_heap};
+
+    fn site(line: u32) -> Site {
+        Site::new(c"track.c".as_ptr(), line)
+    }
+
+    /// A tracking test heap.
+    fn tracking_heap() -> *mut Heap {
+        let heap = test_heap();
+        // SAFETY: a fresh heap of this thread.
+        unsafe { (*heap).set_tracking(true).unwrap() };
+        heap
+    }
+
+    /// The leak report of `heap` as (event, size or count, line) triples.
+    fn report(heap: *mut Heap) -> Vec<(&'static str, usize, u32)> {
+        let mut events = Vec::new();
+        // SAFETY: a live heap of this thread, not borrowed.
+        unsafe {
+            report_leaks(heap, &mut |e| {
+                events.push(match *e {
+                    LeakEvent::ScriptName => ("script", 0, 0),
+                    LeakEvent::Leak(l) => ("leak", l.size, l.lineno),
+                    LeakEvent::Repeated(n) => ("repeated", n, 0),
+                    LeakEvent::Total(n) => ("total", n as usize, 0),
+                })
+            })
+        };
+        events
+    }
+
+    #[test]
+    fn blocks_carry_their_size_and_guards_catch_writes_outside() {
+        let heap = tracking_heap();
+        // SAFETY: a live tracking heap of this thread; blocks are used within their sizes except
+        // where a guard is hit on purpose.
+        unsafe {
+            let h = &mut *heap;
+            let p = h.alloc_tracked(10, site(1)).unwrap();
+            assert!(h.inspect(p).is_valid());
+            assert_eq!(h.tracked_size(p, site(2)), 10);
+            assert_eq!(h.check_tracked(site(3), true), 0);
+            p.add(10).write(0); // one past the end
+            let Inspection::Block { end, start, .. } = h.inspect(p) else {
+                panic!()
+            };
+            assert_eq!(start, Guard::Ok);
+            assert!(matches!(
+                end,
+                Guard::Overflown {
+                    bytes: 1,
+                    all: false,
+                    ..
+                }
+            ));
+            assert_eq!(h.check_tracked(site(4), true), 1);
+            p.add(10).write(0xE5); // the guard's first byte again
+            p.sub(1).write(0); // one before the start
+            let Inspection::Block { start, .. } = h.inspect(p) else {
+                panic!()
+            };
+            assert!(
+                matches!(start, Guard::Overflown { found, bytes: 1, .. } if found == START_MAGIC & 0x00FF_FFFF)
+            );
+            p.sub(1).write((START_MAGIC >> 24) as u8);
+            h.free_tracked(p, site(5));
+            let Inspection::Block { beginning, .. } = h.inspect(p) else {
+                panic!()
+            };
+            assert_eq!(beginning, Beginning::Freed);
+            assert_eq!(h.usage(false), 0);
+            assert_eq!(h.inspect(p.add(8)), Inspection::NotABlock);
+            let foreign = [0u8; 128];
+            assert_eq!(h.inspect(foreign.as_ptr().add(64)), Inspection::Foreign);
+            Heap::shutdown(heap, true);
+        }
+    }
+
+    #[test]
+    fn reallocation_keeps_contents_and_tracks_the_new_size() {
+        let heap = tracking_heap();
+        // SAFETY: as above.
+        unsafe {
+            let h = &mut *heap;
+            let mut p = h.alloc_tracked(5, site(1)).unwrap();
+            p.copy_from(b"hello".as_ptr(), 5);
+            for size in [100, 5000, 40, 3] {
+                p = h.realloc_tracked(p, size, size, site(2)).unwrap();
+                assert!(h.inspect(p).is_valid());
+                assert_eq!(h.tracked_size(p, site(3)), size);
+                assert_eq!(*p, b'h');
+            }
+            assert_eq!(core::slice::from_raw_parts(p, 3), b"hel");
+            h.free_tracked(p, site(4));
+            assert_eq!(h.usage(false), 0);
+            Heap::shutdown(heap, true);
+        }
+    }
+
+    #[test]
+    fn the_leak_report_groups_by_site_in_heap_order() {
+        let heap = tracking_heap();
+        // SAFETY: as above.
+        unsafe {
+            let h = &mut *heap;
+            let a = h.alloc_tracked(100, site(10)).unwrap();
+            let b = h.alloc_tracked(100, site(11)).unwrap();
+            h.alloc_tracked(100, site(10)).unwrap();
+            h.alloc_tracked(20, site(12)).unwrap();
+            h.free_tracked(b, site(13));
+            let _ = a;
+        }
+        assert_eq!(
+            report(heap),
+            [
+                // The 100-byte blocks' run was carved first: it lies before the 20-byte one's.
+                ("script", 0, 0),
+                ("leak", 100, 10),
+                ("repeated", 1, 0),
+                ("script", 0, 0),
+                ("leak", 20, 12),
+                ("total", 3, 0),
+            ]
+        );
+        // SAFETY: a live heap of this thread.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn blocks_released_by_a_request_end_are_not_reported_later() {
+        let heap = tracking_heap();
+        // SAFETY: as above; the request end releases the first two blocks.
+        unsafe {
+            let h = &mut *heap;
+            h.alloc_tracked(100, site(1)).unwrap();
+            h.alloc_tracked(100, site(2)).unwrap();
+            Heap::shutdown(heap, false);
+            (*heap).alloc_tracked(100, site(3)).unwrap();
+        }
+        assert_eq!(
+            report(heap),
+            [("script", 0, 0), ("leak", 100, 3), ("total", 1, 0)]
+        );
+        // SAFETY: a live heap of this thread.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn a_message_handler_may_allocate_while_the_report_runs() {
+        let heap = tracking_heap();
+        // SAFETY: as above. The sink allocates through the heap's interface, which holds no
+        // borrow across it; under Miri this fails if the report still held one.
+        unsafe {
+            (*heap).alloc_tracked(100, site(1)).unwrap();
+            let mut made = Vec::new();
+            let total = report_leaks(heap, &mut |_| {
+                made.push(api::emalloc(heap, 200, site(2)));
+            });
+            assert_eq!(total, 1);
+            assert_eq!(made.len(), 3, "script name, leak, total");
+            for p in made {
+                api::efree(heap, p, site(3));
+            }
+            Heap::shutdown(heap, true);
+        }
+    }
 }
