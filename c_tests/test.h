@@ -233,7 +233,7 @@ static inline child_result run_self(const char *mode, const char *const *env)
 {
     static const char *const library_vars[] = {"ZEND_MM_MEM_TYPE=", "ZEND_MM_SEG_SIZE=", "ZEND_MM_COMPACT=",
                                                "USE_ZEND_ALLOC=", "USE_ZEND_ALLOC_HUGE_PAGES=", "ZEND_MM_DEBUG=",
-                                               "ZEND_ALLOC_PRINT_LEAKS=", NULL};
+                                               "ZEND_ALLOC_PRINT_LEAKS=", "ZEND_MM_MAX_ALLOCS=", NULL};
     const char *envp[256];
     size_t n = 0;
     for (char **e = environ; *e && n < 200; e++) {

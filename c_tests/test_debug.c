@@ -9,6 +9,8 @@
  */
 #include "test.h"
 
+#include <setjmp.h>
+
 #define DASHES "---------------------------------------\n"
 
 /* Sizes the compiler cannot see, so the deliberate overflows below compile without warnings. */
@@ -177,6 +179,46 @@ static void print_expected_messages(void)
     printf("total 7\n");
 }
 
+/* ---- Fault injection -------------------------------------------------------------------------- */
+
+static jmp_buf bailout;
+static char last_error[256];
+
+static void bail_out(int type, const char *file, uint32_t line, const char *message)
+{
+    (void)type;
+    (void)file;
+    (void)line;
+    snprintf(last_error, sizeof last_error, "%s", message);
+    longjmp(bailout, 1);
+}
+
+/* Counts the allocations a request gets before the injected failure (or -1 if none came in
+ * `max` tries). */
+static int allocations_until_failure(int max)
+{
+    static volatile int made; /* volatile: read after the longjmp */
+    made = 0;
+    if (setjmp(bailout) == 0) {
+        for (; made < max; made++) {
+            emalloc(16);
+        }
+        return -1;
+    }
+    return made;
+}
+
+static int fault_injection_with_a_handler(void)
+{
+    zend_mm_set_error_handler(bail_out);
+    int first = allocations_until_failure(10);
+    int hit = zend_mm_max_allocs_hit();
+    shutdown_memory_manager(1, 0); /* a new request gets a new budget */
+    int second = allocations_until_failure(10);
+    printf("first %d hit %d second %d error [%s]\n", first, hit, second, last_error);
+    return 0;
+}
+
 static int probe(const char *mode)
 {
     if (strcmp(mode, "leaks") == 0 || strcmp(mode, "leaks-named") == 0) {
@@ -211,6 +253,21 @@ static int probe(const char *mode)
         printf("--\n%s", handler_log);
         int restored = zend_mm_set_message_handler(NULL) == record_message;
         return installed && restored ? 0 : 1;
+    }
+    if (strcmp(mode, "faults") == 0) {
+        start_memory_manager();
+        for (int i = 0; i < 3; i++) {
+            efree(emalloc(100)); /* frees are not counted */
+        }
+        printf("hit %d\n", zend_mm_max_allocs_hit());
+        fflush(stdout);
+        emalloc(100);
+        printf("not reached\n");
+        return 0;
+    }
+    if (strcmp(mode, "faults-recover") == 0) {
+        start_memory_manager();
+        return fault_injection_with_a_handler();
     }
     if (strcmp(mode, "tracking-state") == 0) {
         start_memory_manager();
@@ -270,6 +327,41 @@ static void test_a_message_handler_gets_phps_protocol(void)
         *sep = '\0';
         check_same("messages", sep + 3, r.out);
     }
+}
+
+static void test_fault_injection_fails_the_allocation_after_the_nth(void)
+{
+    const char *env[] = {"ZEND_MM_MAX_ALLOCS=3", NULL};
+    child_result r = run_self("faults", env);
+    CHECK(r.exited && r.status == 121);
+    CHECK(strcmp(r.out, "hit 0\n") == 0);
+    CHECK_CONTAINS(r.err, "\nFatal error: Allowed memory size of ");
+    CHECK_CONTAINS(r.err, " bytes exhausted (tried to allocate 100 bytes) in " __FILE__ " on line ");
+    child_result none = run_self("faults", NULL); /* no injection: the fourth succeeds */
+    CHECK_EXIT(none, 0, "");
+    CHECK(strcmp(none.out, "hit 0\nnot reached\n") == 0);
+    const char *two[] = {"ZEND_MM_MAX_ALLOCS=2", NULL};
+    child_result again = run_self("faults-recover", two);
+    CHECK_EXIT(again, 0, "");
+    CHECK_CONTAINS(again.out, "first 2 hit 1 second 2 error [Allowed memory size of ");
+}
+
+static void test_max_allocs_api(void)
+{
+    zend_mm_heap *heap = zend_mm_startup();
+    zend_mm_heap *old = zend_mm_set_heap(heap);
+    zend_mm_error_handler_t old_handler = zend_mm_set_error_handler(bail_out);
+    zend_mm_set_max_allocs(5);
+    CHECK_EQ(allocations_until_failure(100), 5);
+    CHECK_EQ(zend_mm_max_allocs_hit(), 1);
+    char *p = erealloc_recoverable(NULL, 10); /* may fail: NULL instead of the error */
+    CHECK(p == NULL);
+    zend_mm_set_max_allocs(UINT64_MAX); /* off */
+    CHECK_EQ(zend_mm_max_allocs_hit(), 0);
+    CHECK_EQ(allocations_until_failure(1000), -1);
+    zend_mm_set_error_handler(old_handler);
+    zend_mm_set_heap(old);
+    zend_mm_shutdown(heap, 1, 1);
 }
 
 static void test_bad_debug_value_is_refused(void)
@@ -558,6 +650,8 @@ int main(int argc, char **argv)
     RUN(test_no_report_without_tracking_silently_or_when_disabled);
     RUN(test_a_message_handler_gets_phps_protocol);
     RUN(test_bad_debug_value_is_refused);
+    RUN(test_fault_injection_fails_the_allocation_after_the_nth);
+    RUN(test_max_allocs_api);
     RUN(test_bad_pointers_are_reported_and_skipped);
     RUN(test_checks_report_sites_and_guards);
     RUN(test_mem_block_check_prints_the_allocation_site);

@@ -734,6 +734,20 @@ void zend_mm_get_custom_handlers(zend_mm_heap *heap,
 ZEND_API zend_mm_error_handler_t zend_mm_set_error_handler(zend_mm_error_handler_t handler);
 
 /**
+ * Fault injection (PHP 8.2.36's `zend_mm_set_max_allocs`): the calling thread's heap allows
+ * `max_allocs` more allocations in this request and as many in each later one; the next is
+ * refused with the memory-limit error (exit status 121 if the handler returns).
+ * `UINT64_MAX` switches it off. `ZEND_MM_MAX_ALLOCS` sets it for every heap.
+ */
+ZEND_API void zend_mm_set_max_allocs(uint64_t max_allocs);
+
+/**
+ * 1 if fault injection refused an allocation of the calling thread's heap, else 0 (PHP's
+ * `zend_mm_max_allocs_hit`, which returns a `bool`).
+ */
+ZEND_API int zend_mm_max_allocs_hit(void);
+
+/**
  * `malloc(len)`, or "Out of memory" and exit(1).
  */
 ZEND_API void *__zend_malloc(size_t len) ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE(1);

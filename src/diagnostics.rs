@@ -63,6 +63,9 @@ impl Site {
 pub enum Fatal {
     /// The memory limit would be exceeded.
     Limit { limit: usize, tried: usize },
+    /// The allocation after the last one `ZEND_MM_MAX_ALLOCS` allows: reported as the limit error,
+    /// but a handler that returns ends the process with status 121 (PHP's fault injection).
+    AllocsExhausted { limit: usize, tried: usize },
     /// The storage (or the C library) returned no memory.
     OutOfMemory { allocated: usize, tried: usize },
     /// `nmemb * size + offset` does not fit in `size_t`.
@@ -81,7 +84,19 @@ impl Fatal {
     /// Whether reporting this error suspends the memory limit (PHP 8's `zend_mm_safe_error` errors:
     /// the limit and out of memory; the others go straight to `zend_error`).
     pub fn suspends_limit(&self) -> bool {
-        matches!(self, Fatal::Limit { .. } | Fatal::OutOfMemory { .. })
+        matches!(
+            self,
+            Fatal::Limit { .. } | Fatal::AllocsExhausted { .. } | Fatal::OutOfMemory { .. }
+        )
+    }
+
+    /// The exit status when the handler returns (PHP's `ZEND_MM_MAX_ALLOCS_EXIT_STATUS` for
+    /// injected faults, 255 for real errors).
+    pub fn exit_status(&self) -> c_int {
+        match self {
+            Fatal::AllocsExhausted { .. } => 121,
+            _ => 255,
+        }
     }
 }
 
@@ -95,7 +110,7 @@ pub fn stack_mark() -> usize {
 impl fmt::Display for Fatal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Fatal::Limit { limit, tried } => {
+            Fatal::Limit { limit, tried } | Fatal::AllocsExhausted { limit, tried } => {
                 write!(
                     f,
                     "Allowed memory size of {limit} bytes exhausted (tried to allocate {tried} bytes)"
@@ -337,7 +352,7 @@ pub unsafe fn report_fatal(site: Site, fatal: Fatal) -> ! {
         ));
     }
     // SAFETY: terminating the process.
-    unsafe { libc::exit(255) }
+    unsafe { libc::exit(fatal.exit_status()) }
 }
 
 /// PHP's `zend_mm_panic("zend_mm_heap corrupted")`: the heap was handed a pointer it does not own

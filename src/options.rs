@@ -27,6 +27,8 @@ pub struct Options {
     pub track: bool,
     /// A non-silent request end of a tracking heap reports its leaks.
     pub print_leaks: bool,
+    /// Allocations a request may make before the next one fails (`u64::MAX`: no limit).
+    pub max_allocs: u64,
 }
 
 impl Options {
@@ -40,6 +42,7 @@ impl Options {
             huge_pages: false,
             track: false,
             print_leaks: true,
+            max_allocs: u64::MAX,
         }
     }
 }
@@ -61,7 +64,7 @@ pub struct EnvVar {
     apply: fn(&mut Options, &[u8]) -> Result<(), OptionError>,
 }
 
-pub static ENV_VARS: [EnvVar; 7] = [
+pub static ENV_VARS: [EnvVar; 8] = [
     EnvVar {
         name: c"ZEND_MM_MEM_TYPE",
         default: "malloc",
@@ -133,6 +136,16 @@ pub static ENV_VARS: [EnvVar; 7] = [
         doc: "`0` keeps a tracking heap's request end from reporting leaks",
         apply: |o, v| {
             o.print_leaks = flag(v)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: c"ZEND_MM_MAX_ALLOCS",
+        default: "unset",
+        doc: "fault injection (PHP 8.2.36's): in each request, the allocation after this many raises the memory-limit error, and the process exits with status 121 if the error handler returns",
+        apply: |o, v| {
+            let n = number(v)?;
+            o.max_allocs = u64::try_from(n).map_err(|_| OptionError::Negative)?;
             Ok(())
         },
     },

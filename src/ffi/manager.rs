@@ -169,8 +169,12 @@ pub unsafe extern "C" fn zend_mm_startup_ex(
     if heap.is_null() {
         report_no_heap(name);
     } else {
+        let opts = crate::options::get();
         // SAFETY: the heap was just made and has no block.
-        let _ = unsafe { (*heap).set_tracking(crate::options::get().track) };
+        unsafe {
+            let _ = (*heap).set_tracking(opts.track);
+            (*heap).set_max_allocs(opts.max_allocs);
+        }
     }
     heap
 }
@@ -311,4 +315,25 @@ pub extern "C" fn zend_mm_set_error_handler(
     handler: zend_mm_error_handler_t,
 ) -> zend_mm_error_handler_t {
     diagnostics::set_error_handler(handler)
+}
+
+/// Fault injection (PHP 8.2.36's `zend_mm_set_max_allocs`): the calling thread's heap allows
+/// `max_allocs` more allocations in this request and as many in each later one; the next is
+/// refused with the memory-limit error (exit status 121 if the handler returns).
+/// `UINT64_MAX` switches it off. `ZEND_MM_MAX_ALLOCS` sets it for every heap.
+#[unsafe(no_mangle)]
+pub extern "C" fn zend_mm_set_max_allocs(max_allocs: u64) {
+    let heap = runtime::ensure_current();
+    // SAFETY: the calling thread's live heap, not borrowed elsewhere.
+    unsafe { (*heap).set_max_allocs(max_allocs) };
+    runtime::heap_changed(heap);
+}
+
+/// 1 if fault injection refused an allocation of the calling thread's heap, else 0 (PHP's
+/// `zend_mm_max_allocs_hit`, which returns a `bool`).
+#[unsafe(no_mangle)]
+pub extern "C" fn zend_mm_max_allocs_hit() -> c_int {
+    let heap = runtime::current();
+    // SAFETY: a live heap of this thread.
+    c_int::from(!heap.is_null() && unsafe { (*heap).max_allocs_hit() })
 }

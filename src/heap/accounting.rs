@@ -10,7 +10,9 @@
 //! - `real_size` counts every byte taken from storage: segments (cached ones too) and huge blocks
 //!   with their header page;
 //! - the limit is checked only when memory is taken from storage, as in PHP 8, and not while a
-//!   fatal error is being reported (the handler may need memory).
+//!   fatal error is being reported (the handler may need memory);
+//! - with fault injection (`ZEND_MM_MAX_ALLOCS`, `zend_mm_set_max_allocs`) each request may make
+//!   that many allocations; the next one is refused as if the limit were reached.
 
 use super::Heap;
 
@@ -94,5 +96,37 @@ impl Heap {
         // A new limit ends any error report in progress: the limit applies again.
         self.overflow = 0;
         Ok(())
+    }
+
+    /// The memory limit in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Sets the allocations each request may make (`u64::MAX`: no limit), starting now.
+    pub fn set_max_allocs(&mut self, max: u64) {
+        self.max_allocs = max;
+        self.allocs_left = max;
+        self.allocs_hit = false;
+    }
+
+    /// Whether an allocation was refused for fault injection.
+    pub fn max_allocs_hit(&self) -> bool {
+        self.allocs_hit
+    }
+
+    /// Counts one allocation against the fault-injection budget; false if none is left (the
+    /// allocation must fail).
+    #[inline(always)]
+    pub fn take_alloc_budget(&mut self) -> bool {
+        if self.max_allocs == u64::MAX {
+            return true;
+        }
+        if self.allocs_left == 0 {
+            self.allocs_hit = true;
+            return false;
+        }
+        self.allocs_left -= 1;
+        true
     }
 }

@@ -35,6 +35,11 @@ pub unsafe fn enter(heap: *mut Heap) -> *mut Heap {
 #[inline(always)]
 pub unsafe fn emalloc(heap: *mut Heap, size: usize, site: Site) -> *mut u8 {
     // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
+    if unsafe { !(*heap).take_alloc_budget() } {
+        // SAFETY: forwarded caller contract.
+        return unsafe { allocs_exhausted(heap, size, site) };
+    }
+    // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
     if unsafe { (*heap).is_custom() } {
         // SAFETY: forwarded caller contract.
         return unsafe { custom::alloc(heap, size, site) };
@@ -89,6 +94,11 @@ pub unsafe fn erealloc(
     site: Site,
 ) -> *mut u8 {
     // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
+    if unsafe { !(*heap).take_alloc_budget() } {
+        // SAFETY: forwarded caller contract.
+        return unsafe { allocs_exhausted(heap, size, site) };
+    }
+    // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
     if unsafe { (*heap).is_custom() } {
         // SAFETY: forwarded caller contract.
         return unsafe { custom::realloc(heap, p, size, site) };
@@ -139,6 +149,22 @@ pub unsafe fn refused(heap: *mut Heap, refusal: Refusal, tried: usize, site: Sit
     let fatal = unsafe { (*heap).fatal_for(refusal, tried) };
     // SAFETY: forwarded caller contract.
     unsafe { raise(heap, site, fatal) }
+}
+
+/// The allocation fault injection refuses: null when the caller may fail, otherwise the limit
+/// error, which ends the process with status 121 if the handler returns.
+///
+/// # Safety
+/// As [`refused`].
+#[cold]
+unsafe fn allocs_exhausted(heap: *mut Heap, tried: usize, site: Site) -> *mut u8 {
+    if site.may_fail {
+        return ptr::null_mut();
+    }
+    // SAFETY: live heap (caller contract).
+    let limit = unsafe { (*heap).limit() };
+    // SAFETY: forwarded caller contract.
+    unsafe { raise(heap, site, Fatal::AllocsExhausted { limit, tried }) }
 }
 
 /// Raises `fatal`. `heap` (if not null) is marked as reporting first, so for limit and

@@ -88,7 +88,7 @@ pub struct Heap {
     free_slots: [*mut FreeSlot; BIN_SLOTS],
     /// `BIN_SIZE`, copied here so the fast paths address it from the heap pointer they hold
     /// (a constant table costs one more instruction to address in a shared library).
-    bin_size: [usize; BIN_SLOTS],
+    bin_size: [u32; BIN_SLOTS],
     /// This heap's default-sized segments that are aligned to their size, by segment number
     /// modulo `FAST_SEGMENTS`; the empty segment where there is none. The free fast path finds a
     /// pointer's segment here without the region map.
@@ -133,6 +133,11 @@ pub struct Heap {
     libc_only: bool,
     /// Every block carries a tracking header (see [`track`]).
     tracking: bool,
+    /// Fault injection: allocations each request may make (`u64::MAX`: unlimited), how many are
+    /// left in this one, and whether one was refused for it.
+    max_allocs: u64,
+    allocs_left: u64,
+    allocs_hit: bool,
     /// While `overflow` is set: the stack mark of the `raise` that set it. A call into the library
     /// from a shallower frame means the error handler is over (it longjmped out).
     report_mark: usize,
@@ -168,7 +173,15 @@ impl Heap {
             peak: 0,
             segment_size,
             free_slots: [ptr::null_mut(); BIN_SLOTS],
-            bin_size: BIN_SIZE,
+            bin_size: {
+                let mut t = [0u32; BIN_SLOTS];
+                let mut b = 0;
+                while b < BIN_SLOTS {
+                    t[b] = BIN_SIZE[b] as u32;
+                    b += 1;
+                }
+                t
+            },
             fast_segments: [no_segment; FAST_SEGMENTS],
             real_size: 0,
             real_peak: 0,
@@ -193,6 +206,9 @@ impl Heap {
             custom: CustomHandlers::NONE,
             libc_only: false,
             tracking: false,
+            max_allocs: u64::MAX,
+            allocs_left: u64::MAX,
+            allocs_hit: false,
             report_mark: 0,
         }
     }
@@ -297,6 +313,7 @@ impl Heap {
         h.segments_count = 1;
         h.peak_segments_count = 1;
         h.overflow = 0;
+        h.allocs_left = h.max_allocs;
         h.fill_reserve();
     }
 

@@ -38,7 +38,7 @@ impl Heap {
         if !slot.is_null() {
             // SAFETY: free-list slots are free slots of this heap holding the next link.
             self.free_slots[bin] = unsafe { (*slot).next };
-            self.count_alloc(self.bin_size[bin]);
+            self.count_alloc(self.bin_size[bin] as usize);
         }
         slot.cast()
     }
@@ -64,7 +64,7 @@ impl Heap {
         // SAFETY: `p` is a slot of this heap's bin `bin` (caller contract): its memory is ours.
         unsafe { (*slot).next = head };
         self.free_slots[bin] = slot;
-        self.count_free(self.bin_size[bin]);
+        self.count_free(self.bin_size[bin] as usize);
     }
 
     /// Takes a fresh run for `bin`, threads all slots but the first onto the free list and returns

@@ -302,10 +302,11 @@ impl Heap {
         self.tracking
     }
 
-    /// Whether the fast paths may serve this heap: neither custom nor tracking.
+    /// Whether the fast paths may serve this heap: not custom, not tracking, not counting its
+    /// allocations for fault injection.
     #[inline(always)]
     pub fn takes_fast_paths(&self) -> bool {
-        !self.is_custom() && !self.tracking
+        !self.is_custom() && !self.tracking && self.max_allocs == u64::MAX
     }
 
     /// Switches tracking on or off; only while the heap has no live block.
@@ -381,8 +382,15 @@ impl Heap {
             return Inspection::NotABlock;
         }
         let t = base.cast::<Tracked>();
-        // SAFETY: the start of a block of this heap at least a header long.
-        let (magic, file, line, size) = unsafe { ((*t).magic, (*t).file, (*t).line, (*t).size) };
+        // SAFETY: the start of a block of this heap at least a header long. The other fields are
+        // read only behind a known magic (a fresh block's may never have been written).
+        let magic = unsafe { (*t).magic };
+        let (file, line, size) = if magic == VALID || magic == FREED {
+            // SAFETY: as above.
+            unsafe { ((*t).file, (*t).line, (*t).size) }
+        } else {
+            (ptr::null(), 0, 0)
+        };
         let beginning = match magic {
             VALID if size <= capacity - OVERHEAD => Beginning::Ok,
             FREED => Beginning::Freed,
@@ -603,9 +611,9 @@ impl Heap {
             if capacity < OVERHEAD {
                 return;
             }
-            // SAFETY: the start of a block of this heap at least a header long.
-            let (magic, size) = unsafe { ((*t).magic, (*t).size) };
-            if magic == VALID && size <= capacity - OVERHEAD {
+            // SAFETY: the start of a block of this heap at least a header long; the size is read
+            // behind the magic only.
+            if unsafe { (*t).magic == VALID && (*t).size <= capacity - OVERHEAD } {
                 f(t);
             }
         };
@@ -689,9 +697,14 @@ unsafe fn changed_bytes(p: *const u8, n: usize) -> usize {
 /// # Safety
 /// `t` must be a slot of `capacity` bytes of a live heap (any contents).
 unsafe fn check_poison(t: *mut Tracked, capacity: usize, site: Site) {
-    // SAFETY: the slot is at least a header long (caller contract: capacity >= total > HEADER).
-    let (magic, size, file, line) = unsafe { ((*t).magic, (*t).size, (*t).file, (*t).line) };
-    if magic != FREED || size > capacity - OVERHEAD {
+    // SAFETY: the slot is at least a header long (caller contract: capacity >= total > HEADER);
+    // its other fields are read behind the magic only.
+    if unsafe { (*t).magic } != FREED {
+        return;
+    }
+    // SAFETY: as above.
+    let (size, file, line) = unsafe { ((*t).size, (*t).file, (*t).line) };
+    if size > capacity - OVERHEAD {
         return;
     }
     let p = data_of(t);

@@ -122,6 +122,7 @@ pub fn new_default_heap(per_thread: bool) -> *mut Heap {
     // SAFETY: the heap was just made; nothing else refers to it, and it has no block.
     unsafe {
         let _ = (*heap).set_tracking(opts.track);
+        (*heap).set_max_allocs(opts.max_allocs);
         if per_thread && !opts.use_zend_alloc {
             (*heap).use_libc_only();
         }
