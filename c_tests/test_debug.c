@@ -179,6 +179,162 @@ static void print_expected_messages(void)
     printf("total 7\n");
 }
 
+/* ---- Statistics ------------------------------------------------------------------------------- */
+
+/* A known mix on an explicit heap: 10 blocks of 100 bytes (4 freed), 2 large (1 freed), 1 huge
+ * (freed). */
+static void known_mix(void)
+{
+    void *small[10], *large[2];
+    for (int i = 0; i < 10; i++) {
+        small[i] = emalloc(100);
+    }
+    for (int i = 0; i < 4; i++) {
+        efree(small[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        large[i] = emalloc(10000);
+    }
+    efree(large[0]);
+    efree(emalloc(3 << 20));
+}
+
+/* The index of the bin that serves `size` bytes. */
+static int bin_of_size(size_t size)
+{
+    zend_mm_stats st;
+    zend_mm_get_stats(NULL, &st);
+    for (int b = 0; b < ZEND_MM_BINS; b++) {
+        if (st.bins[b].size >= size) {
+            return b;
+        }
+    }
+    return -1;
+}
+
+static void test_stats_count_what_was_done(void)
+{
+    zend_mm_heap *heap = zend_mm_startup();
+    zend_mm_heap *old = zend_mm_set_heap(heap);
+    zend_mm_stats st;
+    CHECK_EQ(zend_mm_get_stats(heap, &st), SUCCESS);
+    CHECK_EQ(st.counting, 0);
+    CHECK_EQ(zend_mm_set_stats(heap, 1), SUCCESS);
+    known_mix();
+    CHECK_EQ(zend_mm_set_stats(heap, 0), SUCCESS);
+    CHECK_EQ(zend_mm_set_stats(heap, 1), FAILURE); /* not while blocks are live */
+    CHECK_EQ(zend_mm_get_stats(heap, &st), SUCCESS);
+    int b = bin_of_size(100);
+    CHECK_EQ(st.counting, 0); /* switched off above: only what the heap holds */
+    CHECK_EQ(st.bins[b].live, 6);
+    CHECK_EQ(st.bins[b].runs, 1);
+    CHECK_EQ(st.large.live, 1);
+    CHECK_EQ(st.large.bytes, 12288);
+    CHECK_EQ(st.huge.live, 0);
+    CHECK_EQ(st.huge.cached, 1);
+    CHECK_EQ(zend_mm_get_stats(heap, NULL), FAILURE);
+    zend_mm_shutdown(heap, 0, 1); /* request end: nothing live */
+    CHECK_EQ(zend_mm_set_stats(heap, 1), SUCCESS);
+    known_mix();
+    CHECK_EQ(zend_mm_get_stats(heap, &st), SUCCESS);
+    CHECK_EQ(st.counting, 1);
+    CHECK_EQ(st.requests, 1);
+    CHECK_EQ(st.bins[b].allocs, 10);
+    CHECK_EQ(st.bins[b].frees, 4);
+    CHECK_EQ(st.bins[b].live, 6);
+    CHECK_EQ(st.bins[b].peak_live, 10);
+    CHECK_EQ(st.large.allocs, 2);
+    CHECK_EQ(st.large.frees, 1);
+    CHECK_EQ(st.large.peak_live, 2);
+    CHECK_EQ(st.huge.allocs, 1);
+    CHECK_EQ(st.huge.frees, 1);
+    CHECK_EQ(st.usage, zend_memory_usage(0));
+    CHECK_EQ(st.real_usage, zend_memory_usage(1));
+    CHECK(st.top_by_bytes[0].file == NULL); /* no sites without tracking */
+    zend_mm_set_heap(old);
+    zend_mm_shutdown(heap, 1, 1);
+}
+
+static void test_tracking_stats_name_the_top_sites(void)
+{
+    zend_mm_heap *heap = zend_mm_startup();
+    zend_mm_heap *old = zend_mm_set_heap(heap);
+    CHECK_EQ(zend_mm_set_tracking(heap, 1), SUCCESS);
+    int line_a = __LINE__ + 2;
+    for (int i = 0; i < 5; i++) {
+        emalloc(100); /* 5 blocks, 500 bytes live */
+    }
+    int line_b = __LINE__ + 2;
+    for (int i = 0; i < 20; i++) {
+        void *p = emalloc(10); /* 20 allocations, 2 live */
+        if (i >= 2) {
+            efree(p);
+        }
+    }
+    zend_mm_stats st;
+    CHECK_EQ(zend_mm_get_stats(heap, &st), SUCCESS);
+    CHECK_EQ(st.tracking, 1);
+    CHECK(st.top_by_bytes[0].file && strcmp(st.top_by_bytes[0].file, __FILE__) == 0);
+    CHECK_EQ(st.top_by_bytes[0].line, line_a);
+    CHECK_EQ(st.top_by_bytes[0].blocks, 5);
+    CHECK_EQ(st.top_by_bytes[0].bytes, 500);
+    CHECK_EQ(st.top_by_bytes[1].line, line_b);
+    CHECK_EQ(st.top_by_bytes[1].bytes, 20);
+    CHECK_EQ(st.top_by_allocs[0].line, line_b);
+    CHECK_EQ(st.top_by_allocs[0].allocs, 20);
+    CHECK_EQ(st.top_by_allocs[1].line, line_a);
+    CHECK(st.top_by_allocs[2].file == NULL);
+    zend_mm_set_heap(old);
+    zend_mm_shutdown(heap, 1, 1);
+}
+
+static const char *const json_checker =
+    "import json, sys\n"
+    "lines = [l for l in open(sys.argv[1]) if l.startswith('{')]\n"
+    "d = json.loads(lines[0])\n"
+    "b = [x for x in d['bins'] if x['size'] == int(sys.argv[2])][0]\n"
+    "ok = (d['counting'] and b['allocs'] == 10 and b['frees'] == 4 and b['live'] == 6 and b['peak_live'] == 10\n"
+    "      and d['large']['allocs'] == 2 and d['large']['live'] == 1 and d['huge']['frees'] == 1\n"
+    "      and len(d['bins']) == 30 and d['top_by_bytes'] == [])\n"
+    "print('json ok' if ok and len(lines) == 1 else 'json BAD %r' % lines)\n";
+
+static void test_stats_environment_prints_json_that_parses(void)
+{
+    const char *env[] = {"ZEND_MM_STATS=json", NULL};
+    child_result r = run_self("stats", env);
+    CHECK(r.exited && r.status == 0);
+    char path[] = "/tmp/zend_alloc_stats_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    if (fd < 0) {
+        return;
+    }
+    CHECK_EQ(write(fd, r.err, strlen(r.err)), strlen(r.err));
+    close(fd);
+    char cmd[1024];
+    int bin_size = atoi(r.out); /* the child printed the 100-byte bin's size */
+    snprintf(cmd, sizeof cmd, "python3 -c \"$ZA_CHECKER\" %s %d", path, bin_size);
+    setenv("ZA_CHECKER", json_checker, 1);
+    FILE *p = popen(cmd, "r");
+    char verdict[256] = "";
+    if (p) {
+        if (!fgets(verdict, sizeof verdict, p)) {
+            verdict[0] = '\0';
+        }
+        pclose(p);
+    }
+    unlink(path);
+    CHECK(strcmp(verdict, "json ok\n") == 0);
+    if (strcmp(verdict, "json ok\n") != 0) {
+        fprintf(stderr, "  checker said [%s]; stderr was:\n%s", verdict, r.err);
+    }
+    const char *text[] = {"ZEND_MM_STATS=1", NULL};
+    child_result t = run_self("stats", text);
+    CHECK_CONTAINS(t.err, "zend_alloc heap ");
+    CHECK_CONTAINS(t.err, "  bin   size     live     peak       allocs        frees   runs\n");
+    CHECK_CONTAINS(t.err, "  large: 1 live (12288 bytes), peak 2, 2 allocs, 1 frees\n");
+}
+
 /* ---- Fault injection -------------------------------------------------------------------------- */
 
 static jmp_buf bailout;
@@ -268,6 +424,18 @@ static int probe(const char *mode)
     if (strcmp(mode, "faults-recover") == 0) {
         start_memory_manager();
         return fault_injection_with_a_handler();
+    }
+    if (strcmp(mode, "stats") == 0) {
+        zend_mm_heap *heap = zend_mm_startup();
+        zend_mm_set_heap(heap);
+        known_mix();
+        zend_mm_stats st;
+        zend_mm_get_stats(heap, &st);
+        printf("%zu", st.bins[bin_of_size(100)].size);
+        fflush(stdout);
+        zend_mm_shutdown(heap, 1, 1); /* prints the statistics */
+        zend_mm_set_heap(NULL);
+        return 0;
     }
     if (strcmp(mode, "tracking-state") == 0) {
         start_memory_manager();
@@ -650,6 +818,9 @@ int main(int argc, char **argv)
     RUN(test_no_report_without_tracking_silently_or_when_disabled);
     RUN(test_a_message_handler_gets_phps_protocol);
     RUN(test_bad_debug_value_is_refused);
+    RUN(test_stats_count_what_was_done);
+    RUN(test_tracking_stats_name_the_top_sites);
+    RUN(test_stats_environment_prints_json_that_parses);
     RUN(test_fault_injection_fails_the_allocation_after_the_nth);
     RUN(test_max_allocs_api);
     RUN(test_bad_pointers_are_reported_and_skipped);

@@ -131,6 +131,11 @@ typedef struct _zend_mm_storage zend_mm_storage;
 #define ZMSG_MEMORY_LEAKS_GRAND_TOTAL 7
 
 /**
+ * Sites a snapshot lists, by live bytes and by allocations.
+ */
+#define ZEND_MM_TOP_SITES 10
+
+/**
  * The allocation unit inside a segment; large blocks are whole runs of pages.
  */
 #define ZEND_MM_PAGE_SIZE 4096
@@ -173,9 +178,113 @@ typedef struct _zend_mm_storage zend_mm_storage;
 #define ZEND_MM_MAX_LARGE_SIZE (((2 * 1024) * 1024) - 4096)
 
 /**
+ * Number of small size classes.
+ */
+#define ZEND_MM_BINS 30
+
+/**
  * Receives the leak report's messages (PHP's `zend_message_dispatcher` signature).
  */
 typedef void (*zend_mm_message_handler_t)(long message, const void *data);
+
+/**
+ * One bin's statistics.
+ */
+struct _zend_mm_bin_stats {
+    /**
+     * Slot size.
+     */
+    size_t size;
+    size_t live;
+    /**
+     * Most blocks live at once (while counting).
+     */
+    size_t peak_live;
+    uint64_t allocs;
+    uint64_t frees;
+    /**
+     * Runs of pages holding the bin's slots.
+     */
+    size_t runs;
+};
+
+/**
+ * Large or huge blocks' statistics.
+ */
+struct _zend_mm_block_stats {
+    size_t live;
+    /**
+     * Bytes of the live blocks (whole pages).
+     */
+    size_t bytes;
+    size_t peak_live;
+    uint64_t allocs;
+    uint64_t frees;
+    /**
+     * Freed blocks kept for reuse (huge blocks only).
+     */
+    size_t cached;
+};
+
+/**
+ * An allocation site's share.
+ */
+struct _zend_mm_site_stats {
+    /**
+     * `__FILE__` of the call (NULL when the call passed none).
+     */
+    const char *file;
+    uint32_t line;
+    /**
+     * Live blocks from here and their requested bytes.
+     */
+    size_t blocks;
+    size_t bytes;
+    /**
+     * Allocations made here while counting.
+     */
+    uint64_t allocs;
+};
+
+/**
+ * A heap's statistics (`zend_mm_get_stats`).
+ */
+struct _zend_mm_stats {
+    /**
+     * 1 if the counters (allocations, frees, peaks, sites) were kept, 0 if only what the heap
+     * holds now is known.
+     */
+    int32_t counting;
+    /**
+     * 1 if the heap tracks its blocks (then the site lists are filled).
+     */
+    int32_t tracking;
+    /**
+     * Request ends the heap has been through.
+     */
+    uint64_t requests;
+    size_t usage;
+    size_t peak;
+    size_t real_usage;
+    size_t real_peak;
+    size_t segments;
+    size_t segments_cached;
+    size_t segments_peak;
+    struct _zend_mm_bin_stats bins[ZEND_MM_BINS];
+    struct _zend_mm_block_stats large;
+    struct _zend_mm_block_stats huge;
+    /**
+     * Sites by live bytes, then by allocations; unused entries have a NULL file and line 0.
+     */
+    struct _zend_mm_site_stats top_by_bytes[ZEND_MM_TOP_SITES];
+    struct _zend_mm_site_stats top_by_allocs[ZEND_MM_TOP_SITES];
+};
+
+/**
+ * A heap's statistics (`zend_mm_get_stats`). Without counting (`counting` 0) allocation counts
+ * and peaks read 0; the site lists need tracking.
+ */
+typedef struct _zend_mm_stats zend_mm_stats;
 
 /**
  * `init(params)`: sets the storage up; returns its state or NULL when it cannot be used.
@@ -298,6 +407,21 @@ struct _zend_leak_info {
  * where that call was relayed from (`orig_filename` NULL if it was not).
  */
 typedef struct _zend_leak_info zend_leak_info;
+
+/**
+ * One bin's statistics: slot size, live blocks, most live at once, allocations, frees, runs.
+ */
+typedef struct _zend_mm_bin_stats zend_mm_bin_stats;
+
+/**
+ * Large or huge blocks' statistics (`cached`: freed huge blocks kept for reuse).
+ */
+typedef struct _zend_mm_block_stats zend_mm_block_stats;
+
+/**
+ * An allocation site's live blocks and bytes and its allocations (tracking heaps).
+ */
+typedef struct _zend_mm_site_stats zend_mm_site_stats;
 
 
 
@@ -577,6 +701,34 @@ ZEND_API int zend_mm_set_tracking(zend_mm_heap *heap, int on);
  * `heap` must be NULL or a live heap.
  */
 ZEND_API int zend_mm_is_tracking(zend_mm_heap *heap);
+
+/**
+ * Fills `*stats` with `heap`'s statistics (NULL heap: the current one). Returns 0 (SUCCESS), or
+ * -1 (FAILURE) when `stats` is NULL.
+ *
+ * # Safety
+ * `heap` must be NULL or a live heap; `stats` NULL or writable.
+ */
+ZEND_API int zend_mm_get_stats(zend_mm_heap *heap, zend_mm_stats *stats);
+
+/**
+ * Writes `heap`'s statistics (NULL: the current heap) to file descriptor `fd`: as text, or with
+ * `json` non-zero as one line of JSON.
+ *
+ * # Safety
+ * `heap` must be NULL or a live heap.
+ */
+ZEND_API void zend_mm_print_stats(zend_mm_heap *heap, int fd, int json);
+
+/**
+ * Starts (`on` non-zero) or stops counting allocations, frees and peaks for `heap` (NULL: the
+ * current heap). Starting needs a heap with no live block. Returns 0 (SUCCESS) or -1 (FAILURE).
+ * `ZEND_MM_STATS` starts it for every heap.
+ *
+ * # Safety
+ * `heap` must be NULL or a live heap.
+ */
+ZEND_API int zend_mm_set_stats(zend_mm_heap *heap, int on);
 
 /**
  * Starts the memory manager for the calling thread: makes its heap if it has none.

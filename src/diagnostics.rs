@@ -185,10 +185,15 @@ impl<const N: usize> Write for MsgBuf<N> {
 }
 
 /// Writes `bytes` to standard error, retrying short writes.
-pub fn write_stderr(mut bytes: &[u8]) {
+pub fn write_stderr(bytes: &[u8]) {
+    write_fd(2, bytes);
+}
+
+/// Writes `bytes` to file descriptor `fd`, retrying short writes (gives up on an error).
+pub fn write_fd(fd: c_int, mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        // SAFETY: writing a valid byte slice to fd 2.
-        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        // SAFETY: writing a valid byte slice to a file descriptor.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
         if n <= 0 {
             return;
         }

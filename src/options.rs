@@ -29,6 +29,16 @@ pub struct Options {
     pub print_leaks: bool,
     /// Allocations a request may make before the next one fails (`u64::MAX`: no limit).
     pub max_allocs: u64,
+    /// Heaps keep statistics and print them when destroyed and at process exit.
+    pub stats: StatsOutput,
+}
+
+/// Where `ZEND_MM_STATS` sends statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsOutput {
+    Off,
+    Text,
+    Json,
 }
 
 impl Options {
@@ -43,6 +53,7 @@ impl Options {
             track: false,
             print_leaks: true,
             max_allocs: u64::MAX,
+            stats: StatsOutput::Off,
         }
     }
 }
@@ -64,7 +75,7 @@ pub struct EnvVar {
     apply: fn(&mut Options, &[u8]) -> Result<(), OptionError>,
 }
 
-pub static ENV_VARS: [EnvVar; 8] = [
+pub static ENV_VARS: [EnvVar; 9] = [
     EnvVar {
         name: c"ZEND_MM_MEM_TYPE",
         default: "malloc",
@@ -146,6 +157,19 @@ pub static ENV_VARS: [EnvVar; 8] = [
         apply: |o, v| {
             let n = number(v)?;
             o.max_allocs = u64::try_from(n).map_err(|_| OptionError::Negative)?;
+            Ok(())
+        },
+    },
+    EnvVar {
+        name: c"ZEND_MM_STATS",
+        default: "0",
+        doc: "`1` (text) or `json` (one line per heap): every heap keeps statistics (per bin, large and huge blocks, segments, requests; with `ZEND_MM_DEBUG=1` the top allocation sites) and prints them to stderr when it is destroyed and, for the main thread's heap, at process exit",
+        apply: |o, v| {
+            o.stats = match v {
+                b"json" => StatsOutput::Json,
+                _ if flag(v)? => StatsOutput::Text,
+                _ => StatsOutput::Off,
+            };
             Ok(())
         },
     },

@@ -36,7 +36,7 @@ pub const ZEND_MM_MAX_LARGE_SIZE: usize = 2 * 1024 * 1024 - 4096;
 /// Alignment every storage allocation has at least (the storage API's promise, as in PHP 5.3).
 pub(crate) const STORAGE_ALIGN: usize = 16;
 /// Number of small size classes.
-pub(crate) const ZEND_MM_BINS: usize = 30;
+pub const ZEND_MM_BINS: usize = 30;
 /// Default storage compaction threshold (PHP 5.3's `ZEND_MM_COMPACT` default).
 pub(crate) const DEFAULT_COMPACT_SIZE: usize = 2 * 1024 * 1024;
 

@@ -1,6 +1,6 @@
-//! The leak report's C side: the message handler an embedder installs (PHP's adapter forwards to
-//! `zend_message_dispatcher`), the script name the default handler prints, and block tracking's
-//! switch for one heap.
+//! The diagnostics' C side: the leak report's message handler (PHP's adapter forwards to
+//! `zend_message_dispatcher`) and the script name the default handler prints, block tracking's
+//! switch for one heap, and the statistics.
 //!
 //! Without a handler, the messages are printed to stderr as PHP 5.3's `php_message_handler_for_zend`
 //! prints them ([`diagnostics::print_leak_event`]).
@@ -11,10 +11,10 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 use super::checked_heap;
 use super::types::{
     ZMSG_LOG_SCRIPT_NAME, ZMSG_MEMORY_LEAK_DETECTED, ZMSG_MEMORY_LEAK_REPEATED,
-    ZMSG_MEMORY_LEAKS_GRAND_TOTAL, zend_mm_heap, zend_mm_message_handler_t,
+    ZMSG_MEMORY_LEAKS_GRAND_TOTAL, zend_mm_heap, zend_mm_message_handler_t, zend_mm_stats,
 };
 use crate::diagnostics::{self, LeakEvent};
-use crate::heap::{Heap, report_leaks};
+use crate::heap::{Heap, print_stats, report_leaks};
 use crate::{options, runtime};
 
 type MessageHandler = unsafe extern "C" fn(message: c_long, data: *const c_void);
@@ -111,11 +111,7 @@ pub(super) unsafe fn report_if_tracking(heap: *mut Heap, silent: bool) {
 /// `heap` must be NULL or a live heap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn zend_mm_set_tracking(heap: *mut zend_mm_heap, on: c_int) -> c_int {
-    let heap = if heap.is_null() {
-        runtime::ensure_current()
-    } else {
-        checked_heap(heap, "zend_mm_set_tracking")
-    };
+    let heap = heap_or_current(heap, "zend_mm_set_tracking");
     // SAFETY: a live heap of this thread, not borrowed elsewhere.
     let switched = unsafe { (*heap).set_tracking(on != 0) };
     runtime::heap_changed(heap);
@@ -132,11 +128,67 @@ pub unsafe extern "C" fn zend_mm_set_tracking(heap: *mut zend_mm_heap, on: c_int
 /// `heap` must be NULL or a live heap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn zend_mm_is_tracking(heap: *mut zend_mm_heap) -> c_int {
-    let heap = if heap.is_null() {
-        runtime::ensure_current()
-    } else {
-        checked_heap(heap, "zend_mm_is_tracking")
-    };
+    let heap = heap_or_current(heap, "zend_mm_is_tracking");
     // SAFETY: a live heap.
     c_int::from(unsafe { (*heap).is_tracking() })
+}
+
+/// The heap behind a C argument: NULL means the calling thread's current heap.
+fn heap_or_current(heap: *mut zend_mm_heap, function: &str) -> *mut Heap {
+    if heap.is_null() {
+        runtime::ensure_current()
+    } else {
+        checked_heap(heap, function)
+    }
+}
+
+/// Fills `*stats` with `heap`'s statistics (NULL heap: the current one). Returns 0 (SUCCESS), or
+/// -1 (FAILURE) when `stats` is NULL.
+///
+/// # Safety
+/// `heap` must be NULL or a live heap; `stats` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn zend_mm_get_stats(
+    heap: *mut zend_mm_heap,
+    stats: *mut zend_mm_stats,
+) -> c_int {
+    if stats.is_null() {
+        return super::FAILURE;
+    }
+    let heap = heap_or_current(heap, "zend_mm_get_stats");
+    // SAFETY: a live heap; `stats` is writable (caller contract).
+    unsafe { stats.write((*heap).stats()) };
+    super::SUCCESS
+}
+
+/// Writes `heap`'s statistics (NULL: the current heap) to file descriptor `fd`: as text, or with
+/// `json` non-zero as one line of JSON.
+///
+/// # Safety
+/// `heap` must be NULL or a live heap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn zend_mm_print_stats(heap: *mut zend_mm_heap, fd: c_int, json: c_int) {
+    let heap = heap_or_current(heap, "zend_mm_print_stats");
+    // SAFETY: a live heap.
+    let stats = unsafe { (*heap).stats() };
+    print_stats(&stats, heap, fd, json != 0);
+}
+
+/// Starts (`on` non-zero) or stops counting allocations, frees and peaks for `heap` (NULL: the
+/// current heap). Starting needs a heap with no live block. Returns 0 (SUCCESS) or -1 (FAILURE).
+/// `ZEND_MM_STATS` starts it for every heap.
+///
+/// # Safety
+/// `heap` must be NULL or a live heap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn zend_mm_set_stats(heap: *mut zend_mm_heap, on: c_int) -> c_int {
+    let heap = heap_or_current(heap, "zend_mm_set_stats");
+    // SAFETY: a live heap of this thread, not borrowed elsewhere.
+    let done = unsafe { (*heap).set_counting(on != 0) };
+    runtime::heap_changed(heap);
+    if done == Ok(true) {
+        super::SUCCESS
+    } else {
+        super::FAILURE
+    }
 }

@@ -169,12 +169,8 @@ pub unsafe extern "C" fn zend_mm_startup_ex(
     if heap.is_null() {
         report_no_heap(name);
     } else {
-        let opts = crate::options::get();
         // SAFETY: the heap was just made and has no block.
-        unsafe {
-            let _ = (*heap).set_tracking(opts.track);
-            (*heap).set_max_allocs(opts.max_allocs);
-        }
+        unsafe { runtime::apply_diagnostic_options(heap) };
     }
     heap
 }

@@ -88,6 +88,16 @@ pub const ZMSG_MEMORY_LEAK_REPEATED: c_long = 5;
 pub const ZMSG_LOG_SCRIPT_NAME: c_long = 6;
 pub const ZMSG_MEMORY_LEAKS_GRAND_TOTAL: c_long = 7;
 
+/// One bin's statistics: slot size, live blocks, most live at once, allocations, frees, runs.
+pub type zend_mm_bin_stats = crate::heap::BinStats;
+/// Large or huge blocks' statistics (`cached`: freed huge blocks kept for reuse).
+pub type zend_mm_block_stats = crate::heap::BlockStats;
+/// An allocation site's live blocks and bytes and its allocations (tracking heaps).
+pub type zend_mm_site_stats = crate::heap::SiteStats;
+/// A heap's statistics (`zend_mm_get_stats`). Without counting (`counting` 0) allocation counts
+/// and peaks read 0; the site lists need tracking.
+pub type zend_mm_stats = crate::heap::HeapStats;
+
 /// Receives the leak report's messages (PHP's `zend_message_dispatcher` signature).
 pub type zend_mm_message_handler_t =
     Option<unsafe extern "C" fn(message: c_long, data: *const c_void)>;

@@ -16,6 +16,7 @@
 //! | [`error`] | refusals, the error-report state, the reserve |
 //! | [`custom`] | custom handlers, `USE_ZEND_ALLOC=0` |
 //! | [`check`] | block status and whole-heap checks |
+//! | [`stats`] | statistics: counters per bin and block kind, allocation sites, text and JSON |
 //! | [`track`] | block tracking (PHP 5.3's debug build at run time): headers, guards, leak report |
 //!
 //! The heap struct lives in the header of its first ("main") segment, as in PHP 7+, so creating a
@@ -50,6 +51,7 @@ mod large;
 mod pages;
 mod route;
 mod small;
+mod stats;
 mod track;
 
 use core::ptr;
@@ -70,6 +72,7 @@ use fast::{FAST_SEGMENTS, no_segment};
 use huge::{CachedHugeList, HugeList};
 use pages::{CLASS_WORDS, NUM_CLASSES};
 use small::FreeSlot;
+pub use stats::{BinStats, BlockStats, HeapStats, SiteStats, print_stats};
 pub use track::{print_report, report_leaks};
 
 #[repr(C)]
@@ -138,6 +141,8 @@ pub struct Heap {
     max_allocs: u64,
     allocs_left: u64,
     allocs_hit: bool,
+    /// Counters while the heap keeps statistics (see [`stats`]); null otherwise.
+    stats: *mut stats::StatsArea,
     /// While `overflow` is set: the stack mark of the `raise` that set it. A call into the library
     /// from a shallower frame means the error handler is over (it longjmped out).
     report_mark: usize,
@@ -209,6 +214,7 @@ impl Heap {
             max_allocs: u64::MAX,
             allocs_left: u64::MAX,
             allocs_hit: false,
+            stats: ptr::null_mut(),
             report_mark: 0,
         }
     }
@@ -292,6 +298,8 @@ impl Heap {
         let h = unsafe { &mut *heap };
         h.release_reserve();
         if full {
+            h.print_stats_as_configured();
+            h.release_stats();
             h.release_huge_blocks();
             // SAFETY: forwarded caller contract.
             unsafe { Heap::destroy(heap) };
@@ -314,6 +322,7 @@ impl Heap {
         h.peak_segments_count = 1;
         h.overflow = 0;
         h.allocs_left = h.max_allocs;
+        h.end_request_stats();
         h.fill_reserve();
     }
 

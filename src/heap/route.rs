@@ -117,11 +117,15 @@ impl Heap {
     /// Allocates `size` bytes (PHP's `zend_mm_alloc_heap`).
     #[inline(always)]
     pub fn alloc(&mut self, size: usize) -> Result<*mut u8, Refusal> {
-        if size <= ZEND_MM_MAX_SMALL_SIZE {
+        let p = if size <= ZEND_MM_MAX_SMALL_SIZE {
             self.alloc_small(bin_of(size))
         } else {
             self.alloc_big(size)
+        }?;
+        if self.is_counting() {
+            self.count_alloc_stats(size);
         }
+        Ok(p)
     }
 
     #[inline(never)]
@@ -150,6 +154,7 @@ impl Heap {
     /// `block` must be what `lookup(p)` returned, and the block live.
     #[inline(always)]
     pub(super) unsafe fn free_block(&mut self, p: *mut u8, block: Block) {
+        self.count_free_stats(block);
         // SAFETY: a live block of this heap (caller contract).
         unsafe {
             match block {

@@ -302,11 +302,11 @@ impl Heap {
         self.tracking
     }
 
-    /// Whether the fast paths may serve this heap: not custom, not tracking, not counting its
-    /// allocations for fault injection.
+    /// Whether the fast paths may serve this heap: not custom, not tracking, not keeping
+    /// statistics, not counting its allocations for fault injection.
     #[inline(always)]
     pub fn takes_fast_paths(&self) -> bool {
-        !self.is_custom() && !self.tracking && self.max_allocs == u64::MAX
+        !self.is_custom() && !self.tracking && self.stats.is_null() && self.max_allocs == u64::MAX
     }
 
     /// Switches tracking on or off; only while the heap has no live block.
@@ -318,6 +318,10 @@ impl Heap {
             return Err(HeapInUse);
         }
         self.tracking = on;
+        if on {
+            // The statistics then name the sites (without memory for them, they do not).
+            let _ = self.set_counting(true);
+        }
         Ok(())
     }
 
@@ -473,6 +477,7 @@ impl Heap {
         let reused =
             total <= ZEND_MM_MAX_SMALL_SIZE && !self.free_slot_head(bin_of(total)).is_null();
         let base = self.alloc(total)?;
+        self.count_site(site);
         if reused {
             // SAFETY: a slot of this heap at least `total` bytes long, freed by `free_tracked`.
             unsafe { check_poison(base.cast(), BIN_SIZE[bin_of(total)], site) };
@@ -654,6 +659,15 @@ impl Heap {
                 }
             }
         }
+    }
+
+    /// Calls `f(file, line, requested size)` for every live tracked block.
+    pub(super) fn each_tracked_site(&self, f: &mut dyn FnMut(*const c_char, u32, usize)) {
+        self.each_tracked(&mut |t| {
+            // SAFETY: a live tracked block's header.
+            let (file, line, size) = unsafe { ((*t).file, (*t).line, (*t).size) };
+            f(file, line, size);
+        });
     }
 
     /// Marks the reserve (a block of the heap's own, never tracked) so no walk reads it as a

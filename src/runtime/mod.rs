@@ -9,11 +9,11 @@ mod tls;
 
 use core::ffi::c_void;
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::diagnostics::{self, Fatal, Site};
 use crate::heap::{Heap, SENTINEL, api};
-use crate::options;
+use crate::options::{self, StatsOutput};
 use crate::storage::Storage;
 
 /// The calling thread's current heap, or null if it has none yet.
@@ -121,13 +121,49 @@ pub fn new_default_heap(per_thread: bool) -> *mut Heap {
     }
     // SAFETY: the heap was just made; nothing else refers to it, and it has no block.
     unsafe {
-        let _ = (*heap).set_tracking(opts.track);
-        (*heap).set_max_allocs(opts.max_allocs);
+        apply_diagnostic_options(heap);
         if per_thread && !opts.use_zend_alloc {
             (*heap).use_libc_only();
         }
     }
     heap
+}
+
+/// Applies the process options for diagnostics to a new heap: tracking (`ZEND_MM_DEBUG`), fault
+/// injection (`ZEND_MM_MAX_ALLOCS`), statistics (`ZEND_MM_STATS`, printed for the main thread's
+/// heap at process exit too).
+///
+/// # Safety
+/// `heap` must be a live heap with no block, not borrowed.
+pub unsafe fn apply_diagnostic_options(heap: *mut Heap) {
+    let opts = options::get();
+    // SAFETY: a live empty heap (caller contract); a refusal leaves it as it was.
+    unsafe {
+        let _ = (*heap).set_tracking(opts.track);
+        (*heap).set_max_allocs(opts.max_allocs);
+        if opts.stats != StatsOutput::Off {
+            let _ = (*heap).set_counting(true);
+        }
+    }
+    if opts.stats != StatsOutput::Off {
+        register_stats_at_exit();
+    }
+}
+
+/// Prints the statistics of the exiting thread's heap at process exit (once registered).
+fn register_stats_at_exit() {
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn print_at_exit() {
+        let heap = current_or_own();
+        if !heap.is_null() {
+            // SAFETY: this thread's live heap, not borrowed while `exit` runs handlers.
+            unsafe { (*heap).print_stats_as_configured() };
+        }
+    }
+    if !REGISTERED.swap(true, Ordering::AcqRel) {
+        // SAFETY: registering a plain C function.
+        unsafe { libc::atexit(print_at_exit) };
+    }
 }
 
 /// Makes the thread's own heap current again, or makes it first.
