@@ -284,6 +284,24 @@ static void test_tracking_stats_name_the_top_sites(void)
     CHECK_EQ(st.top_by_allocs[0].allocs, 20);
     CHECK_EQ(st.top_by_allocs[1].line, line_a);
     CHECK(st.top_by_allocs[2].file == NULL);
+    CHECK_EQ(sizeof st.top_by_bytes / sizeof st.top_by_bytes[0], ZEND_MM_TOP_SITES);
+    /* The same as one line of JSON, written to a file descriptor. */
+    char path[] = "/tmp/zend_alloc_sites_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    if (fd >= 0) {
+        zend_mm_print_stats(heap, fd, 1);
+        char json[8192] = "";
+        ssize_t n = pread(fd, json, sizeof json - 1, 0);
+        json[n > 0 ? n : 0] = '\0';
+        close(fd);
+        unlink(path);
+        char want[256];
+        snprintf(want, sizeof want, "\"top_by_bytes\":[{\"file\":\"%s\",\"line\":%d,\"blocks\":5,\"bytes\":500,", __FILE__,
+                 line_a);
+        CHECK_CONTAINS(json, want);
+        CHECK(n > 0 && json[n - 1] == '\n' && strchr(json, '\n') == json + n - 1); /* one line */
+    }
     zend_mm_set_heap(old);
     zend_mm_shutdown(heap, 1, 1);
 }
