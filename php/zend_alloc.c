@@ -16,7 +16,9 @@
  *    as zend_mm_safe_error() does; debug builds name the C location in the limit message;
  *  - zend_mm_startup_ex()/zend_mm_get_storage() take PHP 8's chunk handlers (zend_mm_handlers),
  *    which are served to the library as a PHP 5.3 storage;
- *  - zend_mm_is_custom_heap() looks at the current heap, whatever its argument (as PHP 8 does).
+ *  - zend_mm_is_custom_heap() looks at the current heap, whatever its argument (as PHP 8 does);
+ *  - debug builds switch the library's block tracking on and send its leak reports to PHP's
+ *    message dispatcher.
  * Works for NTS and ZTS, debug and release builds: the library keeps one heap per thread itself.
  */
 
@@ -105,6 +107,19 @@ void zend_alloc_lib_zend_mm_set_custom_handlers(void *heap, void *(*m)(size_t), 
 void zend_alloc_lib_zend_mm_get_custom_handlers(void *heap, void *(**m)(size_t), void (**f)(void *),
                                                 void *(**r)(void *, size_t));
 zend_alloc_lib_error_handler zend_alloc_lib_zend_mm_set_error_handler(zend_alloc_lib_error_handler handler);
+
+/* The library's leak report (PHP 5.3's zend_leak_info field order) and its tracking switch. */
+typedef struct {
+	void *addr;
+	size_t size;
+	const char *filename;
+	uint32_t lineno;
+	const char *orig_filename;
+	uint32_t orig_lineno;
+} zend_alloc_lib_leak_info;
+typedef void (*zend_alloc_lib_message_handler)(long message, const void *data);
+zend_alloc_lib_message_handler zend_alloc_lib_zend_mm_set_message_handler(zend_alloc_lib_message_handler handler);
+int zend_alloc_lib_zend_mm_set_tracking(void *heap, int on);
 
 /* What the library gets for the caller's location: the relayed pair in debug builds, nothing in
  * release builds (which have no location parameters). */
@@ -284,10 +299,37 @@ ZEND_API size_t zend_mm_gc(zend_mm_heap *heap)
 
 /* ---- The current heap (AG(mm_heap) in PHP) ---- */
 
+#if ZEND_DEBUG
+/* Leak reports go to PHP's message dispatcher, as zend_mm_check_leaks() sends them: the same
+ * message numbers, PHP 8's zend_leak_info (its fields in another order than the library's). */
+static void php_mm_message(long message, const void *data)
+{
+	if (message == ZMSG_MEMORY_LEAK_DETECTED) {
+		const zend_alloc_lib_leak_info *lib = data;
+		zend_leak_info leak;
+		leak.addr = lib->addr;
+		leak.size = lib->size;
+		leak.filename = lib->filename;
+		leak.orig_filename = lib->orig_filename;
+		leak.lineno = lib->lineno;
+		leak.orig_lineno = lib->orig_lineno;
+		zend_message_dispatcher(message, &leak);
+		return;
+	}
+	zend_message_dispatcher(message, data);
+}
+#endif
+
 ZEND_API void start_memory_manager(void)
 {
 	zend_alloc_lib_zend_mm_set_error_handler(php_mm_error);
 	zend_alloc_lib_start_memory_manager();
+#if ZEND_DEBUG
+	/* PHP's debug build records each block's location and reports leaks at request end: the
+	 * library's block tracking does both. */
+	zend_alloc_lib_zend_mm_set_message_handler(php_mm_message);
+	zend_alloc_lib_zend_mm_set_tracking(NULL, 1);
+#endif
 }
 
 ZEND_API void shutdown_memory_manager(bool silent, bool full_shutdown)
