@@ -13,8 +13,11 @@ use core::ptr;
 use super::{EXPECTATION_DECAY, Heap, IDLE_REQUESTS, Refusal};
 use crate::list::List;
 use crate::region_map::{self, Region};
-use crate::segment::{NO_CLASS, Segment};
-use crate::sizes::{MAX_SEGMENT_SIZE, ZEND_MM_PAGE_SIZE};
+use crate::segment::{
+    LARGE_PAGES_MASK, NO_CLASS, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, Segment, small_bin,
+    small_place,
+};
+use crate::sizes::{BINS, MAX_SEGMENT_SIZE, ZEND_MM_PAGE_SIZE};
 
 /// Segment classes by longest free run.
 pub(super) const NUM_CLASSES: usize = class_of((MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE) as u32) + 1;
@@ -400,6 +403,39 @@ impl Heap {
         }
         if self.compact_size != 0 && self.real_peak > self.compact_size {
             self.storage.compact();
+        }
+    }
+
+    /// Calls `f(map entry, segment page address, pages)` for the first page of every run of every
+    /// live segment (the main one first).
+    pub(super) fn each_run(&self, f: &mut dyn FnMut(u32, *mut u8, usize)) {
+        // SAFETY: the main segment and the live list's are live segments of this heap.
+        for seg in core::iter::once(self.main).chain(unsafe { self.segments.iter() }) {
+            // SAFETY: as above.
+            let s = unsafe { &*seg };
+            let mut page = s.header_pages();
+            while page < s.page_count() {
+                let info = s.map_get(page);
+                let addr = s.page_addr(page);
+                let pages = match info & PAGE_KIND_MASK {
+                    PAGE_LARGE => ((info & LARGE_PAGES_MASK) as usize).max(1),
+                    PAGE_SMALL => match small_bin(info) {
+                        Some(bin) if small_place(info, addr.addr()) == 0 => {
+                            BINS[bin].pages as usize
+                        }
+                        _ => {
+                            page += 1;
+                            continue;
+                        }
+                    },
+                    _ => {
+                        page += 1;
+                        continue;
+                    }
+                };
+                f(info, addr, pages);
+                page += pages;
+            }
         }
     }
 

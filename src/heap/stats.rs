@@ -24,9 +24,7 @@ use super::small::FreeSlot;
 use super::track::HeapInUse;
 use crate::diagnostics::{MsgBuf, Site, write_fd};
 use crate::options::{self, StatsOutput};
-use crate::segment::{
-    LARGE_PAGES_MASK, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, small_bin, small_place,
-};
+use crate::segment::{PAGE_KIND_MASK, PAGE_LARGE, small_bin};
 use crate::sizes::{
     BIN_SIZE, BINS, ZEND_MM_BINS, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of,
 };
@@ -320,39 +318,6 @@ impl Heap {
             *live -= free;
         }
         (live, runs)
-    }
-
-    /// Calls `f(map entry, segment page address, pages)` for the first page of every run of every
-    /// live segment (the main one first).
-    fn each_run(&self, f: &mut dyn FnMut(u32, *mut u8, usize)) {
-        // SAFETY: the main segment and the live list's are live segments of this heap.
-        for seg in core::iter::once(self.main).chain(unsafe { self.segments.iter() }) {
-            // SAFETY: as above.
-            let s = unsafe { &*seg };
-            let mut page = s.header_pages();
-            while page < s.page_count() {
-                let info = s.map_get(page);
-                let addr = s.page_addr(page);
-                let pages = match info & PAGE_KIND_MASK {
-                    PAGE_LARGE => ((info & LARGE_PAGES_MASK) as usize).max(1),
-                    PAGE_SMALL => match small_bin(info) {
-                        Some(bin) if small_place(info, addr.addr()) == 0 => {
-                            BINS[bin].pages as usize
-                        }
-                        _ => {
-                            page += 1;
-                            continue;
-                        }
-                    },
-                    _ => {
-                        page += 1;
-                        continue;
-                    }
-                };
-                f(info, addr, pages);
-                page += pages;
-            }
-        }
     }
 
     /// Prints the statistics as `ZEND_MM_STATS` says (to stderr; nothing when it is unset).

@@ -36,9 +36,7 @@ use super::error::Refusal;
 use super::route::{Block, Lookup};
 use crate::diagnostics::{LeakEvent, LeakInfo, Site, eprint};
 use crate::region_map;
-use crate::segment::{
-    LARGE_PAGES_MASK, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, small_bin, small_place,
-};
+use crate::segment::small_bin;
 use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of};
 
 /// PHP 5.3's block magics.
@@ -628,37 +626,18 @@ impl Heap {
             let (data, size) = unsafe { ((*block).data(), (*block).size()) };
             visit(data.cast(), size);
         }
-        // SAFETY: the main segment and the live list's are live segments of this heap.
-        for seg in core::iter::once(self.main).chain(unsafe { self.segments.iter() }) {
-            // SAFETY: as above.
-            let s = unsafe { &*seg };
-            let mut page = s.header_pages();
-            while page < s.page_count() {
-                let info = s.map_get(page);
-                let run = s.page_addr(page);
-                match info & PAGE_KIND_MASK {
-                    PAGE_LARGE => {
-                        let pages = ((info & LARGE_PAGES_MASK) as usize).max(1);
-                        visit(run.cast(), pages * ZEND_MM_PAGE_SIZE);
-                        page += pages;
-                    }
-                    PAGE_SMALL => match small_bin(info) {
-                        Some(bin) if small_place(info, run.addr()) == 0 => {
-                            let b = BINS[bin];
-                            for i in 0..b.count as usize {
-                                visit(
-                                    run.wrapping_add(i * b.size as usize).cast(),
-                                    b.size as usize,
-                                );
-                            }
-                            page += b.pages as usize;
-                        }
-                        _ => page += 1,
-                    },
-                    _ => page += 1,
+        self.each_run(&mut |info, run, pages| match small_bin(info) {
+            Some(bin) => {
+                let b = BINS[bin];
+                for i in 0..b.count as usize {
+                    visit(
+                        run.wrapping_add(i * b.size as usize).cast(),
+                        b.size as usize,
+                    );
                 }
             }
-        }
+            None => visit(run.cast(), pages * ZEND_MM_PAGE_SIZE),
+        });
     }
 
     /// Calls `f(file, line, requested size)` for every live tracked block.
