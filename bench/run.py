@@ -35,8 +35,9 @@ LIBDIR = "/usr/lib/x86_64-linux-gnu"
 
 
 class Allocator:
-    def __init__(self, name, binary, lib_tag, needs=None, package=None, preload=False):
+    def __init__(self, name, binary, lib_tag, needs=None, package=None, preload=False, extra_env=None):
         self.name = name
+        self.extra_env = extra_env or {}  # variables the allocator runs with (zend+debug: tracking)
         self.binary = os.path.join(BUILD, binary)
         self.lib_tag = lib_tag  # the driver reports which library provides the allocator: must contain this
         self.needs = needs  # library file the allocator comes from (None: always there)
@@ -56,15 +57,19 @@ class Allocator:
         # PHP's allocator switches itself to malloc under USE_ZEND_ALLOC=0; a stray preload would
         # replace malloc for everyone.
         for var in ("LD_PRELOAD", "USE_ZEND_ALLOC", "USE_ZEND_ALLOC_HUGE_PAGES", "ZEND_MM_MEM_TYPE",
-                    "ZEND_MM_SEG_SIZE", "ZEND_MM_COMPACT"):
+                    "ZEND_MM_SEG_SIZE", "ZEND_MM_COMPACT", "ZEND_MM_DEBUG", "ZEND_MM_STATS",
+                    "ZEND_MM_MAX_ALLOCS", "ZEND_ALLOC_PRINT_LEAKS"):
             env.pop(var, None)
         if self.preload:
             env["LD_PRELOAD"] = self.needs
+        env.update(self.extra_env)
         return env
 
 
 ALLOCATORS = [
     Allocator("zend", "bench_zend", "libzend_alloc"),
+    # The same library with block tracking on (PHP 5.3's debug build at run time): what it costs.
+    Allocator("zend+debug", "bench_zend", "libzend_alloc", extra_env={"ZEND_MM_DEBUG": "1"}),
     Allocator("php", "bench_php", "libphp", "/usr/lib/libphp8.2.so", "libphp8.2-embed"),
     Allocator("glibc", "bench_malloc", "libc.so"),
     Allocator("jemalloc", "bench_malloc", "libjemalloc", f"{LIBDIR}/libjemalloc.so.2", "libjemalloc2", True),
@@ -84,7 +89,7 @@ def driver_args(alloc, workload, scale):
     with zend on that built-in storage (ZEND_MM_MEM_TYPE); the default storage is malloc."""
     name, _, storage = workload.partition("@")
     env = alloc.env()
-    if storage and alloc.name == "zend":
+    if storage and alloc.name.startswith("zend"):
         env["ZEND_MM_MEM_TYPE"] = storage
     return [name, str(scale)], env
 
@@ -408,6 +413,17 @@ def markdown(m, summary, rat, cg, names, missing, rounds, scale):
              "*best peer*: the fastest of glibc, jemalloc, mimalloc and tcmalloc on that workload. "
              f"The second mean leaves out {' and '.join(UNMAPPING)}, where PHP unmaps memory mid-request "
              "(its ratio there says more about that than about allocation).")
+    if "zend+debug" in names:
+        L.append("")
+        L.append("*zend+debug*: zend_alloc with `ZEND_MM_DEBUG=1` (every block tracked: sites, guards, "
+                 "checked frees, poisoned freed blocks). What that costs, per workload:")
+        L.append("")
+        L.append("| workload | zend+debug / zend |")
+        L.append("|---|---:|")
+        for w, _ in WORKLOADS:
+            s = summary[w]
+            r = s["zend+debug"]["ns_op"] / s["zend"]["ns_op"] if s.get("zend+debug") and s.get("zend") else None
+            L.append(f"| {w} | {fmt(r, 2)} |")
     L.append("")
     L.append(f"## CPU time per operation (ns/op, median of {rounds} rounds)")
     L.append("")
@@ -479,7 +495,7 @@ def markdown(m, summary, rat, cg, names, missing, rounds, scale):
     return "\n".join(L)
 
 
-COLORS = {"zend": "#d62728", "php": "#7f7f7f", "glibc": "#1f77b4", "jemalloc": "#2ca02c",
+COLORS = {"zend": "#d62728", "zend+debug": "#ff9896", "php": "#7f7f7f", "glibc": "#1f77b4", "jemalloc": "#2ca02c",
           "mimalloc": "#9467bd", "tcmalloc": "#ff7f0e"}
 
 
