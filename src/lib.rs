@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | [`ffi`] | every `extern "C"` export and C type; calls C storage tables (`user_storage`) | all |
 //! | [`runtime`] | the thread's current and own heaps, TLS slots, thread-exit hook | heap, options, storage, diagnostics |
-//! | [`heap`] | `Heap`: routing, fast paths, small/large/huge blocks, page classes, segment cache, gc, accounting and limit, custom handlers, checks; the re-entry-safe interface (`heap::api`) | segment, region_map, storage, list, diagnostics, sizes |
+//! | [`heap`] | `Heap`: routing, fast paths, small/large/huge blocks, page classes, segment cache, gc, accounting and limit, custom handlers, checks, block tracking and the leak report, statistics; the re-entry-safe interface (`heap::api`) | segment, region_map, storage, list, options, diagnostics, sizes |
 //! | [`segment`] | `Segment`: header, page map, page bitmap | storage (header), region_map (owner ids), list, sizes |
 //! | [`options`] | the environment variables, parsed once | storage (built-in names), diagnostics, sizes |
 //! | [`storage`] | the storage handle and trait, the allocation header, `malloc`/`mmap_anon`/`mmap_zero` | os, diagnostics, sizes |
