@@ -14,8 +14,8 @@ if ($argc < 3) {
     exit(2);
 }
 
-/* Results that mean the test did not pass. */
-const BAD = ['FAIL', 'BORK', 'LEAK', 'LEAK&FAIL', 'WARN'];
+/* Results that mean the test did not pass, as run-tests.php writes them with -W. */
+const BAD = ['FAILED', 'BORKED', 'LEAKED', 'LEAKED&FAILED', 'WARNED', 'FAIL', 'BORK', 'LEAK', 'LEAK&FAIL', 'WARN'];
 
 function results(string $file, string $tree): array
 {
