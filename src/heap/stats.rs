@@ -153,6 +153,8 @@ pub(super) struct StatsArea {
     /// Allocations per site (open addressing on file and line); `other` counts the overflow.
     sites: [SiteCount; SITES],
     other_sites: u64,
+    /// The entry of the last site counted (a site often allocates many times in a row).
+    last_site: usize,
 }
 
 fn site_slot(file: *const c_char, line: u32) -> usize {
@@ -198,6 +200,7 @@ impl Heap {
                     allocs: 0,
                 }; SITES],
                 other_sites: 0,
+                last_site: 0,
             })
         };
         self.stats = area;
@@ -275,6 +278,11 @@ impl Heap {
         }
         // SAFETY: a live stats area of this heap.
         let area = unsafe { &mut *self.stats };
+        let last = &mut area.sites[area.last_site];
+        if last.allocs != 0 && last.file == site.file && last.line == site.line {
+            last.allocs += 1;
+            return;
+        }
         let mut i = site_slot(site.file, site.line);
         for _ in 0..SITES {
             let s = &mut area.sites[i];
@@ -284,10 +292,12 @@ impl Heap {
                     line: site.line,
                     allocs: 1,
                 };
+                area.last_site = i;
                 return;
             }
             if s.file == site.file && s.line == site.line {
                 s.allocs += 1;
+                area.last_site = i;
                 return;
             }
             i = (i + 1) % SITES;

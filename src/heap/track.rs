@@ -52,7 +52,7 @@ const START_MAGIC: u32 = 0x2A8F_CC84;
 const END_MAGIC: u32 = 0x1C0F_FEE5;
 /// What freed blocks are filled with (PHP 5.3's value), and how much of each.
 const POISON: u8 = 0x5A;
-const POISON_LIMIT: usize = 64;
+const POISON_LIMIT: usize = 32;
 
 /// The header in front of a tracked block.
 #[repr(C)]
@@ -71,7 +71,7 @@ pub(super) struct Tracked {
     start_guard: [u32; START_GUARD_WORDS],
 }
 
-const START_GUARD_WORDS: usize = 5;
+const START_GUARD_WORDS: usize = 1;
 /// Bytes in front of a tracked block.
 const HEADER: usize = size_of::<Tracked>();
 /// Bytes of the end guard.
@@ -80,7 +80,8 @@ const END_GUARD: usize = size_of::<u32>();
 const OVERHEAD: usize = HEADER + END_GUARD;
 
 // The caller's bytes keep the alignment of the heap's blocks; the magic lies past the first word.
-const _: () = assert!(HEADER == 64 && HEADER % 16 == 0);
+const _: () = assert!(HEADER == 48 && HEADER % 16 == 0);
+const _: () = assert!(POISON_LIMIT == 4 * size_of::<u64>());
 const _: () = assert!(core::mem::offset_of!(Tracked, magic) >= size_of::<usize>());
 
 /// What the start of a block says.
@@ -670,11 +671,11 @@ unsafe fn changed_bytes(p: *const u8, n: usize) -> usize {
         // SAFETY: callers read below `n` only (caller contract).
         unsafe { p.add(i).cast::<u64>().read_unaligned() ^ poison }
     };
-    let mut i = 0;
-    // Four words per step while all match (the common case: nothing was written).
-    while i + 4 * WORD <= n && (word(i) | word(i + 8) | word(i + 16) | word(i + 24)) == 0 {
-        i += 4 * WORD;
+    // The common case, a whole poisoned prefix untouched: four words at once.
+    if n == POISON_LIMIT && (word(0) | word(8) | word(16) | word(24)) == 0 {
+        return 0;
     }
+    let mut i = 0;
     while i + WORD <= n && word(i) == 0 {
         i += WORD;
     }
