@@ -231,13 +231,35 @@ pub enum LeakEvent<'a> {
     Total(u32),
 }
 
-/// A C string for a report, `Unknown` for null.
-fn c_text<'a>(s: *const c_char) -> &'a str {
+/// A file name (a C string) for a report: `Unknown` for null.
+pub fn file_text<'a>(s: *const c_char) -> &'a str {
     if s.is_null() {
         return "Unknown";
     }
     // SAFETY: file names come from `__FILE__` (C string literals) or the embedder's C strings.
     unsafe { CStr::from_ptr(s) }.to_str().unwrap_or("?")
+}
+
+/// The dashes that open and close PHP 5.3's block status report.
+pub const BLOCK_REPORT_DASHES: &str = "---------------------------------------\n";
+
+/// Opens PHP 5.3's block status report for `p`, checked at `site`: the dashes, the block line and
+/// the relayed location if there is one.
+pub fn print_block_report_head(p: *const u8, site: &Site) {
+    eprint(format_args!("{BLOCK_REPORT_DASHES}"));
+    eprint(format_args!(
+        "{}({}) : Block 0x{:08x} status:\n",
+        file_text(site.file),
+        site.line,
+        p.addr()
+    ));
+    if !site.orig_file.is_null() {
+        eprint(format_args!(
+            "{}({}) : Actual location (location was relayed)\n",
+            file_text(site.orig_file),
+            site.orig_line
+        ));
+    }
 }
 
 /// Prints one leak-report message as PHP 5.3's message handler does (`main.c`), to stderr.
@@ -268,7 +290,7 @@ pub fn print_leak_event(event: &LeakEvent<'_>, script: &CStr) {
         LeakEvent::Leak(leak) => {
             eprint(format_args!(
                 "{}({}) :  Freeing 0x{:08X} ({} bytes), script={script}\n",
-                c_text(leak.filename),
+                file_text(leak.filename),
                 leak.lineno,
                 leak.addr.addr(),
                 leak.size
@@ -276,7 +298,7 @@ pub fn print_leak_event(event: &LeakEvent<'_>, script: &CStr) {
             if !leak.orig_filename.is_null() {
                 eprint(format_args!(
                     "{}({}) : Actual location (location was relayed)\n",
-                    c_text(leak.orig_filename),
+                    file_text(leak.orig_filename),
                     leak.orig_lineno
                 ));
             }

@@ -1,20 +1,12 @@
 //! `_mem_block_check` and `_full_mem_check` (PHP 5.3's debug checks, available in every build; on a
 //! heap that tracks its blocks they print PHP 5.3's reports with allocation sites and guards).
 
-use core::ffi::{CStr, c_char, c_int, c_void};
+use core::ffi::{c_char, c_int, c_void};
 
 use super::site;
-use crate::diagnostics::eprint;
+use crate::diagnostics::{BLOCK_REPORT_DASHES, eprint, file_text, print_block_report_head};
 use crate::heap::{BlockStatus, print_report};
 use crate::runtime;
-
-fn file_of(file: *const c_char) -> &'static str {
-    if file.is_null() {
-        return "Unknown";
-    }
-    // SAFETY: the ZEND_FILE_LINE_* macros pass `__FILE__`, a C string literal.
-    unsafe { CStr::from_ptr(file) }.to_str().unwrap_or("?")
-}
 
 /// Checks one pointer of the current heap: 1 if it is a live block, 0 otherwise. Unless `silent`,
 /// prints PHP 5.3's block status report to stderr.
@@ -28,18 +20,19 @@ pub extern "C" fn _mem_block_check(
     __zend_orig_lineno: u32,
 ) -> c_int {
     let heap = runtime::current();
+    let site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
+    // PHP 5.3's codes: 0 and 3 print, 1 and 2 do not.
+    let prints = silent == 0 || silent == 3;
     // SAFETY: the current heap is live.
     if !heap.is_null() && unsafe { (*heap).is_tracking() && !(*heap).is_custom() } {
-        let site = site(
-            __zend_filename,
-            __zend_lineno,
-            __zend_orig_filename,
-            __zend_orig_lineno,
-        );
         // SAFETY: as above.
         let inspection = unsafe { (*heap).inspect(ptr.cast()) };
-        // PHP 5.3's codes: 0 and 3 print, 1 and 2 do not.
-        if silent == 0 || silent == 3 {
+        if prints {
             print_report(ptr.cast(), &inspection, site);
         }
         return c_int::from(inspection.is_valid());
@@ -52,22 +45,8 @@ pub extern "C" fn _mem_block_check(
         // SAFETY: the current heap is live.
         unsafe { (*heap).block_status(ptr.cast()) }
     };
-    if silent == 0 {
-        let dashes = "---------------------------------------\n";
-        eprint(format_args!("{dashes}"));
-        eprint(format_args!(
-            "{}({}) : Block 0x{:08x} status:\n",
-            file_of(__zend_filename),
-            __zend_lineno,
-            ptr as usize
-        ));
-        if !__zend_orig_filename.is_null() {
-            eprint(format_args!(
-                "{}({}) : Actual location (location was relayed)\n",
-                file_of(__zend_orig_filename),
-                __zend_orig_lineno
-            ));
-        }
+    if prints {
+        print_block_report_head(ptr.cast(), &site);
         match status {
             BlockStatus::Null => eprint(format_args!("NULL\n")),
             BlockStatus::Foreign => {
@@ -81,7 +60,7 @@ pub extern "C" fn _mem_block_check(
                 eprint(format_args!("{:>10}\tOK ({size} bytes)\n", "Beginning:  "))
             }
         }
-        eprint(format_args!("{dashes}"));
+        eprint(format_args!("{BLOCK_REPORT_DASHES}"));
     }
     c_int::from(matches!(status, BlockStatus::Live(_)))
 }
@@ -101,7 +80,7 @@ pub extern "C" fn _full_mem_check(
     if heap.is_null() || unsafe { (*heap).is_custom() } {
         return 0;
     }
-    let (file, line) = (file_of(__zend_filename), __zend_lineno);
+    let (file, line) = (file_text(__zend_filename), __zend_lineno);
     let dashes = "------------------------------------------------\n";
     eprint(format_args!("{dashes}Full Memory Check at {file}:{line}\n"));
     // SAFETY: the current heap is live.

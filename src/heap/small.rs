@@ -101,9 +101,10 @@ impl Heap {
             next = slot;
         }
         self.free_slots[bin] = next;
-        // Also while tracking is off: it may be switched on once the heap is empty again.
-        // SAFETY: a fresh run of `bin` of this heap.
-        unsafe { self.clear_stale_headers(run, bin) };
+        if self.is_tracking() {
+            // SAFETY: a fresh run of `bin` of this heap.
+            unsafe { self.clear_stale_headers(run, bin) };
+        }
         self.count_alloc(size);
         Ok(run)
     }

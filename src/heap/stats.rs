@@ -14,7 +14,7 @@
 //! `stats` is set, every allocation and free of the heap passes [`Heap::count_alloc_stats`] /
 //! [`Heap::count_free_stats`] (a move by realloc counts as both).
 
-use core::ffi::{CStr, c_char};
+use core::ffi::c_char;
 use core::fmt::{self, Write};
 use core::ptr;
 
@@ -22,7 +22,7 @@ use super::Heap;
 use super::route::Block;
 use super::small::FreeSlot;
 use super::track::HeapInUse;
-use crate::diagnostics::{MsgBuf, Site, write_fd};
+use crate::diagnostics::{MsgBuf, Site, file_text, write_fd};
 use crate::options::{self, StatsOutput};
 use crate::segment::{PAGE_KIND_MASK, PAGE_LARGE, small_bin};
 use crate::sizes::{
@@ -155,6 +155,8 @@ pub(super) struct StatsArea {
     other_sites: u64,
     /// The entry of the last site counted (a site often allocates many times in a row).
     last_site: usize,
+    /// Started by tracking (for its site lists), not asked for: it stops with tracking.
+    for_tracking_only: bool,
 }
 
 fn site_slot(file: *const c_char, line: u32) -> usize {
@@ -172,6 +174,11 @@ impl Heap {
     /// memory for the counters.
     pub fn set_counting(&mut self, on: bool) -> Result<bool, HeapInUse> {
         if on == self.is_counting() {
+            if on {
+                // Asked for now: it outlives the tracking that may have started it.
+                // SAFETY: a live stats area of this heap.
+                unsafe { (*self.stats).for_tracking_only = false };
+            }
             return Ok(true);
         }
         if !on {
@@ -201,10 +208,26 @@ impl Heap {
                 }; SITES],
                 other_sites: 0,
                 last_site: 0,
+                for_tracking_only: false,
             })
         };
         self.stats = area;
         Ok(true)
+    }
+
+    /// Counting for tracking's site lists: started with tracking unless already on, stopped with it
+    /// unless it was asked for (`ZEND_MM_STATS`, `zend_mm_set_stats`). Without memory for the
+    /// counters, tracking goes without site lists.
+    pub(super) fn count_for_tracking(&mut self, on: bool) {
+        if on {
+            if !self.is_counting() && self.set_counting(true) == Ok(true) {
+                // SAFETY: the stats area just made.
+                unsafe { (*self.stats).for_tracking_only = true };
+            }
+        // SAFETY: a live stats area of this heap when counting.
+        } else if self.is_counting() && unsafe { (*self.stats).for_tracking_only } {
+            self.release_stats();
+        }
     }
 
     /// Gives the counters back to storage.
@@ -468,15 +491,6 @@ fn top_by(
     }
 }
 
-/// A C string for text output, `Unknown` for null.
-fn c_text<'a>(s: *const c_char) -> &'a str {
-    if s.is_null() {
-        return "Unknown";
-    }
-    // SAFETY: file names are C strings (`__FILE__` or the embedder's).
-    unsafe { CStr::from_ptr(s) }.to_str().unwrap_or("?")
-}
-
 /// Writes formatted text to a file descriptor through a stack buffer, line by line.
 struct FdWriter {
     fd: i32,
@@ -593,7 +607,7 @@ fn write_text(w: &mut FdWriter, s: &HeapStats, heap: *const Heap) -> fmt::Result
             writeln!(
                 w,
                 "    {}:{}  {} blocks, {} bytes live, {} allocs",
-                c_text(t.file),
+                file_text(t.file),
                 t.line,
                 t.blocks,
                 t.bytes,
@@ -654,7 +668,7 @@ fn write_json(w: &mut FdWriter, s: &HeapStats, heap: *const Heap) -> fmt::Result
                 w,
                 "{}{{\"file\":{},\"line\":{},\"blocks\":{},\"bytes\":{},\"allocs\":{}}}",
                 if i == 0 { "" } else { "," },
-                Json(c_text(t.file)),
+                Json(file_text(t.file)),
                 t.line,
                 t.blocks,
                 t.bytes,
@@ -668,6 +682,8 @@ fn write_json(w: &mut FdWriter, s: &HeapStats, heap: *const Heap) -> fmt::Result
 
 #[cfg(test)]
 mod tests {
+    use core::ffi::CStr;
+
     use super::*;
     use crate::heap::test_heap;
 

@@ -34,7 +34,9 @@ use core::ptr;
 use super::Heap;
 use super::error::Refusal;
 use super::route::{Block, Lookup};
-use crate::diagnostics::{LeakEvent, LeakInfo, Site, eprint};
+use crate::diagnostics::{
+    BLOCK_REPORT_DASHES, LeakEvent, LeakInfo, Site, eprint, file_text, print_block_report_head,
+};
 use crate::region_map;
 use crate::segment::small_bin;
 use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of};
@@ -157,6 +159,37 @@ fn data_of(t: *mut Tracked) -> *mut u8 {
     t.cast::<u8>().wrapping_add(HEADER)
 }
 
+/// Clears the magic word of every slot of a small run of `bin`.
+///
+/// # Safety
+/// `run` must be a small run of `bin` of a live heap; its slots may be live or free.
+unsafe fn clear_run_headers(run: *mut u8, bin: usize) {
+    let info = BINS[bin];
+    if (info.size as usize) < OVERHEAD {
+        return; // no tracked block lives in this bin
+    }
+    for i in 0..info.count as usize {
+        let t = run.wrapping_add(i * info.size as usize).cast::<Tracked>();
+        // SAFETY: slot `i` of the run, at least a header long; the magic lies past the free
+        // list's link.
+        unsafe { (&raw mut (*t).magic).write(0) };
+    }
+}
+
+/// Records `site` in the header `t` (where its block was allocated, reallocated or freed).
+///
+/// # Safety
+/// `t` must be a header of a block of a live heap.
+unsafe fn stamp_site(t: *mut Tracked, site: Site) {
+    // SAFETY: caller contract.
+    unsafe {
+        (*t).file = site.file;
+        (*t).line = site.line;
+        (*t).orig_file = site.orig_file;
+        (*t).orig_line = site.orig_line;
+    }
+}
+
 /// Checks `len` bytes at `at` against `magic` repeated; the guard's state.
 ///
 /// # Safety
@@ -175,9 +208,6 @@ unsafe fn check_guard(at: *const u8, len: usize, magic: u32) -> Guard {
         if unsafe { at.add(i).read() } != expected[i % 4] {
             changed += 1;
         }
-    }
-    if changed == 0 {
-        return Guard::Ok;
     }
     // The copy nearest the caller's bytes: the last one before them, the first after.
     // SAFETY: as above.
@@ -203,31 +233,9 @@ fn same_site(a: *const c_char, a_line: u32, b: *const c_char, b_line: u32) -> bo
     !a.is_null() && !b.is_null() && unsafe { CStr::from_ptr(a) == CStr::from_ptr(b) }
 }
 
-fn file_text<'a>(file: *const c_char) -> &'a str {
-    if file.is_null() {
-        return "Unknown";
-    }
-    // SAFETY: file names are C strings.
-    unsafe { CStr::from_ptr(file) }.to_str().unwrap_or("?")
-}
-
 /// Prints PHP 5.3's block status report (`zend_mm_check_ptr`) for `p`, checked at `site`.
 pub fn print_report(p: *const u8, inspection: &Inspection, site: Site) {
-    let dashes = "---------------------------------------\n";
-    eprint(format_args!("{dashes}"));
-    eprint(format_args!(
-        "{}({}) : Block 0x{:08x} status:\n",
-        file_text(site.file),
-        site.line,
-        p.addr()
-    ));
-    if !site.orig_file.is_null() {
-        eprint(format_args!(
-            "{}({}) : Actual location (location was relayed)\n",
-            file_text(site.orig_file),
-            site.orig_line
-        ));
-    }
+    print_block_report_head(p, &site);
     let beginning = |text: core::fmt::Arguments<'_>| {
         eprint(format_args!("{:>10}\t{text}\n", "Beginning:  "));
     };
@@ -261,7 +269,7 @@ pub fn print_report(p: *const u8, inspection: &Inspection, site: Site) {
             print_guard("End:", end);
         }
     }
-    eprint(format_args!("{dashes}"));
+    eprint(format_args!("{BLOCK_REPORT_DASHES}"));
 }
 
 fn print_guard(name: &str, guard: Guard) {
@@ -318,9 +326,10 @@ impl Heap {
         }
         self.tracking = on;
         if on {
-            // The statistics then name the sites (without memory for them, they do not).
-            let _ = self.set_counting(true);
+            self.clear_all_stale_headers();
         }
+        // The statistics name the sites while tracking is on.
+        self.count_for_tracking(on);
         Ok(())
     }
 
@@ -450,23 +459,27 @@ impl Heap {
         data_of(t)
     }
 
-    /// Clears the magic of every slot of a fresh small run: whatever the pages held before (other
-    /// blocks' headers among them) must not read as a live block, nor as a freed one whose poison
-    /// is checked.
+    /// Clears the magic of every slot of the small runs the heap has (tracking is being switched on:
+    /// slots freed meanwhile may hold anything, headers of blocks of an earlier tracking period
+    /// among them).
+    fn clear_all_stale_headers(&mut self) {
+        self.each_run(&mut |info, run, _| {
+            if let Some(bin) = small_bin(info) {
+                // SAFETY: a small run of `bin` of this heap; only slots' magic words are written.
+                unsafe { clear_run_headers(run, bin) };
+            }
+        });
+    }
+
+    /// Clears the magic of every slot of a fresh small run of a tracking heap: whatever the pages
+    /// held before (other blocks' headers among them) must not read as a live block, nor as a freed
+    /// one whose poison is checked.
     ///
     /// # Safety
     /// `run` must be a fresh run of `bin` of this heap (its slots free, but the first).
     pub(super) unsafe fn clear_stale_headers(&mut self, run: *mut u8, bin: usize) {
-        let info = BINS[bin];
-        if (info.size as usize) < OVERHEAD {
-            return; // no tracked block lives in this bin
-        }
-        for i in 0..info.count as usize {
-            let t = run.wrapping_add(i * info.size as usize).cast::<Tracked>();
-            // SAFETY: slot `i` of the run, at least a header long; the magic lies past the free
-            // list's link.
-            unsafe { (&raw mut (*t).magic).write(0) };
-        }
+        // SAFETY: forwarded caller contract.
+        unsafe { clear_run_headers(run, bin) };
     }
 
     /// A tracked block of `size` bytes (the requested size is what `zend_mem_block_size` answers).
@@ -498,12 +511,9 @@ impl Heap {
         // SAFETY: a valid tracked block: its header and `size` bytes ours.
         unsafe {
             (*t).magic = FREED;
-            (*t).file = site.file;
-            (*t).line = site.line;
-            (*t).orig_file = site.orig_file;
-            (*t).orig_line = site.orig_line;
+            stamp_site(t, site);
             ptr::write_bytes(p, POISON, (*t).size.min(POISON_LIMIT));
-            // The block `inspect_block` found, still live.
+            // The block `live_tracked` found, still live.
             self.free_block(t.cast(), block);
         }
     }
@@ -542,8 +552,7 @@ impl Heap {
                     // SAFETY: a slot of a live segment of this heap, `old_size + OVERHEAD` long.
                     unsafe {
                         (*t).magic = FREED;
-                        (*t).file = site.file;
-                        (*t).line = site.line;
+                        stamp_site(t, site);
                         ptr::write_bytes(p, POISON, old_size.min(POISON_LIMIT));
                     }
                 }
@@ -551,10 +560,7 @@ impl Heap {
                 // SAFETY: the block now at `base` holds the header and `total` bytes.
                 unsafe {
                     (*moved).magic = VALID;
-                    (*moved).file = site.file;
-                    (*moved).line = site.line;
-                    (*moved).orig_file = site.orig_file;
-                    (*moved).orig_line = site.orig_line;
+                    stamp_site(moved, site);
                     (*moved).size = size;
                     data_of(moved)
                         .add(size)
@@ -707,20 +713,13 @@ unsafe fn check_poison(t: *mut Tracked, capacity: usize, site: Site) {
     if changed == 0 {
         return;
     }
-    let dashes = "---------------------------------------\n";
-    eprint(format_args!("{dashes}"));
-    eprint(format_args!(
-        "{}({}) : Block 0x{:08x} status:\n",
-        file_text(site.file),
-        site.line,
-        p.addr()
-    ));
+    print_block_report_head(p, &site);
     eprint(format_args!(
         "{:>10}\tFreed, then written to ({changed} byte(s) changed after the free on {}:{line}, {size} bytes)\n",
         "Beginning:  ",
         file_text(file)
     ));
-    eprint(format_args!("{dashes}"));
+    eprint(format_args!("{BLOCK_REPORT_DASHES}"));
 }
 
 /// Reports every live tracked block of `heap` as a leak through `sink`, in PHP's order (see
@@ -936,6 +935,52 @@ mod tests {
         );
         // SAFETY: a live heap of this thread.
         unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn switching_tracking_on_again_forgets_headers_of_an_earlier_period() {
+        let heap = tracking_heap();
+        // SAFETY: as above. The first period's blocks are released by a request end; the run an
+        // untracked allocation then carves at the same place keeps their headers in its free
+        // slots until tracking comes back.
+        unsafe {
+            let h = &mut *heap;
+            h.alloc_tracked(100, site(1)).unwrap();
+            h.alloc_tracked(100, site(2)).unwrap();
+            Heap::shutdown(heap, false);
+            let h = &mut *heap;
+            h.set_tracking(false).unwrap();
+            let untracked = h.alloc(100 + OVERHEAD).unwrap();
+            h.free(untracked);
+            h.set_tracking(true).unwrap();
+        }
+        assert_eq!(report(heap), []);
+        // SAFETY: a live heap of this thread.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn counting_started_by_tracking_stops_with_it_unless_asked_for() {
+        let heap = tracking_heap();
+        // SAFETY: a live, empty heap of this thread.
+        unsafe {
+            let h = &mut *heap;
+            assert!(h.is_counting() && !h.takes_fast_paths());
+            h.set_tracking(false).unwrap();
+            assert!(
+                !h.is_counting() && h.takes_fast_paths(),
+                "the fast paths are back"
+            );
+            assert_eq!(h.set_counting(true), Ok(true));
+            h.set_tracking(true).unwrap();
+            h.set_tracking(false).unwrap();
+            assert!(h.is_counting(), "asked for: it stays");
+            h.set_tracking(true).unwrap();
+            assert_eq!(h.set_counting(true), Ok(true), "asked for while tracking");
+            h.set_tracking(false).unwrap();
+            assert!(h.is_counting());
+            Heap::shutdown(heap, true);
+        }
     }
 
     #[test]
