@@ -631,6 +631,72 @@ static void test_custom_handlers(void)
     efree(q);
 }
 
+/* PHP's ext/zend_test makes a heap of zeroed malloc'ed memory by giving it handlers that forward to
+ * the original heap, makes it current, and frees the memory at request end. */
+static zend_mm_heap *forward_to;
+static int forward_calls;
+static void *forward_malloc(size_t n)
+{
+    forward_calls++;
+    return _zend_mm_alloc(forward_to, n ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC);
+}
+static void forward_free(void *p)
+{
+    forward_calls++;
+    _zend_mm_free(forward_to, p ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC);
+}
+static void *forward_realloc(void *p, size_t n)
+{
+    forward_calls++;
+    return _zend_mm_realloc(forward_to, p, n ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC);
+}
+
+static void test_caller_memory_as_custom_heap(void)
+{
+    unsigned char *memory = calloc(1, 4096);
+    zend_mm_heap *fake = (zend_mm_heap *)memory;
+    forward_to = zend_mm_get_heap();
+    size_t usage = zend_memory_usage(0);
+    zend_mm_set_custom_handlers(fake, forward_malloc, forward_free, forward_realloc);
+    CHECK(zend_mm_is_custom_heap(fake));
+    zend_mm_heap *old = zend_mm_set_heap(fake);
+    CHECK(old == forward_to);
+    CHECK(!is_zend_mm());
+    forward_calls = 0;
+    char *p = emalloc(100);
+    p = erealloc(p, 3000);
+    memset(p, 'x', 3000);
+    CHECK_EQ(forward_calls, 2);
+    zend_mm_set_heap(old);
+    CHECK(is_zend_mm());
+    CHECK(zend_memory_usage(0) >= usage + 3000); /* the block lives on the original heap */
+    zend_mm_set_heap(fake);
+    efree(p);
+    CHECK_EQ(forward_calls, 3);
+    zend_mm_set_heap(old);
+    CHECK_EQ(zend_memory_usage(0), usage);
+    size_t written = 0;
+    for (size_t i = 0; i < 4096; i++) {
+        written += memory[i] != 0;
+    }
+    CHECK_EQ(written, 0); /* the library never writes into the caller's memory */
+    /* The same address again: the same stand-in, with the new handlers. */
+    zend_mm_set_custom_handlers(fake, counting_malloc, counting_free, counting_realloc);
+    void *(*m)(size_t) = NULL;
+    void (*f)(void *) = NULL;
+    void *(*r)(void *, size_t) = NULL;
+    zend_mm_get_custom_handlers(fake, &m, &f, &r);
+    CHECK(m == counting_malloc && f == counting_free && r == counting_realloc);
+    /* Clearing the handlers leaves a working heap of the library's. */
+    zend_mm_set_custom_handlers(fake, NULL, NULL, NULL);
+    CHECK(!zend_mm_is_custom_heap(fake));
+    void *q = zend_mm_alloc(fake, 50);
+    CHECK_EQ(zend_mm_block_size(fake, q), 56);
+    zend_mm_free(fake, q);
+    zend_mm_shutdown(fake, 1, 1); /* full shutdown forgets the address */
+    free(memory);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Fatal errors (child processes)                                                                 */
 
@@ -906,6 +972,23 @@ static void test_foreign_pointers_are_reported_not_crashed_on(void)
 static void null_heap(void *arg) { (void)arg; zend_mm_alloc(NULL, 10); }
 static void bogus_heap(void *arg) { int x; (void)arg; zend_mm_alloc((zend_mm_heap *)&x, 10); }
 static void partial_handlers(void *arg) { (void)arg; zend_mm_set_custom_handlers(zend_mm_get_heap(), malloc, NULL, NULL); }
+static void many_caller_heaps(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 64; i++) {
+        zend_mm_set_custom_handlers((zend_mm_heap *)calloc(1, 4096), malloc, free, realloc);
+    }
+}
+static void unadopted_caller_heap(void *arg)
+{
+    (void)arg;
+    zend_mm_set_heap((zend_mm_heap *)calloc(1, 4096));
+}
+static void caller_heap_without_handlers(void *arg)
+{
+    (void)arg;
+    zend_mm_set_custom_handlers((zend_mm_heap *)calloc(1, 4096), NULL, NULL, NULL);
+}
 static void estrdup_null(void *arg) { (void)arg; ANNOUNCE_LINE(__LINE__); estrdup(NULL); }
 
 static void test_bad_arguments_are_reported(void)
@@ -916,6 +999,12 @@ static void test_bad_arguments_are_reported(void)
     CHECK_SIGNAL(r, SIGABRT, "zend_mm_alloc: not a zend_mm_heap\n");
     r = run_child(partial_handlers, NULL, NULL);
     CHECK_SIGNAL(r, SIGABRT, "zend_mm_set_custom_handlers: malloc, free and realloc must all be set, or all be NULL\n");
+    r = run_child(many_caller_heaps, NULL, NULL);
+    CHECK_SIGNAL(r, SIGABRT, "zend_mm_set_custom_handlers: not a zend_mm_heap, and no heap can be made to stand for it (all stand-ins in use, or out of memory)\n");
+    r = run_child(unadopted_caller_heap, NULL, NULL);
+    CHECK_SIGNAL(r, SIGABRT, "zend_mm_set_heap: not a zend_mm_heap\n");
+    r = run_child(caller_heap_without_handlers, NULL, NULL);
+    CHECK_SIGNAL(r, SIGABRT, "zend_mm_set_custom_handlers: not a zend_mm_heap\n");
     check_fatal(estrdup_null, "estrdup(): the string is NULL", 1);
 }
 
@@ -1230,6 +1319,7 @@ int main(int argc, char **argv)
     RUN(test_is_zend_ptr);
     RUN(test_explicit_heaps);
     RUN(test_custom_handlers);
+    RUN(test_caller_memory_as_custom_heap);
     RUN(test_memory_limit_fatal_error);
     RUN(test_overflow_messages);
     RUN(test_out_of_memory_fatal_error);

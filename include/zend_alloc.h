@@ -855,10 +855,15 @@ ZEND_API int zend_mm_is_custom_heap(zend_mm_heap *heap);
 
 /**
  * Sends `heap`'s allocations to `_malloc`/`_free`/`_realloc`; three NULLs switch back to the
- * heap's own allocator. A partial set is refused (message, abort).
+ * heap's own allocator. A partial set is refused (message, abort). As in PHP, `heap` may also be
+ * memory of the caller's (PHP's `ext/zend_test` passes `malloc(4096)`): the library then makes a
+ * heap that stands for that address (up to 16 such addresses at once) and never writes into it;
+ * `zend_mm_set_heap` and every heap function accept the address, and `zend_mm_get_heap` returns
+ * the stand-in.
  *
  * # Safety
- * `heap` must be a live heap; the handlers must behave like malloc, free and realloc.
+ * `heap` must be a live heap or the address of caller memory; the handlers must behave like
+ * malloc, free and realloc.
  */
 ZEND_API
 void zend_mm_set_custom_handlers(zend_mm_heap *heap,

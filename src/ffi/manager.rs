@@ -6,7 +6,7 @@ use super::types::{
     zend_mm_custom_free_t, zend_mm_custom_malloc_t, zend_mm_custom_realloc_t,
     zend_mm_error_handler_t, zend_mm_heap, zend_mm_mem_handlers, zend_mm_storage,
 };
-use super::{FAILURE, SUCCESS, checked_heap, user_storage};
+use super::{FAILURE, SUCCESS, checked_heap, foreign, known_heap, user_storage};
 use crate::diagnostics::{self, misuse, startup_error};
 use crate::heap::{CustomHandlers, Heap, api};
 use crate::runtime;
@@ -188,6 +188,9 @@ pub unsafe extern "C" fn zend_mm_shutdown(
     silent: c_int,
 ) {
     let heap = checked_heap(heap, "zend_mm_shutdown");
+    if full_shutdown != 0 {
+        foreign::release(heap);
+    }
     // SAFETY: a checked live heap, not borrowed here.
     unsafe { super::leaks::report_if_tracking(heap, silent != 0) };
     if full_shutdown != 0 {
@@ -204,10 +207,12 @@ pub unsafe extern "C" fn zend_mm_shutdown(
 /// `new_heap` must be NULL or a live heap not used by another thread meanwhile.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn zend_mm_set_heap(new_heap: *mut zend_mm_heap) -> *mut zend_mm_heap {
-    if !new_heap.is_null() {
-        checked_heap(new_heap, "zend_mm_set_heap");
-    }
-    runtime::set_current(new_heap)
+    let heap = if new_heap.is_null() {
+        new_heap
+    } else {
+        checked_heap(new_heap, "zend_mm_set_heap")
+    };
+    runtime::set_current(heap)
 }
 
 /// The calling thread's current heap (made if needed).
@@ -250,10 +255,15 @@ pub unsafe extern "C" fn zend_mm_is_custom_heap(heap: *mut zend_mm_heap) -> c_in
 }
 
 /// Sends `heap`'s allocations to `_malloc`/`_free`/`_realloc`; three NULLs switch back to the
-/// heap's own allocator. A partial set is refused (message, abort).
+/// heap's own allocator. A partial set is refused (message, abort). As in PHP, `heap` may also be
+/// memory of the caller's (PHP's `ext/zend_test` passes `malloc(4096)`): the library then makes a
+/// heap that stands for that address (up to 16 such addresses at once) and never writes into it;
+/// `zend_mm_set_heap` and every heap function accept the address, and `zend_mm_get_heap` returns
+/// the stand-in.
 ///
 /// # Safety
-/// `heap` must be a live heap; the handlers must behave like malloc, free and realloc.
+/// `heap` must be a live heap or the address of caller memory; the handlers must behave like
+/// malloc, free and realloc.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn zend_mm_set_custom_handlers(
     heap: *mut zend_mm_heap,
@@ -261,7 +271,9 @@ pub unsafe extern "C" fn zend_mm_set_custom_handlers(
     _free: zend_mm_custom_free_t,
     _realloc: zend_mm_custom_realloc_t,
 ) {
-    let h = checked(heap, "zend_mm_set_custom_handlers");
+    let heap = heap_for_handlers(heap, _malloc.is_some());
+    // SAFETY: a live heap (made or checked above), borrowed for this call only.
+    let h = unsafe { &mut *heap };
     if h.set_custom(CustomHandlers {
         malloc: _malloc,
         free: _free,
@@ -275,6 +287,31 @@ pub unsafe extern "C" fn zend_mm_set_custom_handlers(
         );
     }
     runtime::heap_changed(heap);
+}
+
+// The documentation of `zend_mm_set_custom_handlers` names the capacity.
+const _: () = assert!(foreign::CAPACITY == 16);
+
+/// The heap `zend_mm_set_custom_handlers` works on: `heap` itself, or for memory the library did
+/// not make, given handlers, the library's stand-in for it (made on first use: PHP turns any zeroed
+/// block into a heap this way; see [`foreign`]).
+fn heap_for_handlers(heap: *mut Heap, installing: bool) -> *mut Heap {
+    const FUNCTION: &str = "zend_mm_set_custom_handlers";
+    let mut known = known_heap(heap, FUNCTION);
+    if known.is_null() && installing {
+        known = foreign::adopt(heap.addr());
+        if known.is_null() {
+            misuse(
+                FUNCTION,
+                "not a zend_mm_heap, and no heap can be made to stand for it (all stand-ins in use, or out of memory)",
+            );
+        }
+    }
+    if known.is_null() {
+        misuse(FUNCTION, "not a zend_mm_heap");
+    }
+    // SAFETY: a live heap; heaps are used by one thread at a time.
+    unsafe { api::enter(known) }
 }
 
 /// Reads `heap`'s custom handlers (NULLs when it has none); NULL out-pointers are skipped.

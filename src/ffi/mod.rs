@@ -12,6 +12,7 @@ pub mod types;
 
 mod alloc;
 mod check;
+mod foreign;
 mod heap_api;
 mod leaks;
 mod manager;
@@ -37,17 +38,29 @@ fn site(file: *const c_char, line: u32, orig_file: *const c_char, orig_line: u32
 }
 
 /// The heap behind a `zend_mm_heap *` from C, after checking it is one (a heap lives in the header
-/// of its main segment, which names it as owner), entered from the calling frame. Anything else
-/// ends with a message naming `function`.
+/// of its main segment, which names it as owner, or is the library's stand-in for foreign memory
+/// given custom handlers: see [`foreign`]), entered from the calling frame. Anything else ends with
+/// a message naming `function`.
 fn checked_heap(heap: *mut Heap, function: &str) -> *mut Heap {
+    let known = known_heap(heap, function);
+    if known.is_null() {
+        diagnostics::misuse(function, "not a zend_mm_heap");
+    }
+    // SAFETY: `known` is the live heap of a live segment; heaps are used by one thread at a time.
+    unsafe { api::enter(known) }
+}
+
+/// The heap `heap` is or stands for, or null if it is neither a heap nor a foreign stand-in.
+/// Never reads through `heap`.
+fn known_heap(heap: *mut Heap, function: &str) -> *mut Heap {
     if heap.is_null() {
         diagnostics::misuse(function, "the heap is NULL");
     }
-    if region_map::owner_of(heap.addr()) != heap.addr() {
-        diagnostics::misuse(function, "not a zend_mm_heap");
+    if region_map::owner_of(heap.addr()) == heap.addr() {
+        heap
+    } else {
+        foreign::lookup(heap.addr())
     }
-    // SAFETY: `heap` is the live heap of a live segment; heaps are used by one thread at a time.
-    unsafe { api::enter(heap) }
 }
 
 /// `nmemb * size + offset`, or PHP's overflow error.
