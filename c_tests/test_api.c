@@ -303,6 +303,30 @@ static void test_realloc_huge(void)
     efree(t);
 }
 
+/* A freed huge block stays cached for reuse; reused by a smaller block (or shrunk in place), the
+ * pages past the new size hold dead bytes and must not stay resident. */
+static void test_huge_block_tails_are_not_kept_resident(void)
+{
+    /* Huge for every segment size (up to ZEND_MM_SEG_SIZE=16M). */
+    const size_t big = (size_t)64 << 20, small = (size_t)20 << 20;
+    char *p = emalloc(big);
+    memset(p, 1, big);
+    efree(p);
+    long cached = rss_kib();
+    char *q = emalloc(small); /* the cached block, or a fresh one: either way no dead pages */
+    memset(q, 2, small);
+    long reused = rss_kib();
+    CHECK(reused + 40 * 1024 <= cached);
+    efree(q);
+    char *r = emalloc(big);
+    fill(r, big, 3);
+    long full = rss_kib();
+    r = erealloc(r, big - (big / 4)); /* shrunk in place */
+    CHECK(filled(r, big - big / 4, 3));
+    CHECK(rss_kib() + 12 * 1024 <= full);
+    efree(r);
+}
+
 static void test_erealloc2_copies_at_most_copy_size(void)
 {
     char *p = emalloc(64);
@@ -1305,6 +1329,7 @@ int main(int argc, char **argv)
     RUN(test_realloc_small);
     RUN(test_realloc_large_in_place);
     RUN(test_realloc_huge);
+    RUN(test_huge_block_tails_are_not_kept_resident);
     RUN(test_erealloc2_copies_at_most_copy_size);
     RUN(test_safe_and_calloc);
     RUN(test_strings);

@@ -81,6 +81,9 @@ impl<const MISALIGN: usize> SegmentSource for StdStorage<MISALIGN> {
 pub(crate) static STORAGE_CALLS: [[AtomicUsize; 3]; 4] =
     [const { [const { AtomicUsize::new(0) }; 3] }; 4];
 
+/// Bytes each counting storage was asked to discard (row `ID`, as [`STORAGE_CALLS`]).
+pub(crate) static STORAGE_DISCARDED: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+
 /// The aligned test storage, counting its calls in `STORAGE_CALLS[ID]`; with `KEEPS`, it claims
 /// that resizes keep pages (as `mremap` does; the test storage copies, which only costs time).
 pub(crate) struct CountingStorage<const ID: usize, const KEEPS: bool = false>;
@@ -88,6 +91,11 @@ pub(crate) struct CountingStorage<const ID: usize, const KEEPS: bool = false>;
 impl<const ID: usize, const KEEPS: bool> CountingStorage<ID, KEEPS> {
     pub(crate) fn ops() -> &'static StorageOps {
         &<Self as SegmentSource>::OPS
+    }
+
+    /// Bytes the heap asked this storage to discard so far.
+    pub(crate) fn discarded() -> usize {
+        STORAGE_DISCARDED[ID].load(Ordering::Relaxed)
     }
 
     /// (allocations, resizes, frees) so far.
@@ -117,6 +125,11 @@ impl<const ID: usize, const KEEPS: bool> SegmentSource for CountingStorage<ID, K
         STORAGE_CALLS[ID][2].fetch_add(1, Ordering::Relaxed);
         // SAFETY: forwarded caller contract.
         unsafe { StdStorage::<0>::free(p, size) }
+    }
+
+    unsafe fn discard(_: *mut u8, keep: usize, len: usize) {
+        assert!(keep <= len);
+        STORAGE_DISCARDED[ID].fetch_add(len - keep, Ordering::Relaxed);
     }
 }
 

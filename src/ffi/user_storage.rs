@@ -38,9 +38,14 @@ static C_OPS_NO_REALLOC: StorageOps = StorageOps {
     alloc: c_alloc,
     realloc: None,
     free: c_free,
+    // A C storage's memory may be anything (a file, a fixed arena): its pages stay as they are.
+    discard: keep_pages,
     // Unknown: a C storage's `_realloc` may copy.
     resize_keeps_pages: false,
 };
+
+/// A C storage's `discard`: nothing.
+fn keep_pages(_: *mut c_void, _: *mut u8, _: usize, _: usize) {}
 
 /// # Safety
 /// `instance` must be a live C storage.

@@ -159,6 +159,16 @@ impl Heap {
         // SAFETY: `block` is on the cache list; off it, it is on no list.
         unsafe { self.huge_cached.remove(block) };
         if tightest.is_some() {
+            // Pages its last user had past this request hold dead bytes: resident, they would
+            // only swell the footprint (a request's peak RSS), so the storage takes them back.
+            // SAFETY: a live allocation of this storage, `capacity` bytes, its last user's size
+            // within; nothing past `total` is needed.
+            unsafe {
+                let used = (*block).size + HUGE_HEADER;
+                if total < used {
+                    self.storage.discard(block.cast(), total, used);
+                }
+            }
             return Some(block);
         }
         if self.storage.resize_keeps_pages() && self.huge_fits_limit(total - capacity) {
@@ -340,8 +350,15 @@ impl Heap {
         }
         let (new_size, new_total) = huge_sizes(size)?;
         if new_total <= capacity && new_total >= capacity / 2 {
-            // SAFETY: as above; the storage already holds the new size.
-            unsafe { (*block).size = new_size };
+            let old_total = old_size + HUGE_HEADER;
+            // SAFETY: as above; the storage already holds the new size, and the bytes past it
+            // are dead (the storage takes back the pages of a shrunk block's tail).
+            unsafe {
+                (*block).size = new_size;
+                if new_total < old_total {
+                    self.storage.discard(block.cast(), new_total, old_total);
+                }
+            }
             self.count_free(old_size);
             self.count_alloc(new_size);
             return Ok(data);
@@ -398,7 +415,14 @@ mod tests {
         h().alloc(200 * KIB).unwrap();
         end_request();
         assert_eq!(h().usage(true), SEG + 200 * KIB + HUGE_HEADER);
+        let huge = |kib: usize| kib * KIB + HUGE_HEADER;
+        let discarded = Counted::discarded();
         let p = h().alloc(180 * KIB).unwrap();
+        assert_eq!(
+            Counted::discarded() - discarded,
+            huge(200) - huge(180),
+            "the reused block's dead tail is discarded"
+        );
         let q = h().alloc(400 * KIB).unwrap();
         assert_eq!(
             Counted::calls().0,
@@ -416,11 +440,16 @@ mod tests {
             (allocs + 3, 0, frees + 1),
             "no storage resize"
         );
-        let huge = |kib: usize| kib * KIB + HUGE_HEADER;
         assert_eq!(h().usage(true), SEG + huge(200) + huge(600));
         // The tightest cached block that fits (the 180 KiB block's 200 KiB storage).
+        let discarded = Counted::discarded();
         let r = h().alloc(150 * KIB).unwrap();
         assert_eq!(h().block_size(r), 152 * KIB);
+        assert_eq!(
+            Counted::discarded() - discarded,
+            huge(180) - huge(152),
+            "only what the last user had is discarded"
+        );
         assert_eq!(Counted::calls().0, allocs + 3);
         end_request();
         // Idle blocks go back after a few requests; zend_mm_gc would give them back at once.

@@ -34,6 +34,12 @@ impl SegmentSource for MallocStorage {
     const NAME: &'static CStr = c"malloc";
     const RESIZE_KEEPS_PAGES: bool = true;
 
+    unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
+        // SAFETY: pages of a live allocation of ours whose contents are dead (caller contract);
+        // the C library keeps nothing inside an allocation it handed out.
+        unsafe { os::discard(p, keep, len) }
+    }
+
     fn alloc(size: usize) -> *mut u8 {
         if mapped(size) {
             os::map_aligned(size, ZEND_MM_PAGE_SIZE, -1)

@@ -21,6 +21,12 @@ impl SegmentSource for MmapAnon {
     const NAME: &'static CStr = c"mmap_anon";
     const RESIZE_KEEPS_PAGES: bool = true;
 
+    unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
+        // SAFETY: private pages of a live mapping of ours whose contents are dead (caller
+        // contract).
+        unsafe { os::discard(p, keep, len) }
+    }
+
     fn alloc(size: usize) -> *mut u8 {
         os::map_aligned(size, alignment_for(size), -1)
     }
@@ -59,6 +65,12 @@ fn dev_zero_fd() -> i32 {
 impl SegmentSource for MmapZero {
     const NAME: &'static CStr = c"mmap_zero";
     const RESIZE_KEEPS_PAGES: bool = true;
+
+    unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
+        // SAFETY: private pages of a live mapping of ours whose contents are dead (caller
+        // contract).
+        unsafe { os::discard(p, keep, len) }
+    }
 
     fn open() -> bool {
         loop {

@@ -95,6 +95,7 @@ pub trait SegmentSource {
         alloc: source_alloc::<Self>,
         realloc: Some(source_realloc::<Self>),
         free: source_free::<Self>,
+        discard: source_discard::<Self>,
         resize_keeps_pages: Self::RESIZE_KEEPS_PAGES,
     };
     /// Prepares the storage for one more heap; false if it cannot be used.
@@ -118,6 +119,15 @@ pub trait SegmentSource {
     unsafe fn free(p: *mut u8, size: usize);
     /// Gives cached memory back to the system.
     fn compact() {}
+    /// Hands the whole pages of `p + keep..p + len` back to the system, if the source can: the
+    /// heap no longer needs their contents (the dead tail of a huge block). Nothing by default.
+    ///
+    /// # Safety
+    /// `p` must be a live allocation of this source at least `len` bytes long whose bytes past
+    /// `keep` nobody needs.
+    unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
+        let _ = (p, keep, len);
+    }
 }
 
 /// A storage's operations. `instance` is the storage's own state: null for the built-ins, the C
@@ -139,6 +149,9 @@ pub struct StorageOps {
     pub realloc: Option<unsafe fn(instance: *mut c_void, p: *mut u8, size: usize) -> *mut u8>,
     /// Returns a live allocation whose header holds its size.
     pub free: unsafe fn(instance: *mut c_void, p: *mut u8),
+    /// Hands the pages of a live allocation past `keep` (up to `len`) back to the system, or does
+    /// nothing (see [`SegmentSource::discard`]).
+    pub discard: unsafe fn(instance: *mut c_void, p: *mut u8, keep: usize, len: usize),
     /// `realloc` of a block that is not a segment (a huge block) moves or extends its pages
     /// without copying them (`mremap`): growing a block whose contents are dead then costs only
     /// the new pages.
@@ -181,6 +194,18 @@ unsafe fn source_free<S: SegmentSource + ?Sized>(_: *mut c_void, p: *mut u8) {
     let size = unsafe { (*p.cast::<SegmentHeader>()).size };
     // SAFETY: `p` was allocated by `S` with `size` bytes (caller contract).
     unsafe { S::free(p, size) }
+}
+
+/// # Safety
+/// As [`SegmentSource::discard`].
+unsafe fn source_discard<S: SegmentSource + ?Sized>(
+    _: *mut c_void,
+    p: *mut u8,
+    keep: usize,
+    len: usize,
+) {
+    // SAFETY: forwarded caller contract.
+    unsafe { S::discard(p, keep, len) }
 }
 
 /// Alignment the built-in storages give a block of `size` bytes: segments (sizes that are powers of
@@ -233,6 +258,7 @@ const NO_OPS: StorageOps = StorageOps {
     alloc: |_, _| ptr::null_mut(),
     realloc: None,
     free: |_, _| {},
+    discard: |_, _, _, _| {},
     resize_keeps_pages: false,
 };
 
@@ -351,6 +377,17 @@ impl Storage {
     pub unsafe fn free(self, p: *mut u8) {
         // SAFETY: `p` is a live allocation of this storage (caller contract).
         unsafe { (self.ops.free)(self.instance, p) }
+    }
+
+    /// Lets the storage take back the pages of `p + keep..p + len` (whole pages only); their
+    /// contents are lost.
+    ///
+    /// # Safety
+    /// `p` must be a live allocation of this storage at least `len` bytes long whose bytes past
+    /// `keep` nobody needs.
+    pub unsafe fn discard(self, p: *mut u8, keep: usize, len: usize) {
+        // SAFETY: forwarded caller contract.
+        unsafe { (self.ops.discard)(self.instance, p, keep, len) }
     }
 
     /// Whether resizing a huge block moves its pages without copying them.
