@@ -12,8 +12,10 @@
 //! it has served no request for [`IDLE_REQUESTS`] request ends: the next huge request reuses its
 //! pages, already faulted in, instead of mapping fresh ones (each page of fresh memory costs a page
 //! fault on first touch, about as much as the block's whole use). A cached block serves a request
-//! it is big enough for, the tightest fit first; one too small is never grown (through the
-//! storage, that would copy its dead contents): the request maps a fresh block. Cached blocks count
+//! it is big enough for, the one whose resident pages are closest to the request first, and the
+//! pages past the request go back to the kernel; one too small is grown only by a storage that
+//! moves pages (`mremap`), never through a copying one (that would copy its dead contents): the
+//! request then maps a fresh block. Cached blocks count
 //! in the real usage, and `zend_mm_gc`, the limit and `zend_set_memory_limit` give them back.
 //!
 //! Invariants: every live huge block of a heap is on its `huge_blocks` list, every cached one on
@@ -34,7 +36,7 @@ use crate::storage::Allocation;
 const HUGE_HEADER: usize = ZEND_MM_PAGE_SIZE;
 
 /// Freed huge blocks a heap keeps for reuse during a request.
-const HUGE_CACHE: usize = 2;
+const HUGE_CACHE: usize = 3;
 
 #[repr(C)]
 pub(super) struct HugeBlock {
@@ -136,29 +138,33 @@ impl Heap {
         Ok(block)
     }
 
-    /// The tightest cached huge block with at least `total` storage bytes, off the cache. When
+    /// The cached huge block with at least `total` storage bytes whose resident pages (its last
+    /// user's size) are closest to `total`, off the cache. When
     /// none is big enough, the biggest is grown if the storage moves pages without copying them
     /// (`mremap`: only the new pages cost a fault); otherwise it goes back to storage (growing
     /// would copy its dead contents) and the request maps a fresh block in its place, so the cache
     /// does not hold dead memory beside it.
     fn take_cached_huge(&mut self, total: usize) -> Option<*mut HugeBlock> {
-        let mut tightest: Option<(*mut HugeBlock, usize)> = None;
+        let mut fitting: Option<(*mut HugeBlock, usize, usize)> = None;
         let mut biggest: Option<(*mut HugeBlock, usize)> = None;
         // SAFETY: cached huge blocks are registered blocks of this heap.
         for block in unsafe { self.huge_cached.iter() } {
             // SAFETY: as above.
-            let capacity = unsafe { (*block).alloc.size() };
-            if capacity >= total && tightest.is_none_or(|(_, c)| capacity < c) {
-                tightest = Some((block, capacity));
+            let (capacity, used) = unsafe { ((*block).alloc.size(), (*block).size + HUGE_HEADER) };
+            // Among the blocks big enough, the one whose resident pages (what its last user had)
+            // are closest to the request: the fewest pages to discard or to fault in.
+            let misfit = used.abs_diff(total);
+            if capacity >= total && fitting.is_none_or(|(_, _, m)| misfit < m) {
+                fitting = Some((block, capacity, misfit));
             }
             if biggest.is_none_or(|(_, c)| capacity > c) {
                 biggest = Some((block, capacity));
             }
         }
-        let (block, capacity) = tightest.or(biggest)?;
+        let (block, capacity) = fitting.map(|(b, c, _)| (b, c)).or(biggest)?;
         // SAFETY: `block` is on the cache list; off it, it is on no list.
         unsafe { self.huge_cached.remove(block) };
-        if tightest.is_some() {
+        if fitting.is_some() {
             // Pages its last user had past this request hold dead bytes: resident, they would
             // only swell the footprint (a request's peak RSS), so the storage takes them back.
             // SAFETY: a live allocation of this storage, `capacity` bytes, its last user's size
@@ -441,7 +447,7 @@ mod tests {
             "no storage resize"
         );
         assert_eq!(h().usage(true), SEG + huge(200) + huge(600));
-        // The tightest cached block that fits (the 180 KiB block's 200 KiB storage).
+        // The cached block whose resident pages fit best (the 180 KiB block's 200 KiB storage).
         let discarded = Counted::discarded();
         let r = h().alloc(150 * KIB).unwrap();
         assert_eq!(h().block_size(r), 152 * KIB);
@@ -458,6 +464,30 @@ mod tests {
             end_request();
         }
         assert_eq!(h().usage(true), SEG, "idle huge blocks given back");
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn the_cached_block_whose_resident_pages_fit_best_is_reused() {
+        type Counted = CountingStorage<3>;
+        let heap = super::super::test_heap_on(Counted::ops(), SEG);
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        let huge = |kib: usize| kib * KIB + HUGE_HEADER;
+        // A: 400 KiB of storage of which its last user had 260 KiB; B: 300 KiB, all used.
+        let a = h().alloc(400 * KIB).unwrap();
+        h().free(a);
+        let a = h().alloc(260 * KIB).unwrap();
+        let b = h().alloc(300 * KIB).unwrap();
+        h().free(a);
+        h().free(b);
+        let (allocs, _, _) = Counted::calls();
+        let discarded = Counted::discarded();
+        // B is the tighter storage, but A's resident pages are closer to 256 KiB.
+        assert_eq!(h().alloc(255 * KIB).unwrap(), a);
+        assert_eq!(Counted::calls().0, allocs, "reused, not mapped");
+        assert_eq!(Counted::discarded() - discarded, huge(260) - huge(256));
         // SAFETY: the heap dies.
         unsafe { Heap::shutdown(heap, true) };
     }
