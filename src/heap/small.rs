@@ -71,7 +71,7 @@ impl Heap {
     /// the first.
     #[cold]
     #[inline(never)]
-    fn alloc_small_slow(&mut self, bin: usize) -> Result<*mut u8, Refusal> {
+    pub(super) fn alloc_small_slow(&mut self, bin: usize) -> Result<*mut u8, Refusal> {
         let info = BINS[bin];
         let (seg, page) = match self.alloc_pages(info.pages as usize) {
             Ok(run) => run,

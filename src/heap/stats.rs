@@ -263,6 +263,15 @@ impl Heap {
         }
     }
 
+    /// Counts a block of `bin` just handed out.
+    #[inline(always)]
+    pub(super) fn count_small_alloc_stats(&mut self, bin: usize) {
+        if !self.stats.is_null() {
+            // SAFETY: a live stats area of this heap.
+            unsafe { (*self.stats).bins[bin].alloc() };
+        }
+    }
+
     /// Counts the freeing of `block`.
     #[inline]
     pub(super) fn count_free_stats(&mut self, block: Block) {

@@ -355,7 +355,7 @@ impl Heap {
 
     /// The heap's block holding the tracked block at `p` if `p` is a live tracked block with
     /// both guards intact (the quick yes of [`Heap::inspect`], for every free).
-    #[inline]
+    #[inline(always)]
     fn live_tracked(&self, p: *const u8) -> Option<Block> {
         let base = p.wrapping_sub(HEADER);
         let Lookup::Block(block) = self.lookup(base) else {
@@ -503,22 +503,34 @@ impl Heap {
     }
 
     /// A tracked block of `size` bytes (the requested size is what `zend_mem_block_size` answers).
+    #[inline(always)]
     pub(super) fn alloc_tracked(&mut self, size: usize, site: Site) -> Result<*mut u8, Refusal> {
         let total = size.checked_add(OVERHEAD).ok_or(Refusal::Overflow)?;
-        // A small block that comes off its free list was freed here: its poison must be intact.
-        let reused =
-            total <= ZEND_MM_MAX_SMALL_SIZE && !self.free_slot_head(bin_of(total)).is_null();
-        let base = self.alloc(total)?;
+        let base = if total <= ZEND_MM_MAX_SMALL_SIZE {
+            // `Heap::alloc`'s small path, with the bin looked up once.
+            let bin = bin_of(total);
+            let slot = self.pop_free_slot(bin);
+            let base = if slot.is_null() {
+                self.alloc_small_slow(bin)?
+            } else {
+                // A slot off its free list was freed here: its poison must be intact.
+                // SAFETY: a slot of this heap at least `total` bytes long, freed by
+                // `free_tracked`.
+                unsafe { check_poison(slot.cast(), BIN_SIZE[bin], site) };
+                slot
+            };
+            self.count_small_alloc_stats(bin);
+            base
+        } else {
+            self.alloc(total)?
+        };
         self.count_site(site);
-        if reused {
-            // SAFETY: a slot of this heap at least `total` bytes long, freed by `free_tracked`.
-            unsafe { check_poison(base.cast(), BIN_SIZE[bin_of(total)], site) };
-        }
         // SAFETY: a fresh block of `total` bytes.
         Ok(unsafe { self.start_tracking(base, size, site) })
     }
 
     /// Frees the tracked block at `p`; a pointer that is not one is reported and left alone.
+    #[inline(always)]
     pub(super) fn free_tracked(&mut self, p: *mut u8, site: Site) {
         if p.is_null() {
             return;
@@ -697,10 +709,6 @@ unsafe fn changed_bytes(p: *const u8, n: usize) -> usize {
         // SAFETY: callers read below `n` only (caller contract).
         unsafe { p.add(i).cast::<u64>().read_unaligned() ^ poison }
     };
-    // The common case, a whole poisoned prefix untouched: four words at once.
-    if n == POISON_LIMIT && (word(0) | word(8) | word(16) | word(24)) == 0 {
-        return 0;
-    }
     let mut i = 0;
     while i + WORD <= n && word(i) == 0 {
         i += WORD;
@@ -729,6 +737,40 @@ unsafe fn check_poison(t: *mut Tracked, capacity: usize, site: Site) {
     }
     let p = data_of(t);
     // SAFETY: the poisoned bytes lie in the slot (`size + OVERHEAD <= capacity`).
+    if size >= POISON_LIMIT && unsafe { !prefix_changed(p) } {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { report_written_after_free(p, size, file, line, site) };
+}
+
+/// Whether any of the first [`POISON_LIMIT`] bytes at `p` lost its poison: four word compares.
+///
+/// # Safety
+/// `p` must be readable for [`POISON_LIMIT`] bytes.
+#[inline(always)]
+unsafe fn prefix_changed(p: *const u8) -> bool {
+    let poison = u64::from_ne_bytes([POISON; 8]);
+    // SAFETY: caller contract.
+    let word = |i: usize| unsafe { p.add(8 * i).cast::<u64>().read_unaligned() ^ poison };
+    (word(0) | word(1) | word(2) | word(3)) != 0
+}
+
+/// The rest of [`check_poison`], out of the allocation path: counts the changed bytes of a freed
+/// block of `size` bytes at `p` (freed at `file`:`line`) and reports them, if any.
+///
+/// # Safety
+/// `p` must be readable for `size.min(POISON_LIMIT)` bytes.
+#[cold]
+#[inline(never)]
+unsafe fn report_written_after_free(
+    p: *mut u8,
+    size: usize,
+    file: *const c_char,
+    line: u32,
+    site: Site,
+) {
+    // SAFETY: caller contract.
     let changed = unsafe { changed_bytes(p, size.min(POISON_LIMIT)) };
     if changed == 0 {
         return;
