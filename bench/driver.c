@@ -43,8 +43,11 @@
 # define A_START()         start_memory_manager()
 # define A_MALLOC(n)       emalloc(n)
 # define A_FREE(p)         efree(p)
-# define A_MALLOC_64()     _emalloc_64()
-# define A_FREE_64(p)      _efree_64(p)
+/* The header sends constant sizes to the bins' own entry points (with the caller's location), as
+ * PHP's release header does; the general pair is measured with a size the compiler cannot see. */
+# define A_MALLOC_64()     emalloc(64)
+# define A_FREE_64(p)      efree_size((p), 64)
+# define A_MALLOC_VAR(n)   emalloc(n)
 # define A_REALLOC(p, n)   erealloc((p), (n))
 # define A_REQUEST_END()   shutdown_memory_manager(1, 0)
 # define A_HAS_REQUEST_END 1
@@ -67,6 +70,7 @@ void shutdown_memory_manager(bool silent, bool full_shutdown);
 # define A_FREE(p)         _efree(p)
 # define A_MALLOC_64()     _emalloc_64()
 # define A_FREE_64(p)      _efree_64(p)
+# define A_MALLOC_VAR(n)   _emalloc(n)
 # define A_REALLOC(p, n)   _erealloc((p), (n))
 # define A_REQUEST_END()   shutdown_memory_manager(1, 0)
 # define A_HAS_REQUEST_END 1
@@ -79,6 +83,7 @@ void shutdown_memory_manager(bool silent, bool full_shutdown);
 # define A_FREE(p)         free(p)
 # define A_MALLOC_64()     malloc(64)
 # define A_FREE_64(p)      free(p)
+# define A_MALLOC_VAR(n)   malloc(n)
 # define A_REALLOC(p, n)   realloc((p), (n))
 # define A_REQUEST_END()   ((void)0)
 # define A_HAS_REQUEST_END 0
@@ -648,7 +653,9 @@ static result_t run_threads(worker_t *w)
     __attribute__((noinline)) void name(size_t n)                                                 \
     {                                                                                              \
         static char dummy;                                                                         \
-        (void)dummy;                                                                               \
+        size_t n64 = 64;                                                                           \
+        __asm__("" : "+r"(n64)); /* not a constant: the general entry points */                    \
+        (void)dummy, (void)n64;                                                                    \
         for (size_t i = 0; i < n; i++) {                                                           \
             void *p = ALLOC;                                                                       \
             OPAQUE(p);                                                                             \
@@ -659,7 +666,9 @@ static result_t run_threads(worker_t *w)
     __attribute__((noinline)) void name(size_t n)                                                 \
     {                                                                                              \
         static char dummy;                                                                         \
-        (void)dummy;                                                                               \
+        size_t n64 = 64;                                                                           \
+        __asm__("" : "+r"(n64)); /* not a constant: the general entry points */                    \
+        (void)dummy, (void)n64;                                                                    \
         void *b[64];                                                                               \
         for (size_t r = 0; r < n; r++) {                                                           \
             for (int i = 0; i < 64; i++) {                                                         \
@@ -685,15 +694,15 @@ void warm_batch(size_t n);
 void bench_sized(size_t n);
 void bench_sized_empty(size_t n);
 void warm_sized(size_t n);
-PAIR_LOOP(bench_pair, A_MALLOC(64), A_FREE(p))
+PAIR_LOOP(bench_pair, A_MALLOC_VAR(n64), A_FREE(p))
 /* PHP 8's size-specialised entry points, which its release header calls for constant sizes. */
 PAIR_LOOP(bench_sized, A_MALLOC_64(), A_FREE_64(p))
 PAIR_LOOP(warm_sized, A_MALLOC_64(), A_FREE_64(p))
 PAIR_LOOP(bench_sized_empty, (void *)&dummy, (void)0)
-PAIR_LOOP(warm_pair, A_MALLOC(64), A_FREE(p))
+PAIR_LOOP(warm_pair, A_MALLOC_VAR(n64), A_FREE(p))
 PAIR_LOOP(bench_pair_empty, (void *)&dummy, (void)0)
-BATCH_LOOP(bench_batch, A_MALLOC(64), A_FREE(p))
-BATCH_LOOP(warm_batch, A_MALLOC(64), A_FREE(p))
+BATCH_LOOP(bench_batch, A_MALLOC_VAR(n64), A_FREE(p))
+BATCH_LOOP(warm_batch, A_MALLOC_VAR(n64), A_FREE(p))
 BATCH_LOOP(bench_batch_empty, (void *)&dummy, (void)0)
 
 static int run_fast(const char *mode, size_t n)

@@ -313,6 +313,19 @@ static void free_run_tail(void *arg)
     efree((void *)(page + 4080));
 }
 
+/* The size-specialised frees (efree_size() with a constant size, and PHP's release ABI) check the
+ * block as efree() does. */
+static void sized_free_interior(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree_size(a + 32, 64); }
+static void sized_free_page_boundary(void *arg)
+{
+    (void)arg;
+    shutdown_memory_manager(1, 0);
+    char *first = emalloc(320);
+    efree_size(first + 4096, 320);
+}
+static void sized_double_free(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree_size(a, 64); efree_size(a, 64); }
+static void release_abi_free_interior(void *arg) { (void)arg; char *a = emalloc(96); keep(96); _efree_96(a + 48); }
+
 static void double_free(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a); efree(a); }
 
 /* A double free that is not the head of its list (b was freed in between) is not caught at once;
@@ -350,7 +363,8 @@ static void test_frees_that_name_no_block_are_corruption(void)
     void (*cases[])(void *) = {
         free_interior,     free_misaligned,      realloc_interior,       block_size_interior,
         free_run_tail,     free_page_boundary_of_multipage_run, double_free, double_free_then_gc,
-        double_free_then_limit,
+        double_free_then_limit, sized_free_interior, sized_free_page_boundary, sized_double_free,
+        release_abi_free_interior,
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         child_result r = run_child(cases[i], NULL, NULL);

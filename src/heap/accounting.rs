@@ -1,18 +1,22 @@
 //! Accounting and the memory limit (zend_alloc.c's `ZEND_MM_STAT` / `ZEND_MM_LIMIT` parts).
 //!
 //! Owns the rules behind `zend_memory_usage`, the peaks and `zend_set_memory_limit`:
-//! - `size` grows by the block size of every block handed out (bin size, whole pages, page-rounded
-//!   huge size) and shrinks by the same when it is freed; internal blocks (the reserve) are not
-//!   counted;
-//! - `peak` is brought up to `size` whenever `size` is about to shrink, not on every allocation
-//!   (the usage only falls at a free, so its maximum is reached just before one or now): the
-//!   allocation fast path adds, and the peak reported is `max(peak, size)`;
+//! - the usage grows by the block size of every block handed out (bin size, whole pages,
+//!   page-rounded huge size) and shrinks by the same when it is freed; internal blocks (the
+//!   reserve) are not counted;
+//! - it is kept as `peak` and `headroom`, the distance from the usage up to the peak (usage is
+//!   `peak - headroom`, and `headroom >= 0` after every operation): a free adds to the headroom
+//!   and touches nothing else, an allocation subtracts and, only when that goes below zero (a new
+//!   peak), moves the peak up. One field written per free and one compare per allocation, where
+//!   keeping usage and peak would need a compare on one of the two;
 //! - `real_size` counts every byte taken from storage: segments (cached ones too) and huge blocks
 //!   with their header page;
 //! - the limit is checked only when memory is taken from storage, as in PHP 8, and not while a
 //!   fatal error is being reported (the handler may need memory);
 //! - with fault injection (`ZEND_MM_MAX_ALLOCS`, `zend_mm_set_max_allocs`) each request may make
 //!   that many allocations; the next one is refused as if the limit were reached.
+
+use core::ptr;
 
 use super::Heap;
 
@@ -24,16 +28,35 @@ impl Heap {
     /// Counts `bytes` handed out (the peak catches up at the next free).
     #[inline(always)]
     pub(super) fn count_alloc(&mut self, bytes: usize) {
-        self.size += bytes;
+        // Stored first and caught up out of line, so the common case is one subtract from memory
+        // and a sign test.
+        self.headroom = self.headroom.wrapping_sub(bytes as isize);
+        if self.headroom < 0 {
+            // A new peak: the usage went `-headroom` bytes above the old one. Read back from
+            // memory, so the subtract above needs no copy of its result.
+            // SAFETY: a read of a field of `self`.
+            let headroom = unsafe { ptr::read_volatile(&self.headroom) };
+            self.peak = self.peak.wrapping_sub(headroom as usize);
+            self.headroom = 0;
+        }
     }
 
-    /// Counts `bytes` given back, first recording the usage they leave as a peak.
+    /// Counts `bytes` given back.
     #[inline(always)]
     pub(super) fn count_free(&mut self, bytes: usize) {
-        if self.size > self.peak {
-            self.peak = self.size;
-        }
-        self.size -= bytes;
+        self.headroom = self.headroom.wrapping_add(bytes as isize);
+    }
+
+    /// Bytes handed out and not freed (`zend_memory_usage(0)`).
+    pub(super) fn used(&self) -> usize {
+        self.peak.wrapping_sub(self.headroom as usize)
+    }
+
+    /// Sets the usage and its peak (`peak >= used`).
+    pub(super) fn set_usage(&mut self, used: usize, peak: usize) {
+        debug_assert!(peak >= used);
+        self.peak = peak;
+        self.headroom = (peak - used) as isize;
     }
 
     /// Counts `bytes` newly taken from storage, updating the real peak.
@@ -55,7 +78,7 @@ impl Heap {
         } else if real {
             self.real_size
         } else {
-            self.size
+            self.used()
         }
     }
 
@@ -66,13 +89,13 @@ impl Heap {
         } else if real {
             self.real_peak
         } else {
-            self.peak.max(self.size)
+            self.peak
         }
     }
 
     /// `zend_memory_reset_peak_usage()`: the peaks restart from the current usage.
     pub fn reset_peak(&mut self) {
-        self.peak = self.size;
+        self.set_usage(self.used(), self.used());
         self.real_peak = self.real_size;
     }
 

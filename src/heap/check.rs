@@ -137,10 +137,10 @@ impl Heap {
             used_bytes += b.size();
         }
         let reserve = self.reserve_bytes();
-        if used_bytes != self.size + reserve {
+        if used_bytes != self.used() + reserve {
             error(format_args!(
                 "usage is {} bytes but the blocks in use add up to {}\n",
-                self.size,
+                self.used(),
                 used_bytes - reserve
             ));
         }

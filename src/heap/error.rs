@@ -46,22 +46,20 @@ impl Heap {
         if self.reserve_size == 0 || !self.reserve.is_null() {
             return;
         }
-        let (size, peak) = (self.size, self.peak);
+        let (used, peak) = (self.used(), self.peak);
         self.reserve = self.alloc(self.reserve_size).unwrap_or(ptr::null_mut());
         self.unmark_untracked(self.reserve);
-        self.size = size;
-        self.peak = peak;
+        self.set_usage(used, peak);
     }
 
     /// Gives the reserve back so an error handler has memory to work with.
     pub(super) fn release_reserve(&mut self) {
         let p = core::mem::replace(&mut self.reserve, ptr::null_mut());
         if !p.is_null() {
-            // The reserve is not usage: counted in just for its free, leaving the peak alone.
-            let peak = self.peak.max(self.size);
-            self.size += self.block_size(p);
+            // The reserve is not usage: its free leaves usage and peak alone.
+            let (used, peak) = (self.used(), self.peak);
             self.free(p);
-            self.peak = peak;
+            self.set_usage(used, peak);
         }
     }
 

@@ -15,9 +15,9 @@ use core::ptr;
 use super::Heap;
 use crate::segment::{
     LARGE_PAGES_MASK, MAP_OFFSET, PAGE_CLASS_SHIFT, PAGE_KIND_MASK, PAGE_LARGE, SMALL_CLASS_BASE,
-    Segment, run_offset, small_bin, starts_slot,
+    Segment, small_bin, starts_slot, starts_slot_of,
 };
-use crate::sizes::{self, SLOT_LIMIT, SLOT_MAGIC};
+use crate::sizes;
 use crate::sizes::{
     BIN_SLOTS, PAGE_SHIFT, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, ZEND_MM_SEG_SIZE, bin_of,
     keeps_bin,
@@ -82,7 +82,7 @@ impl Heap {
     /// Pops a free slot of `bin` if it has one (the size-specialised entry points' fast path).
     #[inline(always)]
     pub fn alloc_bin_fast(&mut self, bin: usize) -> *mut u8 {
-        self.pop_free_slot(bin)
+        self.pop_free_slot_of(bin, sizes::BIN_SIZE[bin])
     }
 
     /// The fast-table entry for the default-sized segment containing `addr`.
@@ -147,16 +147,15 @@ impl Heap {
     /// size-specialised entry points' fast path: the slot check's constants are the bin's.
     #[inline(always)]
     pub fn free_bin_fast(&mut self, p: *mut u8, bin: usize) -> bool {
-        let Some((_, _, info)) = self.fast_lookup(p) else {
+        let Some((seg, _, info)) = self.fast_lookup(p) else {
             return false;
         };
-        if (info >> PAGE_CLASS_SHIFT) as usize != SMALL_CLASS_BASE + bin
-            || !sizes::starts_slot(SLOT_MAGIC[bin], SLOT_LIMIT[bin], run_offset(p, info))
-        {
+        // Fast-table segments are aligned to their size (2 MiB).
+        if !starts_slot_of(p.addr().wrapping_sub(seg.addr()), info, bin) {
             return false;
         }
         // SAFETY: `p` starts a slot of bin `bin` in a live segment of this heap (checked above).
-        unsafe { self.free_small(p, bin) };
+        unsafe { self.free_small_of(p, bin, sizes::BIN_SIZE[bin]) };
         true
     }
 
@@ -300,16 +299,16 @@ mod tests {
             "not a slot start"
         );
         assert!(!ha.free_bin_fast(large, bin_112) && !ha.free_bin_fast(theirs, bin_112));
-        let usage = ha.size;
+        let usage = ha.used();
         assert!(ha.free_bin_fast(small, bin_112));
-        assert_eq!(ha.size, usage - 112);
+        assert_eq!(ha.used(), usage - 112);
         assert_eq!(
             ha.alloc_bin_fast(bin_112),
             small,
             "the slot is reused first"
         );
         assert!(ha.free_small_fast(small));
-        assert_eq!(ha.size, usage - 112);
+        assert_eq!(ha.used(), usage - 112);
         assert_eq!(ha.alloc_small_fast(100), small, "the slot is reused first");
         // SAFETY: the Box allocation above.
         drop(unsafe { Box::from_raw(foreign.cast::<[u8; 64]>()) });
@@ -318,5 +317,75 @@ mod tests {
             Heap::shutdown(a, true);
             Heap::shutdown(b, true);
         }
+    }
+    #[test]
+    fn the_specialised_free_takes_exactly_the_slot_starts_of_its_bin() {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread, borrowed alone.
+        let h = unsafe { &mut *heap };
+        // Under Miri, fewer interior offsets (every slot start is still checked).
+        let step = if cfg!(miri) { 40 } else { 8 };
+        for bin in 0..sizes::ZEND_MM_BINS {
+            let size = sizes::BIN_SIZE[bin];
+            // A full run and one slot more: every page of a run, and a second run.
+            let blocks: std::vec::Vec<*mut u8> = (0..=sizes::BINS[bin].count)
+                .map(|_| h.alloc(size).unwrap())
+                .collect();
+            for &p in &blocks {
+                for off in (8..size).step_by(step) {
+                    assert!(
+                        !h.free_bin_fast(p.wrapping_add(off), bin),
+                        "bin {bin} +{off}"
+                    );
+                }
+                for other in [bin.wrapping_sub(1), bin + 1, bin ^ 16] {
+                    if other < sizes::ZEND_MM_BINS {
+                        assert!(!h.free_bin_fast(p, other), "bin {bin} freed as {other}");
+                    }
+                }
+            }
+            let usage = h.used();
+            for &p in &blocks {
+                assert!(h.free_bin_fast(p, bin), "bin {bin}: a slot start");
+            }
+            assert_eq!(h.used(), usage - blocks.len() * size);
+        }
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn usage_and_peak_follow_allocations_and_frees() {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread, borrowed alone.
+        let h = unsafe { &mut *heap };
+        let base = h.used();
+        let a = h.alloc(100).unwrap();
+        let b = h.alloc(1000).unwrap();
+        assert_eq!((h.used(), h.peak_usage(false)), (base + 1136, base + 1136));
+        h.free(b);
+        assert_eq!((h.used(), h.peak_usage(false)), (base + 112, base + 1136));
+        let c = h.alloc(64).unwrap();
+        assert_eq!(
+            (h.used(), h.peak_usage(false)),
+            (base + 176, base + 1136),
+            "below the peak"
+        );
+        let d = h.alloc(2000).unwrap();
+        assert_eq!(
+            (h.used(), h.peak_usage(false)),
+            (base + 2224, base + 2224),
+            "a new peak"
+        );
+        h.reset_peak();
+        h.free(d);
+        assert_eq!((h.used(), h.peak_usage(false)), (base + 176, base + 2224));
+        h.reset_peak();
+        assert_eq!(h.peak_usage(false), base + 176);
+        h.free(a);
+        h.free(c);
+        assert_eq!((h.used(), h.peak_usage(false)), (base, base + 176));
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
     }
 }

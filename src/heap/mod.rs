@@ -83,9 +83,10 @@ pub struct Heap {
     /// Non-zero while a memory-limit or out-of-memory error is being reported: the limit is not
     /// enforced meanwhile (PHP 8's `heap->overflow`).
     overflow: i32,
-    /// Bytes handed out (bin sizes, whole pages, page-rounded huge sizes), and its peak.
-    size: usize,
+    /// The peak of the bytes handed out (bin sizes, whole pages, page-rounded huge sizes), and how
+    /// far the bytes handed out now are below it (see `accounting`).
     peak: usize,
+    headroom: isize,
     segment_size: usize,
     /// Free slots per bin (indexed by bin; the entries past the last bin stay empty).
     free_slots: [*mut FreeSlot; BIN_SLOTS],
@@ -174,8 +175,8 @@ impl Heap {
         Heap {
             use_custom_heap: 0,
             overflow: 0,
-            size: 0,
             peak: 0,
+            headroom: 0,
             segment_size,
             free_slots: [ptr::null_mut(); BIN_SLOTS],
             bin_size: {
@@ -314,8 +315,7 @@ impl Heap {
             h.reclassify(h.main);
         }
         h.free_slots = [ptr::null_mut(); BIN_SLOTS];
-        h.size = 0;
-        h.peak = 0;
+        h.set_usage(0, 0);
         h.real_size = (h.cached.len() + 1) * h.segment_size + h.cached_huge_bytes();
         h.real_peak = h.real_size;
         h.segments_count = 1;

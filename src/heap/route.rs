@@ -224,13 +224,13 @@ impl Heap {
         size: usize,
         copy_size: usize,
     ) -> Result<*mut u8, Refusal> {
-        let orig_peak = self.peak.max(self.size);
+        let orig_peak = self.peak;
         let new = self.alloc(size)?;
         let n = old_size.min(size).min(copy_size);
         // SAFETY: both blocks are live, distinct, and at least `n` bytes long (caller contract).
         unsafe { ptr::copy_nonoverlapping(p, new, n) };
         self.free(p);
-        self.peak = orig_peak.max(self.size);
+        self.set_usage(self.used(), orig_peak.max(self.used()));
         Ok(new)
     }
 }

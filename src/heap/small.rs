@@ -34,11 +34,17 @@ impl Heap {
     /// Pops the first free slot of `bin` and counts it; null if the list is empty.
     #[inline(always)]
     pub(super) fn pop_free_slot(&mut self, bin: usize) -> *mut u8 {
+        self.pop_free_slot_of(bin, self.bin_size[bin] as usize)
+    }
+
+    /// [`Heap::pop_free_slot`] with the bin's size given (an immediate where `bin` is constant).
+    #[inline(always)]
+    pub(super) fn pop_free_slot_of(&mut self, bin: usize, bytes: usize) -> *mut u8 {
         let slot = self.free_slots[bin];
         if !slot.is_null() {
             // SAFETY: free-list slots are free slots of this heap holding the next link.
             self.free_slots[bin] = unsafe { (*slot).next };
-            self.count_alloc(self.bin_size[bin] as usize);
+            self.count_alloc(bytes);
         }
         slot.cast()
     }
@@ -56,6 +62,16 @@ impl Heap {
     /// `p` must start a slot of a small run of `bin` in a live segment of this heap.
     #[inline(always)]
     pub(super) unsafe fn free_small(&mut self, p: *mut u8, bin: usize) {
+        // SAFETY: forwarded caller contract.
+        unsafe { self.free_small_of(p, bin, self.bin_size[bin] as usize) }
+    }
+
+    /// [`Heap::free_small`] with the bin's size given (an immediate where `bin` is constant).
+    ///
+    /// # Safety
+    /// As [`Heap::free_small`]; `bytes` is `bin`'s size.
+    #[inline(always)]
+    pub(super) unsafe fn free_small_of(&mut self, p: *mut u8, bin: usize, bytes: usize) {
         let slot = p.cast::<FreeSlot>();
         let head = self.free_slots[bin];
         if slot == head {
@@ -64,7 +80,7 @@ impl Heap {
         // SAFETY: `p` is a slot of this heap's bin `bin` (caller contract): its memory is ours.
         unsafe { (*slot).next = head };
         self.free_slots[bin] = slot;
-        self.count_free(self.bin_size[bin] as usize);
+        self.count_free(bytes);
     }
 
     /// Takes a fresh run for `bin`, threads all slots but the first onto the free list and returns

@@ -185,7 +185,7 @@ impl Heap {
             self.release_stats();
             return Ok(true);
         }
-        if self.size != 0 {
+        if self.used() != 0 {
             return Err(HeapInUse);
         }
         let bytes = size_of::<StatsArea>().next_multiple_of(ZEND_MM_PAGE_SIZE);

@@ -341,7 +341,7 @@ impl Heap {
         if on == self.tracking {
             return Ok(());
         }
-        if self.size != 0 {
+        if self.used() != 0 {
             return Err(HeapInUse);
         }
         self.tracking = on;

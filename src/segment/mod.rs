@@ -136,6 +136,49 @@ pub(crate) fn starts_slot(p: *const u8, info: u32) -> bool {
     crate::sizes::starts_slot(check.magic, check.limit, run_offset(p, info))
 }
 
+/// A page-map entry's class bits (its kind and, for small runs, its bin).
+const CLASS_MASK: u32 = !0 << PAGE_CLASS_SHIFT;
+
+/// Whether the block at byte `offset` of a segment aligned to at least 64 KiB, in a page whose
+/// entry is `info`, starts a slot of a small run of `bin`: the check of the size-specialised
+/// frees. The offset (not the address) keeps the entry's class bits clear of address bits, so for a
+/// constant `bin` whose size is a power of two the check is one masked compare: such a run has no
+/// tail, its slots start exactly where the offset's low bits are zero, and the entry's low 12 bits
+/// are zero. Other bins take the class compare and the multiply of [`starts_slot`].
+#[inline(always)]
+pub(crate) fn starts_slot_of(offset: usize, info: u32, bin: usize) -> bool {
+    let size = crate::sizes::BIN_SIZE[bin] as u32;
+    let class = ((SMALL_CLASS_BASE + bin) as u32) << PAGE_CLASS_SHIFT;
+    // Offsets into a segment stay below the class bits (segments have fewer than 2^25 bytes in
+    // this check's use: the default size).
+    let low = offset as u32;
+    if size.is_power_of_two() {
+        return (info ^ low) & (CLASS_MASK | (size - 1)) == class;
+    }
+    info & CLASS_MASK == class
+        && crate::sizes::starts_slot(
+            crate::sizes::SLOT_MAGIC[bin],
+            crate::sizes::SLOT_LIMIT[bin],
+            (low ^ info) as usize & RUN_OFFSET_MASK,
+        )
+}
+const _: () = {
+    assert!(
+        RUN_OFFSET_MASK < 1 << 16
+            && (crate::sizes::ZEND_MM_SEG_SIZE as u32) < 1 << PAGE_CLASS_SHIFT
+    );
+    // Power-of-two bins fill their runs exactly (no tail slot a pointer could start).
+    let mut bin = 0;
+    while bin < crate::sizes::ZEND_MM_BINS {
+        let b = crate::sizes::BINS[bin];
+        if b.size.is_power_of_two() {
+            assert!(b.size as usize <= ZEND_MM_PAGE_SIZE);
+            assert!(b.size * b.count == b.pages * ZEND_MM_PAGE_SIZE as u32);
+        }
+        bin += 1;
+    }
+};
+
 /// Marker for "not in any class list".
 pub(crate) const NO_CLASS: u32 = u32::MAX;
 
