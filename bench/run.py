@@ -115,10 +115,11 @@ WORKLOADS = [
 ]
 
 FAST = [
-    ("pair", "`p = alloc(64); free(p)`"),
-    ("batch", "64 × `alloc(64)`, then 64 × `free` in reverse (LIFO)"),
-    ("sized", "`p = _emalloc_64(); _efree_64(p)`: PHP 8's size-specialised entry points, which its "
-              "release header calls for a constant size (malloc peers: `malloc(64)`, `free`)"),
+    ("pair", "`p = alloc(n); free(p)`, n = 64 unknown to the compiler (the general entry points)"),
+    ("batch", "64 × `alloc(n)`, then 64 × `free` in reverse (LIFO)"),
+    ("sized", "a constant size: zend `emalloc(64)`, `efree_size(p, 64)`, which its header turns into "
+              "`_emalloc_at_64(64, file, line)`, `_efree_at_64(p, file, line)`; php `_emalloc_64()`, "
+              "`_efree_64(p)`, what PHP's release header makes of the same (malloc peers: `malloc(64)`, `free`)"),
 ]
 
 SMOKE_SCALE = 0.002
@@ -465,8 +466,9 @@ def markdown(m, summary, rat, cg, names, missing, rounds, scale):
     else:
         L.append("Counted with `valgrind --tool=callgrind --toggle-collect=<loop>` over 200000 pairs after a warm-up, "
                  "minus the instructions of the same loop with the allocator calls removed. What remains is the "
-                 "call sequence (argument setup, call, PLT stub) plus the allocator's alloc and free; zend's "
-                 "`emalloc`/`efree` macros pass the file/line arguments as users' code does. Deterministic, "
+                 "call sequence (argument setup, call, PLT stub where there is one) plus the allocator's alloc and "
+                 "free; zend's `emalloc`/`efree` macros pass the file/line arguments as users' code does, and its "
+                 "header declares the functions `noplt` (called through the GOT, no PLT stub). Deterministic, "
                  "unlike wall time. Raw counts (loop included) in parentheses.")
         L.append("")
         cnames = [n for n in names if n in cg]

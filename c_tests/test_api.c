@@ -357,7 +357,9 @@ static void test_huge_block_tails_are_not_kept_resident(void)
     memset(p, 1, big);
     efree(p);
     long cached = rss_kib();
-    char *q = emalloc(small); /* the cached block, or a fresh one: either way no dead pages */
+    /* The 44 MiB of the cached block past the new size must not stay resident: the cached block
+     * reused with its tail kept, or kept cached beside a fresh block, would leave RSS where it was. */
+    char *q = emalloc(small);
     memset(q, 2, small);
     long reused = rss_kib();
     CHECK(reused + 40 * 1024 <= cached);

@@ -11,7 +11,7 @@
 //! its heap, so a lookup never sees an address without its heap.
 
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use crate::heap::Heap;
 use crate::runtime;
@@ -48,6 +48,28 @@ pub(super) fn adopt(address: usize) -> *mut Heap {
     if !found.is_null() {
         return found;
     }
+    // Two threads adopting one address must end with one heap: the second looks again under the
+    // lock. Adoptions are rare (a heap handed over with custom handlers), so a spin lock will do.
+    while ADOPTING
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    let heap = adopt_locked(address);
+    ADOPTING.store(false, Ordering::Release);
+    heap
+}
+
+/// Held while an address is being adopted.
+static ADOPTING: AtomicBool = AtomicBool::new(false);
+
+/// [`adopt`] under its lock.
+fn adopt_locked(address: usize) -> *mut Heap {
+    let found = lookup(address);
+    if !found.is_null() {
+        return found;
+    }
     let heap = runtime::new_default_heap(false);
     if heap.is_null() {
         return heap;
@@ -73,6 +95,40 @@ pub(super) fn release(heap: *mut Heap) {
         if slot.heap.load(Ordering::Acquire) == heap {
             slot.address.store(0, Ordering::Release);
             slot.heap.store(ptr::null_mut(), Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_adopting_one_address_get_one_heap() {
+        const THREADS: usize = 4;
+        for round in 0..20usize {
+            // An address no heap stands for (never dereferenced).
+            let address = 0x7e57_0000_0000 + round * 4096;
+            let barrier = std::sync::Barrier::new(THREADS);
+            let heaps: std::vec::Vec<usize> = std::thread::scope(|s| {
+                let workers: std::vec::Vec<_> = (0..THREADS)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            adopt(address).addr()
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().unwrap()).collect()
+            });
+            assert!(heaps[0] != 0);
+            assert!(heaps.iter().all(|&h| h == heaps[0]), "round {round}: {heaps:x?}");
+            let heap = lookup(address);
+            assert_eq!(heap.addr(), heaps[0]);
+            release(heap);
+            assert!(lookup(address).is_null());
+            // SAFETY: the stand-in was just forgotten and no thread uses it.
+            unsafe { Heap::shutdown(heap, true) };
         }
     }
 }

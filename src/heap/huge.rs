@@ -155,28 +155,27 @@ impl Heap {
             // are closest to the request: the fewest pages to discard or to fault in.
             let misfit = used.abs_diff(total);
             if capacity >= total && fitting.is_none_or(|(_, _, m)| misfit < m) {
-                fitting = Some((block, capacity, misfit));
+                fitting = Some((block, used, misfit));
             }
             if biggest.is_none_or(|(_, c)| capacity > c) {
                 biggest = Some((block, capacity));
             }
         }
-        let (block, capacity) = fitting.map(|(b, c, _)| (b, c)).or(biggest)?;
-        // SAFETY: `block` is on the cache list; off it, it is on no list.
-        unsafe { self.huge_cached.remove(block) };
-        if fitting.is_some() {
+        if let Some((block, used, _)) = fitting {
+            // SAFETY: `block` is on the cache list; off it, it is on no list.
+            unsafe { self.huge_cached.remove(block) };
             // Pages its last user had past this request hold dead bytes: resident, they would
             // only swell the footprint (a request's peak RSS), so the storage takes them back.
-            // SAFETY: a live allocation of this storage, `capacity` bytes, its last user's size
-            // within; nothing past `total` is needed.
-            unsafe {
-                let used = (*block).size + HUGE_HEADER;
-                if total < used {
-                    self.storage.discard(block.cast(), total, used);
-                }
+            if total < used {
+                // SAFETY: a live allocation of this storage, its last user's `used` bytes within
+                // its capacity; nothing past `total` is needed.
+                unsafe { self.storage.discard(block.cast(), total, used) };
             }
             return Some(block);
         }
+        let (block, capacity) = biggest?;
+        // SAFETY: as above.
+        unsafe { self.huge_cached.remove(block) };
         if self.storage.resize_keeps_pages() && self.huge_fits_limit(total - capacity) {
             // SAFETY: as above.
             let grown = unsafe { self.resize_huge_storage(block, total) };
