@@ -122,7 +122,10 @@ mod tests {
                 workers.into_iter().map(|w| w.join().unwrap()).collect()
             });
             assert!(heaps[0] != 0);
-            assert!(heaps.iter().all(|&h| h == heaps[0]), "round {round}: {heaps:x?}");
+            assert!(
+                heaps.iter().all(|&h| h == heaps[0]),
+                "round {round}: {heaps:x?}"
+            );
             let heap = lookup(address);
             assert_eq!(heap.addr(), heaps[0]);
             release(heap);
