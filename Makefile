@@ -13,6 +13,7 @@ CXX     = g++
 RELEASE := target/release
 LIB_SO  := $(RELEASE)/libzend_alloc.so
 LIB_A   := $(RELEASE)/libzend_alloc.a
+LIB_PRELOAD := $(RELEASE)/libzend_alloc_preload.so
 HEADER  := include/zend_alloc.h
 OUT     := c_tests/build
 WARN    := -Wall -Wextra -Werror
@@ -25,16 +26,18 @@ STORAGES := malloc mmap_anon mmap_zero
 
 C_TESTS := test_api test_storage test_threads test_php_parity test_growth test_defects test_debug
 
-.PHONY: php php-test php-ci all build deps demo test check-header lint rust-test miri c-test-bins c-tests valgrind-tests stress symbols headers bench clean
+.PHONY: php php-test php-ci all build deps demo test check-header lint rust-test miri c-test-bins c-tests preload-tests valgrind-tests stress symbols headers bench clean
 
 # What the tests and benchmarks compare against (Debian packages): PHP 8.2's allocator, the
 # malloc peers, valgrind for instruction counts.
-DEPS := libphp8.2-embed libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 valgrind
+DEPS := libphp8.2-embed libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 valgrind \
+	php8.2-cli python3.11 libpython3.11-testsuite gcc
 
 all: build
 
 build:
 	$(CARGO) build --release
+	$(CARGO) build --release -p zend_alloc_preload
 	@ln -sf libzend_alloc.so $(RELEASE)/libzend_alloc.so.0
 
 $(OUT):
@@ -62,8 +65,9 @@ check-header:
 	ZEND_ALLOC_HEADER=check $(CARGO) build --release
 
 lint:
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --release -p zend_alloc_preload -- -D warnings
 
 # The unit and property tests, then again with the portable thread-local slots (what targets other
 # than x86-64 Linux use) in a target directory of their own.
@@ -105,6 +109,7 @@ valgrind-tests: c-test-bins
 # target fails at the end if any did.
 c-tests: c-test-bins symbols headers $(OUT)/php_probe $(OUT)/growth_probe_php | $(OUT)
 	@fail=0; \
+	$(MAKE) --no-print-directory preload-tests || fail=1; \
 	for s in $(STORAGES); do \
 		c_tests/run.sh test_api-$$s ZEND_MM_MEM_TYPE=$$s $(OUT)/test_api || fail=1; \
 		c_tests/run.sh test_defects-$$s ZEND_MM_MEM_TYPE=$$s $(OUT)/test_defects || fail=1; \
@@ -122,6 +127,27 @@ c-tests: c-test-bins symbols headers $(OUT)/php_probe $(OUT)/growth_probe_php | 
 	$(MAKE) --no-print-directory demo || fail=1; \
 	$(MAKE) --no-print-directory -C bench smoke || fail=1; \
 	if [ $$fail -ne 0 ]; then echo "c-tests: FAILED (see above)"; fi; \
+	exit $$fail
+
+# The preload library: its exports are c_tests/preload_exports.txt (the malloc family, none of
+# PHP's API) and it reaches its thread heap through initial-exec TLS (c_tests/check_preload_tls.sh);
+# test_preload on glibc's allocator (every expectation is glibc's behaviour), then three times under
+# LD_PRELOAD (threads, fork: races get three chances; valgrind would replace the allocator under
+# test with its own); then real programs (c_tests/preload_programs.sh).
+preload-tests: build | $(OUT)
+	@fail=0; \
+	nm -D --defined-only $(LIB_PRELOAD) | awk '$$2 == "T" { print $$3 }' | LC_ALL=C sort > $(OUT)/preload_exports; \
+	if diff -u c_tests/preload_exports.txt $(OUT)/preload_exports; then \
+		echo "preload symbols: $$(wc -l < $(OUT)/preload_exports) functions, as listed"; \
+	else echo "preload symbols: FAILED (c_tests/preload_exports.txt against the library)"; fail=1; fi; \
+	c_tests/check_preload_tls.sh $(LIB_PRELOAD) || fail=1; \
+	$(CC) -std=gnu11 $(WARN) $(CFLAGS) c_tests/test_preload.c -lpthread -ldl -o $(OUT)/test_preload || fail=1; \
+	c_tests/run.sh test_preload-glibc $(OUT)/test_preload || fail=1; \
+	for run in 1 2 3; do \
+		c_tests/run.sh test_preload-$$run ZEND_ALLOC_PRELOAD_EXPECTED=1 LD_PRELOAD=$(abspath $(LIB_PRELOAD)) \
+			$(OUT)/test_preload || fail=1; \
+	done; \
+	c_tests/run.sh preload_programs c_tests/preload_programs.sh $(abspath $(LIB_PRELOAD)) $(OUT)/programs || fail=1; \
 	exit $$fail
 
 # Runs every C test binary 30 times beside CPU hogs and reports the failing runs (flaky tests);

@@ -25,6 +25,9 @@
 // cross the C boundary. (Test builds unwind, so this cannot be a compile-time guard; since Rust
 // 1.81 a panic escaping an `extern "C"` function aborts anyway.)
 
+// The preload library leaves PHP's API out, and with it the callers of much of the core.
+#![cfg_attr(feature = "preload", allow(dead_code, unused_imports))]
+
 pub(crate) mod diagnostics;
 pub mod ffi;
 pub(crate) mod heap;

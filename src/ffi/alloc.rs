@@ -6,6 +6,7 @@ use core::ptr;
 use super::{raise_on_current, safe_address, site};
 use crate::diagnostics::{self, Fatal, Site};
 use crate::heap::{Heap, api};
+use crate::region_map;
 use crate::runtime;
 
 /// The current heap, made if the thread has none, entered from the calling frame.
@@ -138,6 +139,10 @@ fn efree_slow(
     if unsafe { (*runtime::fast()).free_large_fast(ptr.cast()) } {
         return;
     }
+    if let Some(owner) = other_heaps_block(ptr.cast()) {
+        // SAFETY: the caller gives up a live block of `owner`'s.
+        return unsafe { Heap::free_remote(owner, ptr.cast()) };
+    }
     // SAFETY: the current heap, not borrowed here; the caller gives `ptr` up.
     unsafe {
         api::efree(
@@ -146,6 +151,21 @@ fn efree_slow(
             site(file, line, orig_file, orig_line),
         )
     }
+}
+
+/// The thread heap that `p` belongs to if the calling thread is not using it (another thread's
+/// own heap, most likely): such a block is freed or resized through that heap's remote list. Not
+/// while the current heap forwards to custom handlers, which get every call.
+fn other_heaps_block(p: *const u8) -> Option<region_map::Owner> {
+    let owner = region_map::owner_of(p.addr());
+    if owner == 0 {
+        return None;
+    }
+    let heap = runtime::current_or_own();
+    // SAFETY: a non-null current heap is live; the owner of a registered region is a live heap.
+    let elsewhere = heap.is_null() || unsafe { !(*heap).is_id(owner) && !(*heap).is_custom() };
+    // SAFETY: as above.
+    (elsewhere && unsafe { Heap::takes_remote_frees(owner) }).then_some(owner)
 }
 
 /// Allocates `nmemb * size` zeroed bytes (overflow is a fatal error).
@@ -213,8 +233,40 @@ pub unsafe extern "C" fn _erealloc(
 #[cold]
 #[inline(never)]
 fn erealloc_slow(ptr: *mut c_void, size: usize, copy_size: usize, site: Site) -> *mut c_void {
+    if let Some(owner) = other_heaps_block(ptr.cast()) {
+        // SAFETY: the caller's live block of `owner`'s.
+        return unsafe { erealloc_remote(owner, ptr, size, copy_size, site) };
+    }
     // SAFETY: the current heap, not borrowed here; `ptr` is the caller's block.
     unsafe { api::erealloc(heap_for(size, site), ptr.cast(), size, copy_size, site) }.cast()
+}
+
+/// Resizes a block of another thread's heap: a new block from the current heap, the contents
+/// copied, the old block freed onto its heap's remote list.
+///
+/// # Safety
+/// `ptr` must be a live block of the heap `owner`, which the calling thread does not use.
+unsafe fn erealloc_remote(
+    owner: region_map::Owner,
+    ptr: *mut c_void,
+    size: usize,
+    copy_size: usize,
+    site: Site,
+) -> *mut c_void {
+    // SAFETY: a live block of `owner`'s (caller contract).
+    let Some(usable) = (unsafe { Heap::remote_usable_size(owner, ptr.cast()) }) else {
+        diagnostics::heap_corrupted();
+    };
+    // SAFETY: the current heap, not borrowed here.
+    let new = unsafe { api::emalloc(heap_for(size, site), size, site) };
+    if new.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: both blocks are live and distinct (different heaps), each at least this long.
+    unsafe { ptr::copy_nonoverlapping(ptr.cast::<u8>(), new, usable.min(size).min(copy_size)) };
+    // SAFETY: the caller gives the old block up.
+    unsafe { Heap::free_remote(owner, ptr.cast()) };
+    new.cast()
 }
 
 /// Like `_erealloc`, but copies at most `copy_size` bytes of the old contents.

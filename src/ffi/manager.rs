@@ -62,7 +62,9 @@ pub extern "C" fn is_zend_ptr(ptr: *const c_void) -> c_int {
 /// Bytes handed out by the calling thread's heap (`real_usage` 0), or taken from storage.
 #[unsafe(no_mangle)]
 pub extern "C" fn zend_memory_usage(real_usage: c_int) -> usize {
-    current().usage(real_usage != 0)
+    let heap = current();
+    heap.settle();
+    heap.usage(real_usage != 0)
 }
 
 /// Peak of [`zend_memory_usage`] since the request started or the last reset.

@@ -8,16 +8,29 @@
 //! debug parameters (`ZEND_FILE_LINE_DC ZEND_FILE_LINE_ORIG_DC`), whether or not the caller was
 //! built with `ZEND_DEBUG`.
 
+// PHP's API (libzend_alloc), or with the `preload` feature the C library's (libzend_alloc_preload).
+#[cfg(not(feature = "preload"))]
 pub mod types;
 
+#[cfg(not(feature = "preload"))]
 mod alloc;
+#[cfg(not(feature = "preload"))]
 mod check;
 mod foreign;
+#[cfg(not(feature = "preload"))]
 mod heap_api;
+#[cfg(not(feature = "preload"))]
 mod leaks;
+/// cbindgen:ignore
+#[cfg(feature = "preload")]
+mod malloc;
+#[cfg(not(feature = "preload"))]
 mod manager;
+#[cfg(not(feature = "preload"))]
 mod persistent;
+#[cfg(not(feature = "preload"))]
 mod sized;
+#[cfg(not(feature = "preload"))]
 mod user_storage;
 
 use core::ffi::c_char;

@@ -30,6 +30,7 @@ impl Heap {
         if self.is_custom() {
             return 0;
         }
+        self.collect_remote_frees();
         // Pass 1: count free slots per run.
         self.for_each_free_slot_run(|s, first, bin| {
             let entry = s.map_get(first);

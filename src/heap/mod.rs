@@ -15,6 +15,7 @@
 //! | [`accounting`] | usage, peaks, the memory limit |
 //! | [`error`] | refusals, the error-report state, the reserve |
 //! | [`custom`] | custom handlers, `USE_ZEND_ALLOC=0` |
+//! | [`remote`] | frees from other threads, heaps of exited threads |
 //! | [`check`] | block status and whole-heap checks |
 //! | [`stats`] | statistics: counters per bin and block kind, allocation sites, text and JSON |
 //! | [`track`] | block tracking (PHP 5.3's debug build at run time): headers, guards, leak report |
@@ -49,6 +50,7 @@ mod gc;
 mod huge;
 mod large;
 mod pages;
+mod remote;
 mod route;
 mod small;
 mod stats;
@@ -153,11 +155,11 @@ pub struct Heap {
 const _: () = assert!(align_of::<Heap>() >= OWNER_ALIGN);
 const _: () = {
     // The default segment keeps PHP's 511 pages, even the main one holding the heap.
-    assert!(segment::header_pages(ZEND_MM_SEG_SIZE, size_of::<Heap>()) == 1);
+    assert!(segment::header_pages(ZEND_MM_SEG_SIZE, remote::HEAP_BYTES) == 1);
     // Every allowed segment size leaves room for the longest bin run after alignment losses.
     assert!(
         segment::max_large_pages(MIN_SEGMENT_SIZE)
-            - segment::header_pages(MIN_SEGMENT_SIZE, size_of::<Heap>())
+            - segment::header_pages(MIN_SEGMENT_SIZE, remote::HEAP_BYTES)
             >= MAX_BIN_PAGES as usize
     );
 };
@@ -226,6 +228,11 @@ impl Heap {
         ptr::from_ref(self).addr()
     }
 
+    /// Whether `owner` (a region map owner) is this heap.
+    pub fn is_id(&self, owner: region_map::Owner) -> bool {
+        self.id() == owner
+    }
+
     /// Creates a heap on `storage`: maps its main segment and builds the heap inside it. Null if the
     /// storage has no memory for the first segment; the storage is closed then.
     ///
@@ -250,7 +257,7 @@ impl Heap {
         // SAFETY: `base` holds `segment_size` fresh bytes; the heap struct goes after the segment's
         // bitmap, inside the header `init` accounts for with `extra`.
         let main =
-            unsafe { Segment::init(base, segment_size, heap_at.addr(), size_of::<Heap>(), 0) };
+            unsafe { Segment::init(base, segment_size, heap_at.addr(), remote::HEAP_BYTES, 0) };
         // SAFETY: as above: `heap_at` is inside the main segment's header, 8-aligned.
         unsafe {
             heap_at.write(Heap {
@@ -268,6 +275,16 @@ impl Heap {
                 ..Heap::blank(no_segment(), segment_size, storage)
             })
         };
+        // SAFETY: the shared part follows the heap inside the same header (`HEAP_BYTES`). Other
+        // threads reach it from the heap's address, so that address's provenance is exposed.
+        unsafe {
+            heap_at
+                .cast::<u8>()
+                .add(remote::SHARED_OFFSET)
+                .cast::<remote::Shared>()
+                .write(remote::Shared::new());
+        }
+        let _ = heap_at.expose_provenance();
         // SAFETY: the heap was just written.
         let heap = unsafe { &mut *heap_at };
         // SAFETY: `main` is the segment just laid out.
@@ -306,6 +323,8 @@ impl Heap {
             unsafe { Heap::destroy(heap) };
             return;
         }
+        // Blocks other threads freed are released with the rest.
+        h.discard_remote_frees();
         h.end_request_huge_blocks();
         h.end_request_segments();
         h.requests += 1;

@@ -58,6 +58,11 @@ pub(super) enum NoPages {
     TooShort,
 }
 
+/// As the C library's allocator (the preload library) no request ever ends.
+const NO_REQUEST_ENDS: bool = cfg!(feature = "preload");
+/// Then this many emptied segments stay cached; the next one emptied goes back to storage.
+const CACHED_WITHOUT_REQUESTS: usize = 4;
+
 impl Heap {
     /// Takes a run of `pages` pages from some segment of this heap, mapping a new segment if no
     /// existing one has room (after collecting garbage once when the limit is in the way).
@@ -305,7 +310,13 @@ impl Heap {
         unsafe {
             if seg != self.main && (*seg).is_empty() {
                 self.unlink_segment(seg);
-                self.cached.push_front(seg);
+                if NO_REQUEST_ENDS && self.cached.len() >= CACHED_WITHOUT_REQUESTS {
+                    // No request end will trim the cache: beyond a few, emptied segments go back.
+                    self.release_segment(seg);
+                    self.real_size -= self.segment_size;
+                } else {
+                    self.cached.push_front(seg);
+                }
             } else {
                 self.reclassify(seg);
             }

@@ -130,6 +130,8 @@ impl Heap {
 
     #[inline(never)]
     fn alloc_big(&mut self, size: usize) -> Result<*mut u8, Refusal> {
+        // Pages other threads freed may serve it.
+        self.collect_remote_frees();
         if size <= self.max_large_size {
             self.alloc_large(size)
         } else {

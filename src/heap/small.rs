@@ -88,6 +88,13 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub(super) fn alloc_small_slow(&mut self, bin: usize) -> Result<*mut u8, Refusal> {
+        // Blocks other threads freed may refill the bin.
+        if self.collect_remote_frees() {
+            let p = self.pop_free_slot(bin);
+            if !p.is_null() {
+                return Ok(p);
+            }
+        }
         let info = BINS[bin];
         let (seg, page) = match self.alloc_pages(info.pages as usize) {
             Ok(run) => run,

@@ -111,8 +111,14 @@ pub fn forget(heap: *mut Heap) {
 /// `zend_mm_startup`).
 pub fn new_default_heap(per_thread: bool) -> *mut Heap {
     let opts = options::get();
-    let Some(storage) = Storage::open_builtin(opts.storage, opts.huge_pages) else {
-        diagnostics::storage_init_failed(crate::storage::builtin_name(opts.storage));
+    // As the C library's allocator, the `malloc` storage would call itself.
+    let ops = if MALLOC_MODE && ptr::eq(opts.storage, crate::storage::BUILTIN[0]) {
+        crate::storage::BUILTIN[1]
+    } else {
+        opts.storage
+    };
+    let Some(storage) = Storage::open_builtin(ops, opts.huge_pages) else {
+        diagnostics::storage_init_failed(crate::storage::builtin_name(ops));
     };
     // SAFETY: the storage is ours; the segment size was validated by the options.
     let heap = unsafe { Heap::create(storage, opts.segment_size, 0, opts.compact_size) };
@@ -122,8 +128,12 @@ pub fn new_default_heap(per_thread: bool) -> *mut Heap {
     // SAFETY: the heap was just made; nothing else refers to it, and it has no block.
     unsafe {
         apply_diagnostic_options(heap);
-        if per_thread && !opts.use_zend_alloc {
-            (*heap).use_libc_only();
+        if per_thread {
+            (*heap).set_thread_heap();
+            // `USE_ZEND_ALLOC=0` would send the C library's allocator to itself.
+            if !opts.use_zend_alloc && !MALLOC_MODE {
+                (*heap).use_libc_only();
+            }
         }
     }
     heap
@@ -176,7 +186,13 @@ fn adopt_own(tried: usize, site: Site) -> *mut Heap {
         set_current(own);
         return own;
     }
-    let heap = new_default_heap(true);
+    let mut heap = ptr::null_mut();
+    if MALLOC_MODE {
+        heap = adopt_abandoned();
+    }
+    if heap.is_null() {
+        heap = new_default_heap(true);
+    }
     if heap.is_null() {
         if site.may_fail {
             return heap;
@@ -260,6 +276,69 @@ unsafe extern "C" fn thread_exit(value: *mut c_void) {
         return;
     }
     forget(heap);
-    // SAFETY: the exiting thread's own heap, in the last destructor pass.
-    unsafe { Heap::shutdown(heap, true) };
+    // SAFETY: the exiting thread's own heap, in the last destructor pass; no thread uses it now.
+    unsafe { retire(heap) };
+}
+
+/// Whether the heaps are the process's `malloc` (the preload library): no request ever ends, so
+/// a thread's blocks outlive it.
+pub const MALLOC_MODE: bool = cfg!(feature = "preload");
+
+/// Lets a heap whose thread exited go. With PHP's semantics its blocks go with it (request memory
+/// of a thread that is gone, as PHP's `alloc_globals_dtor` releases it). As the process's `malloc`,
+/// a heap with live blocks is abandoned instead (other threads may hold and free them) and is
+/// released once they are all freed; abandoned heaps that became empty meanwhile go now.
+///
+/// # Safety
+/// `heap` must be live and used by no thread from now on.
+unsafe fn retire(heap: *mut Heap) {
+    if !MALLOC_MODE {
+        // SAFETY: forwarded caller contract.
+        return unsafe { Heap::shutdown(heap, true) };
+    }
+    release_empty_abandoned();
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        if (*heap).is_custom() || (*heap).settle_abandoned() {
+            Heap::shutdown(heap, true);
+        } else {
+            Heap::abandon(heap);
+        }
+    }
+}
+
+/// Releases the abandoned heaps whose blocks were all freed; puts the others back.
+fn release_empty_abandoned() {
+    let mut heap = Heap::take_abandoned();
+    while !heap.is_null() {
+        // SAFETY: taken from the abandoned list: live, and no other thread uses it.
+        unsafe {
+            let next = (*heap).next_abandoned();
+            if (*heap).settle_abandoned() {
+                Heap::shutdown(heap, true);
+            } else {
+                Heap::abandon(heap);
+            }
+            heap = next;
+        }
+    }
+}
+
+/// An abandoned heap for a new thread to take as its own, if there is one (`malloc` mode).
+fn adopt_abandoned() -> *mut Heap {
+    let taken = Heap::take_abandoned();
+    if taken.is_null() {
+        return taken;
+    }
+    // SAFETY: taken from the abandoned list: live, and no other thread uses them.
+    unsafe {
+        let mut rest = (*taken).next_abandoned();
+        while !rest.is_null() {
+            let next = (*rest).next_abandoned();
+            Heap::abandon(rest);
+            rest = next;
+        }
+        (*taken).settle();
+    }
+    taken
 }

@@ -1,0 +1,450 @@
+/*
+ * The preload library (libzend_alloc_preload.so) as the process's malloc: glibc's semantics for
+ * every function of the family, blocks that move between threads, threads that exit with live
+ * blocks, fork, and pointers from the allocator it replaced.
+ *
+ * Plain C against <stdlib.h>, not linked to the library: `make test` runs it under
+ * LD_PRELOAD=.../libzend_alloc_preload.so (with ZEND_ALLOC_PRELOAD_EXPECTED=1, which makes it check
+ * that the library is the one serving malloc) and also without it, on glibc's allocator, so every
+ * expectation here is glibc's own behaviour.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int passed, failed;
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            passed++;                                                                              \
+        } else {                                                                                   \
+            failed++;                                                                              \
+            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                        \
+        }                                                                                          \
+    } while (0)
+
+/* Keeps the compiler from reasoning about the allocator's results (it knows malloc's semantics). */
+static void *volatile sink;
+static size_t opaque(size_t n)
+{
+    __asm__ volatile("" : "+r"(n));
+    return n;
+}
+
+static int aligned(const void *p, size_t a)
+{
+    return ((uintptr_t)p & (a - 1)) == 0;
+}
+
+static void test_the_library_serves_malloc(void)
+{
+    if (!getenv("ZEND_ALLOC_PRELOAD_EXPECTED")) {
+        return;
+    }
+    const char *names[] = {"malloc", "free", "calloc", "realloc", "posix_memalign", "memalign", "aligned_alloc",
+                           "valloc", "pvalloc", "malloc_usable_size", "reallocarray", "__libc_malloc", "__libc_free"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        Dl_info info;
+        void *f = dlsym(RTLD_DEFAULT, names[i]);
+        int ours = f && dladdr(f, &info) && info.dli_fname && strstr(info.dli_fname, "libzend_alloc_preload.so");
+        CHECK(ours);
+        if (!ours) {
+            fprintf(stderr, "  %s comes from %s\n", names[i], f && dladdr(f, &info) ? info.dli_fname : "nowhere");
+        }
+    }
+    CHECK(dlsym(RTLD_DEFAULT, "_emalloc") == NULL); /* PHP's API stays in libzend_alloc */
+}
+
+static void test_glibc_edge_cases(void)
+{
+    void *a = malloc(opaque(0)), *b = malloc(opaque(0));
+    CHECK(a != NULL && b != NULL && a != b);
+    free(a);
+    free(b);
+    void *p = malloc(opaque(100));
+    errno = 0;
+    CHECK(realloc(p, opaque(0)) == NULL); /* frees p */
+    p = realloc(NULL, opaque(0));
+    CHECK(p != NULL);
+    free(p);
+    errno = 0;
+    CHECK(calloc(opaque(SIZE_MAX / 2), opaque(3)) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(malloc(opaque(SIZE_MAX)) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(malloc(opaque(SIZE_MAX - 4096)) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(realloc(NULL, opaque(SIZE_MAX - 10)) == NULL && errno == ENOMEM);
+    p = malloc(opaque(64));
+    errno = 0;
+    void *q = realloc(p, opaque(SIZE_MAX - 10));
+    CHECK(q == NULL && errno == ENOMEM);
+    sink = q;
+    free(sink == NULL ? p : q); /* intact after the failed realloc */
+    errno = 0;
+    CHECK(reallocarray(NULL, opaque(SIZE_MAX / 2), opaque(3)) == NULL && errno == ENOMEM);
+    void *untouched = &passed;
+    void *out = untouched;
+    CHECK(posix_memalign(&out, opaque(3), 16) == EINVAL && out == untouched);
+    CHECK(posix_memalign(&out, opaque(4), 16) == EINVAL && out == untouched);
+    CHECK(posix_memalign(&out, opaque(24), 16) == EINVAL && out == untouched);
+    CHECK(posix_memalign(&out, opaque(64), 100) == 0 && aligned(out, 64));
+    free(out);
+    p = memalign(opaque(24), 100); /* rounded up to 32 */
+    CHECK(p != NULL && aligned(p, 32));
+    free(p);
+    p = aligned_alloc(opaque(64), opaque(10)); /* size not a multiple: glibc accepts */
+    CHECK(p != NULL && aligned(p, 64));
+    free(p);
+    p = valloc(opaque(100));
+    CHECK(p != NULL && aligned(p, 4096));
+    free(p);
+    p = pvalloc(opaque(100));
+    CHECK(p != NULL && aligned(p, 4096) && malloc_usable_size(p) >= 4096);
+    free(p);
+    errno = 1234;
+    free(malloc(opaque(10)));
+    free(malloc(opaque(100000)));
+    free(malloc(opaque(5 << 20)));
+    free(NULL);
+    CHECK(errno == 1234); /* free keeps errno */
+    CHECK(mallopt(M_ARENA_MAX, 2) == 1);
+    malloc_trim(0);
+}
+
+static void test_alignment_and_usable_size(void)
+{
+    int bad = 0;
+    for (size_t n = 1; n <= 4200; n += (n < 300 ? 1 : 37)) {
+        char *p = malloc(opaque(n));
+        bad += p == NULL || (n >= 16 && !aligned(p, 16)) || !aligned(p, 8) || malloc_usable_size(p) < n;
+        memset(p, 0x5a, n);
+        free(p);
+    }
+    CHECK(bad == 0);
+    for (size_t align = 8; align <= 65536; align *= 2) {
+        size_t sizes[] = {1, align - 1, align, align + 1, 100, 3000, 5000, 70000};
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+            void *p = NULL;
+            int rc = posix_memalign(&p, align, sizes[i]);
+            bad += rc != 0 || !aligned(p, align) || malloc_usable_size(p) < sizes[i];
+            if (rc == 0) {
+                memset(p, 1, sizes[i]);
+                p = realloc(p, sizes[i] * 2 + 1); /* stays usable, moves as it likes */
+                bad += p == NULL;
+                free(p);
+            }
+            char *q = aligned_alloc(align, sizes[i]);
+            bad += q == NULL || !aligned(q, align);
+            free(q);
+        }
+    }
+    CHECK(bad == 0);
+}
+
+static void test_contents_survive_realloc_and_calloc_zeroes(void)
+{
+    size_t sizes[] = {1, 24, 100, 3000, 3100, 20000, 1 << 20, 3 << 20, 40, 7};
+    unsigned char *p = NULL;
+    size_t have = 0;
+    int bad = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        p = realloc(p, sizes[i]);
+        size_t keep = have < sizes[i] ? have : sizes[i];
+        for (size_t j = 0; j < keep; j++) {
+            bad += p[j] != (unsigned char)(j * 7);
+        }
+        for (size_t j = 0; j < sizes[i]; j++) {
+            p[j] = (unsigned char)(j * 7);
+        }
+        have = sizes[i];
+    }
+    free(p);
+    CHECK(bad == 0);
+    for (int round = 0; round < 2; round++) {
+        for (size_t n = 8; n < 300000; n = n * 3 + 1) {
+            unsigned char *d = malloc(n);
+            memset(d, 0xff, n); /* dirty memory, freed, then asked for zeroed */
+            free(d);
+            unsigned char *z = calloc(1, n);
+            for (size_t j = 0; j < n; j++) {
+                bad += z[j] != 0;
+            }
+            free(z);
+        }
+    }
+    CHECK(bad == 0);
+    struct mallinfo2 mi = mallinfo2();
+    CHECK(mi.arena >= mi.uordblks);
+}
+
+/* Blocks of the allocator the library replaced (glibc's, reached through libc.so.6 itself) are
+ * freed, resized and measured by it. */
+static void test_pointers_of_the_replaced_allocator(void)
+{
+    void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+    CHECK(libc != NULL);
+    if (!libc) {
+        return;
+    }
+    void *(*libc_malloc)(size_t) = (void *(*)(size_t))dlsym(libc, "malloc");
+    CHECK(libc_malloc != NULL);
+    char *p = libc_malloc(100);
+    strcpy(p, "made by glibc");
+    CHECK(malloc_usable_size(p) >= 100);
+    p = realloc(p, 5000);
+    CHECK(p != NULL && strcmp(p, "made by glibc") == 0);
+    free(p);
+    p = memalign(1 << 16, 100);
+    CHECK(p != NULL && aligned(p, 1 << 16));
+    free(p);
+}
+
+/* ---- threads ---- */
+
+enum { RING = 256, PRODUCERS = 3, CONSUMERS = 3, PER_PRODUCER = 60000 };
+
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    void *slots[RING];
+    int head, count, producers_left;
+    long bad;
+} ring;
+
+static size_t size_for(unsigned seed)
+{
+    switch (seed % 16) {
+    case 0:
+        return 5000 + seed % 60000;
+    case 1:
+        return seed % 7 == 0 ? (size_t)(2 + seed % 3) << 20 : 300 + seed % 2000;
+    default:
+        return 1 + seed % 256;
+    }
+}
+
+/* A block's stamp: its size in its first bytes (from 16 bytes on), the seed in its last byte. */
+static void stamp(unsigned char *p, size_t n, unsigned seed)
+{
+    if (n >= 16) {
+        memcpy(p, &n, sizeof n);
+        p[8] = (unsigned char)(seed >> 8);
+    }
+    p[n - 1] = (unsigned char)seed;
+}
+
+static int stamped(const unsigned char *p, size_t n, unsigned seed)
+{
+    size_t m = n;
+    if (n >= 16) {
+        memcpy(&m, p, sizeof m);
+        if (p[8] != (unsigned char)(seed >> 8)) {
+            return 0;
+        }
+    }
+    return m == n && p[n - 1] == (unsigned char)seed;
+}
+
+typedef struct {
+    ring *r;
+    unsigned seed;
+} worker;
+
+static void *producer(void *arg)
+{
+    worker *w = arg;
+    ring *r = w->r;
+    for (int i = 0; i < PER_PRODUCER; i++) {
+        unsigned seed = w->seed + (unsigned)i * 2654435761u;
+        size_t n = size_for(seed);
+        unsigned char *p = malloc(n + sizeof(unsigned) + sizeof(size_t));
+        memcpy(p, &seed, sizeof seed);
+        memcpy(p + sizeof seed, &n, sizeof n);
+        stamp(p + sizeof seed + sizeof n, n, seed);
+        pthread_mutex_lock(&r->lock);
+        while (r->count == RING) {
+            pthread_cond_wait(&r->changed, &r->lock);
+        }
+        r->slots[(r->head + r->count++) % RING] = p;
+        pthread_cond_broadcast(&r->changed);
+        pthread_mutex_unlock(&r->lock);
+        /* Some blocks of its own, freed on this thread. */
+        free(malloc(size_for(seed + 1)));
+    }
+    pthread_mutex_lock(&r->lock);
+    r->producers_left--;
+    pthread_cond_broadcast(&r->changed);
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+static void *consumer(void *arg)
+{
+    worker *w = arg;
+    ring *r = w->r;
+    long bad = 0;
+    for (;;) {
+        pthread_mutex_lock(&r->lock);
+        while (r->count == 0 && r->producers_left > 0) {
+            pthread_cond_wait(&r->changed, &r->lock);
+        }
+        if (r->count == 0) {
+            pthread_mutex_unlock(&r->lock);
+            break;
+        }
+        unsigned char *p = r->slots[r->head];
+        r->head = (r->head + 1) % RING;
+        r->count--;
+        pthread_cond_broadcast(&r->changed);
+        pthread_mutex_unlock(&r->lock);
+        unsigned seed;
+        size_t n;
+        memcpy(&seed, p, sizeof seed);
+        memcpy(&n, p + sizeof seed, sizeof n);
+        bad += !stamped(p + sizeof seed + sizeof n, n, seed);
+        if (seed % 5 == 0) {
+            p = realloc(p, n / 2 + 40); /* a block of another thread resized here */
+            bad += p == NULL;
+        }
+        free(p);
+    }
+    pthread_mutex_lock(&r->lock);
+    r->bad += bad;
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+static void test_blocks_freed_on_other_threads(void)
+{
+    ring r = {.lock = PTHREAD_MUTEX_INITIALIZER, .changed = PTHREAD_COND_INITIALIZER, .producers_left = PRODUCERS};
+    pthread_t t[PRODUCERS + CONSUMERS];
+    worker w[PRODUCERS + CONSUMERS];
+    for (int i = 0; i < PRODUCERS + CONSUMERS; i++) {
+        w[i] = (worker){&r, (unsigned)i * 977u};
+        pthread_create(&t[i], NULL, i < PRODUCERS ? producer : consumer, &w[i]);
+    }
+    for (int i = 0; i < PRODUCERS + CONSUMERS; i++) {
+        pthread_join(t[i], NULL);
+    }
+    CHECK(r.bad == 0);
+}
+
+/* Threads that exit with live blocks, which later threads (and this one) free. */
+enum { GENERATIONS = 30, KEPT = 200 };
+static void *kept[GENERATIONS][KEPT];
+
+static void *leave_blocks(void *arg)
+{
+    int g = (int)(intptr_t)arg;
+    if (g > 0) {
+        for (int i = 0; i < KEPT; i += 2) { /* half the previous generation's, freed here */
+            free(kept[g - 1][i]);
+            kept[g - 1][i] = NULL;
+        }
+    }
+    for (int i = 0; i < KEPT; i++) {
+        size_t n = size_for((unsigned)(g * KEPT + i));
+        kept[g][i] = malloc(n);
+        stamp(kept[g][i], n, (unsigned)(g * KEPT + i));
+    }
+    return NULL;
+}
+
+static void test_threads_exit_with_live_blocks(void)
+{
+    for (int g = 0; g < GENERATIONS; g++) {
+        pthread_t t;
+        pthread_create(&t, NULL, leave_blocks, (void *)(intptr_t)g);
+        pthread_join(t, NULL);
+    }
+    int bad = 0;
+    for (int g = 0; g < GENERATIONS; g++) {
+        for (int i = 0; i < KEPT; i++) {
+            if (kept[g][i]) {
+                size_t n = size_for((unsigned)(g * KEPT + i));
+                bad += !stamped(kept[g][i], n, (unsigned)(g * KEPT + i));
+                free(kept[g][i]);
+            }
+        }
+    }
+    CHECK(bad == 0);
+}
+
+static volatile int stop_churn;
+
+static void *churn(void *arg)
+{
+    (void)arg;
+    unsigned seed = 1;
+    void *live[64] = {0};
+    while (!stop_churn) {
+        seed = seed * 1103515245u + 12345u;
+        int i = (int)(seed >> 8) % 64;
+        free(live[i]);
+        live[i] = malloc(size_for(seed));
+    }
+    for (int i = 0; i < 64; i++) {
+        free(live[i]);
+    }
+    return NULL;
+}
+
+static void test_fork_while_threads_allocate(void)
+{
+    pthread_t t[2];
+    stop_churn = 0;
+    for (int i = 0; i < 2; i++) {
+        pthread_create(&t[i], NULL, churn, NULL);
+    }
+    int clean = 0, forks = 200;
+    for (int i = 0; i < forks; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            alarm(20);
+            void *p[100];
+            for (int j = 0; j < 100; j++) {
+                p[j] = malloc(size_for((unsigned)j * 31u));
+            }
+            for (int j = 0; j < 100; j++) {
+                free(p[j]);
+            }
+            pthread_t c;
+            pthread_create(&c, NULL, leave_blocks, (void *)0);
+            pthread_join(c, NULL);
+            _exit(0);
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        clean += WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+    stop_churn = 1;
+    for (int i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+    }
+    CHECK(clean == forks);
+}
+
+int main(void)
+{
+    test_the_library_serves_malloc();
+    test_glibc_edge_cases();
+    test_alignment_and_usable_size();
+    test_contents_survive_realloc_and_calloc_zeroes();
+    test_pointers_of_the_replaced_allocator();
+    test_blocks_freed_on_other_threads();
+    test_threads_exit_with_live_blocks();
+    test_fork_while_threads_allocate();
+    sink = NULL;
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}

@@ -1,0 +1,229 @@
+//! Frees from other threads, and heaps whose thread is gone.
+//!
+//! A heap is used by one thread at a time, so a block freed by a thread that is not using the
+//! block's heap cannot go on the heap's lists. It goes onto the heap's *remote list* instead: a
+//! lock-free stack threaded through the freed blocks themselves (their first word), which the
+//! owning thread takes whole, with one swap, on its next slow path and frees as if they had been
+//! freed there (mimalloc's `xthread_free`). The fast paths never look at it.
+//!
+//! Owns [`Shared`], the part of a heap other threads may touch: it lives beside the `Heap` struct
+//! in the main segment's header, not inside it, because the owner holds `&mut Heap` while it runs.
+//! Another thread reaches it from the heap's owner id in the region map, which stays valid while
+//! any block of the heap is live.
+//!
+//! Also owns the list of *abandoned* heaps: the heap of a thread that exited with live blocks stays
+//! (other threads may still free them, onto its remote list) until a new thread adopts it or a
+//! thread exit finds it empty and releases it. The list is a lock-free stack whose only removal is
+//! taking it whole, so nothing can be left locked by a `fork` and no ABA can arise.
+//!
+//! Invariants: a block is on at most one remote list, and only while its owner has not collected
+//! it; a heap is on the abandoned list only while no thread uses it.
+
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+use super::Heap;
+use super::huge::HugeBlock;
+use crate::diagnostics::{self, Site};
+use crate::region_map::{self, Owner, Region};
+use crate::segment::{
+    LARGE_PAGES_MASK, PAGE_KIND_MASK, PAGE_LARGE, Segment, run_offset, small_bin,
+};
+use crate::sizes::{BIN_SIZE, ZEND_MM_PAGE_SIZE};
+
+/// What other threads may touch of a heap.
+#[repr(C)]
+pub(super) struct Shared {
+    /// Blocks freed by other threads, each holding the next in its first word.
+    remote: AtomicPtr<u8>,
+    /// The next heap on the abandoned list while this one is on it.
+    next_abandoned: AtomicPtr<Heap>,
+    /// A thread's own heap, whose blocks other threads may free (set before any block exists).
+    thread_heap: AtomicBool,
+}
+
+/// Where a heap's [`Shared`] lies: right after the `Heap` struct.
+pub(super) const SHARED_OFFSET: usize = size_of::<Heap>();
+const _: () = assert!(SHARED_OFFSET % align_of::<Shared>() == 0);
+
+/// Bytes the main segment's header holds for a heap: the struct and its shared part.
+pub(super) const HEAP_BYTES: usize = SHARED_OFFSET + size_of::<Shared>();
+
+impl Shared {
+    pub(super) const fn new() -> Shared {
+        Shared {
+            remote: AtomicPtr::new(ptr::null_mut()),
+            next_abandoned: AtomicPtr::new(ptr::null_mut()),
+            thread_heap: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The shared part of the heap `owner` names.
+///
+/// # Safety
+/// `owner` must be the id of a live heap (its address, exposed when it was made).
+unsafe fn shared_of<'a>(owner: Owner) -> &'a Shared {
+    let p = ptr::with_exposed_provenance::<Shared>(owner + SHARED_OFFSET);
+    // SAFETY: a live heap's shared part (caller contract); only touched through atomics.
+    unsafe { &*p }
+}
+
+/// Heaps of exited threads that still have live blocks.
+static ABANDONED: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
+
+impl Heap {
+    /// This heap's shared part.
+    fn shared(&self) -> &Shared {
+        // SAFETY: this heap is live; its shared part was written when it was made.
+        unsafe { shared_of(self.id()) }
+    }
+
+    /// Makes this heap a thread's own heap: its blocks may be freed from any thread (explicit heaps'
+    /// blocks are freed through their heap, as in PHP).
+    pub fn set_thread_heap(&mut self) {
+        self.shared().thread_heap.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the heap `owner` takes frees from other threads.
+    ///
+    /// # Safety
+    /// `owner` must be the id of a live heap.
+    pub unsafe fn takes_remote_frees(owner: Owner) -> bool {
+        // SAFETY: caller contract.
+        unsafe { shared_of(owner) }
+            .thread_heap
+            .load(Ordering::Relaxed)
+    }
+
+    /// Frees `p`, a block of the heap `owner` that the calling thread does not use: onto that
+    /// heap's remote list, for its thread to collect. A block that is already the head of the
+    /// list is being freed twice and is reported.
+    ///
+    /// # Safety
+    /// `owner` must be the heap the region map names for `p`, and `p` a live block of it that no
+    /// one uses after this call (then the heap, and the block's memory, outlive the call).
+    pub unsafe fn free_remote(owner: Owner, p: *mut u8) {
+        // SAFETY: the owner of a live block is a live heap (caller contract).
+        let list = &unsafe { shared_of(owner) }.remote;
+        let mut head = list.load(Ordering::Relaxed);
+        loop {
+            if head == p {
+                diagnostics::heap_corrupted();
+            }
+            // SAFETY: the block is live and given up by the caller: its first word is ours.
+            unsafe { p.cast::<*mut u8>().write(head) };
+            match list.compare_exchange_weak(head, p, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Bytes from `p` to the end of its block, `p` being a live block of the heap `owner` that
+    /// the calling thread does not use (a resize from another thread copies that much at most);
+    /// `None` if the metadata names no block there.
+    ///
+    /// # Safety
+    /// As [`Heap::free_remote`], except that the caller keeps the block: while it is live, its
+    /// region and the metadata read here (its own page-map entry, its huge header) do not change.
+    pub unsafe fn remote_usable_size(owner: Owner, p: *const u8) -> Option<usize> {
+        match region_map::find_owned(p.addr(), owner) {
+            Region::Segment(base) => {
+                // SAFETY: a live segment (caller contract); only its fixed geometry and the
+                // block's own map entry are read.
+                let s = unsafe { &*base.cast::<Segment>() };
+                let page = s.page_of(p.addr())?;
+                let info = s.map_get(page);
+                if let Some(bin) = small_bin(info) {
+                    let size = BIN_SIZE[bin];
+                    return Some(size - run_offset(p, info) % size);
+                }
+                (info & PAGE_KIND_MASK == PAGE_LARGE).then(|| {
+                    (info & LARGE_PAGES_MASK) as usize * ZEND_MM_PAGE_SIZE
+                        - p.addr() % ZEND_MM_PAGE_SIZE
+                })
+            }
+            Region::Huge(base) => {
+                // SAFETY: a live huge block (caller contract); its size and start are fixed
+                // while it is live.
+                let block = unsafe { &*base.cast::<HugeBlock>() };
+                let end = block.data().addr() + block.size();
+                (p.addr() >= block.data().addr() && p.addr() < end).then(|| end - p.addr())
+            }
+            Region::Unowned => None,
+        }
+    }
+
+    /// Frees the blocks other threads freed since the last call; whether there were any.
+    pub(super) fn collect_remote_frees(&mut self) -> bool {
+        let list = &self.shared().remote;
+        if list.load(Ordering::Relaxed).is_null() {
+            return false;
+        }
+        let mut p = list.swap(ptr::null_mut(), Ordering::Acquire);
+        while !p.is_null() {
+            // SAFETY: blocks on the remote list hold the next one in their first word.
+            let next = unsafe { p.cast::<*mut u8>().read() };
+            if self.is_tracking() {
+                self.free_tracked(p, Site::new(ptr::null(), 0));
+            } else {
+                self.free(p);
+            }
+            p = next;
+        }
+        true
+    }
+
+    /// Frees what other threads freed into this heap before its numbers are read
+    /// (`zend_memory_usage` and the like).
+    pub fn settle(&mut self) {
+        self.collect_remote_frees();
+    }
+
+    /// Forgets the blocks on the remote list: every block of the heap is being released at once.
+    pub(super) fn discard_remote_frees(&mut self) {
+        self.shared()
+            .remote
+            .store(ptr::null_mut(), Ordering::Relaxed);
+    }
+
+    /// Puts `heap`, which no thread uses any more, on the abandoned list.
+    ///
+    /// # Safety
+    /// `heap` must be live and used by no thread from now on.
+    pub unsafe fn abandon(heap: *mut Heap) {
+        // SAFETY: live heap (caller contract).
+        let shared = unsafe { (*heap).shared() };
+        let mut head = ABANDONED.load(Ordering::Relaxed);
+        loop {
+            shared.next_abandoned.store(head, Ordering::Relaxed);
+            match ABANDONED.compare_exchange_weak(head, heap, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Takes every abandoned heap; the caller owns them (each linked to the next, see
+    /// [`Heap::next_abandoned`]) and puts back the ones it keeps no use for.
+    pub fn take_abandoned() -> *mut Heap {
+        if ABANDONED.load(Ordering::Relaxed).is_null() {
+            return ptr::null_mut();
+        }
+        ABANDONED.swap(ptr::null_mut(), Ordering::Acquire)
+    }
+
+    /// The heap after this one in a list from [`Heap::take_abandoned`].
+    pub fn next_abandoned(&self) -> *mut Heap {
+        self.shared().next_abandoned.load(Ordering::Relaxed)
+    }
+
+    /// Collects what other threads freed into this abandoned heap; whether it now has no live
+    /// block (then nothing can reach it any more and it may be released).
+    pub fn settle_abandoned(&mut self) -> bool {
+        self.collect_remote_frees();
+        self.used() == 0
+    }
+}
