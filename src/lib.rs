@@ -6,6 +6,8 @@
 //! | module | owns | may use |
 //! |---|---|---|
 //! | [`ffi`] | every `extern "C"` export and C type; calls C storage tables (`user_storage`) | all |
+//! | [`ZendAlloc`] (`global_alloc`) | the Rust global allocator | malloc |
+//! | `malloc` | the C library's allocator semantics on the thread heaps (preload library, `ZendAlloc`) | runtime, heap, region_map, diagnostics, sizes |
 //! | [`runtime`] | the thread's current and own heaps, TLS slots, thread-exit hook | heap, options, storage, diagnostics |
 //! | [`heap`] | `Heap`: routing, fast paths, small/large/huge blocks, page classes, segment cache, gc, accounting and limit, custom handlers, checks, block tracking and the leak report, statistics; the re-entry-safe interface (`heap::api`) | segment, region_map, storage, list, options, diagnostics, sizes |
 //! | [`segment`] | `Segment`: header, page map, page bitmap | storage (header), region_map (owner ids), list, sizes |
@@ -30,8 +32,10 @@
 
 pub(crate) mod diagnostics;
 pub mod ffi;
+mod global_alloc;
 pub(crate) mod heap;
 pub(crate) mod list;
+pub(crate) mod malloc;
 pub(crate) mod options;
 pub(crate) mod os;
 pub(crate) mod region_map;
@@ -39,6 +43,8 @@ pub(crate) mod runtime;
 pub(crate) mod segment;
 pub mod sizes;
 pub(crate) mod storage;
+
+pub use global_alloc::ZendAlloc;
 
 #[cfg(test)]
 mod model_tests;

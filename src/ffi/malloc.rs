@@ -1,38 +1,13 @@
-//! The C library's allocator, served by the Zend heap: `libzend_alloc_preload.so` (this crate built
-//! with the `preload` feature, see `preload/Cargo.toml`), for `LD_PRELOAD`.
-//!
-//! Each thread allocates from its own heap, as `emalloc` does; no request ever ends. A block freed
-//! by a thread that does not use its heap goes onto that heap's remote list (see `heap::remote`),
-//! and a thread that exits with live blocks leaves its heap abandoned until they are freed or a
-//! new thread takes it over (`runtime::retire`).
-//!
-//! glibc's semantics where PHP's differ: 16-byte alignment for requests of 16 bytes and more (the
-//! sizes are rounded up to bins whose slots are 16-aligned), NULL with `errno = ENOMEM` on every
-//! failure (never the fatal error), `realloc(p, 0)` frees and returns NULL, `free` keeps `errno`.
-//! A pointer no heap owns (from the C library's allocator before this one took over, or from
-//! `memalign` with an alignment above a page, which is forwarded there) goes to the next
-//! allocator's function of the same name (`dlsym(RTLD_NEXT)`, resolved on first need).
+//! The C library's allocator: `libzend_alloc_preload.so` (this crate built with the `preload`
+//! feature, see `preload/Cargo.toml`), for `LD_PRELOAD`. The semantics are [`crate::malloc`]'s; this
+//! skin adds what is C's: the exported names (glibc's internal `__libc_*` ones too, which some
+//! programs call), `errno` (`ENOMEM` on every failure, `EINVAL` for a bad alignment, kept by
+//! `free`), `realloc(p, 0)` freeing, and glibc's statistics structs.
 
 use core::ffi::{c_int, c_void};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
 
-use crate::diagnostics::Site;
-use crate::heap::{Heap, api};
-use crate::region_map;
-use crate::runtime;
-use crate::sizes::{ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE};
-
-/// The alignment of blocks of 16 bytes and more (glibc's `MALLOC_ALIGNMENT` on x86-64).
-const MIN_ALIGN: usize = 16;
-/// The largest power-of-two bin: its slots, like those of every smaller power-of-two bin, start at
-/// multiples of their size (runs are page aligned and these sizes divide the page).
-const LARGEST_POW2_BIN: usize = 2048;
-/// A request this large is served from whole pages (page aligned), whatever the bins.
-const FIRST_LARGE: usize = ZEND_MM_MAX_SMALL_SIZE + 1;
-
-/// Every allocation may fail: NULL and `ENOMEM`, never PHP's fatal error.
-const SITE: Site = Site::new(ptr::null(), 0).may_fail();
+use crate::malloc;
 
 fn set_errno(value: c_int) {
     // SAFETY: the calling thread's errno.
@@ -44,90 +19,19 @@ fn errno() -> c_int {
     unsafe { *libc::__errno_location() }
 }
 
-/// The size a request of `n` bytes is served with: 16-aligned blocks from 16 bytes on.
+/// `p`, with `errno = ENOMEM` if it is null.
 #[inline(always)]
-fn padded(n: usize) -> Option<usize> {
-    if n <= 8 {
-        Some(8)
-    } else {
-        n.checked_add(MIN_ALIGN - 1).map(|v| v & !(MIN_ALIGN - 1))
-    }
-}
-
-/// `size` bytes from the calling thread's heap; NULL and `ENOMEM` on failure.
-#[inline(always)]
-fn alloc(size: usize) -> *mut u8 {
-    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
-    let p = unsafe { (*runtime::fast()).alloc_small_fast(size) };
-    if !p.is_null() {
-        return p;
-    }
-    alloc_slow(size)
-}
-
-#[cold]
-#[inline(never)]
-fn alloc_slow(size: usize) -> *mut u8 {
-    let heap = runtime::current_or_create(size, SITE);
-    let p = if heap.is_null() {
-        ptr::null_mut()
-    } else {
-        // SAFETY: the thread's live heap, entered here.
-        unsafe { api::emalloc(api::enter(heap), size, SITE) }
-    };
+fn or_enomem(p: *mut u8) -> *mut c_void {
     if p.is_null() {
         set_errno(libc::ENOMEM);
     }
-    p
-}
-
-/// The heap owning `p` and whether it is the calling thread's; `None` if no heap owns it.
-fn owner(p: *const u8) -> Option<(region_map::Owner, *mut Heap)> {
-    let owner = region_map::owner_of(p.addr());
-    if owner == 0 {
-        return None;
-    }
-    let heap = runtime::current_or_own();
-    // SAFETY: a non-null current heap is live.
-    let mine = !heap.is_null() && unsafe { (*heap).is_id(owner) };
-    Some((owner, if mine { heap } else { ptr::null_mut() }))
-}
-
-/// The next allocator's function `name`, looked up once.
-fn next(slot: &AtomicPtr<c_void>, name: &core::ffi::CStr) -> *mut c_void {
-    let mut f = slot.load(Ordering::Acquire);
-    if f.is_null() {
-        // SAFETY: a symbol lookup; dlsym may allocate, which this allocator serves.
-        f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
-        slot.store(f, Ordering::Release);
-    }
-    f
-}
-
-static NEXT_FREE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
-static NEXT_REALLOC: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
-static NEXT_USABLE_SIZE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
-static NEXT_MEMALIGN: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
-
-/// Frees a block no heap owns through the next allocator (leaked if there is none).
-fn free_foreign(p: *mut c_void) {
-    let f = next(&NEXT_FREE, c"free");
-    if !f.is_null() {
-        // SAFETY: the next allocator's `free`, for a pointer it may have made.
-        unsafe { core::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_void)>(f)(p) };
-    }
+    p.cast()
 }
 
 /// Allocates `size` bytes.
 #[unsafe(no_mangle)]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    match padded(size) {
-        Some(size) => alloc(size).cast(),
-        None => {
-            set_errno(libc::ENOMEM);
-            ptr::null_mut()
-        }
-    }
+    or_enomem(malloc::alloc(size))
 }
 
 /// Frees `p` (NULL: nothing); `errno` is kept.
@@ -136,48 +40,19 @@ pub extern "C" fn malloc(size: usize) -> *mut c_void {
 /// `p` is NULL or a live block of this allocator (or of the one before it); not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn free(p: *mut c_void) {
-    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
-    if unsafe { (*runtime::fast()).free_small_fast(p.cast()) } {
-        return;
-    }
-    // SAFETY: forwarded caller contract.
-    unsafe { free_slow(p) }
-}
-
-/// # Safety
-/// As [`free`].
-#[cold]
-#[inline(never)]
-unsafe fn free_slow(p: *mut c_void) {
-    if p.is_null() {
-        return;
-    }
     let saved = errno();
-    match owner(p.cast()) {
-        None => free_foreign(p),
-        // SAFETY: the calling thread's live heap; the caller gives `p` up.
-        Some((_, heap)) if !heap.is_null() => unsafe {
-            api::efree(api::enter(heap), p.cast(), SITE)
-        },
-        // SAFETY: a live block of another thread's heap, given up by the caller.
-        Some((owner, _)) => unsafe { Heap::free_remote(owner, p.cast()) },
-    }
+    // SAFETY: caller contract.
+    unsafe { malloc::free(p.cast()) };
     set_errno(saved);
 }
 
 /// `nmemb * size` zeroed bytes; NULL and `ENOMEM` on overflow.
 #[unsafe(no_mangle)]
 pub extern "C" fn calloc(nmemb: usize, size: usize) -> *mut c_void {
-    let Some(total) = nmemb.checked_mul(size) else {
-        set_errno(libc::ENOMEM);
-        return ptr::null_mut();
-    };
-    let p = malloc(total);
-    if !p.is_null() {
-        // SAFETY: a fresh block of at least `total` bytes.
-        unsafe { ptr::write_bytes(p.cast::<u8>(), 0, total) };
+    match nmemb.checked_mul(size) {
+        Some(total) => or_enomem(malloc::alloc_zeroed(total)),
+        None => or_enomem(ptr::null_mut()),
     }
-    p
 }
 
 /// Resizes `p` to `size` bytes (glibc: NULL `p` allocates; size 0 frees and returns NULL). On
@@ -195,55 +70,8 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         unsafe { free(p) };
         return ptr::null_mut();
     }
-    let Some(padded) = padded(size) else {
-        set_errno(libc::ENOMEM);
-        return ptr::null_mut();
-    };
-    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
-    if unsafe { (*runtime::fast()).realloc_in_place_fast(p.cast(), padded) } {
-        return p;
-    }
-    // SAFETY: forwarded caller contract.
-    unsafe { realloc_slow(p, padded) }
-}
-
-/// # Safety
-/// As [`realloc`], with `p` non-null and `size` padded.
-#[cold]
-#[inline(never)]
-unsafe fn realloc_slow(p: *mut c_void, size: usize) -> *mut c_void {
-    let new = match owner(p.cast()) {
-        None => {
-            let f = next(&NEXT_REALLOC, c"realloc");
-            if f.is_null() {
-                ptr::null_mut()
-            } else {
-                type Realloc = unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void;
-                // SAFETY: the next allocator's `realloc`, for a pointer it made.
-                return unsafe { core::mem::transmute::<*mut c_void, Realloc>(f)(p, size) };
-            }
-        }
-        // SAFETY: the calling thread's live heap; `p` is its block.
-        Some((_, heap)) if !heap.is_null() => unsafe {
-            api::erealloc(api::enter(heap), p.cast(), size, size, SITE)
-        },
-        Some((owner, _)) => {
-            // SAFETY: a live block of another thread's heap (caller contract).
-            let usable = unsafe { Heap::remote_usable_size(owner, p.cast()) }.unwrap_or(0);
-            let new = alloc(size);
-            if !new.is_null() {
-                // SAFETY: distinct live blocks, each at least this long.
-                unsafe { ptr::copy_nonoverlapping(p.cast::<u8>(), new, usable.min(size)) };
-                // SAFETY: the caller gives the old block up.
-                unsafe { Heap::free_remote(owner, p.cast()) };
-            }
-            new
-        }
-    };
-    if new.is_null() {
-        set_errno(libc::ENOMEM);
-    }
-    new.cast()
+    // SAFETY: caller contract.
+    or_enomem(unsafe { malloc::realloc(p.cast(), size) })
 }
 
 /// `realloc(p, nmemb * size)`, NULL and `ENOMEM` on overflow.
@@ -255,48 +83,15 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, nmemb: usize, size: usize)
     match nmemb.checked_mul(size) {
         // SAFETY: caller contract.
         Some(total) => unsafe { realloc(p, total) },
-        None => {
-            set_errno(libc::ENOMEM);
-            ptr::null_mut()
-        }
+        None => or_enomem(ptr::null_mut()),
     }
 }
 
-/// A block of `size` bytes aligned to `align` (a power of two).
-fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
-    if align <= MIN_ALIGN {
-        return malloc(size.max(MIN_ALIGN));
-    }
-    if align > ZEND_MM_PAGE_SIZE {
-        // Beyond what pages give: the next allocator's, which `free` recognises as foreign.
-        let f = next(&NEXT_MEMALIGN, c"memalign");
-        if f.is_null() {
-            set_errno(libc::ENOMEM);
-            return ptr::null_mut();
-        }
-        type Memalign = unsafe extern "C" fn(usize, usize) -> *mut c_void;
-        // SAFETY: the next allocator's `memalign`.
-        return unsafe { core::mem::transmute::<*mut c_void, Memalign>(f)(align, size) };
-    }
-    let want = size.max(align);
-    if want <= LARGEST_POW2_BIN {
-        // A power-of-two bin at least `align` wide: its slots are aligned to their size.
-        return malloc(want.next_power_of_two());
-    }
-    // Whole pages, page aligned.
-    malloc(size.max(FIRST_LARGE))
-}
-
-/// The alignment glibc's `memalign` uses for `align`: at least 16, rounded up to a power of two.
-fn lenient(align: usize) -> Option<usize> {
-    align.max(MIN_ALIGN).checked_next_power_of_two()
-}
-
-/// `size` bytes aligned to `align` (rounded up to a power of two, as glibc does).
+/// `size` bytes aligned to `align`, rounded up to a power of two of at least 16 (glibc's leniency).
 #[unsafe(no_mangle)]
 pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    match lenient(align) {
-        Some(align) => alloc_aligned(align, size),
+    match align.max(malloc::MIN_ALIGN).checked_next_power_of_two() {
+        Some(align) => or_enomem(malloc::alloc_aligned(align, size)),
         None => {
             set_errno(libc::EINVAL);
             ptr::null_mut()
@@ -320,33 +115,32 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
     if !align.is_power_of_two() || align % size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
     }
-    let saved = errno();
-    let p = alloc_aligned(align, size);
-    set_errno(saved);
+    let p = malloc::alloc_aligned(align, size);
     if p.is_null() {
         return libc::ENOMEM;
     }
     // SAFETY: caller contract.
-    unsafe { *out = p };
+    unsafe { *out = p.cast() };
     0
 }
 
 /// `size` bytes, page aligned.
 #[unsafe(no_mangle)]
 pub extern "C" fn valloc(size: usize) -> *mut c_void {
-    alloc_aligned(ZEND_MM_PAGE_SIZE, size)
+    or_enomem(malloc::alloc_aligned(page_size(), size))
 }
 
 /// `size` rounded up to whole pages (one page for 0), page aligned.
 #[unsafe(no_mangle)]
 pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
-    match size.max(1).checked_next_multiple_of(ZEND_MM_PAGE_SIZE) {
-        Some(size) => alloc_aligned(ZEND_MM_PAGE_SIZE, size),
-        None => {
-            set_errno(libc::ENOMEM);
-            ptr::null_mut()
-        }
+    match size.max(1).checked_next_multiple_of(page_size()) {
+        Some(size) => or_enomem(malloc::alloc_aligned(page_size(), size)),
+        None => or_enomem(ptr::null_mut()),
     }
+}
+
+fn page_size() -> usize {
+    crate::sizes::ZEND_MM_PAGE_SIZE
 }
 
 /// Bytes usable at `p` (0 for NULL).
@@ -355,36 +149,15 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
 /// `p` is NULL or a live block.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
-    if p.is_null() {
-        return 0;
-    }
-    match owner(p.cast()) {
-        None => {
-            let f = next(&NEXT_USABLE_SIZE, c"malloc_usable_size");
-            if f.is_null() {
-                return 0;
-            }
-            type UsableSize = unsafe extern "C" fn(*mut c_void) -> usize;
-            // SAFETY: the next allocator's function, for a pointer it made.
-            unsafe { core::mem::transmute::<*mut c_void, UsableSize>(f)(p) }
-        }
-        // SAFETY: the calling thread's live heap.
-        Some((_, heap)) if !heap.is_null() => unsafe { (*api::enter(heap)).block_size(p.cast()) },
-        // SAFETY: a live block of another thread's heap (caller contract).
-        Some((owner, _)) => unsafe { Heap::remote_usable_size(owner, p.cast()) }.unwrap_or(0),
-    }
+    // SAFETY: caller contract.
+    unsafe { malloc::usable_size(p.cast()) }
 }
 
 /// Gives cached memory of the calling thread's heap back to the system; 1 if any went back.
 #[unsafe(no_mangle)]
 pub extern "C" fn malloc_trim(pad: usize) -> c_int {
     let _ = pad;
-    let heap = runtime::current_or_own();
-    if heap.is_null() {
-        return 0;
-    }
-    // SAFETY: the thread's live heap.
-    c_int::from(unsafe { (*api::enter(heap)).gc() } > 0)
+    c_int::from(malloc::trim())
 }
 
 /// Accepted and ignored (glibc's tuning parameters do not apply); 1, success.
@@ -394,25 +167,11 @@ pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
     1
 }
 
-/// The calling thread's heap in glibc's terms: `arena` bytes taken from the system, `uordblks`
-/// handed out, `fordblks` the rest.
-fn info() -> (usize, usize) {
-    let heap = runtime::current_or_own();
-    if heap.is_null() {
-        return (0, 0);
-    }
-    // SAFETY: the thread's live heap.
-    unsafe {
-        let h = &mut *api::enter(heap);
-        h.settle();
-        (h.usage(true), h.usage(false))
-    }
-}
-
-/// glibc's statistics, from the calling thread's heap.
+/// glibc's statistics, from the calling thread's heap: `arena` bytes taken from the system,
+/// `uordblks` handed out, `fordblks` the rest.
 #[unsafe(no_mangle)]
 pub extern "C" fn mallinfo2() -> libc::mallinfo2 {
-    let (real, used) = info();
+    let (real, used) = malloc::usage();
     // SAFETY: a plain C struct; all zeroes is valid.
     let mut m: libc::mallinfo2 = unsafe { core::mem::zeroed() };
     m.arena = real;
@@ -421,10 +180,10 @@ pub extern "C" fn mallinfo2() -> libc::mallinfo2 {
     m
 }
 
-/// glibc's statistics in `int`s (saturated).
+/// [`mallinfo2`] in `int`s (saturated).
 #[unsafe(no_mangle)]
 pub extern "C" fn mallinfo() -> libc::mallinfo {
-    let (real, used) = info();
+    let (real, used) = malloc::usage();
     let int = |v: usize| c_int::try_from(v).unwrap_or(c_int::MAX);
     // SAFETY: a plain C struct; all zeroes is valid.
     let mut m: libc::mallinfo = unsafe { core::mem::zeroed() };
@@ -437,7 +196,7 @@ pub extern "C" fn mallinfo() -> libc::mallinfo {
 /// Prints the calling thread's heap's numbers to stderr.
 #[unsafe(no_mangle)]
 pub extern "C" fn malloc_stats() {
-    let (real, used) = info();
+    let (real, used) = malloc::usage();
     let mut buf = crate::diagnostics::MsgBuf::<160>::new();
     let _ = core::fmt::Write::write_fmt(
         &mut buf,

@@ -112,7 +112,7 @@ pub fn forget(heap: *mut Heap) {
 pub fn new_default_heap(per_thread: bool) -> *mut Heap {
     let opts = options::get();
     // As the C library's allocator, the `malloc` storage would call itself.
-    let ops = if MALLOC_MODE && ptr::eq(opts.storage, crate::storage::BUILTIN[0]) {
+    let ops = if PRELOAD && ptr::eq(opts.storage, crate::storage::BUILTIN[0]) {
         crate::storage::BUILTIN[1]
     } else {
         opts.storage
@@ -131,7 +131,7 @@ pub fn new_default_heap(per_thread: bool) -> *mut Heap {
         if per_thread {
             (*heap).set_thread_heap();
             // `USE_ZEND_ALLOC=0` would send the C library's allocator to itself.
-            if !opts.use_zend_alloc && !MALLOC_MODE {
+            if !opts.use_zend_alloc && !PRELOAD {
                 (*heap).use_libc_only();
             }
         }
@@ -187,7 +187,7 @@ fn adopt_own(tried: usize, site: Site) -> *mut Heap {
         return own;
     }
     let mut heap = ptr::null_mut();
-    if MALLOC_MODE {
+    if malloc_semantics() {
         heap = adopt_abandoned();
     }
     if heap.is_null() {
@@ -280,9 +280,23 @@ unsafe extern "C" fn thread_exit(value: *mut c_void) {
     unsafe { retire(heap) };
 }
 
-/// Whether the heaps are the process's `malloc` (the preload library): no request ever ends, so
-/// a thread's blocks outlive it.
-pub const MALLOC_MODE: bool = cfg!(feature = "preload");
+/// The preload library: the heaps are the C library's allocator from the start.
+const PRELOAD: bool = cfg!(feature = "preload");
+
+/// Whether the heaps serve `malloc` semantics (the preload library, the Rust global allocator):
+/// no request ever ends, so a thread's blocks outlive it.
+static MALLOC_SEMANTICS: AtomicBool = AtomicBool::new(PRELOAD);
+
+/// Switches the process to `malloc` semantics (see [`MALLOC_SEMANTICS`]).
+pub fn use_malloc_semantics() {
+    if !MALLOC_SEMANTICS.load(Ordering::Relaxed) {
+        MALLOC_SEMANTICS.store(true, Ordering::Relaxed);
+    }
+}
+
+fn malloc_semantics() -> bool {
+    MALLOC_SEMANTICS.load(Ordering::Relaxed)
+}
 
 /// Lets a heap whose thread exited go. With PHP's semantics its blocks go with it (request memory
 /// of a thread that is gone, as PHP's `alloc_globals_dtor` releases it). As the process's `malloc`,
@@ -292,7 +306,7 @@ pub const MALLOC_MODE: bool = cfg!(feature = "preload");
 /// # Safety
 /// `heap` must be live and used by no thread from now on.
 unsafe fn retire(heap: *mut Heap) {
-    if !MALLOC_MODE {
+    if !malloc_semantics() {
         // SAFETY: forwarded caller contract.
         return unsafe { Heap::shutdown(heap, true) };
     }

@@ -1,0 +1,334 @@
+//! The C library's allocator semantics on the Zend heap, in Rust terms: what the preload library's
+//! `malloc` family (`ffi::malloc`) and the Rust global allocator ([`crate::global_alloc`]) serve.
+//!
+//! Each thread allocates from its own heap, as `emalloc` does; no request ever ends. A block freed
+//! by a thread that does not use its heap goes onto that heap's remote list (see `heap::remote`),
+//! and a thread that exits with live blocks leaves its heap abandoned until they are freed or a
+//! new thread takes it over (`runtime::retire`): the first use of this module switches the process
+//! to these semantics.
+//!
+//! Blocks of 16 bytes and more are 16-aligned (the sizes are rounded up to bins whose slots are
+//! 16-aligned); any power-of-two alignment up to a page comes from power-of-two bins or whole
+//! pages. Failures return null (never PHP's fatal error). A pointer no heap owns (made by the
+//! allocator this one stands in front of, or by it for an alignment above a page) goes to that
+//! allocator: the next one in the symbol search order for the preload library, the C library's
+//! for a Rust program.
+
+use core::ptr;
+
+use crate::diagnostics::Site;
+use crate::heap::{Heap, api};
+use crate::region_map;
+use crate::runtime;
+use crate::sizes::{ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE};
+
+/// The alignment of blocks of 16 bytes and more (glibc's `MALLOC_ALIGNMENT` on x86-64).
+pub const MIN_ALIGN: usize = 16;
+/// The largest power-of-two bin: its slots, like those of every smaller power-of-two bin, start at
+/// multiples of their size (runs are page aligned and these sizes divide the page).
+const LARGEST_POW2_BIN: usize = 2048;
+/// A request this large is served from whole pages (page aligned), whatever the bins.
+const FIRST_LARGE: usize = ZEND_MM_MAX_SMALL_SIZE + 1;
+
+/// Every allocation may fail: null, never PHP's fatal error.
+const SITE: Site = Site::new(ptr::null(), 0).may_fail();
+
+/// The size a request of `n` bytes is served with: 16-aligned blocks from 16 bytes on.
+#[inline(always)]
+fn padded(n: usize) -> Option<usize> {
+    if n <= 8 {
+        Some(8)
+    } else {
+        n.checked_add(MIN_ALIGN - 1).map(|v| v & !(MIN_ALIGN - 1))
+    }
+}
+
+/// `n` bytes (16-aligned from 16 bytes on) from the calling thread's heap; null on failure.
+#[inline(always)]
+pub fn alloc(n: usize) -> *mut u8 {
+    let Some(size) = padded(n) else {
+        return ptr::null_mut();
+    };
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    let p = unsafe { (*runtime::fast()).alloc_small_fast(size) };
+    if !p.is_null() {
+        return p;
+    }
+    alloc_slow(size)
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_slow(size: usize) -> *mut u8 {
+    runtime::use_malloc_semantics();
+    let heap = runtime::current_or_create(size, SITE);
+    if heap.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: the thread's live heap, entered here.
+    unsafe { api::emalloc(api::enter(heap), size, SITE) }
+}
+
+/// `n` zeroed bytes; null on failure.
+pub fn alloc_zeroed(n: usize) -> *mut u8 {
+    let p = alloc(n);
+    if !p.is_null() {
+        // SAFETY: a fresh block of at least `n` bytes.
+        unsafe { ptr::write_bytes(p, 0, n) };
+    }
+    p
+}
+
+/// The heap owning `p` and whether it is the calling thread's; `None` if no heap owns it.
+fn owner(p: *const u8) -> Option<(region_map::Owner, *mut Heap)> {
+    let owner = region_map::owner_of(p.addr());
+    if owner == 0 {
+        return None;
+    }
+    let heap = runtime::current_or_own();
+    // SAFETY: a non-null current heap is live.
+    let mine = !heap.is_null() && unsafe { (*heap).is_id(owner) };
+    Some((owner, if mine { heap } else { ptr::null_mut() }))
+}
+
+/// Frees `p` (null: nothing).
+///
+/// # Safety
+/// `p` is null or a live block of this allocator (or of the one behind it); not used afterwards.
+#[inline(always)]
+pub unsafe fn free(p: *mut u8) {
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    if unsafe { (*runtime::fast()).free_small_fast(p) } {
+        return;
+    }
+    // SAFETY: forwarded caller contract.
+    unsafe { free_slow(p) }
+}
+
+/// # Safety
+/// As [`free`].
+#[cold]
+#[inline(never)]
+unsafe fn free_slow(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
+    match owner(p) {
+        // SAFETY: not a block of any heap: the allocator behind this one made it.
+        None => unsafe { foreign::free(p.cast()) },
+        // SAFETY: the calling thread's live heap; the caller gives `p` up.
+        Some((_, heap)) if !heap.is_null() => unsafe { api::efree(api::enter(heap), p, SITE) },
+        // SAFETY: a live block of another thread's heap, given up by the caller.
+        Some((owner, _)) => unsafe { Heap::free_remote(owner, p) },
+    }
+}
+
+/// Resizes `p` (non-null) to `n` bytes (non-zero); null on failure, `p` intact then.
+///
+/// # Safety
+/// `p` is a live block; after a non-null result it is not used again.
+pub unsafe fn realloc(p: *mut u8, n: usize) -> *mut u8 {
+    let Some(size) = padded(n) else {
+        return ptr::null_mut();
+    };
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    if unsafe { (*runtime::fast()).realloc_in_place_fast(p, size) } {
+        return p;
+    }
+    // SAFETY: forwarded caller contract.
+    unsafe { realloc_slow(p, size) }
+}
+
+/// # Safety
+/// As [`realloc`], with `size` padded.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_slow(p: *mut u8, size: usize) -> *mut u8 {
+    match owner(p) {
+        // SAFETY: the allocator behind this one made `p`.
+        None => unsafe { foreign::realloc(p.cast(), size) }.cast(),
+        // SAFETY: the calling thread's live heap; `p` is its block.
+        Some((_, heap)) if !heap.is_null() => unsafe {
+            api::erealloc(api::enter(heap), p, size, size, SITE)
+        },
+        Some((owner, _)) => {
+            // SAFETY: a live block of another thread's heap (caller contract).
+            let usable = unsafe { Heap::remote_usable_size(owner, p) }.unwrap_or(0);
+            let new = alloc(size);
+            if !new.is_null() {
+                // SAFETY: distinct live blocks, each at least this long.
+                unsafe { ptr::copy_nonoverlapping(p, new, usable.min(size)) };
+                // SAFETY: the caller gives the old block up.
+                unsafe { Heap::free_remote(owner, p) };
+            }
+            new
+        }
+    }
+}
+
+/// A block of `n` bytes aligned to `align` (a power of two); null on failure.
+pub fn alloc_aligned(align: usize, n: usize) -> *mut u8 {
+    if align <= MIN_ALIGN {
+        return alloc(n.max(MIN_ALIGN));
+    }
+    if align > ZEND_MM_PAGE_SIZE {
+        // Beyond what pages give: the allocator behind this one's, which `free` knows as foreign.
+        return foreign::memalign(align, n).cast();
+    }
+    let want = n.max(align);
+    if want <= LARGEST_POW2_BIN {
+        // A power-of-two bin at least `align` wide: its slots are aligned to their size.
+        return alloc(want.next_power_of_two());
+    }
+    // Whole pages, page aligned.
+    alloc(n.max(FIRST_LARGE))
+}
+
+/// Bytes usable at `p` (0 for null).
+///
+/// # Safety
+/// `p` is null or a live block.
+#[cfg_attr(not(feature = "preload"), allow(dead_code))] // the preload library's
+pub unsafe fn usable_size(p: *mut u8) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    match owner(p) {
+        // SAFETY: the allocator behind this one made `p`.
+        None => unsafe { foreign::usable_size(p.cast()) },
+        // SAFETY: the calling thread's live heap.
+        Some((_, heap)) if !heap.is_null() => unsafe { (*api::enter(heap)).block_size(p) },
+        // SAFETY: a live block of another thread's heap (caller contract).
+        Some((owner, _)) => unsafe { Heap::remote_usable_size(owner, p) }.unwrap_or(0),
+    }
+}
+
+/// Gives cached memory of the calling thread's heap back; whether any went back.
+#[cfg_attr(not(feature = "preload"), allow(dead_code))] // the preload library's
+pub fn trim() -> bool {
+    let heap = runtime::current_or_own();
+    // SAFETY: the thread's live heap.
+    !heap.is_null() && unsafe { (*api::enter(heap)).gc() } > 0
+}
+
+/// The calling thread's heap: bytes taken from the system and bytes handed out.
+#[cfg_attr(not(feature = "preload"), allow(dead_code))] // the preload library's
+pub fn usage() -> (usize, usize) {
+    let heap = runtime::current_or_own();
+    if heap.is_null() {
+        return (0, 0);
+    }
+    // SAFETY: the thread's live heap.
+    unsafe {
+        let h = &mut *api::enter(heap);
+        h.settle();
+        (h.usage(true), h.usage(false))
+    }
+}
+
+/// The allocator behind this one, for pointers no heap owns.
+#[cfg(feature = "preload")]
+mod foreign {
+    use core::ffi::{CStr, c_void};
+    use core::ptr;
+    use core::sync::atomic::{AtomicPtr, Ordering};
+
+    /// The next allocator's function `name` (in the symbol search order after this library),
+    /// looked up once.
+    fn next(slot: &AtomicPtr<c_void>, name: &CStr) -> *mut c_void {
+        let mut f = slot.load(Ordering::Acquire);
+        if f.is_null() {
+            // SAFETY: a symbol lookup; dlsym may allocate, which this allocator serves.
+            f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+            slot.store(f, Ordering::Release);
+        }
+        f
+    }
+
+    static FREE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+    static REALLOC: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+    static USABLE_SIZE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+    static MEMALIGN: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+
+    /// # Safety
+    /// `p` is a live block of the next allocator (leaked if there is none).
+    pub unsafe fn free(p: *mut c_void) {
+        let f = next(&FREE, c"free");
+        if !f.is_null() {
+            // SAFETY: the next allocator's `free`, for a pointer it made.
+            unsafe { core::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_void)>(f)(p) };
+        }
+    }
+
+    /// # Safety
+    /// `p` is a live block of the next allocator.
+    pub unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+        let f = next(&REALLOC, c"realloc");
+        if f.is_null() {
+            return ptr::null_mut();
+        }
+        type Realloc = unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void;
+        // SAFETY: the next allocator's `realloc`, for a pointer it made.
+        unsafe { core::mem::transmute::<*mut c_void, Realloc>(f)(p, size) }
+    }
+
+    /// # Safety
+    /// `p` is a live block of the next allocator.
+    #[cfg_attr(not(feature = "preload"), allow(dead_code))] // the preload library's
+    pub unsafe fn usable_size(p: *mut c_void) -> usize {
+        let f = next(&USABLE_SIZE, c"malloc_usable_size");
+        if f.is_null() {
+            return 0;
+        }
+        type UsableSize = unsafe extern "C" fn(*mut c_void) -> usize;
+        // SAFETY: the next allocator's function, for a pointer it made.
+        unsafe { core::mem::transmute::<*mut c_void, UsableSize>(f)(p) }
+    }
+
+    pub fn memalign(align: usize, size: usize) -> *mut c_void {
+        let f = next(&MEMALIGN, c"memalign");
+        if f.is_null() {
+            return ptr::null_mut();
+        }
+        type Memalign = unsafe extern "C" fn(usize, usize) -> *mut c_void;
+        // SAFETY: the next allocator's `memalign`.
+        unsafe { core::mem::transmute::<*mut c_void, Memalign>(f)(align, size) }
+    }
+}
+
+/// The allocator behind this one, for pointers no heap owns: the C library's.
+#[cfg(not(feature = "preload"))]
+mod foreign {
+    use core::ffi::c_void;
+    use core::ptr;
+
+    /// # Safety
+    /// `p` is a live block of the C library's allocator.
+    pub unsafe fn free(p: *mut c_void) {
+        // SAFETY: caller contract.
+        unsafe { libc::free(p) }
+    }
+
+    /// # Safety
+    /// `p` is a live block of the C library's allocator.
+    pub unsafe fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+        // SAFETY: caller contract.
+        unsafe { libc::realloc(p, size) }
+    }
+
+    /// # Safety
+    /// `p` is a live block of the C library's allocator.
+    pub unsafe fn usable_size(p: *mut c_void) -> usize {
+        // SAFETY: caller contract.
+        unsafe { libc::malloc_usable_size(p) }
+    }
+
+    pub fn memalign(align: usize, size: usize) -> *mut c_void {
+        let mut p = ptr::null_mut();
+        // SAFETY: a valid out-pointer; `align` is a power of two above a page.
+        if unsafe { libc::posix_memalign(&mut p, align, size) } != 0 {
+            return ptr::null_mut();
+        }
+        p
+    }
+}
