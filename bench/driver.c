@@ -26,6 +26,8 @@
 #include <dlfcn.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -645,6 +647,106 @@ static result_t run_threads(worker_t *w)
     return res;
 }
 
+/* The cross-thread workload: a producer thread allocates blocks (a malloc-like mix: 70% 8..128 B,
+ * 25% 129 B..2 KiB, 5% 2..64 KiB) and stamps them, a consumer thread checks and frees them, so
+ * every block is freed by the thread that did not allocate it. They meet in a single-producer
+ * single-consumer ring of XRING slots; a side that finds it full or empty yields. The producer
+ * thread exits only after the consumer is done. */
+#define XRING 1024
+
+typedef struct {
+    _Atomic size_t head, tail;
+    void *slot[XRING];
+    size_t n;
+    pthread_barrier_t go, done;
+    uint64_t start, end, checksum;
+} xring_t;
+
+static size_t xsize(size_t i)
+{
+    uint64_t h = (uint64_t)i * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+    unsigned pick = (unsigned)(h % 100);
+    if (pick < 70)
+        return 8 + (size_t)(h >> 8) % 121;
+    if (pick < 95)
+        return 129 + (size_t)(h >> 8) % 1920;
+    return 2048 + (size_t)(h >> 8) % 63488;
+}
+
+static void *xproducer(void *arg)
+{
+    xring_t *r = arg;
+    void *warm = A_MALLOC(64);
+    OPAQUE(warm);
+    A_FREE(warm);
+    pthread_barrier_wait(&r->go);
+    r->start = now_ns();
+    for (size_t i = 0; i < r->n; i++) {
+        size_t size = xsize(i);
+        unsigned char *p = A_MALLOC(size);
+        uint64_t stamp = (uint64_t)i * 0x2545F4914F6CDD1Dull ^ size;
+        memcpy(p, &stamp, sizeof stamp);
+        if (size > sizeof stamp)
+            p[size - 1] = (unsigned char)i;
+        size_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+        while (head - atomic_load_explicit(&r->tail, memory_order_acquire) == XRING)
+            sched_yield();
+        r->slot[head % XRING] = p;
+        atomic_store_explicit(&r->head, head + 1, memory_order_release);
+    }
+    /* The producer's thread outlives its blocks: with PHP's semantics (zend) a thread's heap goes
+     * when the thread exits. */
+    pthread_barrier_wait(&r->done);
+    return NULL;
+}
+
+static void *xconsumer(void *arg)
+{
+    xring_t *r = arg;
+    pthread_barrier_wait(&r->go);
+    uint64_t sum = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        size_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+        while (atomic_load_explicit(&r->head, memory_order_acquire) == tail)
+            sched_yield();
+        unsigned char *p = r->slot[tail % XRING];
+        atomic_store_explicit(&r->tail, tail + 1, memory_order_release);
+        size_t size = xsize(i);
+        uint64_t stamp;
+        memcpy(&stamp, p, sizeof stamp);
+        if (stamp != ((uint64_t)i * 0x2545F4914F6CDD1Dull ^ size) ||
+            (size > sizeof stamp && p[size - 1] != (unsigned char)i))
+            die("xthread: a block's stamp changed");
+        sum = sum * 31 + stamp;
+        A_FREE(p);
+    }
+    r->checksum = sum;
+    r->end = now_ns();
+    pthread_barrier_wait(&r->done);
+    return NULL;
+}
+
+static result_t run_xthread(double scale)
+{
+    static xring_t r;
+    result_t res = { 0, 0, 0, 0 };
+    r.n = (size_t)(2000000 * scale);
+    if (r.n < 1000)
+        r.n = 1000;
+    pthread_barrier_init(&r.go, NULL, 2);
+    pthread_barrier_init(&r.done, NULL, 2);
+    pthread_t prod, cons;
+    if (pthread_create(&prod, NULL, xproducer, &r) || pthread_create(&cons, NULL, xconsumer, &r))
+        die("pthread_create failed");
+    pthread_join(prod, NULL);
+    pthread_join(cons, NULL);
+    res.checksum = r.checksum;
+    res.ops = 2 * r.n;
+    res.ns = r.end - r.start;
+    return res;
+}
+
 /* ---- Small-block fast path, for callgrind ------------------------------------------------- */
 /* run.py counts instructions inside bench_pair / bench_batch (--toggle-collect) and subtracts
  * the matching empty loop. Warm-up goes through copies with other names so it is not counted. */
@@ -742,7 +844,7 @@ static int run_fast(const char *mode, size_t n)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s churn|phpmix|request|hugereq|strings|lifo|large|pages|threads [SCALE]\n"
+        fprintf(stderr, "usage: %s churn|phpmix|request|hugereq|strings|lifo|large|pages|threads|xthread [SCALE]\n"
                         "       %s fast-pair|fast-batch|fast-pair-empty|fast-batch-empty N\n",
                 argv[0], argv[0]);
         return 2;
@@ -759,7 +861,17 @@ int main(int argc, char **argv)
 
     result_t res = { 0, 0, 0, 0 };
     long rss_base;
-    if (!strcmp(name, "threads")) {
+    if (!strcmp(name, "xthread")) {
+        if (!A_THREADS) {
+            printf("alloc=%s workload=xthread status=na reason=not-thread-safe\n", A_NAME);
+            return 0;
+        }
+        rss_base = rss_now_kib();
+        A_START();
+        uint64_t c0 = cpu_ns();
+        res = run_xthread(scale);
+        res.cpu_ns = cpu_ns() - c0;
+    } else if (!strcmp(name, "threads")) {
         if (!A_THREADS) {
             /* PHP's NTS heap is one global without locks: two threads would corrupt it. */
             printf("alloc=%s workload=threads status=na reason=not-thread-safe\n", A_NAME);

@@ -76,6 +76,9 @@ ALLOCATORS = [
     Allocator("mimalloc", "bench_malloc", "libmimalloc", f"{LIBDIR}/libmimalloc.so.2", "libmimalloc2.0", True),
     Allocator("tcmalloc", "bench_malloc", "libtcmalloc", f"{LIBDIR}/libtcmalloc_minimal.so.4",
               "libtcmalloc-minimal4", True),
+    # This library as the process's malloc: the malloc driver under LD_PRELOAD, as the peers.
+    Allocator("zend-preload", "bench_malloc", "libzend_alloc_preload",
+              os.path.join(ROOT, "target", "release", "libzend_alloc_preload.so"), None, True),
 ]
 PEERS = ("glibc", "jemalloc", "mimalloc", "tcmalloc")
 # The fewest rounds of a run whose results replace the committed ones.
@@ -112,6 +115,9 @@ WORKLOADS = [
               "200k replacements"),
     ("threads", "2 threads, each running the churn workload on its own heap (wall time over all "
                 "operations of both; php: n/a, its NTS heap is not thread safe)"),
+    ("xthread", "producer/consumer: one thread allocates 2M blocks (70% 8..128 B, 25% ..2 KiB, "
+                "5% ..64 KiB) and stamps them, another checks and frees them, through a 1024-slot ring "
+                "(every free is of another thread's block; php: n/a)"),
 ]
 
 FAST = [
@@ -425,6 +431,28 @@ def markdown(m, summary, rat, cg, names, missing, rounds, scale):
             s = summary[w]
             r = s["zend+debug"]["ns_op"] / s["zend"]["ns_op"] if s.get("zend+debug") and s.get("zend") else None
             L.append(f"| {w} | {fmt(r, 2)} |")
+    if "zend-preload" in names:
+        L.append("")
+        L.append("*zend-preload*: this library as the process's malloc (`libzend_alloc_preload.so`, the malloc "
+                 "driver under `LD_PRELOAD` as the peers; no request ends, blocks freed one by one). Against "
+                 "the malloc peers:")
+        L.append("")
+        L.append("| workload | preload / best peer | preload / mimalloc | preload / glibc |")
+        L.append("|---|---:|---:|---:|")
+        per = {}
+        for w, _ in WORKLOADS:
+            s = summary[w]
+            pre = s.get("zend-preload")
+            peers = [(s[p]["ns_op"], p) for p in PEERS if p in names and s.get(p)]
+            if not pre or not peers:
+                L.append(f"| {w} | n/a | n/a | n/a |")
+                continue
+            best = min(peers)
+            rel = lambda p: pre["ns_op"] / s[p]["ns_op"] if s.get(p) else None
+            per[w] = (pre["ns_op"] / best[0], rel("mimalloc"), rel("glibc"))
+            L.append(f"| {w} | {per[w][0]:.2f} ({best[1]}) | {fmt(per[w][1], 2)} | {fmt(per[w][2], 2)} |")
+        gms = [geomean([v[i] for v in per.values() if v[i]]) for i in range(3)]
+        L.append(f"| **geometric mean** | **{fmt(gms[0], 2)}** | **{fmt(gms[1], 2)}** | **{fmt(gms[2], 2)}** |")
     L.append("")
     L.append(f"## CPU time per operation (ns/op, median of {rounds} rounds)")
     L.append("")
@@ -497,7 +525,7 @@ def markdown(m, summary, rat, cg, names, missing, rounds, scale):
     return "\n".join(L)
 
 
-COLORS = {"zend": "#d62728", "zend+debug": "#ff9896", "php": "#7f7f7f", "glibc": "#1f77b4", "jemalloc": "#2ca02c",
+COLORS = {"zend": "#d62728", "zend+debug": "#ff9896", "zend-preload": "#8c564b", "php": "#7f7f7f", "glibc": "#1f77b4", "jemalloc": "#2ca02c",
           "mimalloc": "#9467bd", "tcmalloc": "#ff7f0e"}
 
 

@@ -15,11 +15,15 @@ fn payload(seed: usize) -> Vec<u8> {
         1 => (2 << 20) + seed % 4096,
         _ => 1 + seed % 300,
     };
-    (0..len).map(|i| (seed.wrapping_mul(31).wrapping_add(i)) as u8).collect()
+    (0..len)
+        .map(|i| (seed.wrapping_mul(31).wrapping_add(i)) as u8)
+        .collect()
 }
 
 fn valid(seed: usize, v: &[u8]) -> bool {
-    v.iter().enumerate().all(|(i, &b)| b == seed.wrapping_mul(31).wrapping_add(i) as u8)
+    v.iter()
+        .enumerate()
+        .all(|(i, &b)| b == seed.wrapping_mul(31).wrapping_add(i) as u8)
 }
 
 #[test]
@@ -82,13 +86,19 @@ fn alignments_and_zeroed_memory() {
             // SAFETY: a non-zero-sized layout; the block is freed with it.
             unsafe {
                 let p = std::alloc::alloc_zeroed(layout);
-                assert!(!p.is_null() && p as usize % align == 0, "{size} bytes at {align}");
+                assert!(
+                    !p.is_null() && p as usize % align == 0,
+                    "{size} bytes at {align}"
+                );
                 assert!((0..size).all(|i| *p.add(i) == 0));
                 p.write_bytes(0xa5, size);
                 let q = std::alloc::realloc(p, layout, size * 3);
                 assert!(!q.is_null() && q as usize % align == 0);
                 assert!((0..size).all(|i| *q.add(i) == 0xa5));
-                std::alloc::dealloc(q, std::alloc::Layout::from_size_align(size * 3, align).unwrap());
+                std::alloc::dealloc(
+                    q,
+                    std::alloc::Layout::from_size_align(size * 3, align).unwrap(),
+                );
             }
         }
     }
