@@ -159,3 +159,14 @@ pub unsafe fn c_free(p: *mut u8) {
     // SAFETY: caller contract.
     unsafe { libc::free(p.cast()) }
 }
+
+/// Milliseconds of a monotonic clock (coarse: a few milliseconds of resolution, no system call).
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; the coarse monotonic clock needs no privilege.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}

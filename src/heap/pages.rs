@@ -58,10 +58,14 @@ pub(super) enum NoPages {
     TooShort,
 }
 
-/// As the C library's allocator (the preload library) no request ever ends.
+/// As the C library's allocator (the preload library) no request ever ends: the segment cache is
+/// trimmed by age instead, whenever a segment empties. A segment cached for longer than
+/// [`PURGE_DELAY_MS`] goes back to storage (the most recent [`PURGE_KEEP`] stay), and never more
+/// than [`PURGE_MAX_CACHED`] stay cached. (mimalloc purges after a delay too.)
 const NO_REQUEST_ENDS: bool = cfg!(feature = "preload");
-/// Then this many emptied segments stay cached; the next one emptied goes back to storage.
-const CACHED_WITHOUT_REQUESTS: usize = 4;
+const PURGE_DELAY_MS: u32 = 100;
+const PURGE_KEEP: usize = 2;
+const PURGE_MAX_CACHED: usize = 64;
 
 impl Heap {
     /// Takes a run of `pages` pages from some segment of this heap, mapping a new segment if no
@@ -310,16 +314,41 @@ impl Heap {
         unsafe {
             if seg != self.main && (*seg).is_empty() {
                 self.unlink_segment(seg);
-                if NO_REQUEST_ENDS && self.cached.len() >= CACHED_WITHOUT_REQUESTS {
-                    // No request end will trim the cache: beyond a few, emptied segments go back.
-                    self.release_segment(seg);
-                    self.real_size -= self.segment_size;
+                if NO_REQUEST_ENDS {
+                    // No request end will trim the cache: it is trimmed by age here.
+                    let now = crate::os::monotonic_ms();
+                    (*seg).set_last_used(now);
+                    self.cached.push_front(seg);
+                    self.purge_cached_segments(now);
                 } else {
                     self.cached.push_front(seg);
                 }
             } else {
                 self.reclassify(seg);
             }
+        }
+    }
+
+    /// Without request ends: gives back the cached segments older than [`PURGE_DELAY_MS`] (keeping
+    /// the [`PURGE_KEEP`] most recent) and those beyond [`PURGE_MAX_CACHED`]; `now` in the
+    /// milliseconds of `os::monotonic_ms`, as the cache stamps.
+    fn purge_cached_segments(&mut self, now: u64) {
+        let mut kept = 0;
+        // SAFETY: cached segments are live segments of this heap, each released after the iterator
+        // passed it.
+        for seg in unsafe { self.cached.iter() } {
+            // SAFETY: as above.
+            let old = unsafe { (*seg).idle_for(now) } > PURGE_DELAY_MS;
+            if kept < PURGE_KEEP || (!old && kept < PURGE_MAX_CACHED) {
+                kept += 1;
+                continue;
+            }
+            // SAFETY: as above; off the cache, it is on no list.
+            unsafe {
+                self.cached.remove(seg);
+                self.release_segment(seg);
+            }
+            self.real_size -= self.segment_size;
         }
     }
 
