@@ -326,7 +326,7 @@ mod tests {
         // Under Miri, three interior offsets per block (every slot start is still checked).
         let offsets = |size: usize| -> std::vec::Vec<usize> {
             if cfg!(miri) {
-                [8, size / 2 & !7, size - 8]
+                [8, (size / 2) & !7, size - 8]
                     .into_iter()
                     .filter(|&o| o > 0 && o < size)
                     .collect()
