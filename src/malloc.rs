@@ -20,7 +20,7 @@ use crate::diagnostics::Site;
 use crate::heap::{Heap, api};
 use crate::region_map;
 use crate::runtime;
-use crate::sizes::{ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE};
+use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE};
 
 /// The alignment of blocks of 16 bytes and more (glibc's `MALLOC_ALIGNMENT` on x86-64).
 pub const MIN_ALIGN: usize = 16;
@@ -43,23 +43,62 @@ fn padded(n: usize) -> Option<usize> {
     }
 }
 
+/// The bin serving a small request of `n` bytes: the smallest whose size is at least `n` padded
+/// (16-aligned bins from 16 bytes on), so the fast path needs no padding arithmetic.
+const MALLOC_BINS: [u8; ZEND_MM_MAX_SMALL_SIZE + 1] = {
+    let mut t = [0u8; ZEND_MM_MAX_SMALL_SIZE + 1];
+    let mut n = 0;
+    while n <= ZEND_MM_MAX_SMALL_SIZE {
+        let want = if n <= 8 {
+            8
+        } else {
+            (n + MIN_ALIGN - 1) & !(MIN_ALIGN - 1)
+        };
+        let mut bin = 0;
+        while BIN_SIZE[bin] < want {
+            bin += 1;
+        }
+        t[n] = bin as u8;
+        n += 1;
+    }
+    t
+};
+const _: () = {
+    // Every bin a padded request lands in has 16-aligned slots from 16 bytes on.
+    let mut n = 16;
+    while n <= ZEND_MM_MAX_SMALL_SIZE {
+        assert!(BIN_SIZE[MALLOC_BINS[n] as usize] % MIN_ALIGN == 0);
+        n += 1;
+    }
+};
+
 /// `n` bytes (16-aligned from 16 bytes on) from the calling thread's heap; null on failure.
 #[inline(always)]
 pub fn alloc(n: usize) -> *mut u8 {
-    let Some(size) = padded(n) else {
-        return ptr::null_mut();
-    };
-    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
-    let p = unsafe { (*runtime::fast()).alloc_small_fast(size) };
+    let p = alloc_fast(n);
     if !p.is_null() {
         return p;
     }
-    alloc_slow(size)
+    alloc_slow(n)
 }
 
+/// A small block for `n` bytes if its bin has a free slot; null otherwise (not a failure).
+#[inline(always)]
+pub fn alloc_fast(n: usize) -> *mut u8 {
+    if n > ZEND_MM_MAX_SMALL_SIZE {
+        return ptr::null_mut();
+    }
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    unsafe { (*runtime::fast()).alloc_small_fast_in(MALLOC_BINS[n] as usize) }
+}
+
+/// Everything [`alloc_fast`] declines; null on failure.
 #[cold]
 #[inline(never)]
-fn alloc_slow(size: usize) -> *mut u8 {
+pub fn alloc_slow(n: usize) -> *mut u8 {
+    let Some(size) = padded(n) else {
+        return ptr::null_mut();
+    };
     runtime::use_malloc_semantics();
     let heap = runtime::current_or_create(size, SITE);
     if heap.is_null() {
@@ -97,19 +136,31 @@ fn owner(p: *const u8) -> Option<(region_map::Owner, *mut Heap)> {
 /// `p` is null or a live block of this allocator (or of the one behind it); not used afterwards.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
-    if unsafe { (*runtime::fast()).free_small_fast(p) } {
-        return;
-    }
     // SAFETY: forwarded caller contract.
-    unsafe { free_slow(p) }
+    if unsafe { !free_fast(p) } {
+        // SAFETY: as above.
+        unsafe { free_slow(p) }
+    }
 }
 
+/// Frees `p` if it is a small block of the calling thread's heap in one of its aligned segments
+/// (the common case, which makes no system call); false otherwise, `p` untouched.
+///
+/// # Safety
+/// As [`free`].
+#[inline(always)]
+pub unsafe fn free_fast(p: *mut u8) -> bool {
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    unsafe { (*runtime::fast()).free_small_fast(p) }
+}
+
+/// Everything [`free_fast`] declines.
+///
 /// # Safety
 /// As [`free`].
 #[cold]
 #[inline(never)]
-unsafe fn free_slow(p: *mut u8) {
+pub unsafe fn free_slow(p: *mut u8) {
     if p.is_null() {
         return;
     }

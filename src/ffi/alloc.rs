@@ -157,11 +157,15 @@ fn efree_slow(
 /// own heap, most likely): such a block is freed or resized through that heap's remote list. Not
 /// while the current heap forwards to custom handlers, which get every call.
 fn other_heaps_block(p: *const u8) -> Option<region_map::Owner> {
+    let heap = runtime::current_or_own();
+    // SAFETY: a non-null current heap is live.
+    if !heap.is_null() && unsafe { (*heap).in_fast_segment(p) } {
+        return None; // the common case, told without the region map
+    }
     let owner = region_map::owner_of(p.addr());
     if owner == 0 {
         return None;
     }
-    let heap = runtime::current_or_own();
     // SAFETY: a non-null current heap is live; the owner of a registered region is a live heap.
     let elsewhere = heap.is_null() || unsafe { !(*heap).is_id(owner) && !(*heap).is_custom() };
     // SAFETY: as above.

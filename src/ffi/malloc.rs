@@ -31,7 +31,17 @@ fn or_enomem(p: *mut u8) -> *mut c_void {
 /// Allocates `size` bytes.
 #[unsafe(no_mangle)]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    or_enomem(malloc::alloc(size))
+    let p = malloc::alloc_fast(size);
+    if !p.is_null() {
+        return p.cast();
+    }
+    malloc_slow(size)
+}
+
+#[cold]
+#[inline(never)]
+fn malloc_slow(size: usize) -> *mut c_void {
+    or_enomem(malloc::alloc_slow(size))
 }
 
 /// Frees `p` (NULL: nothing); `errno` is kept.
@@ -40,9 +50,14 @@ pub extern "C" fn malloc(size: usize) -> *mut c_void {
 /// `p` is NULL or a live block of this allocator (or of the one before it); not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn free(p: *mut c_void) {
+    // SAFETY: caller contract.
+    if unsafe { malloc::free_fast(p.cast()) } {
+        return;
+    }
+    // The slow path may unmap memory, which may set errno.
     let saved = errno();
     // SAFETY: caller contract.
-    unsafe { malloc::free(p.cast()) };
+    unsafe { malloc::free_slow(p.cast()) };
     set_errno(saved);
 }
 

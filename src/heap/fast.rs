@@ -79,6 +79,14 @@ impl Heap {
         self.pop_free_slot(bin_of(size))
     }
 
+    /// Pops a free slot of `bin`, a bin number from a size table, if it has one (the malloc fast
+    /// path). Masked into the slot arrays, whose entries past the last bin stay empty, so it needs
+    /// no bounds check.
+    #[inline(always)]
+    pub fn alloc_small_fast_in(&mut self, bin: usize) -> *mut u8 {
+        self.pop_free_slot(bin & (BIN_SLOTS - 1))
+    }
+
     /// Pops a free slot of `bin` if it has one (the size-specialised entry points' fast path).
     #[inline(always)]
     pub fn alloc_bin_fast(&mut self, bin: usize) -> *mut u8 {
@@ -121,6 +129,12 @@ impl Heap {
         let seg = self.fast_segments[Self::fast_index(p.addr())];
         let inside = p.addr().wrapping_sub(seg.addr()) < FAST_SEGMENT_SIZE;
         (inside && seg != no_segment()).then_some(seg)
+    }
+
+    /// Whether `p` lies in one of this heap's aligned default segments (the fast table): then it
+    /// is this heap's, told without the region map.
+    pub fn in_fast_segment(&self, p: *const u8) -> bool {
+        self.fast_segment_of(p).is_some()
     }
 
     /// Frees `p` if it is a small block in one of this heap's aligned segments; false otherwise
