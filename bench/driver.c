@@ -747,6 +747,120 @@ static result_t run_xthread(double scale)
     return res;
 }
 
+/* The server workload (after larson): LTHREADS threads share LSLOTS slots, each slot holding a
+ * block of 8..1000 bytes. Each round every thread replaces random blocks in its own range of slots,
+ * and the ranges rotate between rounds, so most blocks are freed by another thread than the one
+ * that made them. Every block is stamped with its slot and generation and checked when it is
+ * replaced; at the end each thread frees the blocks of its range (PHP's semantics: a thread's heap
+ * goes with the thread). */
+#define LTHREADS 4
+#define LSLOTS 8192
+
+typedef struct {
+    unsigned char *block[LSLOTS];
+    uint32_t gen[LSLOTS];
+    pthread_barrier_t turn;
+    int rounds, per_round;
+} larson_t;
+
+typedef struct {
+    larson_t *l;
+    int t;
+    uint64_t start, end, checksum, ops;
+} lworker_t;
+
+static size_t lsize(uint32_t slot, uint32_t gen)
+{
+    return 8 + (size_t)(((uint64_t)slot * 2654435761u + gen * 40503u) % 993);
+}
+
+static uint64_t lstamp(uint32_t slot, uint32_t gen)
+{
+    return ((uint64_t)slot << 32 | gen) * 0x9E3779B97F4A7C15ull;
+}
+
+static uint64_t lreplace(larson_t *l, uint32_t slot)
+{
+    uint64_t sum = 0;
+    unsigned char *p = l->block[slot];
+    if (p) {
+        uint64_t stamp;
+        memcpy(&stamp, p, sizeof stamp);
+        if (stamp != lstamp(slot, l->gen[slot]))
+            die("larson: a block's stamp changed");
+        sum = stamp;
+        A_FREE(p);
+    }
+    uint32_t gen = ++l->gen[slot];
+    size_t size = lsize(slot, gen);
+    p = A_MALLOC(size);
+    uint64_t stamp = lstamp(slot, gen);
+    memcpy(p, &stamp, sizeof stamp);
+    l->block[slot] = p;
+    return sum;
+}
+
+static void *lworker(void *arg)
+{
+    lworker_t *w = arg;
+    larson_t *l = w->l;
+    const uint32_t range = LSLOTS / LTHREADS;
+    void *warm = A_MALLOC(64);
+    OPAQUE(warm);
+    A_FREE(warm);
+    pthread_barrier_wait(&l->turn);
+    w->start = now_ns();
+    for (int round = 0; round < l->rounds; round++) {
+        uint32_t first = (uint32_t)((w->t + round) % LTHREADS) * range;
+        rng_t r = { (uint64_t)round * 7919u + (uint64_t)w->t * 104729u + 1 };
+        for (int i = 0; i < l->per_round; i++) {
+            w->checksum += lreplace(l, first + below(&r, range));
+            w->ops += 2;
+        }
+        pthread_barrier_wait(&l->turn);
+    }
+    uint32_t first = (uint32_t)((w->t + l->rounds) % LTHREADS) * range;
+    for (uint32_t slot = first; slot < first + range; slot++) {
+        if (l->block[slot]) {
+            w->checksum += lreplace(l, slot); /* checks it, then a last block ... */
+            A_FREE(l->block[slot]);           /* ... freed at once */
+            l->block[slot] = NULL;
+            w->ops += 3;
+        }
+    }
+    w->end = now_ns();
+    pthread_barrier_wait(&l->turn); /* no thread (and heap) goes before the last free */
+    return NULL;
+}
+
+static result_t run_larson(double scale)
+{
+    static larson_t l;
+    result_t res = { 0, 0, 0, 0 };
+    l.rounds = (int)(40 * scale) < 2 ? 2 : (int)(40 * scale);
+    l.per_round = 20000;
+    pthread_barrier_init(&l.turn, NULL, LTHREADS);
+    lworker_t w[LTHREADS];
+    pthread_t tid[LTHREADS];
+    memset(w, 0, sizeof w);
+    for (int t = 0; t < LTHREADS; t++) {
+        w[t].l = &l;
+        w[t].t = t;
+        if (pthread_create(&tid[t], NULL, lworker, &w[t]))
+            die("pthread_create failed");
+    }
+    uint64_t start = UINT64_MAX, end = 0;
+    for (int t = 0; t < LTHREADS; t++) {
+        pthread_join(tid[t], NULL);
+        start = w[t].start < start ? w[t].start : start;
+        end = w[t].end > end ? w[t].end : end;
+        res.checksum += w[t].checksum; /* a sum: independent of thread order */
+        res.ops += w[t].ops;
+    }
+    res.ns = end - start;
+    return res;
+}
+
 /* ---- Small-block fast path, for callgrind ------------------------------------------------- */
 /* run.py counts instructions inside bench_pair / bench_batch (--toggle-collect) and subtracts
  * the matching empty loop. Warm-up goes through copies with other names so it is not counted. */
@@ -844,7 +958,7 @@ static int run_fast(const char *mode, size_t n)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s churn|phpmix|request|hugereq|strings|lifo|large|pages|threads|xthread [SCALE]\n"
+        fprintf(stderr, "usage: %s churn|phpmix|request|hugereq|strings|lifo|large|pages|threads|xthread|larson [SCALE]\n"
                         "       %s fast-pair|fast-batch|fast-pair-empty|fast-batch-empty N\n",
                 argv[0], argv[0]);
         return 2;
@@ -861,7 +975,17 @@ int main(int argc, char **argv)
 
     result_t res = { 0, 0, 0, 0 };
     long rss_base;
-    if (!strcmp(name, "xthread")) {
+    if (!strcmp(name, "larson")) {
+        if (!A_THREADS) {
+            printf("alloc=%s workload=larson status=na reason=not-thread-safe\n", A_NAME);
+            return 0;
+        }
+        rss_base = rss_now_kib();
+        A_START();
+        uint64_t c0 = cpu_ns();
+        res = run_larson(scale);
+        res.cpu_ns = cpu_ns() - c0;
+    } else if (!strcmp(name, "xthread")) {
         if (!A_THREADS) {
             printf("alloc=%s workload=xthread status=na reason=not-thread-safe\n", A_NAME);
             return 0;

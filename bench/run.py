@@ -118,6 +118,9 @@ WORKLOADS = [
     ("xthread", "producer/consumer: one thread allocates 2M blocks (70% 8..128 B, 25% ..2 KiB, "
                 "5% ..64 KiB) and stamps them, another checks and frees them, through a 1024-slot ring "
                 "(every free is of another thread's block; php: n/a)"),
+    ("larson", "server loop (after larson): 4 threads replace random blocks of 8..1000 B in 8192 shared "
+               "slots, 20000 per round and thread; the threads' slot ranges rotate every round, so most "
+               "blocks are freed by another thread than the one that made them; 40 rounds (php: n/a)"),
 ]
 
 FAST = [
