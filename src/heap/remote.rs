@@ -227,3 +227,76 @@ impl Heap {
         self.used() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_heap;
+    use super::*;
+
+    /// Sends raw pointers to another thread (the test hands the blocks over, as a C program would).
+    struct Blocks(std::vec::Vec<usize>);
+
+    #[test]
+    fn blocks_freed_on_another_thread_are_collected_by_their_heap() {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread, borrowed alone.
+        let h = unsafe { &mut *heap };
+        let base = h.used();
+        let sizes = [8usize, 100, 3000, 5000, 40000, 3 << 20];
+        let blocks: std::vec::Vec<*mut u8> = (0..24)
+            .map(|i| h.alloc(sizes[i % sizes.len()]).unwrap())
+            .collect();
+        let owner = h.id();
+        let handed = Blocks(blocks.iter().map(|p| p.expose_provenance()).collect());
+        std::thread::spawn(move || {
+            let handed = handed;
+            for &addr in &handed.0 {
+                // SAFETY: live blocks of `owner`, given up here and used by no one after.
+                unsafe { Heap::free_remote(owner, ptr::with_exposed_provenance_mut(addr)) };
+            }
+        })
+        .join()
+        .unwrap();
+        assert!(h.used() > base, "not collected before the owner looks");
+        assert!(h.collect_remote_frees());
+        assert_eq!(h.used(), base);
+        assert!(!h.collect_remote_frees(), "the list is empty again");
+        // The slots are the heap's again: the last small block freed comes back first.
+        let again = h.alloc(8).unwrap();
+        assert!(blocks.contains(&again));
+        h.free(again);
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn an_abandoned_heap_is_taken_whole_and_settles_when_empty() {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread, borrowed alone until it is abandoned.
+        let p = unsafe { (*heap).alloc(100) }.unwrap();
+        // SAFETY: no thread uses the heap from here on.
+        unsafe { Heap::abandon(heap) };
+        let mut found = false;
+        let mut taken = Heap::take_abandoned();
+        while !taken.is_null() {
+            // SAFETY: taken from the abandoned list: live, and this thread's alone now.
+            let next = unsafe { (*taken).next_abandoned() };
+            if taken == heap {
+                found = true;
+                // SAFETY: as above.
+                let h = unsafe { &mut *taken };
+                assert!(!h.settle_abandoned(), "a live block keeps it");
+                h.free(p);
+                assert!(h.settle_abandoned());
+                // SAFETY: empty and unreachable.
+                unsafe { Heap::shutdown(taken, true) };
+            } else {
+                // Another test's heap: put it back.
+                // SAFETY: taken from the list, used by no thread.
+                unsafe { Heap::abandon(taken) };
+            }
+            taken = next;
+        }
+        assert!(found);
+    }
+}
