@@ -148,11 +148,6 @@ typedef struct _zend_mm_storage zend_mm_storage;
 #define ZEND_MM_TOP_SITES 10
 
 /**
- * The alignment of blocks of 16 bytes and more (glibc's `MALLOC_ALIGNMENT` on x86-64).
- */
-#define MIN_ALIGN 16
-
-/**
  * The allocation unit inside a segment; large blocks are whole runs of pages.
  */
 #define ZEND_MM_PAGE_SIZE 4096

@@ -23,7 +23,7 @@ use crate::runtime;
 use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE};
 
 /// The alignment of blocks of 16 bytes and more (glibc's `MALLOC_ALIGNMENT` on x86-64).
-pub const MIN_ALIGN: usize = 16;
+pub(crate) const MIN_ALIGN: usize = 16;
 /// The largest power-of-two bin: its slots, like those of every smaller power-of-two bin, start at
 /// multiples of their size (runs are page aligned and these sizes divide the page).
 const LARGEST_POW2_BIN: usize = 2048;
