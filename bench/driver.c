@@ -975,39 +975,20 @@ int main(int argc, char **argv)
 
     result_t res = { 0, 0, 0, 0 };
     long rss_base;
-    if (!strcmp(name, "larson")) {
-        if (!A_THREADS) {
-            printf("alloc=%s workload=larson status=na reason=not-thread-safe\n", A_NAME);
-            return 0;
-        }
-        rss_base = rss_now_kib();
-        A_START();
-        uint64_t c0 = cpu_ns();
-        res = run_larson(scale);
-        res.cpu_ns = cpu_ns() - c0;
-    } else if (!strcmp(name, "xthread")) {
-        if (!A_THREADS) {
-            printf("alloc=%s workload=xthread status=na reason=not-thread-safe\n", A_NAME);
-            return 0;
-        }
-        rss_base = rss_now_kib();
-        A_START();
-        uint64_t c0 = cpu_ns();
-        res = run_xthread(scale);
-        res.cpu_ns = cpu_ns() - c0;
-    } else if (!strcmp(name, "threads")) {
+    if (!strcmp(name, "threads") || !strcmp(name, "xthread") || !strcmp(name, "larson")) {
         if (!A_THREADS) {
             /* PHP's NTS heap is one global without locks: two threads would corrupt it. */
-            printf("alloc=%s workload=threads status=na reason=not-thread-safe\n", A_NAME);
+            printf("alloc=%s workload=%s status=na reason=not-thread-safe\n", A_NAME, name);
             return 0;
         }
         worker_t w[THREADS];
         memset(w, 0, sizeof w);
-        gen_threads(w, scale);
+        if (!strcmp(name, "threads"))
+            gen_threads(w, scale); /* traces made before the RSS baseline, as for the others */
         rss_base = rss_now_kib();
         A_START();
         uint64_t c0 = cpu_ns();
-        res = run_threads(w);
+        res = !strcmp(name, "threads") ? run_threads(w) : !strcmp(name, "xthread") ? run_xthread(scale) : run_larson(scale);
         res.cpu_ns = cpu_ns() - c0;
     } else {
         trace_t t;

@@ -203,14 +203,11 @@ unsafe fn realloc_slow(p: *mut u8, size: usize) -> *mut u8 {
             api::erealloc(api::enter(heap), p, size, size, SITE)
         },
         Some((owner, _)) => {
-            // SAFETY: a live block of another thread's heap (caller contract).
-            let usable = unsafe { Heap::remote_usable_size(owner, p) }.unwrap_or(0);
             let new = alloc(size);
             if !new.is_null() {
-                // SAFETY: distinct live blocks, each at least this long.
-                unsafe { ptr::copy_nonoverlapping(p, new, usable.min(size)) };
-                // SAFETY: the caller gives the old block up.
-                unsafe { Heap::free_remote(owner, p) };
+                // SAFETY: a live block of another thread's heap, given up by the caller; `new`
+                // is a fresh block of `size` bytes.
+                unsafe { Heap::move_from_remote(owner, p, new, size) };
             }
             new
         }
@@ -272,7 +269,7 @@ pub fn usage() -> (usize, usize) {
     // SAFETY: the thread's live heap.
     unsafe {
         let h = &mut *api::enter(heap);
-        h.settle();
+        h.collect_remote_frees();
         (h.usage(true), h.usage(false))
     }
 }

@@ -257,19 +257,12 @@ unsafe fn erealloc_remote(
     copy_size: usize,
     site: Site,
 ) -> *mut c_void {
-    // SAFETY: a live block of `owner`'s (caller contract).
-    let Some(usable) = (unsafe { Heap::remote_usable_size(owner, ptr.cast()) }) else {
-        diagnostics::heap_corrupted();
-    };
     // SAFETY: the current heap, not borrowed here.
     let new = unsafe { api::emalloc(heap_for(size, site), size, site) };
-    if new.is_null() {
-        return ptr::null_mut();
+    if !new.is_null() {
+        // SAFETY: a live block of `owner`'s, given up by the caller; `new` has `size` bytes.
+        unsafe { Heap::move_from_remote(owner, ptr.cast(), new, size.min(copy_size)) };
     }
-    // SAFETY: both blocks are live and distinct (different heaps), each at least this long.
-    unsafe { ptr::copy_nonoverlapping(ptr.cast::<u8>(), new, usable.min(size).min(copy_size)) };
-    // SAFETY: the caller gives the old block up.
-    unsafe { Heap::free_remote(owner, ptr.cast()) };
     new.cast()
 }
 

@@ -8,6 +8,7 @@ use core::ffi::{c_int, c_void};
 use core::ptr;
 
 use crate::malloc;
+use crate::sizes::ZEND_MM_PAGE_SIZE;
 
 fn set_errno(value: c_int) {
     // SAFETY: the calling thread's errno.
@@ -142,20 +143,16 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
 /// `size` bytes, page aligned.
 #[unsafe(no_mangle)]
 pub extern "C" fn valloc(size: usize) -> *mut c_void {
-    or_enomem(malloc::alloc_aligned(page_size(), size))
+    or_enomem(malloc::alloc_aligned(ZEND_MM_PAGE_SIZE, size))
 }
 
 /// `size` rounded up to whole pages (one page for 0), page aligned.
 #[unsafe(no_mangle)]
 pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
-    match size.max(1).checked_next_multiple_of(page_size()) {
-        Some(size) => or_enomem(malloc::alloc_aligned(page_size(), size)),
+    match size.max(1).checked_next_multiple_of(ZEND_MM_PAGE_SIZE) {
+        Some(size) => or_enomem(malloc::alloc_aligned(ZEND_MM_PAGE_SIZE, size)),
         None => or_enomem(ptr::null_mut()),
     }
-}
-
-fn page_size() -> usize {
-    crate::sizes::ZEND_MM_PAGE_SIZE
 }
 
 /// Bytes usable at `p` (0 for NULL).

@@ -63,7 +63,7 @@ pub extern "C" fn is_zend_ptr(ptr: *const c_void) -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn zend_memory_usage(real_usage: c_int) -> usize {
     let heap = current();
-    heap.settle();
+    heap.collect_remote_frees();
     heap.usage(real_usage != 0)
 }
 

@@ -25,7 +25,7 @@ use super::Heap;
 pub struct LimitBelowUsage;
 
 impl Heap {
-    /// Counts `bytes` handed out (the peak catches up at the next free).
+    /// Counts `bytes` handed out (a new peak moves the peak up).
     #[inline(always)]
     pub(super) fn count_alloc(&mut self, bytes: usize) {
         // Stored first and caught up out of line, so the common case is one subtract from memory

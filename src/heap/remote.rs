@@ -155,8 +155,28 @@ impl Heap {
         }
     }
 
-    /// Frees the blocks other threads freed since the last call; whether there were any.
-    pub(super) fn collect_remote_frees(&mut self) -> bool {
+    /// The second half of a resize from another thread: copies `p`, a live block of the heap
+    /// `owner` that the calling thread does not use, into `new` (at most `limit` bytes, never past
+    /// `p`'s block) and frees `p` onto its heap's remote list. A `p` the metadata names no block
+    /// for is reported ("heap corrupted").
+    ///
+    /// # Safety
+    /// As [`Heap::free_remote`] for `p`; `new` is a live block of at least `limit` bytes.
+    pub unsafe fn move_from_remote(owner: Owner, p: *mut u8, new: *mut u8, limit: usize) {
+        // SAFETY: a live block of `owner`'s (caller contract).
+        let Some(usable) = (unsafe { Heap::remote_usable_size(owner, p) }) else {
+            diagnostics::heap_corrupted();
+        };
+        // SAFETY: distinct live blocks (of different heaps), each at least this long (caller
+        // contract, `usable`).
+        unsafe { ptr::copy_nonoverlapping(p, new, usable.min(limit)) };
+        // SAFETY: the caller gives `p` up.
+        unsafe { Heap::free_remote(owner, p) };
+    }
+
+    /// Frees the blocks other threads freed since the last call; whether there were any (heap
+    /// numbers read after this are up to date).
+    pub fn collect_remote_frees(&mut self) -> bool {
         let list = &self.shared().remote;
         if list.load(Ordering::Relaxed).is_null() {
             return false;
@@ -173,12 +193,6 @@ impl Heap {
             p = next;
         }
         true
-    }
-
-    /// Frees what other threads freed into this heap before its numbers are read
-    /// (`zend_memory_usage` and the like).
-    pub fn settle(&mut self) {
-        self.collect_remote_frees();
     }
 
     /// Forgets the blocks on the remote list: every block of the heap is being released at once.

@@ -352,7 +352,7 @@ fn adopt_abandoned() -> *mut Heap {
             Heap::abandon(rest);
             rest = next;
         }
-        (*taken).settle();
+        (*taken).collect_remote_frees();
     }
     taken
 }
