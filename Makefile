@@ -104,7 +104,7 @@ valgrind-tests: c-test-bins
 
 # Every C test against the shared and the static library; the behaviour suite once per storage
 # manager and with other segment sizes; the behaviour and storage suites under valgrind; the
-# symbol, header and coverage checks, the demo and the benchmark harness at a tiny scale
+# symbol, header and coverage checks, the demo, the README's example and the benchmark harness at a tiny scale
 # (correctness only, no timing). Every step goes ahead even when an earlier one failed, and the
 # target fails at the end if any did.
 c-tests: c-test-bins symbols headers $(OUT)/php_probe $(OUT)/growth_probe_php | $(OUT)
@@ -125,6 +125,7 @@ c-tests: c-test-bins symbols headers $(OUT)/php_probe $(OUT)/growth_probe_php | 
 	$(VALGRIND_RUNS); \
 	c_tests/check_coverage.sh c_tests/exports.txt $(HEADER) $(addprefix $(OUT)/,$(C_TESTS) test_macros_c99) || fail=1; \
 	$(MAKE) --no-print-directory demo || fail=1; \
+	c_tests/run.sh readme_example c_tests/readme_example.sh README.md $(OUT)/readme_example || fail=1; \
 	$(MAKE) --no-print-directory -C bench smoke || fail=1; \
 	if [ $$fail -ne 0 ]; then echo "c-tests: FAILED (see above)"; fi; \
 	exit $$fail
