@@ -18,8 +18,27 @@ fn main() {
     // A stable soname; the Makefile links target/*/libzend_alloc.so.0 to the built library.
     println!("cargo::rustc-cdylib-link-arg=-Wl,-soname,libzend_alloc.so.0");
 
-    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
+    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
         .expect("cbindgen.toml is readable");
+    // The version placeholders of cbindgen.toml's raw C text.
+    for text in [
+        &mut config.header,
+        &mut config.after_includes,
+        &mut config.trailer,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        for var in [
+            "CARGO_PKG_VERSION",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_PKG_VERSION_MINOR",
+            "CARGO_PKG_VERSION_PATCH",
+        ] {
+            let value = env::var(var).expect("cargo sets the CARGO_PKG_VERSION variables");
+            *text = text.replace(&format!("@{var}@"), &value);
+        }
+    }
     let bindings = match cbindgen::Builder::new()
         .with_config(config)
         .with_src(crate_dir.join("src/lib.rs"))
