@@ -3,6 +3,8 @@
 #   make            build libzend_alloc.so / .a (release) and the header
 #   make demo       build and run the demo (a few PHP-like requests)
 #   make test       everything: header drift, lint, Rust tests, C tests (.so and .a, every storage)
+#   make install    header, libraries, pkg-config and CMake files into PREFIX (see "Installation")
+#   make uninstall  removes what make install put (same variables)
 #   make bench      benchmarks against PHP's allocator and the malloc peers (see bench/)
 #   make php        PHP 8.2 CLIs, stock and on this library, release and debug (php/, php/build)
 #   make php-test   PHP's whole test suite with both CLIs of each flavour, compared
@@ -23,22 +25,26 @@ LINK_SO := -L$(RELEASE) -lzend_alloc -Wl,-rpath,$(abspath $(RELEASE))
 # What the static library needs from the system.
 LINK_A  := $(LIB_A) -lpthread -ldl -lm
 STORAGES := malloc mmap_anon mmap_zero
+# Cargo.toml's version (of its [package] section) and its major part, the SONAME's number.
+VERSION := $(shell sed -n '/^\[package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' Cargo.toml)
+SOMAJOR := $(firstword $(subst ., ,$(VERSION)))
 
 C_TESTS := test_api test_storage test_threads test_php_parity test_growth test_defects test_debug
 
-.PHONY: php php-test php-ci all build deps demo test check-header lint rust-test miri c-test-bins c-tests preload-tests valgrind-tests stress symbols headers bench clean
+.PHONY: php php-test php-ci all build deps demo test check-header lint rust-test miri c-test-bins c-tests preload-tests valgrind-tests stress symbols headers bench clean install uninstall install-test
 
 # What the tests and benchmarks compare against (Debian packages): PHP 8.2's allocator, the
-# malloc peers, valgrind for instruction counts.
+# malloc peers, valgrind for instruction counts; and what the install test builds with.
 DEPS := libphp8.2-embed libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 valgrind \
-	php8.2-cli python3.11 libpython3.11-testsuite gcc
+	php8.2-cli python3.11 libpython3.11-testsuite gcc g++ cmake pkg-config
 
 all: build
 
 build:
 	$(CARGO) build --release
 	$(CARGO) build --release -p zend_alloc_preload
-	@ln -sf libzend_alloc.so $(RELEASE)/libzend_alloc.so.0
+	@# build.rs makes this link too; made again for a cargo configured with a separate build-dir.
+	@ln -sf libzend_alloc.so $(RELEASE)/libzend_alloc.so.$(SOMAJOR)
 
 $(OUT):
 	@mkdir -p $(OUT)
@@ -110,6 +116,7 @@ valgrind-tests: c-test-bins
 c-tests: c-test-bins symbols headers $(OUT)/php_probe $(OUT)/growth_probe_php | $(OUT)
 	@fail=0; \
 	$(MAKE) --no-print-directory preload-tests || fail=1; \
+	$(MAKE) --no-print-directory install-test || fail=1; \
 	for s in $(STORAGES); do \
 		c_tests/run.sh test_api-$$s ZEND_MM_MEM_TYPE=$$s $(OUT)/test_api || fail=1; \
 		c_tests/run.sh test_defects-$$s ZEND_MM_MEM_TYPE=$$s $(OUT)/test_defects || fail=1; \
@@ -182,6 +189,69 @@ headers: build | $(OUT)
 
 bench: build
 	$(MAKE) -C bench
+
+# ---- Installation ----
+# make install [PREFIX=/usr/local] [LIBDIR=$(PREFIX)/lib] [INCLUDEDIR=$(PREFIX)/include] [DESTDIR=]
+# installs what `make` built (it does not build: run `make` first, as yourself):
+#   INCLUDEDIR/zend_alloc.h
+#   LIBDIR/libzend_alloc.so.$(VERSION), its SONAME link .so.$(SOMAJOR) and the .so link for -lzend_alloc
+#   LIBDIR/libzend_alloc.a, LIBDIR/libzend_alloc_preload.so (for LD_PRELOAD)
+#   LIBDIR/pkgconfig/zend_alloc.pc, LIBDIR/cmake/zend_alloc/zend_alloc-config{,-version}.cmake
+# DESTDIR stages the tree elsewhere (for packages); the files name only the final paths. The .pc
+# file names LIBDIR and INCLUDEDIR relative to ${prefix} when they lie under PREFIX, and the CMake
+# files relative to themselves, so an installed tree can be moved as a whole.
+PREFIX     ?= /usr/local
+LIBDIR     ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+DESTDIR    ?=
+PKG_DIR    := target/packaging
+CMAKE_DIR   = $(LIBDIR)/cmake/zend_alloc
+INSTALLED_LIBS = libzend_alloc.so.$(VERSION) libzend_alloc.so.$(SOMAJOR) libzend_alloc.so libzend_alloc.a \
+	libzend_alloc_preload.so
+INSTALLED_FILES = $(INCLUDEDIR)/zend_alloc.h $(addprefix $(LIBDIR)/,$(INSTALLED_LIBS)) \
+	$(LIBDIR)/pkgconfig/zend_alloc.pc $(CMAKE_DIR)/zend_alloc-config.cmake \
+	$(CMAKE_DIR)/zend_alloc-config-version.cmake
+# The templates' placeholders (packaging/*.in).
+PACKAGING_SED = -e 's|@VERSION@|$(VERSION)|g' -e 's|@SOMAJOR@|$(SOMAJOR)|g' \
+	-e 's|@PREFIX@|$(PREFIX)|g' \
+	-e 's|@LIBDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))|g' \
+	-e 's|@INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|g' \
+	-e 's|@CMAKE_TO_LIBDIR@|$(shell realpath -m --relative-to=$(CMAKE_DIR) $(LIBDIR))|g' \
+	-e 's|@CMAKE_TO_INCLUDEDIR@|$(shell realpath -m --relative-to=$(CMAKE_DIR) $(INCLUDEDIR))|g'
+
+install:
+	@for f in $(HEADER) $(LIB_SO) $(LIB_A) $(LIB_PRELOAD); do \
+		[ -e $$f ] || { echo "install: $$f is missing: run make first"; exit 1; }; \
+	done
+	@for d in "$(PREFIX)" "$(LIBDIR)" "$(INCLUDEDIR)"; do \
+		case "$$d" in /*) ;; *) echo "install: PREFIX, LIBDIR and INCLUDEDIR must be absolute ($$d)"; exit 1;; esac; \
+	done
+	@mkdir -p $(PKG_DIR)
+	sed $(PACKAGING_SED) packaging/zend_alloc.pc.in > $(PKG_DIR)/zend_alloc.pc
+	sed $(PACKAGING_SED) packaging/zend_alloc-config.cmake.in > $(PKG_DIR)/zend_alloc-config.cmake
+	sed $(PACKAGING_SED) packaging/zend_alloc-config-version.cmake.in > $(PKG_DIR)/zend_alloc-config-version.cmake
+	install -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(CMAKE_DIR)
+	install -m 644 $(HEADER) $(DESTDIR)$(INCLUDEDIR)/zend_alloc.h
+	install -m 755 $(LIB_SO) $(DESTDIR)$(LIBDIR)/libzend_alloc.so.$(VERSION)
+	ln -sf libzend_alloc.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libzend_alloc.so.$(SOMAJOR)
+	ln -sf libzend_alloc.so.$(SOMAJOR) $(DESTDIR)$(LIBDIR)/libzend_alloc.so
+	install -m 644 $(LIB_A) $(DESTDIR)$(LIBDIR)/libzend_alloc.a
+	install -m 755 $(LIB_PRELOAD) $(DESTDIR)$(LIBDIR)/libzend_alloc_preload.so
+	install -m 644 $(PKG_DIR)/zend_alloc.pc $(DESTDIR)$(LIBDIR)/pkgconfig/zend_alloc.pc
+	install -m 644 $(PKG_DIR)/zend_alloc-config.cmake $(PKG_DIR)/zend_alloc-config-version.cmake $(DESTDIR)$(CMAKE_DIR)
+
+# Removes the files install puts and the CMake package's own directory; directories other
+# packages share (lib, include, lib/pkgconfig, lib/cmake) stay.
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED_FILES))
+	@if [ -d $(DESTDIR)$(CMAKE_DIR) ]; then rmdir --ignore-fail-on-non-empty $(DESTDIR)$(CMAKE_DIR); fi
+
+# make install and uninstall into temporary trees, a C program built with pkg-config and a C++
+# program with CMake against the installed files, and one linked against a plain cargo build
+# (c_tests/install/test_install.sh; about 10 s, a minute the first time: it builds the crate's
+# dependencies in target/plain).
+install-test: build | $(OUT)
+	@MAKE="$(MAKE)" CARGO="$(CARGO)" CC="$(CC)" c_tests/run.sh install c_tests/install/test_install.sh
 
 # PHP 8.2 itself on this library: php/zend_alloc.c replaces Zend/zend_alloc.c (php/php.sh fetches
 # Debian's source package, builds the trees in php/build and prints the CLIs' paths).

@@ -1358,12 +1358,27 @@ static int probe(const char *mode)
     return 2;
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* Version                                                                                        */
+
+/* The header's version macros agree with each other and with the library's run-time answer (the
+ * same build here; the install test checks an installed copy). */
+static void test_version(void)
+{
+    char numbers[64];
+    snprintf(numbers, sizeof numbers, "%d.%d.%d", ZEND_ALLOC_VERSION_MAJOR, ZEND_ALLOC_VERSION_MINOR,
+             ZEND_ALLOC_VERSION_PATCH);
+    CHECK(strcmp(ZEND_ALLOC_VERSION, numbers) == 0);
+    CHECK(zend_alloc_version() != NULL && strcmp(zend_alloc_version(), ZEND_ALLOC_VERSION) == 0);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--probe") == 0) {
         return probe(argv[2]);
     }
     start_memory_manager();
+    RUN(test_version);
     RUN(test_block_size_of_every_small_request);
     RUN(test_block_size_at_the_large_and_huge_boundaries);
     RUN(test_release_size_specialised_entry_points);

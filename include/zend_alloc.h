@@ -7,6 +7,12 @@
 #ifndef ZEND_ALLOC_H
 #define ZEND_ALLOC_H
 
+/* ---- Version of this header (Cargo.toml's; zend_alloc_version() gives the loaded library's) ---- */
+#define ZEND_ALLOC_VERSION_MAJOR 0
+#define ZEND_ALLOC_VERSION_MINOR 1
+#define ZEND_ALLOC_VERSION_PATCH 0
+#define ZEND_ALLOC_VERSION       "0.1.0"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -915,6 +921,13 @@ ZEND_API ZEND_MM_NOPLT void zend_mm_set_max_allocs(uint64_t max_allocs);
  * `zend_mm_max_allocs_hit`, which returns a `bool`).
  */
 ZEND_API ZEND_MM_NOPLT int zend_mm_max_allocs_hit(void);
+
+/**
+ * The version of the library loaded at run time, `"MAJOR.MINOR.PATCH"` (a static string, never
+ * NULL). It can differ from `ZEND_ALLOC_VERSION`, the version the header comes from, when a
+ * program runs against another build of the shared library than it was compiled with.
+ */
+ZEND_API ZEND_MM_NOPLT const char *zend_alloc_version(void);
 
 /**
  * `malloc(len)`, or "Out of memory" and exit(1).

@@ -1,6 +1,6 @@
 //! The memory manager API: heap lifecycle, accounting, the limit, custom handlers, storage.
 
-use core::ffi::{CStr, c_int, c_void};
+use core::ffi::{CStr, c_char, c_int, c_void};
 
 use super::types::{
     zend_mm_custom_free_t, zend_mm_custom_malloc_t, zend_mm_custom_realloc_t,
@@ -371,4 +371,13 @@ pub extern "C" fn zend_mm_max_allocs_hit() -> c_int {
     let heap = runtime::current();
     // SAFETY: a live heap of this thread.
     c_int::from(!heap.is_null() && unsafe { (*heap).max_allocs_hit() })
+}
+
+/// The version of the library loaded at run time, `"MAJOR.MINOR.PATCH"` (a static string, never
+/// NULL). It can differ from `ZEND_ALLOC_VERSION`, the version the header comes from, when a
+/// program runs against another build of the shared library than it was compiled with.
+#[unsafe(no_mangle)]
+pub extern "C" fn zend_alloc_version() -> *const c_char {
+    // Cargo.toml's version, as the header's ZEND_ALLOC_VERSION (build.rs fills both in).
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
