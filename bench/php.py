@@ -2,11 +2,13 @@
 """PHP 8.2 scripts on the stock CLI and on the CLI built on zend_alloc (make php), side by side.
 
 Interleaved rounds (the order of the two CLIs alternates), median wall time and median peak RSS
-per script, ratios library / stock (below 1 is better for the library). Writes results/php.md.
+per script, ratios library / stock (below 1 is better for the library). Writes results/php.md,
+and every round's numbers to build/php.json (run.py draws them in its chart).
 
     python3 bench/php.py --stock <php> --lib <php> [--rounds 7]
 """
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -81,6 +83,12 @@ def main():
     lines.append("")
     lines.append(f"Machine: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}.")
     text = "\n".join(lines) + "\n"
+    # Every round, for run.py's chart (whiskers from the fastest to the slowest round).
+    os.makedirs(os.path.join(HERE, "build"), exist_ok=True)
+    with open(os.path.join(HERE, "build", "php.json"), "w") as f:
+        json.dump({"rounds": args.rounds, "date": time.strftime('%Y-%m-%d'),
+                   "scripts": {name: {cli: {"wall": data[(name, cli)][0], "rss_kib": data[(name, cli)][1]}
+                                      for cli in clis} for name, _ in scripts}}, f, indent=1)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
