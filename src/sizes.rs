@@ -8,11 +8,11 @@
 
 /// The allocation unit inside a segment; large blocks are whole runs of pages.
 pub const ZEND_MM_PAGE_SIZE: usize = 4096;
-/// log2 of [`ZEND_MM_PAGE_SIZE`].
+/// log2 of `ZEND_MM_PAGE_SIZE`.
 pub(crate) const PAGE_SHIFT: u32 = 12;
 /// Alignment every block has at least (PHP's `ZEND_MM_ALIGNMENT` on x86-64).
 pub const ZEND_MM_ALIGNMENT: usize = 8;
-/// log2 of [`ZEND_MM_ALIGNMENT`].
+/// log2 of `ZEND_MM_ALIGNMENT`.
 pub const ZEND_MM_ALIGNMENT_LOG2: usize = 3;
 /// Segment size when `ZEND_MM_SEG_SIZE` is not set: PHP 7+'s 2 MiB chunk.
 pub(crate) const ZEND_MM_SEG_SIZE: usize = 2 * 1024 * 1024;
