@@ -658,9 +658,9 @@ ZEND_ATTRIBUTE_MALLOC;
 # define STR_EMPTY_ALLOC() estrndup("", sizeof("")-1)
 #endif /* STR_EMPTY_ALLOC */
 /* safe_estrdup(ptr): estrdup(ptr), or an empty string when ptr is NULL. */
-#define safe_estrdup(ptr)       ((ptr)?(estrdup(ptr)):STR_EMPTY_ALLOC())
+#define safe_estrdup(ptr)       (((ptr) != NULL)?(estrdup(ptr)):STR_EMPTY_ALLOC())
 /* safe_estrndup(ptr, len): estrndup(ptr, len), or an empty string when ptr is NULL. */
-#define safe_estrndup(ptr, len) ((ptr)?(estrndup((ptr), (len))):STR_EMPTY_ALLOC())
+#define safe_estrndup(ptr, len) (((ptr) != NULL)?(estrndup((ptr), (len))):STR_EMPTY_ALLOC())
 
 /**
  * Usable size of a block of the current heap: its bin size, whole pages, or page-rounded huge
