@@ -210,8 +210,8 @@ typedef struct _zend_mm_storage zend_mm_storage;
 
 /**
  * Largest request served as a page run of a default-sized segment (511 pages); larger requests are
- * huge blocks with storage of their own. Other segment sizes move this bound (the segment module
- * computes it from the segment header's size).
+ * huge blocks with storage of their own. With another segment size (`ZEND_MM_SEG_SIZE`) the bound
+ * moves with it.
  */
 #define ZEND_MM_MAX_LARGE_SIZE (((2 * 1024) * 1024) - 4096)
 
@@ -341,8 +341,9 @@ typedef void (*zend_mm_storage_dtor_t)(zend_mm_storage *storage);
 typedef void (*zend_mm_storage_compact_t)(zend_mm_storage *storage);
 
 /**
- * The header at the start of every storage allocation (C: `zend_mm_segment`, PHP 5.3's layout):
- * the size the heap asked for, which storages read when they free or resize, and an unused link.
+ * The header at the start of every storage allocation (`struct _zend_mm_segment`, PHP 5.3's
+ * layout): the size the heap asked for, which storages read when they free or resize, and an
+ * unused link.
  */
 struct _zend_mm_segment {
     size_t size;
@@ -1090,7 +1091,8 @@ ZEND_API ZEND_MM_NOPLT zend_mm_error_handler_t zend_mm_set_error_handler(zend_mm
 /**
  * Allocates `size` bytes from `heap`.
  *
- * `heap` must be a heap made by `zend_mm_startup*` and not shut down, used by one thread at a time.
+ * `heap` must come from `zend_mm_startup()` or `zend_mm_startup_ex()`, not be shut down, and be
+ * used by one thread at a time.
  */
 ZEND_API ZEND_MM_NOPLT
 void *_zend_mm_alloc(zend_mm_heap *heap,
@@ -1108,8 +1110,9 @@ ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE(2);
 /**
  * Frees a block of `heap` (NULL is a no-op).
  *
- * `heap` must be a heap made by `zend_mm_startup*` and not shut down, used by one thread at a time;
- * `p` must be NULL or a live block of `heap` and must not be used afterwards.
+ * `heap` must come from `zend_mm_startup()` or `zend_mm_startup_ex()`, not be shut down, and be
+ * used by one thread at a time; `p` must be NULL or a live block of `heap` and must not be used
+ * afterwards.
  */
 ZEND_API ZEND_MM_NOPLT
 void _zend_mm_free(zend_mm_heap *heap,
@@ -1126,8 +1129,9 @@ void _zend_mm_free(zend_mm_heap *heap,
 /**
  * Resizes a block of `heap` (NULL `p` allocates).
  *
- * `heap` must be a heap made by `zend_mm_startup*` and not shut down, used by one thread at a time;
- * `p` must be NULL or a live block of `heap` and must not be used after a successful call.
+ * `heap` must come from `zend_mm_startup()` or `zend_mm_startup_ex()`, not be shut down, and be
+ * used by one thread at a time; `p` must be NULL or a live block of `heap` and must not be used
+ * after a successful call.
  */
 ZEND_API ZEND_MM_NOPLT
 void *_zend_mm_realloc(zend_mm_heap *heap,
@@ -1145,8 +1149,9 @@ void *_zend_mm_realloc(zend_mm_heap *heap,
 /**
  * Resizes a block of `heap`, copying at most `copy_size` bytes.
  *
- * `heap` must be a heap made by `zend_mm_startup*` and not shut down, used by one thread at a time;
- * `p` must be NULL or a live block of `heap` and must not be used after a successful call.
+ * `heap` must come from `zend_mm_startup()` or `zend_mm_startup_ex()`, not be shut down, and be
+ * used by one thread at a time; `p` must be NULL or a live block of `heap` and must not be used
+ * after a successful call.
  */
 ZEND_API ZEND_MM_NOPLT
 void *_zend_mm_realloc2(zend_mm_heap *heap,
@@ -1165,8 +1170,8 @@ void *_zend_mm_realloc2(zend_mm_heap *heap,
 /**
  * Usable size of a block of `heap` (0 for NULL and on custom heaps).
  *
- * `heap` must be a heap made by `zend_mm_startup*` and not shut down, used by one thread at a time;
- * `p` must be NULL or a block of `heap`.
+ * `heap` must come from `zend_mm_startup()` or `zend_mm_startup_ex()`, not be shut down, and be
+ * used by one thread at a time; `p` must be NULL or a block of `heap`.
  */
 ZEND_API ZEND_MM_NOPLT
 size_t _zend_mm_block_size(zend_mm_heap *heap,
@@ -1232,7 +1237,7 @@ ZEND_API ZEND_MM_NOPLT void zend_mm_set_max_allocs(uint64_t max_allocs);
 
 /**
  * 1 if fault injection refused an allocation of the calling thread's heap, else 0 (PHP's
- * `zend_mm_max_allocs_hit`, which returns a `bool`).
+ * `zend_mm_max_allocs_hit`, which returns a C99 `bool`).
  */
 ZEND_API ZEND_MM_NOPLT int zend_mm_max_allocs_hit(void);
 

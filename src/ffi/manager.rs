@@ -365,7 +365,7 @@ pub extern "C" fn zend_mm_set_max_allocs(max_allocs: u64) {
 }
 
 /// 1 if fault injection refused an allocation of the calling thread's heap, else 0 (PHP's
-/// `zend_mm_max_allocs_hit`, which returns a `bool`).
+/// `zend_mm_max_allocs_hit`, which returns a C99 `bool`).
 #[unsafe(no_mangle)]
 pub extern "C" fn zend_mm_max_allocs_hit() -> c_int {
     let heap = runtime::current();
