@@ -4,11 +4,12 @@
 //! 1. cbindgen reads cbindgen.toml (minus its `[zend_alloc]` table, which cbindgen would reject)
 //!    and writes banner, portability macros, constants, types and all prototypes, the prototypes
 //!    in one block.
-//! 2. `compose` (build/compose.rs) cuts that block into one declaration per function and writes
-//!    the header's groups in the order of cbindgen.toml's `[[zend_alloc.part]]` tables: each part
-//!    gives the prototypes of its `functions`, then its raw C text `c` (the group's opening
-//!    comment, the macros wrapping those functions). A function that no part names fails the
-//!    build, as does a name no function has; so does Rust syntax left in a comment, a `//`
+//! 2. `compose` (build/compose.rs) cuts the types and the prototypes into one declaration each
+//!    and writes the header's groups in the order of cbindgen.toml's `[[zend_alloc.part]]` tables:
+//!    each part gives the declarations of its `types`, the prototypes of its `functions`, then its
+//!    raw C text `c` (the group's opening comment, the macros wrapping those functions). Types no
+//!    part names stay in the constants and types section. A function that no part names fails the
+//!    build, as does a name cbindgen did not declare; so does Rust syntax left in a comment, a `//`
 //!    comment or text after `#endif` (the header must stay plain C89). The `# Safety` headings
 //!    that clippy asks for in Rust docs are dropped: their paragraph reads as prose in C.
 //!
@@ -36,6 +37,7 @@ fn main() {
     let config_path = crate_dir.join("cbindgen.toml");
     let (mut config, parts) = read_config(&config_path);
     config.config_path = Some(config_path);
+    let after_includes = config.after_includes.clone().unwrap_or_default();
     let bindings = match cbindgen::Builder::new()
         .with_config(config)
         .with_src(crate_dir.join("src/lib.rs"))
@@ -49,7 +51,7 @@ fn main() {
     let mut generated = Vec::new();
     bindings.write(&mut generated);
     let generated = String::from_utf8(generated).expect("cbindgen writes UTF-8");
-    let composed = compose::compose(&generated, &parts)
+    let composed = compose::compose(&generated, &after_includes, &parts)
         .unwrap_or_else(|e| panic!("composing include/zend_alloc.h: {e}"));
 
     let header = crate_dir.join("include/zend_alloc.h");
@@ -84,24 +86,32 @@ fn read_config(path: &PathBuf) -> (cbindgen::Config, Vec<compose::Part>) {
         .iter()
         .map(|p| {
             let p = p.as_table().expect("a [[zend_alloc.part]] is a table");
-            if let Some(key) = p.keys().find(|k| *k != "functions" && *k != "c") {
-                panic!("[[zend_alloc.part]] has `functions` and `c`, not `{key}`");
+            if let Some(key) = p
+                .keys()
+                .find(|k| !["types", "functions", "c"].contains(&k.as_str()))
+            {
+                panic!("[[zend_alloc.part]] has `types`, `functions` and `c`, not `{key}`");
             }
-            let functions = p
-                .get("functions")
-                .map(|f| {
-                    f.as_array()
-                        .expect("`functions` is an array")
-                        .iter()
-                        .map(|n| n.as_str().expect("a function name").to_string())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let names = |key: &str| -> Vec<String> {
+                p.get(key)
+                    .map(|f| {
+                        f.as_array()
+                            .unwrap_or_else(|| panic!("`{key}` is an array"))
+                            .iter()
+                            .map(|n| n.as_str().expect("a name").to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
             let c = p
                 .get("c")
                 .map(|c| c.as_str().expect("`c` is a string").to_string())
                 .unwrap_or_default();
-            compose::Part { functions, c }
+            compose::Part {
+                types: names("types"),
+                functions: names("functions"),
+                c,
+            }
         })
         .collect();
     let config = table

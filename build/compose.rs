@@ -2,15 +2,18 @@
 //! `[[zend_alloc.part]]` tables. Plain text handling, shared by build.rs and
 //! tests/header_compose.rs (which checks the failure cases).
 //!
-//! cbindgen writes every prototype in one `extern "C"` block. That block is cut into one piece per
-//! function (cbindgen separates declarations by a blank line), and the pieces are written where
-//! the parts name them, each part's C text right after its prototypes. What comes before the block
-//! (banner, portability macros, constants, types) stays as cbindgen wrote it; its `extern "C"`
-//! markers are dropped (they are `//` comments, which C89 lacks): the parts open and close the
-//! block themselves.
+//! cbindgen writes the types and constants after the `after_includes` text, then every prototype
+//! in one `extern "C"` block, one declaration per paragraph. Both are cut into their declarations,
+//! and each part gets the types and functions it names, then its C text: the group's opening
+//! comment and the macros that call those functions. Types no part names stay where cbindgen put
+//! them (cbindgen orders them so that each comes after what it uses; a part must keep that order).
+//! cbindgen's `extern "C"` markers are dropped (they carry `//` comments, which C89 lacks): the
+//! parts open and close the block themselves.
 
-/// One part of the header: prototypes of these functions (in this order), then this C text.
+/// One part of the header: these types and constants, the prototypes of these functions (each in
+/// the order given), then this C text.
 pub struct Part {
+    pub types: Vec<String>,
     pub functions: Vec<String>,
     pub c: String,
 }
@@ -19,61 +22,58 @@ pub struct Part {
 const OPEN: &str = "#ifdef __cplusplus\nextern \"C\" {\n#endif // __cplusplus\n";
 const CLOSE: &str = "#ifdef __cplusplus\n}  // extern \"C\"\n#endif  // __cplusplus\n";
 
-/// The header: `generated` (cbindgen's output) with its prototypes spread over `parts`. Fails if a
-/// generated function is in no part (it would vanish from the header), if a part names a function
-/// cbindgen did not generate or names one twice, or if the result fails [`lint`].
-pub fn compose(generated: &str, parts: &[Part]) -> Result<String, String> {
+/// A declaration cbindgen wrote, by the name it declares.
+struct Piece<'a> {
+    name: String,
+    text: &'a str,
+    placed: bool,
+}
+
+/// The header: `generated` (cbindgen's output, whose configured `after_includes` text is
+/// `after_includes`) with its prototypes, and the types the parts name, spread over `parts`. Types
+/// no part names stay where cbindgen put them. Fails if a generated function is in no part (it
+/// would vanish from the header), if a part names something cbindgen did not generate or names it
+/// twice, or if the result fails [`lint`].
+pub fn compose(generated: &str, after_includes: &str, parts: &[Part]) -> Result<String, String> {
     let open = find_once(generated, OPEN)?;
     let body_start = open + OPEN.len();
     let close = body_start + find_once(&generated[body_start..], CLOSE)?;
-    let prelude = generated[..open].trim_end();
     let after = generated[close + CLOSE.len()..].trim();
     if !after.is_empty() {
         return Err(format!(
             "text after the prototypes (cbindgen's trailer?): {after:.60}; put it into a part"
         ));
     }
-
-    let mut pieces: Vec<(String, &str, bool)> = Vec::new();
-    for piece in generated[body_start..close].split("\n\n") {
-        let piece = piece.trim_matches('\n');
-        if piece.is_empty() {
-            continue;
-        }
-        let name = function_name(piece)
-            .ok_or_else(|| format!("no function name in cbindgen's declaration:\n{piece}"))?;
-        if pieces.iter().any(|(n, _, _)| *n == name) {
-            return Err(format!("cbindgen declared {name} twice"));
-        }
-        pieces.push((name, piece, false));
+    let after_includes = after_includes.trim();
+    if after_includes.is_empty() {
+        return Err("cbindgen.toml needs an after_includes text (it ends the prelude)".into());
     }
+    let types_start = find_once(&generated[..open], after_includes)? + after_includes.len();
+    let mut types = pieces(&generated[types_start..open], type_name)?;
+    let mut functions = pieces(&generated[body_start..close], function_name)?;
 
-    let mut out = String::from(prelude);
+    let mut out = String::from(generated[..types_start].trim_end());
     out.push_str("\n\n");
+    for t in types
+        .iter()
+        .filter(|t| !parts.iter().any(|p| p.types.contains(&t.name)))
+    {
+        out.push_str(t.text);
+        out.push_str("\n\n");
+    }
     for part in parts {
-        for f in &part.functions {
-            let Some(entry) = pieces.iter_mut().find(|(n, _, _)| n == f) else {
-                return Err(format!(
-                    "cbindgen.toml names {f}, which the sources do not export"
-                ));
-            };
-            if entry.2 {
-                return Err(format!("cbindgen.toml names {f} twice"));
-            }
-            entry.2 = true;
-            out.push_str(entry.1);
-            out.push_str("\n\n");
-        }
+        place(&mut out, &mut types, &part.types, "type or constant")?;
+        place(&mut out, &mut functions, &part.functions, "function")?;
         let c = part.c.trim_matches('\n');
         if !c.is_empty() {
             out.push_str(c);
             out.push_str("\n\n");
         }
     }
-    let missing: Vec<&str> = pieces
+    let missing: Vec<&str> = functions
         .iter()
-        .filter(|p| !p.2)
-        .map(|p| p.0.as_str())
+        .filter(|p| !p.placed)
+        .map(|p| p.name.as_str())
         .collect();
     if !missing.is_empty() {
         return Err(format!(
@@ -91,6 +91,51 @@ pub fn compose(generated: &str, parts: &[Part]) -> Result<String, String> {
         ));
     }
     Ok(out)
+}
+
+/// cbindgen's declarations in `text`, one per paragraph (it separates them by a blank line).
+fn pieces(text: &str, name_of: fn(&str) -> Option<String>) -> Result<Vec<Piece<'_>>, String> {
+    let mut pieces: Vec<Piece> = Vec::new();
+    for text in text.split("\n\n") {
+        let text = text.trim_matches('\n');
+        if text.is_empty() {
+            continue;
+        }
+        let name =
+            name_of(text).ok_or_else(|| format!("no name in cbindgen's declaration:\n{text}"))?;
+        if pieces.iter().any(|p| p.name == name) {
+            return Err(format!("cbindgen declared {name} twice"));
+        }
+        pieces.push(Piece {
+            name,
+            text,
+            placed: false,
+        });
+    }
+    Ok(pieces)
+}
+
+/// Appends the named pieces to `out`, marking them placed.
+fn place(
+    out: &mut String,
+    pieces: &mut [Piece],
+    names: &[String],
+    what: &str,
+) -> Result<(), String> {
+    for name in names {
+        let Some(piece) = pieces.iter_mut().find(|p| p.name == *name) else {
+            return Err(format!(
+                "cbindgen.toml names the {what} {name}, which the sources do not export"
+            ));
+        };
+        if piece.placed {
+            return Err(format!("cbindgen.toml names {name} twice"));
+        }
+        piece.placed = true;
+        out.push_str(piece.text);
+        out.push_str("\n\n");
+    }
+    Ok(())
 }
 
 fn find_once(haystack: &str, needle: &str) -> Result<usize, String> {
@@ -119,6 +164,43 @@ fn function_name(piece: &str) -> Option<String> {
         .map_or(0, |i| i + 1);
     let name = &before[start..];
     (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The declared type or constant: `#define NAME`, `struct NAME {`, `typedef ... (*NAME)(...);` or
+/// `typedef ... NAME;`.
+fn type_name(piece: &str) -> Option<String> {
+    let code: Vec<&str> = piece
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            !(t.starts_with("/*") || t.starts_with('*'))
+        })
+        .collect();
+    let first = code.first()?.trim();
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let name = if let Some(rest) = first.strip_prefix("#define ") {
+        ident(rest)
+    } else if let Some(rest) = first.strip_prefix("struct ") {
+        ident(rest)
+    } else if first.starts_with("typedef ") {
+        let joined = code.join(" ");
+        if let Some(at) = joined.find("(*") {
+            ident(&joined[at + 2..])
+        } else {
+            let before = joined.trim_end().strip_suffix(';')?;
+            let start = before
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(0, |i| i + 1);
+            before[start..].to_string()
+        }
+    } else {
+        return None;
+    };
+    (!name.is_empty()).then_some(name)
 }
 
 /// Rust's `unsafe fn` docs need a `# Safety` heading (clippy's missing_safety_doc); in C the
