@@ -712,8 +712,70 @@ ZEND_API ZEND_MM_NOPLT void _efree_at_3072(void *ptr ZEND_FILE_LINE_DC);
 
 /* The routing of a constant size to its size class, used by emalloc() and efree_size(). */
 #if defined(__GNUC__) && !defined(ZEND_MM_NO_SIZED_CALLS)
-# define ZEND_MM_EMALLOC_CONST_(size) ( (size) <= 8 ? _emalloc_at_8((size) ZEND_FILE_LINE_CC) : (size) <= 16 ? _emalloc_at_16((size) ZEND_FILE_LINE_CC) : (size) <= 24 ? _emalloc_at_24((size) ZEND_FILE_LINE_CC) : (size) <= 32 ? _emalloc_at_32((size) ZEND_FILE_LINE_CC) : (size) <= 40 ? _emalloc_at_40((size) ZEND_FILE_LINE_CC) : (size) <= 48 ? _emalloc_at_48((size) ZEND_FILE_LINE_CC) : (size) <= 56 ? _emalloc_at_56((size) ZEND_FILE_LINE_CC) : (size) <= 64 ? _emalloc_at_64((size) ZEND_FILE_LINE_CC) : (size) <= 80 ? _emalloc_at_80((size) ZEND_FILE_LINE_CC) : (size) <= 96 ? _emalloc_at_96((size) ZEND_FILE_LINE_CC) : (size) <= 112 ? _emalloc_at_112((size) ZEND_FILE_LINE_CC) : (size) <= 128 ? _emalloc_at_128((size) ZEND_FILE_LINE_CC) : (size) <= 160 ? _emalloc_at_160((size) ZEND_FILE_LINE_CC) : (size) <= 192 ? _emalloc_at_192((size) ZEND_FILE_LINE_CC) : (size) <= 224 ? _emalloc_at_224((size) ZEND_FILE_LINE_CC) : (size) <= 256 ? _emalloc_at_256((size) ZEND_FILE_LINE_CC) : (size) <= 320 ? _emalloc_at_320((size) ZEND_FILE_LINE_CC) : (size) <= 384 ? _emalloc_at_384((size) ZEND_FILE_LINE_CC) : (size) <= 448 ? _emalloc_at_448((size) ZEND_FILE_LINE_CC) : (size) <= 512 ? _emalloc_at_512((size) ZEND_FILE_LINE_CC) : (size) <= 640 ? _emalloc_at_640((size) ZEND_FILE_LINE_CC) : (size) <= 768 ? _emalloc_at_768((size) ZEND_FILE_LINE_CC) : (size) <= 896 ? _emalloc_at_896((size) ZEND_FILE_LINE_CC) : (size) <= 1024 ? _emalloc_at_1024((size) ZEND_FILE_LINE_CC) : (size) <= 1280 ? _emalloc_at_1280((size) ZEND_FILE_LINE_CC) : (size) <= 1536 ? _emalloc_at_1536((size) ZEND_FILE_LINE_CC) : (size) <= 1792 ? _emalloc_at_1792((size) ZEND_FILE_LINE_CC) : (size) <= 2048 ? _emalloc_at_2048((size) ZEND_FILE_LINE_CC) : (size) <= 2560 ? _emalloc_at_2560((size) ZEND_FILE_LINE_CC) : (size) <= 3072 ? _emalloc_at_3072((size) ZEND_FILE_LINE_CC) : _emalloc((size) ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC))
-# define ZEND_MM_EFREE_CONST_(ptr, size) ( (size) <= 8 ? _efree_at_8((ptr) ZEND_FILE_LINE_CC) : (size) <= 16 ? _efree_at_16((ptr) ZEND_FILE_LINE_CC) : (size) <= 24 ? _efree_at_24((ptr) ZEND_FILE_LINE_CC) : (size) <= 32 ? _efree_at_32((ptr) ZEND_FILE_LINE_CC) : (size) <= 40 ? _efree_at_40((ptr) ZEND_FILE_LINE_CC) : (size) <= 48 ? _efree_at_48((ptr) ZEND_FILE_LINE_CC) : (size) <= 56 ? _efree_at_56((ptr) ZEND_FILE_LINE_CC) : (size) <= 64 ? _efree_at_64((ptr) ZEND_FILE_LINE_CC) : (size) <= 80 ? _efree_at_80((ptr) ZEND_FILE_LINE_CC) : (size) <= 96 ? _efree_at_96((ptr) ZEND_FILE_LINE_CC) : (size) <= 112 ? _efree_at_112((ptr) ZEND_FILE_LINE_CC) : (size) <= 128 ? _efree_at_128((ptr) ZEND_FILE_LINE_CC) : (size) <= 160 ? _efree_at_160((ptr) ZEND_FILE_LINE_CC) : (size) <= 192 ? _efree_at_192((ptr) ZEND_FILE_LINE_CC) : (size) <= 224 ? _efree_at_224((ptr) ZEND_FILE_LINE_CC) : (size) <= 256 ? _efree_at_256((ptr) ZEND_FILE_LINE_CC) : (size) <= 320 ? _efree_at_320((ptr) ZEND_FILE_LINE_CC) : (size) <= 384 ? _efree_at_384((ptr) ZEND_FILE_LINE_CC) : (size) <= 448 ? _efree_at_448((ptr) ZEND_FILE_LINE_CC) : (size) <= 512 ? _efree_at_512((ptr) ZEND_FILE_LINE_CC) : (size) <= 640 ? _efree_at_640((ptr) ZEND_FILE_LINE_CC) : (size) <= 768 ? _efree_at_768((ptr) ZEND_FILE_LINE_CC) : (size) <= 896 ? _efree_at_896((ptr) ZEND_FILE_LINE_CC) : (size) <= 1024 ? _efree_at_1024((ptr) ZEND_FILE_LINE_CC) : (size) <= 1280 ? _efree_at_1280((ptr) ZEND_FILE_LINE_CC) : (size) <= 1536 ? _efree_at_1536((ptr) ZEND_FILE_LINE_CC) : (size) <= 1792 ? _efree_at_1792((ptr) ZEND_FILE_LINE_CC) : (size) <= 2048 ? _efree_at_2048((ptr) ZEND_FILE_LINE_CC) : (size) <= 2560 ? _efree_at_2560((ptr) ZEND_FILE_LINE_CC) : (size) <= 3072 ? _efree_at_3072((ptr) ZEND_FILE_LINE_CC) : _efree((ptr) ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC))
+# define ZEND_MM_EMALLOC_CONST_(size) ( \
+    (size) <= 8 ? _emalloc_at_8((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 16 ? _emalloc_at_16((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 24 ? _emalloc_at_24((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 32 ? _emalloc_at_32((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 40 ? _emalloc_at_40((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 48 ? _emalloc_at_48((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 56 ? _emalloc_at_56((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 64 ? _emalloc_at_64((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 80 ? _emalloc_at_80((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 96 ? _emalloc_at_96((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 112 ? _emalloc_at_112((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 128 ? _emalloc_at_128((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 160 ? _emalloc_at_160((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 192 ? _emalloc_at_192((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 224 ? _emalloc_at_224((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 256 ? _emalloc_at_256((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 320 ? _emalloc_at_320((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 384 ? _emalloc_at_384((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 448 ? _emalloc_at_448((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 512 ? _emalloc_at_512((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 640 ? _emalloc_at_640((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 768 ? _emalloc_at_768((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 896 ? _emalloc_at_896((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 1024 ? _emalloc_at_1024((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 1280 ? _emalloc_at_1280((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 1536 ? _emalloc_at_1536((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 1792 ? _emalloc_at_1792((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 2048 ? _emalloc_at_2048((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 2560 ? _emalloc_at_2560((size) ZEND_FILE_LINE_CC) : \
+    (size) <= 3072 ? _emalloc_at_3072((size) ZEND_FILE_LINE_CC) : \
+    _emalloc((size) ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC))
+# define ZEND_MM_EFREE_CONST_(ptr, size) ( \
+    (size) <= 8 ? _efree_at_8((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 16 ? _efree_at_16((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 24 ? _efree_at_24((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 32 ? _efree_at_32((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 40 ? _efree_at_40((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 48 ? _efree_at_48((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 56 ? _efree_at_56((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 64 ? _efree_at_64((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 80 ? _efree_at_80((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 96 ? _efree_at_96((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 112 ? _efree_at_112((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 128 ? _efree_at_128((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 160 ? _efree_at_160((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 192 ? _efree_at_192((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 224 ? _efree_at_224((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 256 ? _efree_at_256((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 320 ? _efree_at_320((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 384 ? _efree_at_384((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 448 ? _efree_at_448((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 512 ? _efree_at_512((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 640 ? _efree_at_640((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 768 ? _efree_at_768((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 896 ? _efree_at_896((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 1024 ? _efree_at_1024((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 1280 ? _efree_at_1280((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 1536 ? _efree_at_1536((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 1792 ? _efree_at_1792((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 2048 ? _efree_at_2048((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 2560 ? _efree_at_2560((ptr) ZEND_FILE_LINE_CC) : \
+    (size) <= 3072 ? _efree_at_3072((ptr) ZEND_FILE_LINE_CC) : \
+    _efree((ptr) ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC))
 #endif /* __GNUC__ && !ZEND_MM_NO_SIZED_CALLS */
 
 /* ==============================================================================================
