@@ -8,7 +8,7 @@
 //!    and writes the header's groups in the order of cbindgen.toml's `[[zend_alloc.part]]` tables:
 //!    each part gives the declarations of its `types`, the prototypes of its `functions`, then its
 //!    raw C text `c` (the group's opening comment, the macros wrapping those functions). Types no
-//!    part names stay in the constants and types section. A function that no part names fails the
+//!    part names stay with the constants. A function that no part names fails the
 //!    build, as does a name cbindgen did not declare; so does Rust syntax left in a comment, a `//`
 //!    comment or text after `#endif` (the header must stay plain C89). The `# Safety` headings
 //!    that clippy asks for in Rust docs are dropped: their paragraph reads as prose in C.
