@@ -1,11 +1,29 @@
 //! Generates `include/zend_alloc.h` from the Rust sources with cbindgen.
 //!
-//! The header is committed. A normal build rewrites it only when its contents change. With
-//! `ZEND_ALLOC_HEADER=check` nothing is written and the build fails if the committed header differs
-//! from what the sources generate (`make check-header`).
+//! The header is composed in two steps:
+//! 1. cbindgen reads cbindgen.toml (minus its `[zend_alloc]` table, which cbindgen would reject)
+//!    and writes banner, portability macros, constants, types and all prototypes, the prototypes
+//!    in one block.
+//! 2. `compose` (build/compose.rs) cuts the types and the prototypes into one declaration each
+//!    and writes the header's groups in the order of cbindgen.toml's `[[zend_alloc.part]]` tables:
+//!    each part gives the declarations of its `types`, the prototypes of its `functions`, then its
+//!    raw C text `c` (the group's opening comment, the macros wrapping those functions). Types no
+//!    part names stay with the constants. A function that no part names fails the
+//!    build, as does a name cbindgen did not declare; so does Rust syntax left in a comment, a `//`
+//!    comment or text after `#endif` (the header must stay plain C89). The `# Safety` headings
+//!    that clippy asks for in Rust docs are dropped: their paragraph reads as prose in C.
+//!
+//! All raw C text is in cbindgen.toml. The header is committed. A normal build rewrites it only
+//! when its contents change. With `ZEND_ALLOC_HEADER=check` nothing is written and the build fails
+//! if the committed header differs from what the sources generate (`make check-header`). In the raw
+//! text build.rs replaces `@CARGO_PKG_VERSION@` and `@CARGO_PKG_VERSION_MAJOR@` (`_MINOR@`,
+//! `_PATCH@`) with Cargo.toml's version, so the header's version macros cannot drift from it.
 //!
 //! It also gives the shared library its SONAME and the link of that name next to it (see
 //! [`link_soname`]), so a plain `cargo build` yields a library programs can link and run against.
+
+#[path = "build/compose.rs"]
+mod compose;
 
 use std::env;
 use std::fs;
@@ -27,27 +45,21 @@ fn main() {
     println!("cargo::rustc-cdylib-link-arg=-Wl,-soname,{soname}");
     link_soname(&soname);
 
-    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
-        .expect("cbindgen.toml is readable");
-    // The version placeholders of cbindgen.toml's raw C text.
-    for text in [
+    let config_path = crate_dir.join("cbindgen.toml");
+    let (mut config, mut parts) = read_config(&config_path);
+    config.config_path = Some(config_path);
+    let raw_texts = [
         &mut config.header,
         &mut config.after_includes,
         &mut config.trailer,
     ]
     .into_iter()
     .flatten()
-    {
-        for var in [
-            "CARGO_PKG_VERSION",
-            "CARGO_PKG_VERSION_MAJOR",
-            "CARGO_PKG_VERSION_MINOR",
-            "CARGO_PKG_VERSION_PATCH",
-        ] {
-            let value = env::var(var).expect("cargo sets the CARGO_PKG_VERSION variables");
-            *text = text.replace(&format!("@{var}@"), &value);
-        }
+    .chain(parts.iter_mut().map(|part| &mut part.c));
+    for text in raw_texts {
+        fill_in_version(text);
     }
+    let after_includes = config.after_includes.clone().unwrap_or_default();
     let bindings = match cbindgen::Builder::new()
         .with_config(config)
         .with_src(crate_dir.join("src/lib.rs"))
@@ -58,25 +70,96 @@ fn main() {
         Err(cbindgen::Error::ParseSyntaxError { .. }) => return,
         Err(e) => panic!("cbindgen failed: {e}"),
     };
+    let mut generated = Vec::new();
+    bindings.write(&mut generated);
+    let generated = String::from_utf8(generated).expect("cbindgen writes UTF-8");
+    let composed = compose::compose(&generated, &after_includes, &parts)
+        .unwrap_or_else(|e| panic!("composing include/zend_alloc.h: {e}"));
 
     let header = crate_dir.join("include/zend_alloc.h");
     if env::var("ZEND_ALLOC_HEADER").as_deref() == Ok("check") {
-        let mut generated = Vec::new();
-        bindings.write(&mut generated);
-        if fs::read(&header).ok().as_deref() != Some(&generated[..]) {
+        if fs::read_to_string(&header).ok().as_deref() != Some(composed.as_str()) {
             println!(
                 "cargo::error=include/zend_alloc.h differs from what the sources generate; run `cargo build` and commit it"
             );
         }
     } else {
-        bindings.write_to_file(&header);
+        write_if_changed(&header, &composed);
     }
 
     let out_include =
         PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("include");
     fs::create_dir_all(&out_include).expect("OUT_DIR is writable");
-    bindings.write_to_file(out_include.join("zend_alloc.h"));
+    write_if_changed(&out_include.join("zend_alloc.h"), &composed);
     println!("cargo::metadata=include={}", out_include.display());
+}
+
+/// cbindgen's configuration and the header's parts, both from cbindgen.toml.
+fn read_config(path: &PathBuf) -> (cbindgen::Config, Vec<compose::Part>) {
+    let text = fs::read_to_string(path).expect("cbindgen.toml is readable");
+    let mut table: toml::Table = text.parse().expect("cbindgen.toml is valid TOML");
+    let ours = table
+        .remove("zend_alloc")
+        .expect("cbindgen.toml has a [zend_alloc] table");
+    let parts = ours
+        .get("part")
+        .and_then(toml::Value::as_array)
+        .expect("cbindgen.toml has [[zend_alloc.part]] tables")
+        .iter()
+        .map(|p| {
+            let p = p.as_table().expect("a [[zend_alloc.part]] is a table");
+            if let Some(key) = p
+                .keys()
+                .find(|k| !["types", "functions", "c"].contains(&k.as_str()))
+            {
+                panic!("[[zend_alloc.part]] has `types`, `functions` and `c`, not `{key}`");
+            }
+            let names = |key: &str| -> Vec<String> {
+                p.get(key)
+                    .map(|f| {
+                        f.as_array()
+                            .unwrap_or_else(|| panic!("`{key}` is an array"))
+                            .iter()
+                            .map(|n| n.as_str().expect("a name").to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let c = p
+                .get("c")
+                .map(|c| c.as_str().expect("`c` is a string").to_string())
+                .unwrap_or_default();
+            compose::Part {
+                types: names("types"),
+                functions: names("functions"),
+                c,
+            }
+        })
+        .collect();
+    let config = table
+        .try_into()
+        .unwrap_or_else(|e| panic!("cbindgen.toml: {e}"));
+    (config, parts)
+}
+
+/// Writing only changed contents keeps the header's mtime, so nothing rebuilds in a loop.
+fn write_if_changed(path: &PathBuf, contents: &str) {
+    if fs::read_to_string(path).ok().as_deref() != Some(contents) {
+        fs::write(path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+}
+
+/// Replaces the version placeholders of raw C text with Cargo.toml's version.
+fn fill_in_version(text: &mut String) {
+    for var in [
+        "CARGO_PKG_VERSION",
+        "CARGO_PKG_VERSION_MAJOR",
+        "CARGO_PKG_VERSION_MINOR",
+        "CARGO_PKG_VERSION_PATCH",
+    ] {
+        let value = env::var(var).expect("cargo sets the CARGO_PKG_VERSION variables");
+        *text = text.replace(&format!("@{var}@"), &value);
+    }
 }
 
 /// Makes `<profile dir>/<soname> -> libzend_alloc.so`, so that a program linked against a plain

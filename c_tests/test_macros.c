@@ -1,6 +1,8 @@
 /*
- * The header's macro layer, from C99, C11 and C++17 (the Makefile builds this file three ways with
- * -Wall -Wextra -Werror -pedantic): every wrapper macro is used once and its result checked.
+ * The header's macro layer: every wrapper macro is used once and its result checked. Written in
+ * C89 (declarations first) so that `make headers` builds and runs it with gcc and clang as C89,
+ * C99, C11 and C17 and with g++ and clang++ as C++98 to C++20, each with -pedantic, the conversion
+ * and shadowing warnings and -Werror.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,9 +24,13 @@ static void *relay_alloc(size_t size ZEND_FILE_LINE_DC ZEND_FILE_LINE_ORIG_DC)
 static int relays(ZEND_FILE_LINE_D ZEND_FILE_LINE_ORIG_DC)
 {
     int ok = 1;
+    char *p, *s, *n, *pd, *pn, *es, *en;
+    int *z;
+    void *pm, *pc, *ps, *em, *ec, *sp, *hp;
+    zend_mm_heap *heap;
     (void)__zend_orig_filename;
     (void)__zend_orig_lineno;
-    char *p = (char *)safe_emalloc_rel(2, 8, 4);
+    p = (char *)safe_emalloc_rel(2, 8, 4);
     ok &= zend_mem_block_size_rel(p) == 24;
     p = (char *)erealloc_rel(p, 100);
     ok &= zend_mem_block_size_rel(p) == 112;
@@ -34,24 +40,24 @@ static int relays(ZEND_FILE_LINE_D ZEND_FILE_LINE_ORIG_DC)
     p = (char *)safe_erealloc_rel(p, 3, 100, 0);
     ok &= zend_mem_block_size_rel(p) == 320;
     efree_rel(p);
-    int *z = (int *)ecalloc_rel(4, sizeof(int));
+    z = (int *)ecalloc_rel(4, sizeof(int));
     ok &= z[0] == 0 && z[3] == 0;
     efree_size_rel(z, 4 * sizeof(int));
-    char *s = estrdup_rel("relay");
-    char *n = estrndup_rel("relayed", 5);
+    s = estrdup_rel("relay");
+    n = estrndup_rel("relayed", 5);
     ok &= strcmp(s, "relay") == 0 && strcmp(n, "relay") == 0;
     efree(s);
     efree(n);
 
-    void *pm = pemalloc_rel(10, 1);
-    void *pc = pecalloc_rel(2, 5, 1);
-    void *ps = safe_pemalloc_rel(2, 5, 0, 1);
+    pm = pemalloc_rel(10, 1);
+    pc = pecalloc_rel(2, 5, 1);
+    ps = safe_pemalloc_rel(2, 5, 0, 1);
     pm = perealloc_rel(pm, 20, 1);
     pc = perealloc2_rel(pc, 30, 10, 1);
     ps = perealloc_recoverable_rel(ps, 40, 1);
     ps = safe_perealloc_rel(ps, 5, 10, 0, 1);
-    char *pd = pestrdup_rel("p", 1);
-    char *pn = pestrndup_rel("pq", 1, 1);
+    pd = pestrdup_rel("p", 1);
+    pn = pestrndup_rel("pq", 1, 1);
     ok &= pm && pc && ps && strcmp(pd, "p") == 0 && strcmp(pn, "p") == 0;
     pefree_rel(pm, 1);
     pefree_rel(pc, 1);
@@ -59,25 +65,25 @@ static int relays(ZEND_FILE_LINE_D ZEND_FILE_LINE_ORIG_DC)
     pefree_rel(pd, 1);
     pefree_rel(pn, 1);
 
-    void *em = pemalloc_rel(10, 0);
+    em = pemalloc_rel(10, 0);
     ok &= is_zend_ptr(em);
     pefree_rel(em, 0);
-    void *ec = pecalloc_rel(2, 2, 0);
+    ec = pecalloc_rel(2, 2, 0);
     ec = perealloc_rel(ec, 50, 0);
     ec = perealloc2_rel(ec, 60, 50, 0);
     ec = perealloc_recoverable_rel(ec, 70, 0);
     ec = safe_perealloc_rel(ec, 2, 40, 0, 0);
     pefree_rel(ec, 0);
-    char *es = pestrdup_rel("e", 0);
-    char *en = pestrndup_rel("ef", 1, 0);
-    void *sp = safe_pemalloc_rel(3, 3, 3, 0);
+    es = pestrdup_rel("e", 0);
+    en = pestrndup_rel("ef", 1, 0);
+    sp = safe_pemalloc_rel(3, 3, 3, 0);
     ok &= is_zend_ptr(es) && is_zend_ptr(en) && is_zend_ptr(sp);
     efree(es);
     efree(en);
     efree(sp);
 
-    zend_mm_heap *heap = zend_mm_startup();
-    void *hp = zend_mm_alloc_rel(heap, 10);
+    heap = zend_mm_startup();
+    hp = zend_mm_alloc_rel(heap, 10);
     hp = zend_mm_realloc_rel(heap, hp, 100);
     hp = zend_mm_realloc2_rel(heap, hp, 200, 100);
     ok &= zend_mm_block_size_rel(heap, hp) == 224;
@@ -118,7 +124,7 @@ static size_t attributed(size_t n)
     size_t size = zend_mem_block_size(a);
     efree(a);
     efree(b);
-    if (!report("%zu", size)) {
+    if (!report("%lu", (unsigned long)size)) {
         never_returns();
     }
     return size;
@@ -136,11 +142,17 @@ static size_t usage(int real TSRMLS_DC)
 
 int main(void)
 {
+    char *p, *s, *n, *e1, *e2, *e3, *e4, *e5, *pd, *pn, *qd, *qn;
+    const char *none = NULL;
+    int *z;
+    void *large, *huge, *pm, *pc, *ps, *q, *qc, *qs, *hp, *r;
+    zend_mm_heap *heap;
+
     start_memory_manager(TSRMLS_C);
     TSRMLS_FETCH_test(TSRMLS_C);
     CHECK(usage(1 TSRMLS_CC) >= ZEND_MM_CHUNK_SIZE || usage(1 TSRMLS_CC) > 0);
 
-    char *p = (char *)emalloc(10);
+    p = (char *)emalloc(10);
     CHECK(zend_mem_block_size(p) == 16);
     p = (char *)erealloc(p, 20);
     p = (char *)erealloc2(p, 30, 20);
@@ -151,14 +163,14 @@ int main(void)
     efree(p);
     p = (char *)safe_emalloc(3, 5, 1);
     efree_size(p, 16);
-    int *z = (int *)ecalloc(8, sizeof(int));
+    z = (int *)ecalloc(8, sizeof(int));
     CHECK(z[0] == 0 && z[7] == 0);
     efree(z);
 
-    void *large = emalloc_large(5000);
+    large = emalloc_large(5000);
     CHECK(zend_mem_block_size(large) == 8192);
     efree_large(large);
-    void *huge = emalloc_huge(3 * 1024 * 1024);
+    huge = emalloc_huge(3 * 1024 * 1024);
     CHECK(zend_mem_block_size(huge) == 3 * 1024 * 1024);
     efree_huge(huge);
     /* The size-specialised names PHP 8 code may call directly. */
@@ -172,17 +184,16 @@ int main(void)
     CHECK(zend_mm_is_custom_heap(zend_mm_get_heap()) == ZEND_MM_CUSTOM_HEAP_STD);
     zend_mm_set_custom_handlers(zend_mm_get_heap(), NULL, NULL, NULL);
 
-    char *s = estrdup("zend");
-    char *n = estrndup("zendalloc", 4);
+    s = estrdup("zend");
+    n = estrndup("zendalloc", 4);
     CHECK(strcmp(s, "zend") == 0 && strcmp(n, "zend") == 0);
     efree(s);
     efree(n);
-    const char *none = NULL;
-    char *e1 = safe_estrdup(none);
-    char *e2 = safe_estrndup(none, 3);
-    char *e3 = safe_estrdup("x");
-    char *e4 = safe_estrndup("xy", 1);
-    char *e5 = STR_EMPTY_ALLOC();
+    e1 = safe_estrdup(none);
+    e2 = safe_estrndup(none, 3);
+    e3 = safe_estrdup("x");
+    e4 = safe_estrndup("xy", 1);
+    e5 = STR_EMPTY_ALLOC();
     CHECK(e1[0] == '\0' && e2[0] == '\0' && strcmp(e3, "x") == 0 && strcmp(e4, "x") == 0 && e5[0] == '\0');
     efree(e1);
     efree(e2);
@@ -190,40 +201,40 @@ int main(void)
     efree(e4);
     efree(e5);
 
-    void *pm = pemalloc(10, 1);
-    void *pc = pecalloc(3, 3, 1);
-    void *ps = safe_pemalloc(2, 3, 4, 1);
+    pm = pemalloc(10, 1);
+    pc = pecalloc(3, 3, 1);
+    ps = safe_pemalloc(2, 3, 4, 1);
     pm = perealloc(pm, 100, 1);
     pc = perealloc2(pc, 100, 9, 1);
     ps = safe_perealloc(ps, 2, 50, 0, 1);
     ps = perealloc_recoverable(ps, 200, 1);
-    char *pd = pestrdup("dup", 1);
-    char *pn = pestrndup("dupe", 3, 1);
+    pd = pestrdup("dup", 1);
+    pn = pestrndup("dupe", 3, 1);
     CHECK(!is_zend_ptr(pm) && !is_zend_ptr(pd) && strcmp(pd, "dup") == 0 && strcmp(pn, "dup") == 0);
     pefree(pm, 1);
     pefree(pc, 1);
     pefree_size(ps, 200, 1);
     free(pd);
     free(pn);
-    void *q = pemalloc(10, 0);
+    q = pemalloc(10, 0);
     q = perealloc(q, 20, 0);
     q = perealloc2(q, 30, 20, 0);
     q = perealloc_recoverable(q, 40, 0);
     q = safe_perealloc(q, 2, 30, 0, 0);
     CHECK(is_zend_ptr(q) && zend_mem_block_size(q) == 64);
     pefree_size(q, 64, 0);
-    void *qc = pecalloc(2, 8, 0);
-    void *qs = safe_pemalloc(2, 8, 0, 0);
-    char *qd = pestrdup("e", 0);
-    char *qn = pestrndup("ef", 1, 0);
+    qc = pecalloc(2, 8, 0);
+    qs = safe_pemalloc(2, 8, 0, 0);
+    qd = pestrdup("e", 0);
+    qn = pestrndup("ef", 1, 0);
     CHECK(is_zend_ptr(qc) && is_zend_ptr(qs) && is_zend_ptr(qd) && is_zend_ptr(qn));
     pefree(qc, 0);
     pefree(qs, 0);
     pefree(qd, 0);
     pefree(qn, 0);
 
-    zend_mm_heap *heap = zend_mm_startup();
-    void *hp = zend_mm_alloc(heap, 100);
+    heap = zend_mm_startup();
+    hp = zend_mm_alloc(heap, 100);
     hp = zend_mm_realloc(heap, hp, 1000);
     hp = zend_mm_realloc2(heap, hp, 2000, 1000);
     CHECK(zend_mm_block_size(heap, hp) == 2048);
@@ -231,7 +242,7 @@ int main(void)
     zend_mm_shutdown(heap, 1, 1);
 
     CHECK(relays(ZEND_FILE_LINE_C ZEND_FILE_LINE_EMPTY_CC));
-    void *r = relay_alloc(5 ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC);
+    r = relay_alloc(5 ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC);
     CHECK(zend_mem_block_size(r) == 8);
     efree(r);
     CHECK(origin_relay(ZEND_FILE_LINE_C, ZEND_FILE_LINE_EMPTY_C) == 8);

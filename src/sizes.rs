@@ -8,11 +8,11 @@
 
 /// The allocation unit inside a segment; large blocks are whole runs of pages.
 pub const ZEND_MM_PAGE_SIZE: usize = 4096;
-/// log2 of [`ZEND_MM_PAGE_SIZE`].
+/// log2 of `ZEND_MM_PAGE_SIZE`.
 pub(crate) const PAGE_SHIFT: u32 = 12;
 /// Alignment every block has at least (PHP's `ZEND_MM_ALIGNMENT` on x86-64).
 pub const ZEND_MM_ALIGNMENT: usize = 8;
-/// log2 of [`ZEND_MM_ALIGNMENT`].
+/// log2 of `ZEND_MM_ALIGNMENT`.
 pub const ZEND_MM_ALIGNMENT_LOG2: usize = 3;
 /// Segment size when `ZEND_MM_SEG_SIZE` is not set: PHP 7+'s 2 MiB chunk.
 pub(crate) const ZEND_MM_SEG_SIZE: usize = 2 * 1024 * 1024;
@@ -30,8 +30,8 @@ pub(crate) const MAX_SEGMENT_SIZE: usize = 1024 * 1024 * 1024;
 /// Largest request served from a bin; larger requests get whole pages.
 pub const ZEND_MM_MAX_SMALL_SIZE: usize = 3072;
 /// Largest request served as a page run of a default-sized segment (511 pages); larger requests are
-/// huge blocks with storage of their own. Other segment sizes move this bound (the segment module
-/// computes it from the segment header's size).
+/// huge blocks with storage of their own. With another segment size (`ZEND_MM_SEG_SIZE`) the bound
+/// moves with it.
 pub const ZEND_MM_MAX_LARGE_SIZE: usize = 2 * 1024 * 1024 - 4096;
 /// Alignment every storage allocation has at least (the storage API's promise, as in PHP 5.3).
 pub(crate) const STORAGE_ALIGN: usize = 16;

@@ -269,7 +269,8 @@ unsafe fn erealloc_remote(
 /// Like `_erealloc`, but copies at most `copy_size` bytes of the old contents.
 ///
 /// # Safety
-/// As `_erealloc`.
+/// `ptr` must be NULL or a live block of the current heap; it must not be used after a successful
+/// call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn _erealloc2(
     ptr: *mut c_void,
@@ -296,7 +297,8 @@ pub unsafe extern "C" fn _erealloc2(
 /// Resizes `ptr` to `nmemb * size + offset` bytes (overflow is a fatal error).
 ///
 /// # Safety
-/// As `_erealloc`.
+/// `ptr` must be NULL or a live block of the current heap; it must not be used after a successful
+/// call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn _safe_erealloc(
     ptr: *mut c_void,

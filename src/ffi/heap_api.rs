@@ -11,7 +11,8 @@ use crate::heap::api;
 /// Allocates `size` bytes from `heap`.
 ///
 /// # Safety
-/// `heap` must be a heap made by `zend_mm_startup*` and not shut down, used by one thread at a time.
+/// `heap` must come from `zend_mm_startup()` or `zend_mm_startup_ex()`, not be shut down, and be
+/// used by one thread at a time.
 /// cbindgen:postfix=ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE(2)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn _zend_mm_alloc(
@@ -36,7 +37,9 @@ pub unsafe extern "C" fn _zend_mm_alloc(
 /// Frees a block of `heap` (NULL is a no-op).
 ///
 /// # Safety
-/// As `_zend_mm_alloc`; `p` must not be used afterwards.
+/// `heap` must come from `zend_mm_startup()` or `zend_mm_startup_ex()`, not be shut down, and be
+/// used by one thread at a time; `p` must be NULL or a live block of `heap` and must not be used
+/// afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn _zend_mm_free(
     heap: *mut zend_mm_heap,
@@ -60,7 +63,9 @@ pub unsafe extern "C" fn _zend_mm_free(
 /// Resizes a block of `heap` (NULL `p` allocates).
 ///
 /// # Safety
-/// As `_zend_mm_alloc`; `p` must not be used after a successful call.
+/// `heap` must come from `zend_mm_startup()` or `zend_mm_startup_ex()`, not be shut down, and be
+/// used by one thread at a time; `p` must be NULL or a live block of `heap` and must not be used
+/// after a successful call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn _zend_mm_realloc(
     heap: *mut zend_mm_heap,
@@ -85,7 +90,9 @@ pub unsafe extern "C" fn _zend_mm_realloc(
 /// Resizes a block of `heap`, copying at most `copy_size` bytes.
 ///
 /// # Safety
-/// As `_zend_mm_realloc`.
+/// `heap` must come from `zend_mm_startup()` or `zend_mm_startup_ex()`, not be shut down, and be
+/// used by one thread at a time; `p` must be NULL or a live block of `heap` and must not be used
+/// after a successful call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn _zend_mm_realloc2(
     heap: *mut zend_mm_heap,
@@ -111,7 +118,8 @@ pub unsafe extern "C" fn _zend_mm_realloc2(
 /// Usable size of a block of `heap` (0 for NULL and on custom heaps).
 ///
 /// # Safety
-/// As `_zend_mm_alloc`.
+/// `heap` must come from `zend_mm_startup()` or `zend_mm_startup_ex()`, not be shut down, and be
+/// used by one thread at a time; `p` must be NULL or a block of `heap`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn _zend_mm_block_size(
     heap: *mut zend_mm_heap,

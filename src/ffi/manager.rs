@@ -67,7 +67,7 @@ pub extern "C" fn zend_memory_usage(real_usage: c_int) -> usize {
     heap.usage(real_usage != 0)
 }
 
-/// Peak of [`zend_memory_usage`] since the request started or the last reset.
+/// Peak of `zend_memory_usage(real_usage)` since the request started or the last reset.
 #[unsafe(no_mangle)]
 pub extern "C" fn zend_memory_peak_usage(real_usage: c_int) -> usize {
     current().peak_usage(real_usage != 0)
@@ -343,7 +343,7 @@ pub unsafe extern "C" fn zend_mm_get_custom_handlers(
 }
 
 /// Installs the handler fatal errors go to (memory limit, out of memory, size overflow); returns
-/// the previous one. NULL restores the default: print `Fatal error: … in <file> on line <n>` and
+/// the previous one. NULL restores the default: print `Fatal error: ... in <file> on line <n>` and
 /// exit(255). The handler may longjmp out; if it returns, the process exits with status 255.
 #[unsafe(no_mangle)]
 pub extern "C" fn zend_mm_set_error_handler(
@@ -365,7 +365,7 @@ pub extern "C" fn zend_mm_set_max_allocs(max_allocs: u64) {
 }
 
 /// 1 if fault injection refused an allocation of the calling thread's heap, else 0 (PHP's
-/// `zend_mm_max_allocs_hit`, which returns a `bool`).
+/// `zend_mm_max_allocs_hit`, which returns a C99 `bool`).
 #[unsafe(no_mangle)]
 pub extern "C" fn zend_mm_max_allocs_hit() -> c_int {
     let heap = runtime::current();

@@ -292,7 +292,7 @@ pub extern "C" fn _emalloc_large(size: usize) -> *mut c_void {
     _emalloc(size, ptr::null(), 0, ptr::null(), 0)
 }
 
-/// `emalloc(size)` for a constant size above 2 MiB − 4 KiB, for PHP 8 release builds.
+/// `emalloc(size)` for a constant size above 2 MiB - 4 KiB, for PHP 8 release builds.
 /// cbindgen:postfix=ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE(1)
 #[unsafe(no_mangle)]
 pub extern "C" fn _emalloc_huge(size: usize) -> *mut c_void {

@@ -22,8 +22,9 @@ use crate::diagnostics;
 use crate::os;
 use crate::sizes::{STORAGE_ALIGN, ZEND_MM_PAGE_SIZE};
 
-/// The header at the start of every storage allocation (C: `zend_mm_segment`, PHP 5.3's layout):
-/// the size the heap asked for, which storages read when they free or resize, and an unused link.
+/// The header at the start of every storage allocation (`struct _zend_mm_segment`, PHP 5.3's
+/// layout): the size the heap asked for, which storages read when they free or resize, and an
+/// unused link.
 #[repr(C)]
 pub struct SegmentHeader {
     pub size: usize,
