@@ -404,6 +404,7 @@ static void told_double_free(void *arg) { (void)arg; char *a = emalloc(64); keep
 static void told_release_abi(void *arg) { (void)arg; char *a = emalloc(96); keep(96); told(a + 48, a, 0); _efree_96(a + 48); }
 static void told_large_double_free(void *arg) { (void)arg; char *a = emalloc(5000); keep(5000); efree(a); told(a, NULL, __LINE__); efree(a); }
 static void told_large_interior(void *arg) { (void)arg; char *a = emalloc(5000); keep(5000); told(a + 100, a, __LINE__); efree(a + 100); }
+static void told_large_second_page(void *arg) { (void)arg; char *a = emalloc(9000); keep(9000); told(a + 4096, a, __LINE__); efree(a + 4096); }
 static void told_malloc_pointer(void *arg) { (void)arg; char *m = malloc(64); told(m, NULL, __LINE__); efree(m); }
 static void told_other_heap(void *arg)
 {
@@ -455,6 +456,8 @@ static void test_corruption_names_the_call_the_pointer_and_the_location(void)
                "(the call carried no file:line)");
     check_told(told_large_interior,
                "efree(%p): not the start of a block: 100 bytes into the 8192-byte block at %p (called at %s:%d)");
+    check_told(told_large_second_page,
+               "efree(%p): not the start of a block: 4096 bytes into the 12288-byte block at %p (called at %s:%d)");
     check_told(told_other_heap, "efree(%p): a block of another heap (zend_mm_heap %p), not of this one "
                                 "(called at %s:%d)");
     check_told_nothing_before(told_double_free,

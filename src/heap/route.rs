@@ -175,13 +175,25 @@ impl Heap {
                 size,
             };
         }
-        if info & PAGE_KIND_MASK == PAGE_LARGE {
-            let offset = p.addr() % ZEND_MM_PAGE_SIZE;
-            return BadPointer::Interior {
-                block: p.addr() - offset,
-                offset,
-                size: (info & LARGE_PAGES_MASK) as usize * ZEND_MM_PAGE_SIZE,
-            };
+        // A large run: its first page's entry names it; the pages after it read as free pages in
+        // use, so look back for the entry.
+        for first in (s.header_pages()..=page).rev() {
+            let entry = s.map_get(first);
+            if entry & PAGE_KIND_MASK == PAGE_LARGE {
+                let pages = (entry & LARGE_PAGES_MASK) as usize;
+                if first + pages <= page {
+                    break;
+                }
+                let block = s.page_addr(first).addr();
+                return BadPointer::Interior {
+                    block,
+                    offset: p.addr() - block,
+                    size: pages * ZEND_MM_PAGE_SIZE,
+                };
+            }
+            if entry & PAGE_KIND_MASK != PAGE_FREE || !s.page_used(first) {
+                break;
+            }
         }
         BadPointer::NotABlock
     }
