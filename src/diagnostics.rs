@@ -2,7 +2,8 @@
 //! `zend_mm_safe_error`, `zend_mm_panic`, `zend_out_of_memory`).
 //!
 //! Owns the slot for the error handler an embedding program installs and every text the library
-//! prints. Texts are PHP's, byte for byte. Nothing here allocates: messages are formatted into stack
+//! prints. Texts are PHP's, byte for byte; a corruption report adds a line of its own after PHP's
+//! (the call, the pointer, what is wrong, the caller's location). Nothing here allocates: messages are formatted into stack
 //! buffers and written with `write(2)`, so the error path works when memory is what ran out. It
 //! knows no heap: the heap marks itself as reporting (`heap::api::raise`) before it calls
 //! [`report_fatal`], and holds no borrow of itself while the handler runs.
@@ -514,7 +515,7 @@ pub fn write_bad_pointer(
 #[cold]
 #[inline(never)]
 pub fn bad_pointer(call: &Call, p: *const u8, what: BadPointer) -> ! {
-    let mut msg = MsgBuf::<512>::new();
+    let mut msg = MsgBuf::<1024>::new();
     let _ = msg.write_str("zend_mm_heap corrupted\n");
     let _ = write_bad_pointer(&mut msg, call, p.addr(), what);
     let _ = msg.write_str("\n");
@@ -527,7 +528,7 @@ pub fn bad_pointer(call: &Call, p: *const u8, what: BadPointer) -> ! {
 #[cold]
 #[inline(never)]
 pub fn heap_corrupted(detail: fmt::Arguments<'_>) -> ! {
-    let mut msg = MsgBuf::<512>::new();
+    let mut msg = MsgBuf::<1024>::new();
     let _ = msg.write_str("zend_mm_heap corrupted\n");
     let _ = msg.write_fmt(detail);
     let _ = msg.write_str("\n");
