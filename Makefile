@@ -76,11 +76,15 @@ lint:
 	$(CARGO) clippy --release -p zend_alloc_preload -- -D warnings
 
 # The unit and property tests, then again with the portable thread-local slots (what targets other
-# than x86-64 Linux use) in a target directory of their own.
+# than x86-64 Linux use: the portable-tls feature) in a target directory of their own. Of their own
+# because cargo does not put a hash in the names of libzend_alloc.so and .a: built with the feature
+# in target/release, they would replace the libraries the C tests link. The price: the first run
+# there builds the dependencies (cbindgen's among them) once more.
 rust-test:
 	$(CARGO) test --release
 	$(CARGO) test
-	RUSTFLAGS="--cfg zend_alloc_portable_tls" $(CARGO) test --release --target-dir target/portable-tls
+	@[ -d target/portable-tls/release ] || echo "rust-test: first run with the portable-tls feature: building the dependencies once in target/portable-tls (a target directory of its own keeps target/release's libzend_alloc.so and .a as they are)"
+	$(CARGO) test --release --features portable-tls --target-dir target/portable-tls
 	$(MAKE) --no-print-directory miri
 
 # The unit and model tests Miri can run (those on the std::alloc storages; the ones that need mmap

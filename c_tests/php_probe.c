@@ -55,8 +55,22 @@ static void out(const char *fmt, ...)
 
 #include "parity_scenarios.h"
 
-int main(void)
+/* Stops the optimiser from folding a size into a call it warns about (alloc-size-larger-than). */
+static size_t opaque_size(size_t n)
 {
+    volatile size_t v = n;
+    return v;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "overflow-message") == 0) {
+        /* PHP's text for a size that overflows when rounded up to pages: PHP writes it to stderr
+         * (no engine is started, so zend_error has no handler) and aborts. */
+        start_memory_manager();
+        _emalloc(opaque_size(SIZE_MAX - 100));
+        return 1;
+    }
     /* PHP reads these in start_memory_manager(); the comparison is with the default heap. */
     unsetenv("USE_ZEND_ALLOC");
     unsetenv("USE_ZEND_ALLOC_HUGE_PAGES");

@@ -280,8 +280,11 @@ static inline const char *huge_page_flag(const void *p)
 /* Checks that a child ended with exit status `status` and (unless `err` is NULL) wrote exactly
  * `err` to stderr. */
 #define CHECK_EXIT(r, status, err) check_exit_impl(&(r), (status), (err), __FILE__, __LINE__)
-/* Checks that a child was killed by SIGABRT after printing "zend_mm_heap corrupted". */
-#define CHECK_CORRUPTED(r) check_signal_impl(&(r), SIGABRT, "zend_mm_heap corrupted\n", __FILE__, __LINE__)
+/* Checks that a child was killed by SIGABRT after printing PHP's "zend_mm_heap corrupted" line and
+ * one more line (what was wrong, and where). */
+#define CHECK_CORRUPTED(r) check_corrupted_impl(&(r), NULL, __FILE__, __LINE__)
+/* The same, the second line being exactly `detail` (without its newline). */
+#define CHECK_CORRUPTED_AS(r, detail) check_corrupted_impl(&(r), (detail), __FILE__, __LINE__)
 /* Checks that a child was killed by `sig` after printing exactly `err`. */
 #define CHECK_SIGNAL(r, sig, err) check_signal_impl(&(r), (sig), (err), __FILE__, __LINE__)
 
@@ -308,6 +311,21 @@ static inline void check_signal_impl(const child_result *r, int sig, const char 
     check_impl(ok, "child signal and stderr", file, line);
     if (!ok) {
         report_child(r, err);
+    }
+}
+
+static inline void check_corrupted_impl(const child_result *r, const char *detail, const char *file, int line)
+{
+    static const char first[] = "zend_mm_heap corrupted\n";
+    const char *second = r->err + (sizeof first - 1);
+    const char *end = strchr(second, '\n');
+    int ok = !r->exited && r->signal == SIGABRT && strncmp(r->err, first, sizeof first - 1) == 0 &&
+             end != NULL && end > second && end[1] == '\0' &&
+             (detail == NULL || (strncmp(second, detail, (size_t)(end - second)) == 0 &&
+                                 strlen(detail) == (size_t)(end - second)));
+    check_impl(ok, "child aborted with zend_mm_heap corrupted and a second line", file, line);
+    if (!ok) {
+        report_child(r, detail);
     }
 }
 

@@ -1117,6 +1117,11 @@ static void test_segment_sizes(void)
     }
 }
 
+/* What ZEND_MM_SEG_SIZE's errors add to PHP 5.3's text: the value in bytes and the rule. */
+#define SEG_RULE(value, bytes) \
+    " (got '" value "' = " bytes " bytes; it takes a power of two from 64K to 1G bytes, written as 262144, 256k, " \
+    "0x40000 or 2M)\n"
+
 static void test_bad_environment_values(void)
 {
     static const struct {
@@ -1128,20 +1133,23 @@ static void test_bad_environment_values(void)
         {"ZEND_MM_MEM_TYPE=", "Wrong or unsupported zend_mm storage type ''\n  supported types:\n    'malloc'\n    'mmap_anon'\n    'mmap_zero'\n"},
         {"ZEND_MM_MEM_TYPE=MALLOC",
          "Wrong or unsupported zend_mm storage type 'MALLOC'\n  supported types:\n    'malloc'\n    'mmap_anon'\n    'mmap_zero'\n"},
-        {"ZEND_MM_SEG_SIZE=3M", "ZEND_MM_SEG_SIZE must be a power of two\n"},
-        {"ZEND_MM_SEG_SIZE=-2M", "ZEND_MM_SEG_SIZE must be a power of two\n"},
-        {"ZEND_MM_SEG_SIZE=0", "ZEND_MM_SEG_SIZE must be a power of two\n"},
-        {"ZEND_MM_SEG_SIZE=32k", "ZEND_MM_SEG_SIZE is too small\n"},
-        {"ZEND_MM_SEG_SIZE=32", "ZEND_MM_SEG_SIZE is too small\n"},
-        {"ZEND_MM_SEG_SIZE=2g", "ZEND_MM_SEG_SIZE is too large (at most 1G)\n"},
-        {"ZEND_MM_SEG_SIZE=1099511627776", "ZEND_MM_SEG_SIZE is too large (at most 1G)\n"},
+        {"ZEND_MM_SEG_SIZE=3M", "ZEND_MM_SEG_SIZE must be a power of two" SEG_RULE("3M", "3145728")},
+        {"ZEND_MM_SEG_SIZE=-2M", "ZEND_MM_SEG_SIZE must be a power of two" SEG_RULE("-2M", "-2097152")},
+        {"ZEND_MM_SEG_SIZE=0", "ZEND_MM_SEG_SIZE must be a power of two" SEG_RULE("0", "0")},
+        {"ZEND_MM_SEG_SIZE=32k", "ZEND_MM_SEG_SIZE is too small" SEG_RULE("32k", "32768")},
+        {"ZEND_MM_SEG_SIZE=32", "ZEND_MM_SEG_SIZE is too small" SEG_RULE("32", "32")},
+        {"ZEND_MM_SEG_SIZE=2g", "ZEND_MM_SEG_SIZE is too large" SEG_RULE("2g", "2147483648")},
+        {"ZEND_MM_SEG_SIZE=1099511627776", "ZEND_MM_SEG_SIZE is too large" SEG_RULE("1099511627776", "1099511627776")},
         {"ZEND_MM_SEG_SIZE=99999999999999999999999", "ZEND_MM_SEG_SIZE is out of range: '99999999999999999999999'\n"},
         {"ZEND_MM_SEG_SIZE=lots", "ZEND_MM_SEG_SIZE must be a number (optionally followed by k, m or g), got 'lots'\n"},
         {"ZEND_MM_SEG_SIZE=2MB", "ZEND_MM_SEG_SIZE must be a number (optionally followed by k, m or g), got '2MB'\n"},
         {"ZEND_MM_SEG_SIZE=", "ZEND_MM_SEG_SIZE must be a number (optionally followed by k, m or g), got ''\n"},
         {"ZEND_MM_COMPACT=-1", "ZEND_MM_COMPACT must not be negative, got '-1'\n"},
         {"ZEND_MM_COMPACT=big", "ZEND_MM_COMPACT must be a number (optionally followed by k, m or g), got 'big'\n"},
-        {"USE_ZEND_ALLOC=no", "USE_ZEND_ALLOC must be a number (optionally followed by k, m or g), got 'no'\n"},
+        {"USE_ZEND_ALLOC=yes", "USE_ZEND_ALLOC is a switch: 1 for on or 0 for off (no, off and false mean 0 too), got 'yes'\n"},
+        {"USE_ZEND_ALLOC=1k", "USE_ZEND_ALLOC is a switch: 1 for on or 0 for off (no, off and false mean 0 too), got '1k'\n"},
+        {"ZEND_MM_DEBUG=on", "ZEND_MM_DEBUG is a switch: 1 for on or 0 for off (no, off and false mean 0 too), got 'on'\n"},
+        {"ZEND_MM_STATS=xml", "ZEND_MM_STATS takes 1 (text), json or 0 (off; no, off and false too), got 'xml'\n"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *env[] = {cases[i].var, NULL};
@@ -1169,7 +1177,8 @@ static void test_use_zend_alloc_huge_pages(void)
     CHECK(strcmp(r.out, "small - huge -\n") == 0);
     const char *bad[] = {"USE_ZEND_ALLOC_HUGE_PAGES=yes", NULL};
     r = run_self("hugepages", bad);
-    CHECK_EXIT(r, 255, "USE_ZEND_ALLOC_HUGE_PAGES must be a number (optionally followed by k, m or g), got 'yes'\n");
+    CHECK_EXIT(r, 255,
+               "USE_ZEND_ALLOC_HUGE_PAGES is a switch: 1 for on or 0 for off (no, off and false mean 0 too), got 'yes'\n");
 }
 
 static void test_use_zend_alloc_0_uses_the_c_library(void)
@@ -1178,9 +1187,14 @@ static void test_use_zend_alloc_0_uses_the_c_library(void)
     child_result r = run_self("libc", env);
     CHECK_EXIT(r, 0, "");
     CHECK(strcmp(r.out, "custom 1 handlers libc block_size 0 usage 0 real 0 peaks 0 0 freed-with-free ok\n") == 0);
-    const char *env1[] = {"USE_ZEND_ALLOC=1k", NULL};
+    const char *env1[] = {"USE_ZEND_ALLOC=2", NULL};
     r = run_self("libc", env1);
-    CHECK(strcmp(r.out, "custom 0\n") == 0);
+    CHECK(strcmp(r.out, "custom 0\n") == 0); /* PHP's atol: non-zero is on */
+    /* PHP reads a word as 0: "no" (and off, false) switch the C library on here too. */
+    const char *no[] = {"USE_ZEND_ALLOC=no", NULL};
+    r = run_self("libc", no);
+    CHECK_EXIT(r, 0, "");
+    CHECK(strncmp(r.out, "custom 1 ", 9) == 0);
 }
 
 /* ---------------------------------------------------------------------------------------------- */

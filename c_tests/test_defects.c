@@ -388,6 +388,93 @@ static void test_frees_that_name_no_block_are_corruption(void)
     }
 }
 
+/* The line after "zend_mm_heap corrupted" names the call, the pointer, what was wrong and the
+ * caller's file:line. Each child prints the pointer it hands over, the block it belongs to (or
+ * NULL) and the line of the call (on the same source line) before the call aborts it. */
+static void told(const void *p, const void *block, int line)
+{
+    printf("%p %p %d\n", p, block, line);
+    fflush(stdout);
+}
+
+static void told_free_interior(void *arg) { (void)arg; char *a = emalloc(64); keep(64); told(a + 32, a, __LINE__); efree(a + 32); }
+static void told_realloc_interior(void *arg) { (void)arg; char *a = emalloc(64); keep(64); told(a + 8, a, __LINE__); erealloc(a + 8, 60); }
+static void told_block_size_interior(void *arg) { (void)arg; char *a = emalloc(64); told(a + 8, a, __LINE__); zend_mem_block_size(a + 8); }
+static void told_double_free(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a); told(a, NULL, __LINE__); efree(a); }
+static void told_release_abi(void *arg) { (void)arg; char *a = emalloc(96); keep(96); told(a + 48, a, 0); _efree_96(a + 48); }
+static void told_large_double_free(void *arg) { (void)arg; char *a = emalloc(5000); keep(5000); efree(a); told(a, NULL, __LINE__); efree(a); }
+static void told_large_interior(void *arg) { (void)arg; char *a = emalloc(5000); keep(5000); told(a + 100, a, __LINE__); efree(a + 100); }
+static void told_large_second_page(void *arg) { (void)arg; char *a = emalloc(9000); keep(9000); told(a + 4096, a, __LINE__); efree(a + 4096); }
+static void told_malloc_pointer(void *arg) { (void)arg; char *m = malloc(64); told(m, NULL, __LINE__); efree(m); }
+static void told_other_heap(void *arg)
+{
+    (void)arg;
+    zend_mm_heap *h = zend_mm_startup();
+    char *p = zend_mm_alloc(h, 64);
+    told(p, h, __LINE__); efree(p);
+}
+
+/* Runs `fn` in a child and checks that the second line is `format` filled in with what the child
+ * told: the pointer, the block, this file and the line. */
+static void check_told(void (*fn)(void *), const char *format)
+{
+    child_result r = run_child(fn, NULL, NULL);
+    void *p = NULL, *block = NULL;
+    int line = -1;
+    char want[512];
+    CHECK(sscanf(r.out, "%p %p %d", &p, &block, &line) == 3);
+    if (strstr(format, "%s")) {
+        snprintf(want, sizeof want, format, p, block, __FILE__, line);
+    } else {
+        snprintf(want, sizeof want, format, p, block);
+    }
+    CHECK_CORRUPTED_AS(r, want);
+}
+
+static void check_told_nothing_before(void (*fn)(void *), const char *format)
+{
+    child_result r = run_child(fn, NULL, NULL);
+    void *p = NULL, *block = NULL;
+    int line = -1;
+    char want[512];
+    CHECK(sscanf(r.out, "%p %p %d", &p, &block, &line) == 3);
+    snprintf(want, sizeof want, format, p, __FILE__, line);
+    CHECK_CORRUPTED_AS(r, want);
+}
+
+static void test_corruption_names_the_call_the_pointer_and_the_location(void)
+{
+    check_told(told_free_interior,
+               "efree(%p): not the start of a block: 32 bytes into the 64-byte block at %p (called at %s:%d)");
+    check_told(told_realloc_interior,
+               "erealloc(%p): not the start of a block: 8 bytes into the 64-byte block at %p (called at %s:%d)");
+    check_told(told_block_size_interior,
+               "zend_mem_block_size(%p): not the start of a block: 8 bytes into the 64-byte block at %p "
+               "(called at %s:%d)");
+    check_told(told_release_abi,
+               "efree(%p): not the start of a block: 48 bytes into the 96-byte block at %p "
+               "(the call carried no file:line)");
+    check_told(told_large_interior,
+               "efree(%p): not the start of a block: 100 bytes into the 8192-byte block at %p (called at %s:%d)");
+    check_told(told_large_second_page,
+               "efree(%p): not the start of a block: 4096 bytes into the 12288-byte block at %p (called at %s:%d)");
+    check_told(told_other_heap, "efree(%p): a block of another heap (zend_mm_heap %p), not of this one "
+                                "(called at %s:%d)");
+    check_told_nothing_before(told_double_free,
+                              "efree(%p): double free: the block was the last one freed in its size class "
+                              "(called at %s:%d)");
+    check_told_nothing_before(told_large_double_free,
+                              "efree(%p): double free: the pages there are free already (called at %s:%d)");
+    check_told_nothing_before(told_malloc_pointer,
+                              "efree(%p): not memory of any heap (never allocated here, or freed and given "
+                              "back already) (called at %s:%d)");
+    /* Found by a walk of the free lists: no call to blame, the damage is named. */
+    child_result r = run_child(double_free_then_gc, NULL, NULL);
+    CHECK_CORRUPTED(r);
+    CHECK_CONTAINS(r.err, "the free list of 64-byte blocks holds");
+    CHECK_CONTAINS(r.err, "(found collecting garbage; a block was freed twice");
+}
+
 static void test_every_slot_of_every_bin_frees_and_reallocs(void)
 {
     static const size_t bins[] = {8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224,
@@ -543,6 +630,7 @@ int main(int argc, char **argv)
     RUN(test_a_custom_heap_owns_no_pointer);
     RUN(test_use_zend_alloc_0_owns_no_pointer);
     RUN(test_frees_that_name_no_block_are_corruption);
+    RUN(test_corruption_names_the_call_the_pointer_and_the_location);
     RUN(test_every_slot_of_every_bin_frees_and_reallocs);
     RUN(test_blocks_of_the_own_heap_survive_set_heap_null);
     RUN(test_a_misaligned_storage_is_named_at_startup);

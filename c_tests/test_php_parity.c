@@ -29,6 +29,7 @@
  * this program without them), and the probe removes USE_ZEND_ALLOC itself.
  */
 #include "test.h"
+#include <setjmp.h>
 
 /* ---- libzend_alloc's side of the API the scenarios use ---- */
 #define A_ALLOC(n)       emalloc(n)
@@ -398,6 +399,47 @@ static void use_default_configuration(char **argv)
     }
 }
 
+static char overflow_message[256];
+static jmp_buf overflow_bailout;
+
+static void keep_message(int type, const char *file, uint32_t line, const char *message)
+{
+    (void)type;
+    (void)file;
+    (void)line;
+    snprintf(overflow_message, sizeof overflow_message, "%s", message);
+    longjmp(overflow_bailout, 1);
+}
+
+/* emalloc(SIZE_MAX - 100) overflows when rounded up to pages: the message is PHP's text with the
+ * caller's size and PHP's page size, as PHP 8.2 itself prints it (not a header of ours). */
+static void test_the_overflow_message_is_phps(void)
+{
+    char cmd[4200], php_out[512] = "";
+    snprintf(cmd, sizeof cmd, "exec '%s' overflow-message 2>&1", probe_path);
+    fflush(stdout);
+    fflush(stderr);
+    FILE *f = popen(cmd, "r");
+    CHECK(f != NULL);
+    if (f) {
+        size_t n = fread(php_out, 1, sizeof php_out - 1, f);
+        php_out[n] = '\0';
+        pclose(f);
+    }
+    zend_mm_set_error_handler(keep_message);
+    volatile size_t huge = SIZE_MAX - 100;
+    if (setjmp(overflow_bailout) == 0) {
+        emalloc(huge);
+    }
+    zend_mm_set_error_handler(NULL);
+    CHECK_CONTAINS(overflow_message,
+                   "Possible integer overflow in memory allocation (18446744073709551515 + 4096)");
+    CHECK(overflow_message[0] != '\0' && strstr(php_out, overflow_message) != NULL);
+    if (!strstr(php_out, overflow_message)) {
+        fprintf(stderr, "  PHP 8.2 printed: [%s]\n  ours:            [%s]\n", php_out, overflow_message);
+    }
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -414,5 +456,6 @@ int main(int argc, char **argv)
     RUN(compare_with_php);
     RUN(ours_match_documented_values);
     RUN(php_matches_documented_values);
+    RUN(test_the_overflow_message_is_phps);
     return test_summary();
 }

@@ -2,7 +2,8 @@
 //! `zend_mm_safe_error`, `zend_mm_panic`, `zend_out_of_memory`).
 //!
 //! Owns the slot for the error handler an embedding program installs and every text the library
-//! prints. Texts are PHP's, byte for byte. Nothing here allocates: messages are formatted into stack
+//! prints. Texts are PHP's, byte for byte; a corruption report adds a line of its own after PHP's
+//! (the call, the pointer, what is wrong, the caller's location). Nothing here allocates: messages are formatted into stack
 //! buffers and written with `write(2)`, so the error path works when memory is what ran out. It
 //! knows no heap: the heap marks itself as reporting (`heap::api::raise`) before it calls
 //! [`report_fatal`], and holds no borrow of itself while the handler runs.
@@ -382,12 +383,156 @@ pub unsafe fn report_fatal(site: Site, fatal: Fatal) -> ! {
     unsafe { libc::exit(fatal.exit_status()) }
 }
 
-/// PHP's `zend_mm_panic("zend_mm_heap corrupted")`: the heap was handed a pointer it does not own
-/// (or its metadata is inconsistent). Prints the message and aborts.
+/// The library call a pointer was handed to, for the corruption report: the function the caller
+/// used and where it was called from (a null `site.file` when the call carried no location).
+#[derive(Clone, Copy)]
+pub struct Call {
+    pub function: &'static str,
+    pub site: Site,
+    /// What to say instead of the location when the call carried none.
+    pub no_site: &'static str,
+}
+
+impl Call {
+    pub const fn new(function: &'static str, site: Site) -> Call {
+        Call {
+            function,
+            site,
+            no_site: "the call carried no file:line",
+        }
+    }
+
+    /// A block another thread freed, found bad when its heap collects it: that thread's location
+    /// is not kept.
+    pub const REMOTE: Call = Call {
+        function: "efree",
+        site: Site::new(core::ptr::null(), 0),
+        no_site: "freed from another thread; the location of that call is not kept",
+    };
+
+    /// A block the library itself frees or measures (tests, internal moves).
+    pub const INTERNAL: Call = Call {
+        function: "zend_mm_free",
+        site: Site::new(core::ptr::null(), 0),
+        no_site: "an internal call",
+    };
+}
+
+/// What is wrong with a pointer handed to the library, as far as the heap can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadPointer {
+    /// The calling thread has no heap, so nothing it frees can be a block.
+    NoHeap,
+    /// No heap's memory: never allocated here, or its memory went back to the system.
+    NoHeapsMemory,
+    /// Memory of another heap (`owner`) that the call cannot free from this thread.
+    OtherHeap { owner: usize },
+    /// `offset` bytes into the `size`-byte block at `block`.
+    Interior {
+        block: usize,
+        offset: usize,
+        size: usize,
+    },
+    /// Inside this heap's memory but at no block's start (a run's tail, a page inside a block).
+    NotABlock,
+    /// Inside pages that are free: the block was freed already.
+    FreedPages,
+    /// A huge block that was freed already (kept for reuse).
+    FreedHuge,
+    /// The small block was just freed (it heads its bin's free list).
+    DoubleFree,
+    /// The block is already on the list of blocks other threads freed.
+    DoubleRemoteFree,
+}
+
+impl fmt::Display for BadPointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            BadPointer::NoHeap => f.write_str("this thread has no heap, so it owns no block"),
+            BadPointer::NoHeapsMemory => f.write_str(
+                "not memory of any heap (never allocated here, or freed and given back already)",
+            ),
+            BadPointer::OtherHeap { owner } => {
+                write!(
+                    f,
+                    "a block of another heap (zend_mm_heap {owner:#x}), not of this one"
+                )
+            }
+            BadPointer::Interior {
+                block,
+                offset,
+                size,
+            } => write!(
+                f,
+                "not the start of a block: {offset} bytes into the {size}-byte block at {block:#x}"
+            ),
+            BadPointer::NotABlock => {
+                f.write_str("not the start of a block (inside the heap's memory, between blocks)")
+            }
+            BadPointer::FreedPages => f.write_str("double free: the pages there are free already"),
+            BadPointer::FreedHuge => f.write_str("double free: the huge block was freed already"),
+            BadPointer::DoubleFree => {
+                f.write_str("double free: the block was the last one freed in its size class")
+            }
+            BadPointer::DoubleRemoteFree => {
+                f.write_str("double free: the block was just freed from another thread")
+            }
+        }
+    }
+}
+
+/// The line after `zend_mm_heap corrupted`: `<function>(<pointer>): <what> (called at <file>:<line>)`.
+pub fn write_bad_pointer(
+    out: &mut impl Write,
+    call: &Call,
+    p: usize,
+    what: BadPointer,
+) -> fmt::Result {
+    write!(out, "{}({p:#x}): {what} (", call.function)?;
+    if call.site.file.is_null() {
+        out.write_str(call.no_site)?;
+    } else {
+        write!(
+            out,
+            "called at {}:{}",
+            file_text(call.site.file),
+            call.site.line
+        )?;
+        if !call.site.orig_file.is_null() {
+            write!(
+                out,
+                ", relayed from {}:{}",
+                file_text(call.site.orig_file),
+                call.site.orig_line
+            )?;
+        }
+    }
+    out.write_str(")")
+}
+
+/// PHP's `zend_mm_panic("zend_mm_heap corrupted")` for a pointer handed to `call`: PHP's line, then
+/// one naming the call, the pointer, what is wrong with it and the caller's location. Aborts.
 #[cold]
 #[inline(never)]
-pub fn heap_corrupted() -> ! {
-    write_stderr(b"zend_mm_heap corrupted\n");
+pub fn bad_pointer(call: &Call, p: *const u8, what: BadPointer) -> ! {
+    let mut msg = MsgBuf::<1024>::new();
+    let _ = msg.write_str("zend_mm_heap corrupted\n");
+    let _ = write_bad_pointer(&mut msg, call, p.addr(), what);
+    let _ = msg.write_str("\n");
+    write_stderr(msg.as_bytes());
+    std::process::abort()
+}
+
+/// PHP's `zend_mm_panic("zend_mm_heap corrupted")` for damage no call is to blame for (found by a
+/// walk of the heap's own lists): PHP's line, then `detail`. Aborts.
+#[cold]
+#[inline(never)]
+pub fn heap_corrupted(detail: fmt::Arguments<'_>) -> ! {
+    let mut msg = MsgBuf::<1024>::new();
+    let _ = msg.write_str("zend_mm_heap corrupted\n");
+    let _ = msg.write_fmt(detail);
+    let _ = msg.write_str("\n");
+    write_stderr(msg.as_bytes());
     std::process::abort()
 }
 
@@ -469,6 +614,53 @@ mod tests {
                 add: 4096
             }),
             "Possible integer overflow in memory allocation (18446744073709551516 + 4096)"
+        );
+    }
+
+    fn bad_pointer_line(call: &Call, p: usize, what: BadPointer) -> String {
+        let mut m = MsgBuf::<512>::new();
+        write_bad_pointer(&mut m, call, p, what).unwrap();
+        String::from_utf8(m.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_bad_pointer_is_named_with_its_call_and_location() {
+        let here = Site::new(c"app.c".as_ptr(), 12);
+        assert_eq!(
+            bad_pointer_line(
+                &Call::new("efree", here),
+                0x7f00_0000_1020,
+                BadPointer::Interior {
+                    block: 0x7f00_0000_1000,
+                    offset: 32,
+                    size: 64
+                }
+            ),
+            "efree(0x7f0000001020): not the start of a block: 32 bytes into the 64-byte block at \
+             0x7f0000001000 (called at app.c:12)"
+        );
+        assert_eq!(
+            bad_pointer_line(
+                &Call::new("erealloc", here.relayed(c"lib.c".as_ptr(), 7)),
+                0x1000,
+                BadPointer::DoubleFree
+            ),
+            "erealloc(0x1000): double free: the block was the last one freed in its size class \
+             (called at app.c:12, relayed from lib.c:7)"
+        );
+        assert_eq!(
+            bad_pointer_line(
+                &Call::new("efree", Site::new(core::ptr::null(), 0)),
+                0x2000,
+                BadPointer::OtherHeap { owner: 0x3000 }
+            ),
+            "efree(0x2000): a block of another heap (zend_mm_heap 0x3000), not of this one \
+             (the call carried no file:line)"
+        );
+        assert_eq!(
+            bad_pointer_line(&Call::REMOTE, 0x2000, BadPointer::NoHeapsMemory),
+            "efree(0x2000): not memory of any heap (never allocated here, or freed and given back \
+             already) (freed from another thread; the location of that call is not kept)"
         );
     }
 

@@ -16,7 +16,7 @@
 
 use core::ptr;
 
-use crate::diagnostics::Site;
+use crate::diagnostics::{Call, Site};
 use crate::heap::{Heap, api};
 use crate::region_map;
 use crate::runtime;
@@ -168,9 +168,11 @@ pub unsafe fn free_slow(p: *mut u8) {
         // SAFETY: not a block of any heap: the allocator behind this one made it.
         None => unsafe { foreign::free(p.cast()) },
         // SAFETY: the calling thread's live heap; the caller gives `p` up.
-        Some((_, heap)) if !heap.is_null() => unsafe { api::efree(api::enter(heap), p, SITE) },
+        Some((_, heap)) if !heap.is_null() => unsafe {
+            api::efree(api::enter(heap), p, &Call::new("free", SITE))
+        },
         // SAFETY: a live block of another thread's heap, given up by the caller.
-        Some((owner, _)) => unsafe { Heap::free_remote(owner, p) },
+        Some((owner, _)) => unsafe { Heap::free_remote(owner, p, &Call::new("free", SITE)) },
     }
 }
 
@@ -200,14 +202,14 @@ unsafe fn realloc_slow(p: *mut u8, size: usize) -> *mut u8 {
         None => unsafe { foreign::realloc(p.cast(), size) }.cast(),
         // SAFETY: the calling thread's live heap; `p` is its block.
         Some((_, heap)) if !heap.is_null() => unsafe {
-            api::erealloc(api::enter(heap), p, size, size, SITE)
+            api::erealloc(api::enter(heap), p, size, size, &Call::new("realloc", SITE))
         },
         Some((owner, _)) => {
             let new = alloc(size);
             if !new.is_null() {
                 // SAFETY: a live block of another thread's heap, given up by the caller; `new`
                 // is a fresh block of `size` bytes.
-                unsafe { Heap::move_from_remote(owner, p, new, size) };
+                unsafe { Heap::move_from_remote(owner, p, new, size, &Call::new("realloc", SITE)) };
             }
             new
         }
@@ -245,7 +247,9 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
         // SAFETY: the allocator behind this one made `p`.
         None => unsafe { foreign::usable_size(p.cast()) },
         // SAFETY: the calling thread's live heap.
-        Some((_, heap)) if !heap.is_null() => unsafe { (*api::enter(heap)).block_size(p) },
+        Some((_, heap)) if !heap.is_null() => unsafe {
+            (*api::enter(heap)).block_size_for(p, &Call::new("malloc_usable_size", SITE))
+        },
         // SAFETY: a live block of another thread's heap (caller contract).
         Some((owner, _)) => unsafe { Heap::remote_usable_size(owner, p) }.unwrap_or(0),
     }

@@ -92,13 +92,13 @@ pub static ENV_VARS: [EnvVar; 9] = [
         apply: |o, v| {
             let n = number(v)?;
             if n <= 0 || (n as u64).count_ones() != 1 {
-                return Err(OptionError::SegSizeNotPowerOfTwo);
+                return Err(OptionError::SegSizeNotPowerOfTwo(n));
             }
             if (n as u64) < MIN_SEGMENT_SIZE as u64 {
-                return Err(OptionError::SegSizeTooSmall);
+                return Err(OptionError::SegSizeTooSmall(n));
             }
             if (n as u64) > MAX_SEGMENT_SIZE as u64 {
-                return Err(OptionError::SegSizeTooLarge);
+                return Err(OptionError::SegSizeTooLarge(n));
             }
             o.segment_size = n as usize;
             Ok(())
@@ -167,8 +167,12 @@ pub static ENV_VARS: [EnvVar; 9] = [
         apply: |o, v| {
             o.stats = match v {
                 b"json" => StatsOutput::Json,
-                _ if flag(v)? => StatsOutput::Text,
-                _ => StatsOutput::Off,
+                _ => match flag(v) {
+                    Ok(true) => StatsOutput::Text,
+                    Ok(false) => StatsOutput::Off,
+                    Err(OptionError::NotASwitch) => return Err(OptionError::NotAStatsOutput),
+                    Err(e) => return Err(e),
+                },
             };
             Ok(())
         },
@@ -279,9 +283,25 @@ pub fn parse_zend_atoi(s: &[u8]) -> Result<i64, NumberError> {
     Ok(if negative { -value } else { value })
 }
 
-/// A switch: any number, non-zero meaning on (PHP reads these with `ZEND_ATOL`).
+/// A switch. PHP reads these with `atol`: a number, non-zero meaning on, and any word reads as 0.
+/// Accepted here: a decimal integer (non-zero: on, as in PHP), and `no`, `off` or `false` (any
+/// case) for off, which PHP reads as 0 too. Anything else is an error, not a silent 0: `yes`,
+/// `on` or `true` would switch the option off in PHP, the opposite of what they say, and `1k` or
+/// `0x1` are no switch values.
 fn flag(v: &[u8]) -> Result<bool, OptionError> {
-    Ok(number(v)? != 0)
+    let t = v.trim_ascii();
+    if [&b"no"[..], b"off", b"false"]
+        .iter()
+        .any(|w| t.eq_ignore_ascii_case(w))
+    {
+        return Ok(false);
+    }
+    let digits = t.strip_prefix(b"-").or(t.strip_prefix(b"+")).unwrap_or(t);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(OptionError::NotASwitch);
+    }
+    // Zero or not is all a switch needs (PHP's atol saturates on overflow: still non-zero).
+    Ok(digits.iter().any(|&d| d != b'0'))
 }
 
 fn number(v: &[u8]) -> Result<i64, OptionError> {
@@ -298,9 +318,41 @@ pub enum OptionError {
     NotANumber,
     OutOfRange,
     Negative,
-    SegSizeNotPowerOfTwo,
-    SegSizeTooSmall,
-    SegSizeTooLarge,
+    /// The value given, in bytes.
+    SegSizeNotPowerOfTwo(i64),
+    SegSizeTooSmall(i64),
+    SegSizeTooLarge(i64),
+    /// A switch's value is neither an integer nor a word for off.
+    NotASwitch,
+    /// `ZEND_MM_STATS` is neither a switch nor `json`.
+    NotAStatsOutput,
+}
+
+/// `n` bytes in the largest unit that divides it (`64K`, `1G`), as the variables are written.
+struct Bytes(usize);
+
+impl core::fmt::Display for Bytes {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let n = self.0;
+        match [(30, 'G'), (20, 'M'), (10, 'K')]
+            .into_iter()
+            .find(|&(shift, _)| n != 0 && n % (1 << shift) == 0)
+        {
+            Some((shift, unit)) => write!(f, "{}{unit}", n >> shift),
+            None => write!(f, "{n}"),
+        }
+    }
+}
+
+/// What `ZEND_MM_SEG_SIZE` accepts, after each of its errors.
+fn seg_size_rule(f: &mut core::fmt::Formatter<'_>, value: &str, n: i64) -> core::fmt::Result {
+    writeln!(
+        f,
+        " (got '{value}' = {n} bytes; it takes a power of two from {} to {} bytes, written as \
+         262144, 256k, 0x40000 or 2M)",
+        Bytes(MIN_SEGMENT_SIZE),
+        Bytes(MAX_SEGMENT_SIZE)
+    )
 }
 
 /// A bad value, the variable it was given to, and the message it gets.
@@ -332,13 +384,27 @@ impl core::fmt::Display for BadValue<'_> {
             }
             OptionError::OutOfRange => writeln!(f, "{var} is out of range: '{value}'"),
             OptionError::Negative => writeln!(f, "{var} must not be negative, got '{value}'"),
-            OptionError::SegSizeNotPowerOfTwo => {
-                writeln!(f, "ZEND_MM_SEG_SIZE must be a power of two")
+            // PHP 5.3's texts, then the value and the rule.
+            OptionError::SegSizeNotPowerOfTwo(n) => {
+                write!(f, "ZEND_MM_SEG_SIZE must be a power of two")?;
+                seg_size_rule(f, value, n)
             }
-            OptionError::SegSizeTooSmall => writeln!(f, "ZEND_MM_SEG_SIZE is too small"),
-            OptionError::SegSizeTooLarge => {
-                writeln!(f, "ZEND_MM_SEG_SIZE is too large (at most 1G)")
+            OptionError::SegSizeTooSmall(n) => {
+                write!(f, "ZEND_MM_SEG_SIZE is too small")?;
+                seg_size_rule(f, value, n)
             }
+            OptionError::SegSizeTooLarge(n) => {
+                write!(f, "ZEND_MM_SEG_SIZE is too large")?;
+                seg_size_rule(f, value, n)
+            }
+            OptionError::NotASwitch => writeln!(
+                f,
+                "{var} is a switch: 1 for on or 0 for off (no, off and false mean 0 too), got '{value}'"
+            ),
+            OptionError::NotAStatsOutput => writeln!(
+                f,
+                "{var} takes 1 (text), json or 0 (off; no, off and false too), got '{value}'"
+            ),
         }
     }
 }
@@ -443,25 +509,27 @@ mod tests {
             with(&[("ZEND_MM_MEM_TYPE", "shm")]).err().unwrap(),
             "Wrong or unsupported zend_mm storage type 'shm'\n  supported types:\n    'malloc'\n    'mmap_anon'\n    'mmap_zero'\n"
         );
+        let rule = "it takes a power of two from 64K to 1G bytes, written as 262144, 256k, \
+                    0x40000 or 2M)\n";
         assert_eq!(
             with(&[("ZEND_MM_SEG_SIZE", "3M")]).err().unwrap(),
-            "ZEND_MM_SEG_SIZE must be a power of two\n"
+            format!("ZEND_MM_SEG_SIZE must be a power of two (got '3M' = 3145728 bytes; {rule}")
         );
         assert_eq!(
             with(&[("ZEND_MM_SEG_SIZE", "-2M")]).err().unwrap(),
-            "ZEND_MM_SEG_SIZE must be a power of two\n"
+            format!("ZEND_MM_SEG_SIZE must be a power of two (got '-2M' = -2097152 bytes; {rule}")
         );
         assert_eq!(
             with(&[("ZEND_MM_SEG_SIZE", "0")]).err().unwrap(),
-            "ZEND_MM_SEG_SIZE must be a power of two\n"
+            format!("ZEND_MM_SEG_SIZE must be a power of two (got '0' = 0 bytes; {rule}")
         );
         assert_eq!(
             with(&[("ZEND_MM_SEG_SIZE", "32k")]).err().unwrap(),
-            "ZEND_MM_SEG_SIZE is too small\n"
+            format!("ZEND_MM_SEG_SIZE is too small (got '32k' = 32768 bytes; {rule}")
         );
         assert_eq!(
             with(&[("ZEND_MM_SEG_SIZE", "2g")]).err().unwrap(),
-            "ZEND_MM_SEG_SIZE is too large (at most 1G)\n"
+            format!("ZEND_MM_SEG_SIZE is too large (got '2g' = 2147483648 bytes; {rule}")
         );
         assert!(
             with(&[("ZEND_MM_SEG_SIZE", "lots")])
@@ -481,12 +549,48 @@ mod tests {
                 .unwrap()
                 .starts_with("ZEND_MM_COMPACT must not be negative")
         );
-        assert!(
-            with(&[("USE_ZEND_ALLOC", "no")])
-                .err()
-                .unwrap()
-                .starts_with("USE_ZEND_ALLOC must be a number")
+        for bad in ["yes", "on", "true", "1k", "0x1", "", "1.5", "-"] {
+            assert_eq!(
+                with(&[("USE_ZEND_ALLOC", bad)]).err().unwrap(),
+                format!(
+                    "USE_ZEND_ALLOC is a switch: 1 for on or 0 for off (no, off and false mean 0 \
+                     too), got '{bad}'\n"
+                )
+            );
+        }
+        assert_eq!(
+            with(&[("ZEND_MM_DEBUG", "enabled")]).err().unwrap(),
+            "ZEND_MM_DEBUG is a switch: 1 for on or 0 for off (no, off and false mean 0 too), \
+             got 'enabled'\n"
         );
+        assert_eq!(
+            with(&[("ZEND_MM_STATS", "xml")]).err().unwrap(),
+            "ZEND_MM_STATS takes 1 (text), json or 0 (off; no, off and false too), got 'xml'\n"
+        );
+    }
+
+    #[test]
+    fn switches_read_as_php_reads_them() {
+        // PHP's atol: non-zero numbers are on; words read as 0, and the words for off are taken.
+        for (value, on) in [
+            ("0", false),
+            ("1", true),
+            ("2", true),
+            ("-1", true),
+            ("00", false),
+            (" 1 ", true),
+            ("99999999999999999999999", true),
+            ("no", false),
+            ("OFF", false),
+            ("False", false),
+        ] {
+            let o = with(&[("USE_ZEND_ALLOC", value), ("ZEND_MM_DEBUG", value)]).unwrap();
+            assert_eq!((o.use_zend_alloc, o.track), (on, on), "{value:?}");
+        }
+        let stats = |v| with(&[("ZEND_MM_STATS", v)]).unwrap().stats;
+        assert_eq!(stats("json"), StatsOutput::Json);
+        assert_eq!(stats("1"), StatsOutput::Text);
+        assert_eq!(stats("off"), StatsOutput::Off);
     }
 
     #[test]
@@ -508,6 +612,5 @@ mod tests {
             with(&[("ZEND_MM_SEG_SIZE", "1G")]).unwrap().segment_size,
             1 << 30
         );
-        assert!(with(&[("USE_ZEND_ALLOC", "1k")]).unwrap().use_zend_alloc);
     }
 }

@@ -4,7 +4,7 @@ use core::ffi::{c_char, c_int, c_void};
 use core::ptr;
 
 use super::{raise_on_current, safe_address, site};
-use crate::diagnostics::{self, Fatal, Site};
+use crate::diagnostics::{self, BadPointer, Call, Fatal, Site};
 use crate::heap::{Heap, api};
 use crate::region_map;
 use crate::runtime;
@@ -17,14 +17,14 @@ fn heap_for(size: usize, site: Site) -> *mut Heap {
     unsafe { api::enter(heap) }
 }
 
-/// The current heap (the thread's own one after `zend_mm_set_heap(NULL)`) for an operation on an
-/// existing (non-null) block, entered from the calling frame. A thread without a heap cannot own
-/// the block: that is heap corruption, as in PHP.
+/// The current heap (the thread's own one after `zend_mm_set_heap(NULL)`) for `call`'s operation
+/// on `p`, an existing (non-null) block, entered from the calling frame. A thread without a heap
+/// cannot own the block: that is heap corruption, as in PHP.
 #[inline(always)]
-fn heap_of_block() -> *mut Heap {
+fn heap_of_block(call: &Call, p: *mut c_void) -> *mut Heap {
     let heap = runtime::current_or_own();
     if heap.is_null() {
-        diagnostics::heap_corrupted();
+        diagnostics::bad_pointer(call, p.cast(), BadPointer::NoHeap);
     }
     // SAFETY: a live heap, used by this thread only while it is current.
     unsafe { api::enter(heap) }
@@ -139,18 +139,13 @@ fn efree_slow(
     if unsafe { (*runtime::fast()).free_large_fast(ptr.cast()) } {
         return;
     }
+    let call = Call::new("efree", site(file, line, orig_file, orig_line));
     if let Some(owner) = other_heaps_block(ptr.cast()) {
         // SAFETY: the caller gives up a live block of `owner`'s.
-        return unsafe { Heap::free_remote(owner, ptr.cast()) };
+        return unsafe { Heap::free_remote(owner, ptr.cast(), &call) };
     }
     // SAFETY: the current heap, not borrowed here; the caller gives `ptr` up.
-    unsafe {
-        api::efree(
-            heap_of_block(),
-            ptr.cast(),
-            site(file, line, orig_file, orig_line),
-        )
-    }
+    unsafe { api::efree(heap_of_block(&call, ptr), ptr.cast(), &call) }
 }
 
 /// The thread heap that `p` belongs to if the calling thread is not using it (another thread's
@@ -229,20 +224,21 @@ pub unsafe extern "C" fn _erealloc(
     if allow_failure != 0 {
         site = site.may_fail();
     }
-    erealloc_slow(ptr, size, size, site)
+    erealloc_slow(ptr, size, size, Call::new("erealloc", site))
 }
 
 /// Everything `_erealloc`'s fast path declines: moves, growth, shrinking, NULL, huge blocks,
 /// custom handlers, errors.
 #[cold]
 #[inline(never)]
-fn erealloc_slow(ptr: *mut c_void, size: usize, copy_size: usize, site: Site) -> *mut c_void {
+fn erealloc_slow(ptr: *mut c_void, size: usize, copy_size: usize, call: Call) -> *mut c_void {
     if let Some(owner) = other_heaps_block(ptr.cast()) {
         // SAFETY: the caller's live block of `owner`'s.
-        return unsafe { erealloc_remote(owner, ptr, size, copy_size, site) };
+        return unsafe { erealloc_remote(owner, ptr, size, copy_size, &call) };
     }
+    let heap = heap_for(size, call.site);
     // SAFETY: the current heap, not borrowed here; `ptr` is the caller's block.
-    unsafe { api::erealloc(heap_for(size, site), ptr.cast(), size, copy_size, site) }.cast()
+    unsafe { api::erealloc(heap, ptr.cast(), size, copy_size, &call) }.cast()
 }
 
 /// Resizes a block of another thread's heap: a new block from the current heap, the contents
@@ -255,13 +251,14 @@ unsafe fn erealloc_remote(
     ptr: *mut c_void,
     size: usize,
     copy_size: usize,
-    site: Site,
+    call: &Call,
 ) -> *mut c_void {
+    let site = call.site;
     // SAFETY: the current heap, not borrowed here.
     let new = unsafe { api::emalloc(heap_for(size, site), size, site) };
     if !new.is_null() {
         // SAFETY: a live block of `owner`'s, given up by the caller; `new` has `size` bytes.
-        unsafe { Heap::move_from_remote(owner, ptr.cast(), new, size.min(copy_size)) };
+        unsafe { Heap::move_from_remote(owner, ptr.cast(), new, size.min(copy_size), call) };
     }
     new.cast()
 }
@@ -281,17 +278,13 @@ pub unsafe extern "C" fn _erealloc2(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
-    erealloc_slow(
-        ptr,
-        size,
-        copy_size,
-        site(
-            __zend_filename,
-            __zend_lineno,
-            __zend_orig_filename,
-            __zend_orig_lineno,
-        ),
-    )
+    let site = site(
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    );
+    erealloc_slow(ptr, size, copy_size, Call::new("erealloc2", site))
 }
 
 /// Resizes `ptr` to `nmemb * size + offset` bytes (overflow is a fatal error).
@@ -317,7 +310,7 @@ pub unsafe extern "C" fn _safe_erealloc(
         __zend_orig_lineno,
     );
     let total = safe_address(nmemb, size, offset, site);
-    erealloc_slow(ptr, total, total, site)
+    erealloc_slow(ptr, total, total, Call::new("safe_erealloc", site))
 }
 
 /// Copies a C string into the current heap.
@@ -428,6 +421,7 @@ pub unsafe extern "C" fn _zend_mem_block_size(
         __zend_orig_filename,
         __zend_orig_lineno,
     );
+    let call = Call::new("zend_mem_block_size", site);
     // SAFETY: the current heap, not borrowed here.
-    unsafe { api::block_size(heap_of_block(), ptr.cast(), site) }
+    unsafe { api::block_size(heap_of_block(&call, ptr), ptr.cast(), &call) }
 }

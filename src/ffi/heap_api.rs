@@ -5,6 +5,7 @@
 use core::ffi::{c_char, c_void};
 
 use super::{checked_heap, site};
+use crate::diagnostics::Call;
 use crate::ffi::types::zend_mm_heap;
 use crate::heap::api;
 
@@ -57,7 +58,7 @@ pub unsafe extern "C" fn _zend_mm_free(
         __zend_orig_lineno,
     );
     // SAFETY: a checked live heap, not borrowed here; the caller gives `p` up.
-    unsafe { api::efree(heap, p.cast(), site) }
+    unsafe { api::efree(heap, p.cast(), &Call::new("zend_mm_free", site)) }
 }
 
 /// Resizes a block of `heap` (NULL `p` allocates).
@@ -84,7 +85,16 @@ pub unsafe extern "C" fn _zend_mm_realloc(
     );
     let heap = checked_heap(heap, "zend_mm_realloc");
     // SAFETY: a checked live heap, not borrowed here.
-    unsafe { api::erealloc(heap, p.cast(), size, size, site) }.cast()
+    unsafe {
+        api::erealloc(
+            heap,
+            p.cast(),
+            size,
+            size,
+            &Call::new("zend_mm_realloc", site),
+        )
+    }
+    .cast()
 }
 
 /// Resizes a block of `heap`, copying at most `copy_size` bytes.
@@ -112,7 +122,16 @@ pub unsafe extern "C" fn _zend_mm_realloc2(
     );
     let heap = checked_heap(heap, "zend_mm_realloc2");
     // SAFETY: a checked live heap, not borrowed here.
-    unsafe { api::erealloc(heap, p.cast(), size, copy_size, site) }.cast()
+    unsafe {
+        api::erealloc(
+            heap,
+            p.cast(),
+            size,
+            copy_size,
+            &Call::new("zend_mm_realloc2", site),
+        )
+    }
+    .cast()
 }
 
 /// Usable size of a block of `heap` (0 for NULL and on custom heaps).
@@ -137,5 +156,5 @@ pub unsafe extern "C" fn _zend_mm_block_size(
         __zend_orig_lineno,
     );
     // SAFETY: a checked live heap, not borrowed here.
-    unsafe { api::block_size(heap, p.cast(), site) }
+    unsafe { api::block_size(heap, p.cast(), &Call::new("zend_mm_block_size", site)) }
 }

@@ -14,7 +14,7 @@
 use core::ptr;
 
 use super::{Heap, Refusal, custom};
-use crate::diagnostics::{self, Fatal, Site};
+use crate::diagnostics::{self, Call, Fatal, Site};
 
 /// Marks the library as entered for `heap` from the calling frame: an error report this call is
 /// not nested in has ended (see [`Heap::end_finished_report`]).
@@ -59,13 +59,13 @@ pub unsafe fn emalloc(heap: *mut Heap, size: usize, site: Site) -> *mut u8 {
     }
 }
 
-/// Frees `p` (null is a no-op; a pointer that is not a block of the heap aborts, or is reported
-/// with `site` and skipped on a tracking heap).
+/// Frees `p`, handed to `call` (null is a no-op; a pointer that is not a block of the heap aborts
+/// with a report naming the call, or is reported and skipped on a tracking heap).
 ///
 /// # Safety
 /// See the module documentation; `p` must not be used afterwards.
 #[inline(always)]
-pub unsafe fn efree(heap: *mut Heap, p: *mut u8, site: Site) {
+pub unsafe fn efree(heap: *mut Heap, p: *mut u8, call: &Call) {
     // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
     if unsafe { (*heap).is_custom() } {
         // SAFETY: forwarded caller contract.
@@ -74,15 +74,15 @@ pub unsafe fn efree(heap: *mut Heap, p: *mut u8, site: Site) {
     // SAFETY: as above.
     unsafe {
         if (*heap).is_tracking() {
-            (*heap).free_tracked(p, site)
+            (*heap).free_tracked(p, call.site)
         } else {
-            (*heap).free(p)
+            (*heap).free_for(p, call)
         }
     }
 }
 
-/// Resizes `p` to `size` bytes, copying at most `copy_size`; null `p` allocates. On a refusal
-/// with `site.may_fail`, null and `p` intact.
+/// Resizes `p`, handed to `call`, to `size` bytes, copying at most `copy_size`; null `p`
+/// allocates. On a refusal with `call.site.may_fail`, null and `p` intact.
 ///
 /// # Safety
 /// See the module documentation; `p` must not be used after a successful call.
@@ -91,8 +91,9 @@ pub unsafe fn erealloc(
     p: *mut u8,
     size: usize,
     copy_size: usize,
-    site: Site,
+    call: &Call,
 ) -> *mut u8 {
+    let site = call.site;
     // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
     if unsafe { !(*heap).take_alloc_budget() } {
         // SAFETY: forwarded caller contract.
@@ -108,7 +109,7 @@ pub unsafe fn erealloc(
         if (*heap).is_tracking() {
             (*heap).realloc_tracked(p, size, copy_size, site)
         } else {
-            (*heap).realloc(p, size, copy_size)
+            (*heap).realloc_for(p, size, copy_size, call)
         }
     };
     match result {
@@ -118,20 +119,21 @@ pub unsafe fn erealloc(
     }
 }
 
-/// `zend_mem_block_size`: the usable size of `p` (on a tracking heap the requested size, as in
-/// PHP 5.3's debug build); 0 for null and on custom heaps, which keep no sizes.
+/// `zend_mem_block_size`: the usable size of `p`, handed to `call` (on a tracking heap the
+/// requested size, as in PHP 5.3's debug build); 0 for null and on custom heaps, which keep no
+/// sizes.
 ///
 /// # Safety
 /// See the module documentation.
-pub unsafe fn block_size(heap: *mut Heap, p: *mut u8, site: Site) -> usize {
+pub unsafe fn block_size(heap: *mut Heap, p: *mut u8, call: &Call) -> usize {
     // SAFETY: live heap (caller contract).
     let h = unsafe { &*heap };
     if h.is_custom() {
         0
     } else if h.is_tracking() {
-        h.tracked_size(p, site)
+        h.tracked_size(p, call.site)
     } else {
-        h.block_size(p)
+        h.block_size_for(p, call)
     }
 }
 
@@ -232,9 +234,9 @@ mod tests {
                 .unwrap();
             let p = emalloc(heap, 100, Site::new(ptr::null(), 0));
             assert!(!(*heap).is_custom(), "the handler switched the heap back");
-            let here = Site::new(ptr::null(), 0);
-            assert_eq!(block_size(heap, p, here), 112, "a block of the heap's own");
-            efree(heap, p, here);
+            let here = Call::new("efree", Site::new(ptr::null(), 0));
+            assert_eq!(block_size(heap, p, &here), 112, "a block of the heap's own");
+            efree(heap, p, &here);
             assert_eq!((*heap).usage(false), 0);
             Heap::shutdown(heap, true);
         }

@@ -138,7 +138,8 @@ impl Heap {
     }
 
     /// Frees `p` if it is a small block in one of this heap's aligned segments; false otherwise
-    /// (including pointers that do not start a slot: the slow path reports them).
+    /// (including pointers that do not start a slot, and a slot freed twice in a row: the slow path
+    /// reports them).
     #[inline(always)]
     pub fn free_small_fast(&mut self, p: *mut u8) -> bool {
         let Some((_, _, info)) = self.fast_lookup(p) else {
@@ -152,12 +153,12 @@ impl Heap {
         // SAFETY: only small runs' classes pass the slot check, and their bins are below 32.
         unsafe { core::hint::assert_unchecked(bin < BIN_SLOTS) };
         // SAFETY: `p` starts a slot of bin `bin` in a live segment of this heap (checked above).
-        unsafe { self.free_small(p, bin) };
-        true
+        // A double free declines: the slow path reports it with the caller's location.
+        unsafe { self.free_small(p, bin) }
     }
 
     /// Frees `p` if it is a small block of `bin` in one of this heap's aligned segments; false
-    /// otherwise (a block of another bin too: the slow path frees it by what it is). The
+    /// otherwise (a block of another bin too: the slow path frees it by what it is, or reports it). The
     /// size-specialised entry points' fast path: the slot check's constants are the bin's.
     #[inline(always)]
     pub fn free_bin_fast(&mut self, p: *mut u8, bin: usize) -> bool {
@@ -169,8 +170,8 @@ impl Heap {
             return false;
         }
         // SAFETY: `p` starts a slot of bin `bin` in a live segment of this heap (checked above).
-        unsafe { self.free_small_of(p, bin, sizes::BIN_SIZE[bin]) };
-        true
+        // A double free declines, as in `free_small_fast`.
+        unsafe { self.free_small_of(p, bin, sizes::BIN_SIZE[bin]) }
     }
 
     /// Frees `p` if it is a large block in one of this heap's aligned segments; false otherwise.

@@ -35,7 +35,11 @@ impl Heap {
         self.for_each_free_slot_run(|s, first, bin| {
             let entry = s.map_get(first);
             if (entry & SMALL_COUNTER_MASK) >> SMALL_COUNTER_SHIFT >= BINS[bin].count {
-                diagnostics::heap_corrupted();
+                diagnostics::heap_corrupted(format_args!(
+                    "the free list of {}-byte blocks holds more slots of one run than it has \
+                     (found collecting garbage; a block was freed twice)",
+                    BINS[bin].size
+                ));
             }
             s.map_set(first, entry + (1 << SMALL_COUNTER_SHIFT))
         });
@@ -49,7 +53,7 @@ impl Heap {
                 if slot.is_null() {
                     break;
                 }
-                let (seg, first) = self.run_of(slot.cast());
+                let (seg, first) = self.run_of(slot.cast(), bin);
                 // SAFETY: free-list slots lie in live segments of this heap (checked in pass 1).
                 let entry = unsafe { (*seg).map_get(first) };
                 let complete = entry & PAGE_KIND_MASK == PAGE_SMALL
@@ -96,14 +100,14 @@ impl Heap {
     /// The segment and first page of the run holding free slot `p` (a run pass 2 freed reads as
     /// free pages, and then `p`'s own page is named); heap corruption unless `p` lies in a small
     /// run or a free page of a segment of this heap.
-    fn run_of(&self, p: *mut u8) -> (*mut Segment, usize) {
+    fn run_of(&self, p: *mut u8, bin: usize) -> (*mut Segment, usize) {
         match self.lookup(p) {
             Lookup::Block(Block::Small { seg, page, .. }) => {
                 // SAFETY: a live segment of this heap.
                 (seg, unsafe { (*seg).small_run_start(page) })
             }
             Lookup::FreePage { seg, page } => (seg, page),
-            _ => diagnostics::heap_corrupted(),
+            _ => not_a_free_slot(p, bin),
         }
     }
 
@@ -119,10 +123,10 @@ impl Heap {
                     bin: found,
                 }) = self.lookup(slot.cast())
                 else {
-                    diagnostics::heap_corrupted()
+                    not_a_free_slot(slot.cast(), bin)
                 };
                 if found != bin {
-                    diagnostics::heap_corrupted();
+                    not_a_free_slot(slot.cast(), bin);
                 }
                 // SAFETY: a live segment of this heap (the lookup vouches for it).
                 let s = unsafe { &mut *seg };
@@ -133,4 +137,15 @@ impl Heap {
             }
         }
     }
+}
+
+/// A free list holds `p`, which is no free slot of its bin in this heap.
+#[cold]
+fn not_a_free_slot(p: *const u8, bin: usize) -> ! {
+    diagnostics::heap_corrupted(format_args!(
+        "the free list of {}-byte blocks holds {:#x}, which is no slot of that size in this heap \
+         (found collecting garbage; a block was freed twice or written after it was freed)",
+        BINS[bin].size,
+        p.addr()
+    ))
 }

@@ -220,7 +220,10 @@ impl Heap {
             self.id(),
         ) {
             // Out of the mappable address space after a move: nothing sensible can continue.
-            diagnostics::heap_corrupted();
+            diagnostics::heap_corrupted(format_args!(
+                "the huge block moved to {:#x} is outside what the region map covers",
+                base.addr()
+            ));
         }
         if new_base.is_null() {
             return ptr::null_mut();

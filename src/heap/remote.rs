@@ -24,7 +24,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use super::Heap;
 use super::huge::HugeBlock;
-use crate::diagnostics::{self, Site};
+use crate::diagnostics::{self, BadPointer, Call, Site};
 use crate::region_map::{self, Owner, Region};
 use crate::segment::{
     LARGE_PAGES_MASK, PAGE_KIND_MASK, PAGE_LARGE, Segment, run_offset, small_bin,
@@ -98,18 +98,18 @@ impl Heap {
 
     /// Frees `p`, a block of the heap `owner` that the calling thread does not use: onto that
     /// heap's remote list, for its thread to collect. A block that is already the head of the
-    /// list is being freed twice and is reported.
+    /// list is being freed twice and is reported as handed to `call`.
     ///
     /// # Safety
     /// `owner` must be the heap the region map names for `p`, and `p` a live block of it that no
     /// one uses after this call (then the heap, and the block's memory, outlive the call).
-    pub unsafe fn free_remote(owner: Owner, p: *mut u8) {
+    pub unsafe fn free_remote(owner: Owner, p: *mut u8, call: &Call) {
         // SAFETY: the owner of a live block is a live heap (caller contract).
         let list = &unsafe { shared_of(owner) }.remote;
         let mut head = list.load(Ordering::Relaxed);
         loop {
             if head == p {
-                diagnostics::heap_corrupted();
+                diagnostics::bad_pointer(call, p, BadPointer::DoubleRemoteFree);
             }
             // SAFETY: the block is live and given up by the caller: its first word is ours.
             unsafe { p.cast::<*mut u8>().write(head) };
@@ -158,20 +158,26 @@ impl Heap {
     /// The second half of a resize from another thread: copies `p`, a live block of the heap
     /// `owner` that the calling thread does not use, into `new` (at most `limit` bytes, never past
     /// `p`'s block) and frees `p` onto its heap's remote list. A `p` the metadata names no block
-    /// for is reported ("heap corrupted").
+    /// for is reported ("heap corrupted", naming `call`).
     ///
     /// # Safety
     /// As [`Heap::free_remote`] for `p`; `new` is a live block of at least `limit` bytes.
-    pub unsafe fn move_from_remote(owner: Owner, p: *mut u8, new: *mut u8, limit: usize) {
+    pub unsafe fn move_from_remote(
+        owner: Owner,
+        p: *mut u8,
+        new: *mut u8,
+        limit: usize,
+        call: &Call,
+    ) {
         // SAFETY: a live block of `owner`'s (caller contract).
         let Some(usable) = (unsafe { Heap::remote_usable_size(owner, p) }) else {
-            diagnostics::heap_corrupted();
+            diagnostics::bad_pointer(call, p, BadPointer::NotABlock);
         };
         // SAFETY: distinct live blocks (of different heaps), each at least this long (caller
         // contract, `usable`).
         unsafe { ptr::copy_nonoverlapping(p, new, usable.min(limit)) };
         // SAFETY: the caller gives `p` up.
-        unsafe { Heap::free_remote(owner, p) };
+        unsafe { Heap::free_remote(owner, p, call) };
     }
 
     /// Frees the blocks other threads freed since the last call; whether there were any (heap
@@ -188,7 +194,7 @@ impl Heap {
             if self.is_tracking() {
                 self.free_tracked(p, Site::new(ptr::null(), 0));
             } else {
-                self.free(p);
+                self.free_for(p, &Call::REMOTE);
             }
             p = next;
         }
@@ -266,7 +272,13 @@ mod tests {
             let handed = handed;
             for &addr in &handed.0 {
                 // SAFETY: live blocks of `owner`, given up here and used by no one after.
-                unsafe { Heap::free_remote(owner, ptr::with_exposed_provenance_mut(addr)) };
+                unsafe {
+                    Heap::free_remote(
+                        owner,
+                        ptr::with_exposed_provenance_mut(addr),
+                        &Call::INTERNAL,
+                    )
+                };
             }
         })
         .join()

@@ -10,12 +10,13 @@ use core::ptr;
 
 use super::huge::HugeBlock;
 use super::{Heap, Refusal};
-use crate::diagnostics;
+use crate::diagnostics::{self, BadPointer, Call};
 use crate::region_map::{self, Region};
 use crate::segment::{
-    LARGE_PAGES_MASK, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, Segment, small_bin, starts_slot,
+    LARGE_PAGES_MASK, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, Segment, run_offset, small_bin,
+    starts_slot,
 };
-use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, keeps_bin};
+use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, keeps_bin};
 
 /// A live block of this heap (as far as the metadata tells), found by [`Heap::locate`].
 #[derive(Clone, Copy)]
@@ -104,14 +105,97 @@ impl Heap {
         }
     }
 
-    /// The block `p` names in this heap; "zend_mm_heap corrupted" for any pointer that is not the
-    /// start of a live block of this heap as far as the metadata tells.
+    /// The block `p` names in this heap; "zend_mm_heap corrupted" (naming `call`) for any pointer
+    /// that is not the start of a live block of this heap as far as the metadata tells.
     #[inline(always)]
-    pub(super) fn locate(&self, p: *mut u8) -> Block {
+    pub(super) fn locate(&self, p: *mut u8, call: &Call) -> Block {
         match self.lookup(p) {
             Lookup::Block(block) => block,
-            _ => diagnostics::heap_corrupted(),
+            found => self.report_bad_pointer(p, found, call),
         }
+    }
+
+    /// Reports `p`, which `lookup` found to be `found` (no live block), as handed to `call`.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn report_bad_pointer(&self, p: *const u8, found: Lookup, call: &Call) -> ! {
+        let what = match found {
+            Lookup::FreePage { .. } => BadPointer::FreedPages,
+            Lookup::CachedHuge => BadPointer::FreedHuge,
+            Lookup::Foreign => match region_map::owner_of(p.addr()) {
+                0 => BadPointer::NoHeapsMemory,
+                owner => BadPointer::OtherHeap { owner },
+            },
+            Lookup::Block(_) | Lookup::NotABlock => self.enclosing_block(p),
+        };
+        diagnostics::bad_pointer(call, p, what)
+    }
+
+    /// For a pointer inside this heap's memory that starts no block: the block it points into,
+    /// when the metadata tells (a small slot, a large run's first page, a huge block).
+    fn enclosing_block(&self, p: *const u8) -> BadPointer {
+        let seg = match self.fast_segment_of(p) {
+            Some(seg) => seg,
+            None => match region_map::find_owned(p.addr(), self.id()) {
+                Region::Segment(base) => base.cast::<Segment>(),
+                Region::Huge(base) => {
+                    // SAFETY: a live huge block of this heap (the region map vouches for it).
+                    let (data, size) = unsafe {
+                        let block = base.cast::<HugeBlock>();
+                        ((*block).data().addr(), (*block).size())
+                    };
+                    return match p.addr().checked_sub(data) {
+                        Some(offset) if data != 0 && offset < size => BadPointer::Interior {
+                            block: data,
+                            offset,
+                            size,
+                        },
+                        _ => BadPointer::NotABlock,
+                    };
+                }
+                Region::Unowned => return BadPointer::NotABlock,
+            },
+        };
+        // SAFETY: a live segment of this heap (the region map vouches for the owner).
+        let s = unsafe { &*seg };
+        let Some(page) = s.page_of(p.addr()) else {
+            return BadPointer::NotABlock;
+        };
+        let info = s.map_get(page);
+        if let Some(bin) = small_bin(info) {
+            let size = BIN_SIZE[bin];
+            let in_run = run_offset(p, info);
+            if in_run / size >= BINS[bin].count as usize {
+                return BadPointer::NotABlock; // the run's tail, past its last slot
+            }
+            let offset = in_run % size;
+            return BadPointer::Interior {
+                block: p.addr() - offset,
+                offset,
+                size,
+            };
+        }
+        // A large run: its first page's entry names it; the pages after it read as free pages in
+        // use, so look back for the entry.
+        for first in (s.header_pages()..=page).rev() {
+            let entry = s.map_get(first);
+            if entry & PAGE_KIND_MASK == PAGE_LARGE {
+                let pages = (entry & LARGE_PAGES_MASK) as usize;
+                if first + pages <= page {
+                    break;
+                }
+                let block = s.page_addr(first).addr();
+                return BadPointer::Interior {
+                    block,
+                    offset: p.addr() - block,
+                    size: pages * ZEND_MM_PAGE_SIZE,
+                };
+            }
+            if entry & PAGE_KIND_MASK != PAGE_FREE || !s.page_used(first) {
+                break;
+            }
+        }
+        BadPointer::NotABlock
     }
 
     /// Allocates `size` bytes (PHP's `zend_mm_alloc_heap`).
@@ -139,28 +223,40 @@ impl Heap {
         }
     }
 
-    /// Frees `p` (PHP's `zend_mm_free_heap`); null is a no-op.
+    /// Frees `p` (PHP's `zend_mm_free_heap`); null is a no-op. For the library's own blocks: a
+    /// caller's pointer goes through [`Heap::free_for`].
     #[inline(always)]
     pub fn free(&mut self, p: *mut u8) {
+        self.free_for(p, &Call::INTERNAL)
+    }
+
+    /// Frees `p`, handed to `call` (named if `p` is no live block of this heap); null is a no-op.
+    #[inline(always)]
+    pub fn free_for(&mut self, p: *mut u8, call: &Call) {
         if p.is_null() {
             return;
         }
-        let block = self.locate(p);
+        let block = self.locate(p, call);
         // SAFETY: `locate` vouches for the block: a live block of this heap.
-        unsafe { self.free_block(p, block) }
+        unsafe { self.free_block(p, block, call) }
     }
 
-    /// Frees the block `p` starts, as [`Heap::lookup`] found it.
+    /// Frees the block `p` starts, as [`Heap::lookup`] found it; a small block freed twice in a
+    /// row is reported as handed to `call`.
     ///
     /// # Safety
     /// `block` must be what `lookup(p)` returned, and the block live.
     #[inline(always)]
-    pub(super) unsafe fn free_block(&mut self, p: *mut u8, block: Block) {
+    pub(super) unsafe fn free_block(&mut self, p: *mut u8, block: Block, call: &Call) {
         self.count_free_stats(block);
         // SAFETY: a live block of this heap (caller contract).
         unsafe {
             match block {
-                Block::Small { bin, .. } => self.free_small(p, bin),
+                Block::Small { bin, .. } => {
+                    if !self.free_small(p, bin) {
+                        diagnostics::bad_pointer(call, p, BadPointer::DoubleFree);
+                    }
+                }
                 Block::Large { seg, page, pages } => self.free_large(seg, page, pages),
                 Block::Huge(block) => self.free_huge(block),
             }
@@ -168,11 +264,17 @@ impl Heap {
     }
 
     /// Usable size of the block at `p` (bin size, whole pages, page-rounded huge size); 0 for null.
+    /// For the library's own blocks: a caller's pointer goes through [`Heap::block_size_for`].
     pub fn block_size(&self, p: *mut u8) -> usize {
+        self.block_size_for(p, &Call::INTERNAL)
+    }
+
+    /// [`Heap::block_size`] of `p`, handed to `call` (named if `p` is no live block).
+    pub fn block_size_for(&self, p: *mut u8, call: &Call) -> usize {
         if p.is_null() {
             return 0;
         }
-        match self.locate(p) {
+        match self.locate(p, call) {
             Block::Small { bin, .. } => BIN_SIZE[bin],
             Block::Large { pages, .. } => pages * ZEND_MM_PAGE_SIZE,
             // SAFETY: `locate` returned a live huge block of this heap.
@@ -181,17 +283,29 @@ impl Heap {
     }
 
     /// Resizes `p` to `size` bytes keeping at most `copy_size` bytes of its contents (PHP's
-    /// `zend_mm_realloc_heap`). On a refusal `p` is untouched.
+    /// `zend_mm_realloc_heap`). On a refusal `p` is untouched. For the library's own blocks: a
+    /// caller's pointer goes through [`Heap::realloc_for`].
     pub fn realloc(
         &mut self,
         p: *mut u8,
         size: usize,
         copy_size: usize,
     ) -> Result<*mut u8, Refusal> {
+        self.realloc_for(p, size, copy_size, &Call::INTERNAL)
+    }
+
+    /// [`Heap::realloc`] of `p`, handed to `call` (named if `p` is no live block).
+    pub fn realloc_for(
+        &mut self,
+        p: *mut u8,
+        size: usize,
+        copy_size: usize,
+        call: &Call,
+    ) -> Result<*mut u8, Refusal> {
         if p.is_null() {
             return self.alloc(size);
         }
-        match self.locate(p) {
+        match self.locate(p, call) {
             Block::Small { bin, .. } => {
                 if keeps_bin(bin, size) {
                     return Ok(p);

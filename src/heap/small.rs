@@ -10,7 +10,6 @@
 
 use super::pages::NoPages;
 use super::{Heap, Refusal};
-use crate::diagnostics;
 use crate::segment::small_entry;
 use crate::sizes::{BINS, ZEND_MM_PAGE_SIZE};
 
@@ -56,12 +55,14 @@ impl Heap {
 
     /// Pushes slot `p` back on `bin`'s list (PHP's `zend_mm_free_small`). A slot that is already
     /// the head of the list is being freed twice (the commonest double free: free, then free
-    /// again): pushing it would make it its own successor, so it is reported instead.
+    /// again): pushing it would make it its own successor, so it is left alone and false returned
+    /// (the caller reports it, naming the call).
     ///
     /// # Safety
     /// `p` must start a slot of a small run of `bin` in a live segment of this heap.
     #[inline(always)]
-    pub(super) unsafe fn free_small(&mut self, p: *mut u8, bin: usize) {
+    #[must_use]
+    pub(super) unsafe fn free_small(&mut self, p: *mut u8, bin: usize) -> bool {
         // SAFETY: forwarded caller contract.
         unsafe { self.free_small_of(p, bin, self.bin_size[bin] as usize) }
     }
@@ -71,16 +72,18 @@ impl Heap {
     /// # Safety
     /// As [`Heap::free_small`]; `bytes` is `bin`'s size.
     #[inline(always)]
-    pub(super) unsafe fn free_small_of(&mut self, p: *mut u8, bin: usize, bytes: usize) {
+    #[must_use]
+    pub(super) unsafe fn free_small_of(&mut self, p: *mut u8, bin: usize, bytes: usize) -> bool {
         let slot = p.cast::<FreeSlot>();
         let head = self.free_slots[bin];
         if slot == head {
-            diagnostics::heap_corrupted();
+            return false;
         }
         // SAFETY: `p` is a slot of this heap's bin `bin` (caller contract): its memory is ours.
         unsafe { (*slot).next = head };
         self.free_slots[bin] = slot;
         self.count_free(bytes);
+        true
     }
 
     /// Takes a fresh run for `bin`, threads all slots but the first onto the free list and returns

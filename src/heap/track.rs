@@ -35,7 +35,8 @@ use super::Heap;
 use super::error::Refusal;
 use super::route::{Block, Lookup};
 use crate::diagnostics::{
-    BLOCK_REPORT_DASHES, LeakEvent, LeakInfo, Site, eprint, file_text, print_block_report_head,
+    BLOCK_REPORT_DASHES, Call, LeakEvent, LeakInfo, Site, eprint, file_text,
+    print_block_report_head,
 };
 use crate::region_map;
 use crate::segment::small_bin;
@@ -546,7 +547,7 @@ impl Heap {
             stamp_site(t, site);
             poison(p, (*t).size);
             // The block `live_tracked` found, still live.
-            self.free_block(t.cast(), block);
+            self.free_block(t.cast(), block, &Call::new("efree", site));
         }
     }
 
@@ -1059,7 +1060,7 @@ mod tests {
             assert_eq!(total, 1);
             assert_eq!(made.len(), 3, "script name, leak, total");
             for p in made {
-                api::efree(heap, p, site(3));
+                api::efree(heap, p, &Call::new("efree", site(3)));
             }
             Heap::shutdown(heap, true);
         }

@@ -8,7 +8,7 @@
 //! On x86-64 Linux the slots are an initial-exec TLS symbol read with inline assembly: a Rust
 //! `thread_local!` in a shared library goes through a call to `__tls_get_addr` on every access,
 //! which was a fifth of the cost of an `emalloc` + `efree` pair. Elsewhere `thread_local!` serves
-//! (`--cfg zend_alloc_portable_tls` selects it on x86-64 too, so `make test` exercises it).
+//! (the `portable-tls` feature selects it on x86-64 too, so `make test` exercises it).
 
 use crate::heap::Heap;
 
@@ -23,7 +23,7 @@ pub struct ThreadHeaps {
 #[cfg(all(
     target_arch = "x86_64",
     target_os = "linux",
-    not(zend_alloc_portable_tls),
+    not(feature = "portable-tls"),
     not(miri)
 ))]
 mod imp {
@@ -84,7 +84,7 @@ mod imp {
 #[cfg(not(all(
     target_arch = "x86_64",
     target_os = "linux",
-    not(zend_alloc_portable_tls),
+    not(feature = "portable-tls"),
     not(miri)
 )))]
 mod imp {
