@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static int passed, failed;
@@ -434,6 +435,52 @@ static void test_fork_while_threads_allocate(void)
     CHECK(clean == forks);
 }
 
+/* The process's resident set, in bytes (/proc/self/statm). */
+static size_t resident_bytes(void)
+{
+    unsigned long size = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%lu %lu", &size, &resident) != 2) {
+            resident = 0;
+        }
+        fclose(f);
+    }
+    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* A long-running program that once freed big blocks gets their memory back: glibc unmaps them at
+ * once; the library keeps a few freed huge blocks for reuse, and gives back those idle for 100 ms
+ * at its next slow path (a sleep of 300 ms is a lower bound on the idle time, not a race). */
+static void test_freed_big_blocks_go_back_after_a_while(void)
+{
+    enum { BIG = 16 << 20, COUNT = 3 };
+    void *big[COUNT];
+    size_t before = resident_bytes();
+    for (int i = 0; i < COUNT; i++) {
+        big[i] = malloc(opaque(BIG));
+        CHECK(big[i] != NULL);
+        if (big[i]) {
+            memset(big[i], 0x5a, BIG);
+        }
+    }
+    CHECK(resident_bytes() >= (size_t)COUNT * BIG); /* they are resident while in use */
+    for (int i = 0; i < COUNT; i++) {
+        free(big[i]);
+    }
+    struct timespec pause = {0, 300 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    void *later = malloc(opaque(64 << 10)); /* the program goes on: a slow path */
+    CHECK(later != NULL);
+    free(later);
+    size_t after = resident_bytes();
+    CHECK(after < before + BIG);
+    if (after >= before + BIG) {
+        fprintf(stderr, "  resident %zu KiB before, %zu KiB after freeing %d blocks of %d KiB\n", before >> 10,
+                after >> 10, COUNT, BIG >> 10);
+    }
+}
+
 int main(void)
 {
     test_the_library_serves_malloc();
@@ -444,6 +491,7 @@ int main(void)
     test_blocks_freed_on_other_threads();
     test_threads_exit_with_live_blocks();
     test_fork_while_threads_allocate();
+    test_freed_big_blocks_go_back_after_a_while();
     sink = NULL;
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;

@@ -9,7 +9,8 @@
 //! never copy in user space.
 //!
 //! A freed huge block stays cached (up to [`HUGE_CACHE`] of them), also across request ends, until
-//! it has served no request for [`IDLE_REQUESTS`] request ends: the next huge request reuses its
+//! it has served no request for [`IDLE_REQUESTS`] request ends (without request ends, as the C
+//! library's malloc: until it has been idle for `PURGE_DELAY_MS`): the next huge request reuses its
 //! pages, already faulted in, instead of mapping fresh ones (each page of fresh memory costs a page
 //! fault on first touch, about as much as the block's whole use). A cached block serves a request
 //! it is big enough for, the one whose resident pages are closest to the request first, and the
@@ -25,7 +26,7 @@
 
 use core::ptr;
 
-use super::{Heap, IDLE_REQUESTS, Refusal};
+use super::{Heap, IDLE_REQUESTS, NO_REQUEST_ENDS, PURGE_DELAY_MS, Refusal};
 use crate::diagnostics;
 use crate::list::{CountedList, Field, Links, List};
 use crate::region_map::{self, Region};
@@ -257,8 +258,15 @@ impl Heap {
         unsafe {
             if self.huge_cached.len() < HUGE_CACHE {
                 (*block).data = ptr::null_mut();
-                // It served the request under way.
-                (*block).last_used = self.requests + 1;
+                if NO_REQUEST_ENDS {
+                    // Trimmed by age: stamped with the time it was freed.
+                    let now = crate::os::monotonic_ms();
+                    (*block).last_used = now;
+                    self.purge_cached_huge(now);
+                } else {
+                    // It served the request under way.
+                    (*block).last_used = self.requests + 1;
+                }
                 self.huge_cached.push_front(block);
             } else {
                 self.release_huge(block);
@@ -278,6 +286,22 @@ impl Heap {
             self.real_size -= alloc.size();
             region_map::unregister(base.addr(), alloc.end());
             self.storage.free(base);
+        }
+    }
+
+    /// Without request ends: gives back the cached huge blocks freed more than [`PURGE_DELAY_MS`]
+    /// ago (`now` in the milliseconds of `os::monotonic_ms`, as the cache stamps), so a program
+    /// that freed big blocks long ago does not keep their memory.
+    pub(super) fn purge_cached_huge(&mut self, now: u64) {
+        // SAFETY: cached huge blocks are registered blocks of this heap; removed, one is on no
+        // list, and the iterator has passed it.
+        unsafe {
+            for block in self.huge_cached.iter() {
+                if now.saturating_sub((*block).last_used) > u64::from(PURGE_DELAY_MS) {
+                    self.huge_cached.remove(block);
+                    self.release_huge(block);
+                }
+            }
         }
     }
 

@@ -171,6 +171,14 @@ const EXPECTATION_DECAY: f64 = 0.98;
 /// back to storage.
 const IDLE_REQUESTS: u32 = 8;
 
+/// As the C library's allocator (the preload library) no request ever ends: the caches of emptied
+/// segments and freed huge blocks are trimmed by age instead, on the allocation slow paths.
+const NO_REQUEST_ENDS: bool = cfg!(feature = "preload");
+
+/// Without request ends: cached memory idle for longer than this many milliseconds goes back to
+/// storage at the next slow path.
+const PURGE_DELAY_MS: u32 = 100;
+
 impl Heap {
     /// A heap with no segment, no block and no limit; `create` fills in the rest.
     const fn blank(no_segment: *mut Segment, segment_size: usize, storage: Storage) -> Heap {

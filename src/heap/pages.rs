@@ -10,7 +10,7 @@
 
 use core::ptr;
 
-use super::{EXPECTATION_DECAY, Heap, IDLE_REQUESTS, Refusal};
+use super::{EXPECTATION_DECAY, Heap, IDLE_REQUESTS, NO_REQUEST_ENDS, PURGE_DELAY_MS, Refusal};
 use crate::list::List;
 use crate::region_map::{self, Region};
 use crate::segment::{
@@ -58,12 +58,9 @@ pub(super) enum NoPages {
     TooShort,
 }
 
-/// As the C library's allocator (the preload library) no request ever ends: the segment cache is
-/// trimmed by age instead, whenever a segment empties. A segment cached for longer than
+/// Without request ends (see [`NO_REQUEST_ENDS`]) a segment cached for longer than
 /// [`PURGE_DELAY_MS`] goes back to storage (the most recent [`PURGE_KEEP`] stay), and never more
 /// than [`PURGE_MAX_CACHED`] stay cached. (mimalloc purges after a delay too.)
-const NO_REQUEST_ENDS: bool = cfg!(feature = "preload");
-const PURGE_DELAY_MS: u32 = 100;
 const PURGE_KEEP: usize = 2;
 const PURGE_MAX_CACHED: usize = 64;
 
@@ -71,6 +68,7 @@ impl Heap {
     /// Takes a run of `pages` pages from some segment of this heap, mapping a new segment if no
     /// existing one has room (after collecting garbage once when the limit is in the way).
     pub(super) fn alloc_pages(&mut self, pages: usize) -> Result<(*mut Segment, usize), NoPages> {
+        self.purge_idle_caches();
         let mut gc_done = false;
         loop {
             if let Some(seg) = self.segment_with_run(pages) {
@@ -320,12 +318,24 @@ impl Heap {
                     (*seg).set_last_used(now);
                     self.cached.push_front(seg);
                     self.purge_cached_segments(now);
+                    self.purge_cached_huge(now);
                 } else {
                     self.cached.push_front(seg);
                 }
             } else {
                 self.reclassify(seg);
             }
+        }
+    }
+
+    /// Without request ends: gives back the cached segments and huge blocks idle for longer than
+    /// [`PURGE_DELAY_MS`]. Reads the clock only while something is cached that may go, so a heap
+    /// with nothing cached pays one compare per slow path.
+    pub(super) fn purge_idle_caches(&mut self) {
+        if NO_REQUEST_ENDS && (self.cached.len() > PURGE_KEEP || !self.huge_cached.is_empty()) {
+            let now = crate::os::monotonic_ms();
+            self.purge_cached_segments(now);
+            self.purge_cached_huge(now);
         }
     }
 
