@@ -3,7 +3,7 @@
 #   make            build libzend_alloc.so / .a (release) and the header
 #   make demo       build and run the demo (a few PHP-like requests)
 #   make test       everything: header drift, lint, Rust tests, C tests (.so and .a, every storage)
-#   make install    header, libraries, pkg-config and CMake files into PREFIX (see "Installation")
+#   make install    header, libraries, pkg-config and CMake files into PREFIX (see README, "Installing")
 #   make uninstall  removes what make install put (same variables)
 #   make bench      benchmarks against PHP's allocator and the malloc peers (see bench/)
 #   make php        PHP 8.2 CLIs, stock and on this library, release and debug (php/, php/build)
