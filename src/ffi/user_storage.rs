@@ -42,6 +42,7 @@ static C_OPS_NO_REALLOC: StorageOps = StorageOps {
     discard: keep_pages,
     // Unknown: a C storage's `_realloc` may copy.
     resize_keeps_pages: false,
+    splits: None,
 };
 
 /// A C storage's `discard`: nothing.

@@ -12,17 +12,24 @@
 //! it has served no request for [`IDLE_REQUESTS`] request ends (without request ends, as the C
 //! library's malloc: until it has been idle for `PURGE_DELAY_MS`): the next huge request reuses its
 //! pages, already faulted in, instead of mapping fresh ones (each page of fresh memory costs a page
-//! fault on first touch, about as much as the block's whole use). A cached block serves a request
-//! it is big enough for, the one whose resident pages are closest to the request first, and the
-//! pages past the request go back to the kernel; one too small is grown only by a storage that
-//! moves pages (`mremap`), never through a copying one (that would copy its dead contents): the
-//! request then maps a fresh block. Cached blocks count
-//! in the real usage, and `zend_mm_gc`, the limit and `zend_set_memory_limit` give them back.
+//! fault on first touch, about as much as the block's whole use). On a storage that can cut its
+//! allocations (the built-in ones: private mappings), a request takes the smallest cached block big
+//! enough, and the rest past the request, when it could serve a huge request of its own, is cut off
+//! and stays cached with its pages resident; a freed block joins the cached blocks it meets in
+//! memory, so pieces of one mapping come together again (mimalloc reuses the rest of a span the
+//! same way). Discarding that rest instead cost a page fault per page at the next bigger request:
+//! 52k faults against 18k on the `hugereq` benchmark. On another storage a cached block serves a
+//! request it is big enough for, the one whose resident pages are closest to the request first,
+//! and the pages past the request go back to the kernel. A block too small is grown only by a
+//! storage that moves pages (`mremap`), never through a copying one (that would copy its dead
+//! contents): the request then maps a fresh block. Cached blocks count in the real usage, and
+//! `zend_mm_gc`, the limit and `zend_set_memory_limit` give them back.
 //!
 //! Invariants: every live huge block of a heap is on its `huge_blocks` list, every cached one on
 //! `huge_cached` (with `data` null, so a stale pointer to it is caught); both are registered in the
-//! region map (as a huge region); `HUGE_HEADER + size <=` the allocation's size (the storage
-//! allocation may be larger than the block it serves).
+//! region map (as a huge region, one registration per block: a cut or a join registers the parts
+//! afresh); `HUGE_HEADER + size <=` the allocation's size (the storage allocation may be larger
+//! than the block it serves); a cut or joined allocation is one the storage's `splits` accepts.
 
 use core::ptr;
 
@@ -146,6 +153,11 @@ impl Heap {
     /// would copy its dead contents) and the request maps a fresh block in its place, so the cache
     /// does not hold dead memory beside it.
     fn take_cached_huge(&mut self, total: usize) -> Option<*mut HugeBlock> {
+        if self.storage.may_split() {
+            if let Some(block) = self.take_cached_piece(total) {
+                return Some(block);
+            }
+        }
         let mut fitting: Option<(*mut HugeBlock, usize, usize)> = None;
         let mut biggest: Option<(*mut HugeBlock, usize)> = None;
         // SAFETY: cached huge blocks are registered blocks of this heap.
@@ -187,6 +199,142 @@ impl Heap {
         // SAFETY: as above (the storage left it intact if it refused to grow it).
         unsafe { self.release_huge(block) };
         None
+    }
+
+    /// With a storage that splits: the cached block with the least capacity of at least `total`
+    /// (the best fit, so big blocks stay for big requests), off the cache. When the rest past
+    /// `total` could serve a huge request of its own it is cut off and stays cached with its pages
+    /// as they are: the next request takes them without a fault, where discarding them (what
+    /// happens without splitting) costs a fault per page when a bigger request comes. None when no
+    /// cached block is big enough.
+    fn take_cached_piece(&mut self, total: usize) -> Option<*mut HugeBlock> {
+        let mut best: Option<(*mut HugeBlock, usize)> = None;
+        // SAFETY: cached huge blocks are registered blocks of this heap.
+        for block in unsafe { self.huge_cached.iter() } {
+            // SAFETY: as above.
+            let capacity = unsafe { (*block).alloc.size() };
+            if capacity >= total && best.is_none_or(|(_, c)| capacity < c) {
+                best = Some((block, capacity));
+            }
+        }
+        let (block, capacity) = best?;
+        // SAFETY: `block` is on the cache list; off it, it is on no list, and the list has room
+        // for the rest again.
+        unsafe {
+            self.huge_cached.remove(block);
+            if capacity - total >= self.segment_size + ZEND_MM_PAGE_SIZE
+                && self.storage.splits(capacity)
+            {
+                // A storage may refuse a piece's size (the malloc storage, a power of two): then
+                // the block keeps one page more.
+                let keep = [total, total + ZEND_MM_PAGE_SIZE]
+                    .into_iter()
+                    .find(|&keep| {
+                        self.storage.splits(keep) && self.storage.splits(capacity - keep)
+                    });
+                if let Some(keep) = keep {
+                    let rest = self.split_huge(block, keep);
+                    self.huge_cached.push_front(rest);
+                }
+            }
+        }
+        Some(block)
+    }
+
+    /// Cuts a huge block's allocation after `keep` bytes: the block keeps the first `keep`, and the
+    /// rest becomes a freed huge block of its own (returned, on no list, as old as the block).
+    ///
+    /// # Safety
+    /// The storage must split the block's allocation into `keep` bytes and the rest; `block` must be
+    /// a registered, freed huge block of this heap on no list whose allocation is longer than
+    /// `keep` by at least a segment; `keep` is a multiple of the page size and at least
+    /// [`HUGE_HEADER`].
+    unsafe fn split_huge(&mut self, block: *mut HugeBlock, keep: usize) -> *mut HugeBlock {
+        // SAFETY: caller contract.
+        let (base, size, last_used) = unsafe {
+            (
+                (*block).alloc.base(),
+                (*block).alloc.size(),
+                (*block).last_used,
+            )
+        };
+        // Both parts register afresh: the region map knows one region per registration.
+        region_map::unregister(base.addr(), base.addr() + size);
+        // SAFETY: `keep < size`: the rest starts inside the allocation, and its first page holds
+        // dead bytes of the freed block, now the rest's header.
+        let rest = unsafe {
+            (*block).alloc.moved(base, keep);
+            let rest_base = base.add(keep);
+            let rest = rest_base.cast::<HugeBlock>();
+            rest.write(HugeBlock {
+                alloc: Allocation::new(rest_base, size - keep),
+                links: Links::NONE,
+                size: 0,
+                data: ptr::null_mut(),
+                last_used,
+            });
+            rest
+        };
+        self.register_huge(block);
+        self.register_huge(rest);
+        rest
+    }
+
+    /// Joins a freed huge block with the cached blocks whose allocations meet it in memory (the
+    /// pieces `split_huge` cut, freed again), taking them off the cache; the joined block, on no
+    /// list. A storage that splits frees and resizes any page range, so the joined allocation is
+    /// one to it; a resize the kernel refuses (`mremap` of a range two mappings make) is answered
+    /// as any refused resize.
+    ///
+    /// # Safety
+    /// `block` must be a registered, freed huge block of this heap on no list.
+    unsafe fn join_cached_neighbours(&mut self, mut block: *mut HugeBlock) -> *mut HugeBlock {
+        // SAFETY: cached huge blocks are registered blocks of this heap; one taken off the list is
+        // on no list, and the iterator has passed it.
+        unsafe {
+            for cached in self.huge_cached.iter() {
+                let (low, high) = if (*cached).alloc.end() == (*block).alloc.base().addr() {
+                    (cached, block)
+                } else if (*block).alloc.end() == (*cached).alloc.base().addr() {
+                    (block, cached)
+                } else {
+                    continue;
+                };
+                let (base, low_size, high_size) = (
+                    (*low).alloc.base(),
+                    (*low).alloc.size(),
+                    (*high).alloc.size(),
+                );
+                let storage = self.storage;
+                if ![low_size, high_size, low_size + high_size]
+                    .into_iter()
+                    .all(|size| storage.splits(size))
+                {
+                    continue;
+                }
+                self.huge_cached.remove(cached);
+                region_map::unregister(base.addr(), base.addr() + low_size);
+                region_map::unregister((*high).alloc.base().addr(), (*high).alloc.end());
+                (*low).alloc.moved(base, low_size + high_size);
+                (*low).last_used = (*low).last_used.max((*high).last_used);
+                self.register_huge(low);
+                block = low;
+            }
+        }
+        block
+    }
+
+    /// Registers a huge block's whole allocation in the region map.
+    fn register_huge(&self, block: *mut HugeBlock) {
+        // SAFETY: a huge block of this heap (callers).
+        let (base, end) = unsafe { ((*block).alloc.base(), (*block).alloc.end()) };
+        if !region_map::register(base.addr(), end, Region::Huge(base), self.id()) {
+            // The range was registered a moment ago, so its leaves exist: cannot happen.
+            diagnostics::heap_corrupted(format_args!(
+                "the huge block at {:p} could not be registered again after a split or join",
+                base
+            ));
+        }
     }
 
     /// Resizes a huge block's storage allocation (moving it if the storage must), keeping the
@@ -253,9 +401,12 @@ impl Heap {
     ///
     /// # Safety
     /// `block` must be a registered huge block of this heap on no list.
-    unsafe fn cache_huge(&mut self, block: *mut HugeBlock) {
+    unsafe fn cache_huge(&mut self, mut block: *mut HugeBlock) {
         // SAFETY: caller contract; the cache holds cached blocks of this heap.
         unsafe {
+            if self.storage.may_split() {
+                block = self.join_cached_neighbours(block);
+            }
             if self.huge_cached.len() < HUGE_CACHE {
                 (*block).data = ptr::null_mut();
                 if NO_REQUEST_ENDS {
@@ -563,6 +714,93 @@ mod tests {
             h().alloc(250 * KIB).is_ok(),
             "the cached block went to make room"
         );
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    /// A heap of 64 KiB segments on the built-in storage `name`.
+    fn heap_on_builtin(name: &[u8]) -> *mut Heap {
+        let ops = crate::storage::builtin_by_name(name).unwrap();
+        super::super::test_heap_on(ops, SEG)
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps memory")]
+    fn a_splitting_storage_cuts_a_cached_block_for_smaller_requests_and_joins_the_pieces_again() {
+        for name in [&b"mmap_anon"[..], b"mmap_zero", b"malloc"] {
+            let heap = heap_on_builtin(name);
+            // SAFETY: a live heap of this thread, borrowed for a statement.
+            let h = || unsafe { &mut *heap };
+            let huge = |kib: usize| kib * KIB + HUGE_HEADER;
+            let a = h().alloc(600 * KIB).unwrap();
+            let real = h().usage(true);
+            h().free(a);
+            let b = h().alloc(200 * KIB).unwrap();
+            assert_eq!(b, a, "the cached block's start serves");
+            assert_eq!(
+                h().cached_huge_bytes(),
+                huge(600) - huge(200),
+                "the rest stays cached"
+            );
+            let c = h().alloc(300 * KIB).unwrap();
+            assert_eq!(c.addr(), a.addr() + huge(200), "the rest's start serves");
+            assert_eq!(h().cached_huge_bytes(), huge(600) - huge(200) - huge(300));
+            assert_eq!(h().usage(true), real, "cutting takes nothing from storage");
+            // SAFETY: live blocks of 200 and 300 KiB.
+            unsafe {
+                ptr::write_bytes(b, 0xb, 200 * KIB);
+                ptr::write_bytes(c, 0xc, 300 * KIB);
+                assert_eq!(*b.add(200 * KIB - 1), 0xb);
+                assert_eq!(*c, 0xc);
+            }
+            assert_eq!(h().block_size(b), 200 * KIB);
+            assert_eq!(h().block_size(c), 300 * KIB);
+            h().free(b);
+            assert_eq!(h().huge_cached.len(), 2, "the freed pieces do not meet yet");
+            h().free(c);
+            assert_eq!(
+                h().huge_cached.len(),
+                1,
+                "the piece between them joins all three"
+            );
+            assert_eq!(h().cached_huge_bytes(), huge(600));
+            assert_eq!(
+                h().alloc(600 * KIB).unwrap(),
+                a,
+                "the joined block serves whole"
+            );
+            assert_eq!(h().usage(true), real);
+            // SAFETY: the heap dies.
+            unsafe { Heap::shutdown(heap, true) };
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps memory")]
+    fn the_malloc_storage_never_makes_a_piece_it_would_free_the_wrong_way() {
+        // It tells mapped blocks from the C library's by size: a power of two is the C library's.
+        let heap = heap_on_builtin(b"malloc");
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        let huge = |kib: usize| kib * KIB + HUGE_HEADER;
+        let a = h().alloc(2000 * KIB).unwrap();
+        h().free(a);
+        // Cut at huge(976) the rest would be 1 MiB, a power of two: the block keeps a page more.
+        let b = h().alloc(976 * KIB).unwrap();
+        assert_eq!(b, a);
+        assert_eq!(
+            h().cached_huge_bytes(),
+            huge(2000) - huge(976) - ZEND_MM_PAGE_SIZE
+        );
+        h().free(b);
+        assert_eq!(h().cached_huge_bytes(), huge(2000), "joined again");
+        h().release_cached_huge();
+        // 1 MiB of storage (a power of two) comes from the C library: never cut.
+        let c = h().alloc(1020 * KIB).unwrap();
+        h().free(c);
+        assert_eq!(h().cached_huge_bytes(), 1024 * KIB);
+        h().alloc(200 * KIB).unwrap();
+        assert_eq!(h().cached_huge_bytes(), 0, "served whole");
         // SAFETY: the heap dies.
         unsafe { Heap::shutdown(heap, true) };
     }

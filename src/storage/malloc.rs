@@ -33,6 +33,9 @@ fn mapped(size: usize) -> bool {
 impl SegmentSource for MallocStorage {
     const NAME: &'static CStr = c"malloc";
     const RESIZE_KEEPS_PAGES: bool = true;
+    /// Only mapped blocks, and only into mapped blocks: `free` and `realloc` tell mapped blocks
+    /// from the C library's by their size.
+    const SPLITS: Option<fn(usize) -> bool> = Some(mapped);
 
     unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
         // SAFETY: pages of a live allocation of ours whose contents are dead (caller contract);

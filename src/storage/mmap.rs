@@ -20,6 +20,7 @@ pub struct MmapAnon;
 impl SegmentSource for MmapAnon {
     const NAME: &'static CStr = c"mmap_anon";
     const RESIZE_KEEPS_PAGES: bool = true;
+    const SPLITS: Option<fn(usize) -> bool> = Some(|_| true);
 
     unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
         // SAFETY: private pages of a live mapping of ours whose contents are dead (caller
@@ -65,6 +66,7 @@ fn dev_zero_fd() -> i32 {
 impl SegmentSource for MmapZero {
     const NAME: &'static CStr = c"mmap_zero";
     const RESIZE_KEEPS_PAGES: bool = true;
+    const SPLITS: Option<fn(usize) -> bool> = Some(|_| true);
 
     unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
         // SAFETY: private pages of a live mapping of ours whose contents are dead (caller

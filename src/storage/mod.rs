@@ -87,6 +87,10 @@ pub trait SegmentSource {
     /// Whether [`SegmentSource::realloc`] of a block that is not a segment moves its pages
     /// without copying them (see [`StorageOps::resize_keeps_pages`]).
     const RESIZE_KEEPS_PAGES: bool = false;
+    /// Whether an allocation of `size` bytes may be a piece of a huge block's allocation cut into
+    /// page-aligned pieces (each then freed, resized or discarded on its own), or the join of
+    /// pieces that meet in memory (see [`StorageOps::splits`]). `None`: never.
+    const SPLITS: Option<fn(size: usize) -> bool> = None;
     /// This source as the heap calls it.
     const OPS: StorageOps = StorageOps {
         name: source_name::<Self>,
@@ -98,6 +102,7 @@ pub trait SegmentSource {
         free: source_free::<Self>,
         discard: source_discard::<Self>,
         resize_keeps_pages: Self::RESIZE_KEEPS_PAGES,
+        splits: Self::SPLITS,
     };
     /// Prepares the storage for one more heap; false if it cannot be used.
     fn open() -> bool {
@@ -157,6 +162,14 @@ pub struct StorageOps {
     /// without copying them (`mremap`): growing a block whose contents are dead then costs only
     /// the new pages.
     pub resize_keeps_pages: bool,
+    /// Whether an allocation of a size may be cut into page-aligned pieces that are then freed,
+    /// resized and discarded on their own, or be the join of pieces that meet in memory (private
+    /// mappings:
+    /// `munmap`, `madvise` and `mremap` take any page range; a resize of a joined piece the kernel
+    /// refuses is answered as any refused resize). Lets the huge-block cache serve a smaller
+    /// request from a bigger freed block and keep the rest for the next one, as mimalloc reuses the
+    /// rest of a span.
+    pub splits: Option<fn(size: usize) -> bool>,
 }
 
 fn source_name<S: SegmentSource + ?Sized>(_: *mut c_void) -> &'static CStr {
@@ -261,6 +274,7 @@ const NO_OPS: StorageOps = StorageOps {
     free: |_, _| {},
     discard: |_, _, _, _| {},
     resize_keeps_pages: false,
+    splits: None,
 };
 
 impl Storage {
@@ -389,6 +403,17 @@ impl Storage {
     pub unsafe fn discard(self, p: *mut u8, keep: usize, len: usize) {
         // SAFETY: forwarded caller contract.
         unsafe { (self.ops.discard)(self.instance, p, keep, len) }
+    }
+
+    /// Whether allocations of this storage are ever split or joined (see [`StorageOps::splits`]).
+    pub fn may_split(self) -> bool {
+        self.ops.splits.is_some()
+    }
+
+    /// Whether an allocation of `size` bytes may be a piece of a split or a join (see
+    /// [`StorageOps::splits`]).
+    pub fn splits(self, size: usize) -> bool {
+        self.ops.splits.is_some_and(|splits| splits(size))
     }
 
     /// Whether resizing a huge block moves its pages without copying them.
