@@ -34,9 +34,11 @@ C_TESTS := test_api test_storage test_threads test_php_parity test_growth test_d
 .PHONY: php php-test php-ci all build deps demo test check-header lint rust-test miri c-test-bins c-tests preload-tests valgrind-tests stress symbols headers bench clean install uninstall install-test
 
 # What the tests and benchmarks compare against (Debian packages): PHP 8.2's allocator, the
-# malloc peers, valgrind for instruction counts; and what the install test builds with.
+# malloc peers, valgrind for instruction counts; what the install test builds with; and the real
+# programs the preload library is tested on (c_tests/preload_programs.sh).
 DEPS := libphp8.2-embed libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 valgrind \
-	php8.2-cli python3.11 libpython3.11-testsuite gcc g++ clang cmake pkg-config
+	php8.2-cli python3.11 libpython3.11-testsuite gcc g++ clang cmake pkg-config \
+	git perl sqlite3 nodejs
 
 all: build
 

@@ -9,7 +9,8 @@
 #   which binds their malloc to glibc's and mixes two allocators in one process (jemalloc and
 #   mimalloc crash there the same way);
 # - gcc compiling a C file (the object files must be identical);
-# - sort on 300,000 lines.
+# - sort on 300,000 lines;
+# - git, perl, sqlite3, Node.js with worker threads, and CPython forking while threads allocate.
 # Prints one line per program, then "N passed, N failed".
 set -u
 lib=$1 dir=$2
@@ -87,6 +88,104 @@ if cmp -s "$dir/sort-plain.out" "$dir/sort-preload.out"; then
 else
     bad "sort: outputs differ"
 fi
+
+# The rest run the same way: a program's output (and exit status) without and with the library
+# must be equal, and not empty.
+same() { # name, command... (run by sh -c in $dir)
+    name=$1
+    shift
+    (cd "$dir" && sh -c "$*") > "$dir/same-plain.out" 2>&1
+    echo "exit $?" >> "$dir/same-plain.out"
+    (cd "$dir" && LD_PRELOAD=$lib sh -c "$*") > "$dir/same-preload.out" 2>&1
+    echo "exit $?" >> "$dir/same-preload.out"
+    if cmp -s "$dir/same-plain.out" "$dir/same-preload.out" && grep -q '^exit 0$' "$dir/same-plain.out"; then
+        ok "$name: $(head -1 "$dir/same-plain.out" | head -c 60)"
+    else
+        bad "$name: outputs differ"
+        diff "$dir/same-plain.out" "$dir/same-preload.out" | head -10
+    fi
+}
+
+# git: a repository made, committed to twice, repacked and checked.
+if command -v git >/dev/null; then
+    same git 'rm -rf repo && git init -q repo && cd repo && cp ../lines . &&
+        git add lines && git -c user.name=t -c user.email=t@t commit -qm one &&
+        sed s/a/A/ lines > l2 && mv l2 lines && git -c user.name=t -c user.email=t@t commit -qam two &&
+        git diff --stat HEAD~1 && git gc -q && git fsck --full 2>&1 | wc -l && git rev-list --count HEAD &&
+        git cat-file -p HEAD:lines | md5sum'
+else
+    bad "git: missing"
+fi
+
+# perl: hashes, sorting, regular expressions, deletion.
+cat > "$dir/script.pl" <<'PERL'
+my %h; my @a;
+for my $i (1..200000) { $h{"k$i"} = [$i, "v" x ($i % 50)]; push @a, "s$i" if $i % 3; }
+my $n = 0; for my $k (sort keys %h) { $n += length($h{$k}[1]); }
+my $s = join(",", map { uc } grep { /7/ } @a);
+delete $h{"k$_"} for 1..100000;
+print "$n ", length($s), " ", scalar(@a), " ", scalar(keys %h), "\n";
+PERL
+if command -v perl >/dev/null; then same perl 'perl script.pl'; else bad "perl: missing"; fi
+
+# sqlite3: a table of 200,000 rows, an index, grouping and sorting.
+cat > "$dir/script.sql" <<'SQL'
+create table t(a integer, b text);
+with recursive c(x) as (select 1 union all select x + 1 from c where x < 200000)
+insert into t select (x * 7919) % 100003, printf('row%08d', x) from c;
+create index ia on t(a);
+select count(*), sum(a), max(b) from t;
+select a, count(*) from t group by a order by count(*) desc, a limit 3;
+SQL
+if command -v sqlite3 >/dev/null; then
+    same sqlite3 'rm -f db.sqlite && sqlite3 db.sqlite < script.sql'
+else
+    bad "sqlite3: missing"
+fi
+
+# Node.js: four worker threads (V8 isolates with their own threads) allocating at once, their
+# results posted back to the main thread.
+cat > "$dir/workers.js" <<'JS'
+const { Worker, isMainThread, parentPort, workerData } = require('worker_threads');
+if (isMainThread) {
+  const results = [];
+  for (let i = 0; i < 4; i++) {
+    new Worker(__filename, { workerData: i }).on('message', (m) => {
+      results[i] = m;
+      if (results.filter((x) => x !== undefined).length === 4) console.log(results.join(' '));
+    });
+  }
+} else {
+  let a = [], s = 0;
+  for (let i = 0; i < 200000; i++) {
+    a.push({ k: 'w' + workerData + ':' + i, v: new Array(i % 20).fill(i) });
+    if (a.length > 5000) a = a.slice(2500);
+  }
+  for (const o of a) s += o.v.length + o.k.length;
+  parentPort.postMessage(s + JSON.stringify(a.slice(0, 100)).length);
+}
+JS
+if command -v node >/dev/null; then same "node (4 worker threads)" 'node workers.js'; else bad "node: missing (nodejs)"; fi
+
+# CPython forking worker processes while two threads allocate: the children's allocator must work.
+cat > "$dir/fork.py" <<'PY'
+import multiprocessing as mp, threading
+def work(n):
+    d = {i: 'x' * (i % 200) for i in range(n)}
+    return sum(len(v) for v in d.values())
+def churn(stop):
+    while not stop.is_set():
+        [bytes(i % 500) for i in range(2000)]
+if __name__ == '__main__':
+    mp.set_start_method('fork')
+    stop = threading.Event()
+    threads = [threading.Thread(target=churn, args=(stop,)) for _ in range(2)]
+    for t in threads: t.start()
+    with mp.Pool(3) as pool: print(sum(pool.map(work, [50000 + i * 1000 for i in range(12)])))
+    stop.set()
+    for t in threads: t.join()
+PY
+same "python3 fork while threads allocate" 'PYTHONMALLOC=malloc /usr/bin/python3 fork.py'
 
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]
