@@ -401,6 +401,10 @@ static void told_free_interior(void *arg) { (void)arg; char *a = emalloc(64); ke
 static void told_realloc_interior(void *arg) { (void)arg; char *a = emalloc(64); keep(64); told(a + 8, a, __LINE__); erealloc(a + 8, 60); }
 static void told_block_size_interior(void *arg) { (void)arg; char *a = emalloc(64); told(a + 8, a, __LINE__); zend_mem_block_size(a + 8); }
 static void told_double_free(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a); told(a, NULL, __LINE__); efree(a); }
+/* erealloc of a block just freed: to a bigger bin, and within its own bin (which would hand the
+ * freed block back as if it were live). */
+static void told_realloc_freed(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a); told(a, NULL, __LINE__); a = erealloc(a, 200); }
+static void told_realloc_freed_same_bin(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a); told(a, NULL, __LINE__); a = erealloc(a, 60); }
 static void told_release_abi(void *arg) { (void)arg; char *a = emalloc(96); keep(96); told(a + 48, a, 0); _efree_96(a + 48); }
 static void told_large_double_free(void *arg) { (void)arg; char *a = emalloc(5000); keep(5000); efree(a); told(a, NULL, __LINE__); efree(a); }
 static void told_large_interior(void *arg) { (void)arg; char *a = emalloc(5000); keep(5000); told(a + 100, a, __LINE__); efree(a + 100); }
@@ -462,6 +466,12 @@ static void test_corruption_names_the_call_the_pointer_and_the_location(void)
                                 "(called at %s:%d)");
     check_told_nothing_before(told_double_free,
                               "efree(%p): double free: the block was the last one freed in its size class "
+                              "(called at %s:%d)");
+    check_told_nothing_before(told_realloc_freed,
+                              "erealloc(%p): double free: the block was the last one freed in its size class "
+                              "(called at %s:%d)");
+    check_told_nothing_before(told_realloc_freed_same_bin,
+                              "erealloc(%p): double free: the block was the last one freed in its size class "
                               "(called at %s:%d)");
     check_told_nothing_before(told_large_double_free,
                               "efree(%p): double free: the pages there are free already (called at %s:%d)");

@@ -199,7 +199,10 @@ impl Heap {
             return false;
         };
         if let Some(bin) = small_bin(info) {
-            return keeps_bin(bin, size) && starts_slot(p, info);
+            // A block that heads its bin's free list was just freed: the slow path reports it.
+            return keeps_bin(bin, size)
+                && starts_slot(p, info)
+                && self.free_slot_head(bin & (BIN_SLOTS - 1)).cast() != p;
         }
         match info & PAGE_KIND_MASK {
             PAGE_LARGE => {

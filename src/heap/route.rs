@@ -307,6 +307,11 @@ impl Heap {
         }
         match self.locate(p, call) {
             Block::Small { bin, .. } => {
+                // A block freed last in its bin heads the bin's free list: resizing it would hand
+                // it out twice (as the new block, or kept, while the list still holds it).
+                if self.free_slot_head(bin).cast() == p {
+                    diagnostics::bad_pointer(call, p, BadPointer::DoubleFree);
+                }
                 if keeps_bin(bin, size) {
                     return Ok(p);
                 }
