@@ -481,6 +481,46 @@ static void test_freed_big_blocks_go_back_after_a_while(void)
     }
 }
 
+/* Memory that held many small blocks serves other sizes once they are freed: glibc merges the
+ * freed chunks; the library frees its small runs whose slots are all free before it takes more
+ * segments. The resident set after both phases stays near one phase's size, not their sum. */
+static void test_freed_small_blocks_serve_other_sizes(void)
+{
+    enum { SMALL = 48, NSMALL = 300000, LARGE = 64 << 10, NLARGE = 220 }; /* 14.4 MB a phase */
+    static void *small[NSMALL], *large[NLARGE];
+    size_t before = resident_bytes();
+    for (int i = 0; i < NSMALL; i++) {
+        small[i] = malloc(opaque(SMALL));
+        if (!small[i]) {
+            CHECK(small[i] != NULL);
+            return;
+        }
+        memset(small[i], 1, SMALL);
+    }
+    size_t small_phase = resident_bytes() - before;
+    for (int i = 0; i < NSMALL; i++) {
+        free(small[i]);
+    }
+    for (int i = 0; i < NLARGE; i++) {
+        large[i] = malloc(opaque(LARGE));
+        if (!large[i]) {
+            CHECK(large[i] != NULL);
+            return;
+        }
+        memset(large[i], 2, LARGE);
+    }
+    size_t both = resident_bytes() - before;
+    CHECK(small_phase >= (size_t)NSMALL * SMALL);
+    CHECK(both < small_phase + small_phase / 2);
+    if (both >= small_phase + small_phase / 2) {
+        fprintf(stderr, "  resident growth %zu KiB after the small blocks, %zu KiB after the large ones\n",
+                small_phase >> 10, both >> 10);
+    }
+    for (int i = 0; i < NLARGE; i++) {
+        free(large[i]);
+    }
+}
+
 int main(void)
 {
     test_the_library_serves_malloc();
@@ -492,6 +532,7 @@ int main(void)
     test_threads_exit_with_live_blocks();
     test_fork_while_threads_allocate();
     test_freed_big_blocks_go_back_after_a_while();
+    test_freed_small_blocks_serve_other_sizes();
     sink = NULL;
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;

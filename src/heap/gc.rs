@@ -2,7 +2,8 @@
 //!
 //! Owns the operation that gives back memory the heap holds without using it: runs whose small
 //! slots are all free go back to their segment, and the segments (and huge blocks) the heap keeps
-//! cached for reuse go back to storage. It walks the free lists, not the pages: pass 1 counts free
+//! cached for reuse go back to storage. The first part also runs on its own, without request ends,
+//! as a heap grows (see `pages::COLLECT_RUNS_MIN_PAGES`). It walks the free lists, not the pages: pass 1 counts free
 //! slots per run in the run's first page-map entry, pass 2 unlinks the slots of complete runs and
 //! frees those runs, pass 3 clears the counters of the runs that stay. Segments emptied by the
 //! walk are given up only after it (a list may still lead into them), in one pass over the
@@ -13,9 +14,9 @@
 //! free slots than it has (a list that loops, or names a slot twice, is caught there). Either
 //! failure is heap corruption; the walk is bounded by the slots the heap has.
 
-use super::Heap;
 use super::route::{Block, Lookup};
 use super::small::FreeSlot;
+use super::{Heap, NO_REQUEST_ENDS};
 use crate::diagnostics;
 use crate::segment::{
     PAGE_KIND_MASK, PAGE_SMALL, SMALL_COUNTER_MASK, SMALL_COUNTER_SHIFT, Segment,
@@ -30,6 +31,12 @@ impl Heap {
         if self.is_custom() {
             return 0;
         }
+        self.collect_free_runs() + self.release_cached_segments() + self.release_cached_huge()
+    }
+
+    /// Frees every small run whose slots are all free (to its segment's free pages; a segment
+    /// that empties goes to the cache); returns the bytes of those runs.
+    pub(super) fn collect_free_runs(&mut self) -> usize {
         self.collect_remote_frees();
         // Pass 1: count free slots per run.
         self.for_each_free_slot_run(|s, first, bin| {
@@ -92,9 +99,10 @@ impl Heap {
                 }
             }
         }
+        if NO_REQUEST_ENDS {
+            self.small_run_pages -= collected_pages;
+        }
         collected_pages * ZEND_MM_PAGE_SIZE
-            + self.release_cached_segments()
-            + self.release_cached_huge()
     }
 
     /// The segment and first page of the run holding free slot `p` (a run pass 2 freed reads as

@@ -112,6 +112,10 @@ pub struct Heap {
     /// Live segments, the main one included, and the peak since the request began.
     segments_count: usize,
     peak_segments_count: usize,
+    /// Without request ends: pages held by small runs, and the segment count at which the heap
+    /// next frees those whose slots are all free before it takes a segment (see [`pages`]).
+    small_run_pages: usize,
+    collect_runs_at: usize,
     /// Segments by class of their longest free run (see [`pages`]).
     class_lists: [List<Segment, ByClass>; NUM_CLASSES],
     class_bits: [u64; CLASS_WORDS],
@@ -207,6 +211,8 @@ impl Heap {
             segments: List::new(),
             segments_count: 0,
             peak_segments_count: 0,
+            small_run_pages: 0,
+            collect_runs_at: pages::COLLECT_RUNS_FIRST,
             class_lists: [const { List::new() }; NUM_CLASSES],
             class_bits: [0; CLASS_WORDS],
             cached: CountedList::new(),

@@ -62,6 +62,15 @@ pub(super) enum NoPages {
 /// [`PURGE_DELAY_MS`] goes back to storage (the most recent [`PURGE_KEEP`] stay), and never more
 /// than [`PURGE_MAX_CACHED`] stay cached. (mimalloc purges after a delay too.)
 const PURGE_KEEP: usize = 2;
+
+/// Without request ends nothing frees the small runs whose slots are all free (PHP frees them at
+/// request end and in `zend_mm_gc`), so a bin that once peaked keeps its runs while other blocks
+/// take new segments. Before a new segment is taken, the heap frees such runs when its small runs
+/// hold at least this many pages and its segments grew by a quarter (at least 2) since the last
+/// time: the walk costs in proportion to the free slots, and growth pays for it.
+pub(super) const COLLECT_RUNS_MIN_PAGES: usize = 256;
+/// The segment count at which a heap first looks (see [`COLLECT_RUNS_MIN_PAGES`]).
+pub(super) const COLLECT_RUNS_FIRST: usize = 4;
 const PURGE_MAX_CACHED: usize = 64;
 
 impl Heap {
@@ -77,6 +86,15 @@ impl Heap {
                     // SAFETY: as above.
                     unsafe { self.reclassify(seg) };
                     return Ok((seg, page));
+                }
+            }
+            if NO_REQUEST_ENDS
+                && self.segments_count >= self.collect_runs_at
+                && self.small_run_pages >= COLLECT_RUNS_MIN_PAGES
+            {
+                self.collect_runs_at = self.segments_count + (self.segments_count / 4).max(2);
+                if self.collect_free_runs() > 0 {
+                    continue;
                 }
             }
             let seg = if !self.cached.is_empty() {

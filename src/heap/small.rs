@@ -9,7 +9,7 @@
 //! `bin`.
 
 use super::pages::NoPages;
-use super::{Heap, Refusal};
+use super::{Heap, NO_REQUEST_ENDS, Refusal};
 use crate::segment::small_entry;
 use crate::sizes::{BINS, ZEND_MM_PAGE_SIZE};
 
@@ -106,6 +106,9 @@ impl Heap {
             // alignment losses (checked at compile time in `heap`).
             Err(NoPages::TooShort) => return Err(Refusal::OutOfMemory),
         };
+        if NO_REQUEST_ENDS {
+            self.small_run_pages += info.pages as usize;
+        }
         // SAFETY: `alloc_pages` returned a run of `info.pages` pages of a live segment of ours.
         let s = unsafe { &mut *seg };
         for i in 0..info.pages as usize {
