@@ -481,6 +481,21 @@ static void test_freed_big_blocks_go_back_after_a_while(void)
     }
 }
 
+/* Allocates `n` blocks of `size` bytes into `blocks` and writes every byte (resident); false, and a
+ * failed check, if one allocation fails. */
+static int fill_blocks(void **blocks, int n, size_t size)
+{
+    for (int i = 0; i < n; i++) {
+        blocks[i] = malloc(opaque(size));
+        if (!blocks[i]) {
+            CHECK(blocks[i] != NULL);
+            return 0;
+        }
+        memset(blocks[i], 0x3c, size);
+    }
+    return 1;
+}
+
 /* Memory that held many small blocks serves other sizes once they are freed: glibc merges the
  * freed chunks; the library frees its small runs whose slots are all free before it takes more
  * segments. The resident set after both phases stays near one phase's size, not their sum. */
@@ -489,25 +504,15 @@ static void test_freed_small_blocks_serve_other_sizes(void)
     enum { SMALL = 48, NSMALL = 300000, LARGE = 64 << 10, NLARGE = 220 }; /* 14.4 MB a phase */
     static void *small[NSMALL], *large[NLARGE];
     size_t before = resident_bytes();
-    for (int i = 0; i < NSMALL; i++) {
-        small[i] = malloc(opaque(SMALL));
-        if (!small[i]) {
-            CHECK(small[i] != NULL);
-            return;
-        }
-        memset(small[i], 1, SMALL);
+    if (!fill_blocks(small, NSMALL, SMALL)) {
+        return;
     }
     size_t small_phase = resident_bytes() - before;
     for (int i = 0; i < NSMALL; i++) {
         free(small[i]);
     }
-    for (int i = 0; i < NLARGE; i++) {
-        large[i] = malloc(opaque(LARGE));
-        if (!large[i]) {
-            CHECK(large[i] != NULL);
-            return;
-        }
-        memset(large[i], 2, LARGE);
+    if (!fill_blocks(large, NLARGE, LARGE)) {
+        return;
     }
     size_t both = resident_bytes() - before;
     CHECK(small_phase >= (size_t)NSMALL * SMALL);

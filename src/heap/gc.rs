@@ -2,10 +2,10 @@
 //!
 //! Owns the operation that gives back memory the heap holds without using it: runs whose small
 //! slots are all free go back to their segment, and the segments (and huge blocks) the heap keeps
-//! cached for reuse go back to storage. The first part also runs on its own, without request ends,
-//! as a heap grows (see `pages::COLLECT_RUNS_MIN_PAGES`). It walks the free lists, not the pages: pass 1 counts free
-//! slots per run in the run's first page-map entry, pass 2 unlinks the slots of complete runs and
-//! frees those runs, pass 3 clears the counters of the runs that stay. Segments emptied by the
+//! cached for reuse go back to storage. The first part also runs on its own, without request
+//! ends, as a heap grows (see `pages::COLLECT_RUNS_MIN_PAGES`). It walks the free lists, not the
+//! pages: pass 1 counts free slots per run in the run's first page-map entry, pass 2 unlinks the
+//! slots of complete runs and frees those runs, pass 3 clears the counters of the runs that stay. Segments emptied by the
 //! walk are given up only after it (a list may still lead into them), in one pass over the
 //! segment list.
 //!

@@ -62,6 +62,7 @@ pub(super) enum NoPages {
 /// [`PURGE_DELAY_MS`] goes back to storage (the most recent [`PURGE_KEEP`] stay), and never more
 /// than [`PURGE_MAX_CACHED`] stay cached. (mimalloc purges after a delay too.)
 const PURGE_KEEP: usize = 2;
+const PURGE_MAX_CACHED: usize = 64;
 
 /// Without request ends nothing frees the small runs whose slots are all free (PHP frees them at
 /// request end and in `zend_mm_gc`), so a bin that once peaked keeps its runs while other blocks
@@ -71,7 +72,6 @@ const PURGE_KEEP: usize = 2;
 pub(super) const COLLECT_RUNS_MIN_PAGES: usize = 256;
 /// The segment count at which a heap first looks (see [`COLLECT_RUNS_MIN_PAGES`]).
 pub(super) const COLLECT_RUNS_FIRST: usize = 4;
-const PURGE_MAX_CACHED: usize = 64;
 
 impl Heap {
     /// Takes a run of `pages` pages from some segment of this heap, mapping a new segment if no
