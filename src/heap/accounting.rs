@@ -104,6 +104,8 @@ impl Heap {
     /// dropped then: the cached huge blocks first, then segments one by one).
     pub fn set_limit(&mut self, limit: usize) -> Result<(), LimitBelowUsage> {
         if limit < self.real_size {
+            // Freed large runs kept whole may be all that holds a segment.
+            self.flush_run_cache();
             let cached_bytes = self.cached_segment_bytes() + self.cached_huge_bytes();
             if limit < self.real_size - cached_bytes {
                 return Err(LimitBelowUsage);

@@ -13,8 +13,8 @@ use super::route::{Block, Lookup};
 use super::small::FreeSlot;
 use crate::region_map::{self, Region};
 use crate::segment::{
-    LARGE_PAGES_MASK, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, Segment, small_bin,
-    small_place,
+    LARGE_PAGES_MASK, PAGE_CACHED, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, Segment,
+    small_bin, small_place,
 };
 use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
 
@@ -183,6 +183,8 @@ impl Heap {
                     large_bytes += n * ZEND_MM_PAGE_SIZE;
                     n
                 }
+                // A freed run on the run cache: its pages stay in use, its bytes are not live.
+                PAGE_CACHED => (info & LARGE_PAGES_MASK) as usize,
                 PAGE_SMALL => {
                     let bin = small_bin(info).unwrap_or(usize::MAX);
                     if small_place(info, s.page_addr(page) as usize) != 0 {

@@ -31,7 +31,10 @@ impl Heap {
         if self.is_custom() {
             return 0;
         }
-        self.collect_free_runs() + self.release_cached_segments() + self.release_cached_huge()
+        let runs = self.flush_run_cache() * ZEND_MM_PAGE_SIZE;
+        runs + self.collect_free_runs()
+            + self.release_cached_segments()
+            + self.release_cached_huge()
     }
 
     /// Frees every small run whose slots are all free (to its segment's free pages; a segment

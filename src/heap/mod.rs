@@ -72,6 +72,7 @@ pub use error::Refusal;
 pub use fast::SENTINEL;
 use fast::{FAST_SEGMENTS, no_segment};
 use huge::{CachedHugeList, HugeList};
+use large::RunCache;
 use pages::{CLASS_WORDS, NUM_CLASSES};
 use small::FreeSlot;
 pub use stats::{BinStats, BlockStats, HeapStats, SiteStats, print_stats};
@@ -116,6 +117,8 @@ pub struct Heap {
     /// next frees those whose slots are all free before it takes a segment (see [`pages`]).
     small_run_pages: usize,
     collect_runs_at: usize,
+    /// Freed large runs kept whole, by page count (see [`large`]).
+    run_cache: RunCache,
     /// Segments by class of their longest free run (see [`pages`]).
     class_lists: [List<Segment, ByClass>; NUM_CLASSES],
     class_bits: [u64; CLASS_WORDS],
@@ -213,6 +216,7 @@ impl Heap {
             peak_segments_count: 0,
             small_run_pages: 0,
             collect_runs_at: pages::COLLECT_RUNS_FIRST,
+            run_cache: RunCache::new(),
             class_lists: [const { List::new() }; NUM_CLASSES],
             class_bits: [0; CLASS_WORDS],
             cached: CountedList::new(),
@@ -340,6 +344,7 @@ impl Heap {
         // Blocks other threads freed are released with the rest.
         h.discard_remote_frees();
         h.end_request_huge_blocks();
+        h.forget_run_cache();
         h.end_request_segments();
         h.requests += 1;
         // SAFETY: the main segment is live.

@@ -23,23 +23,34 @@ use crate::sizes::{BINS, MAX_SEGMENT_SIZE, ZEND_MM_PAGE_SIZE};
 pub(super) const NUM_CLASSES: usize = class_of((MAX_SEGMENT_SIZE / ZEND_MM_PAGE_SIZE) as u32) + 1;
 pub(super) const CLASS_WORDS: usize = NUM_CLASSES.div_ceil(64);
 
-/// The class list for a segment whose longest free run is `len` (>= 1) pages.
+/// The class list for a segment whose longest free run is `len` (>= 1) pages: one class per length
+/// below 16, four per power of two up to a default segment's 512 pages, then one per power of two
+/// (only segments larger than the default have such runs; fewer classes keep the heap's lists
+/// inside the main segment's first page).
 const fn class_of(len: u32) -> usize {
+    let log = 31 - len.leading_zeros();
     if len < 16 {
         len as usize
-    } else {
-        let log = 31 - len.leading_zeros();
+    } else if log < COARSE_LOG {
         16 + (log as usize - 4) * 4 + ((len >> (log - 2)) & 3) as usize
+    } else {
+        FIRST_COARSE_CLASS + (log - COARSE_LOG) as usize
     }
 }
+
+/// Runs of `1 << COARSE_LOG` pages and longer have one class per power of two.
+const COARSE_LOG: u32 = 9;
+const FIRST_COARSE_CLASS: usize = 16 + (COARSE_LOG as usize - 4) * 4;
 
 /// The smallest longest-free-run a segment on class list `class` can have.
 const fn class_floor(class: usize) -> u32 {
     if class < 16 {
         class as u32
-    } else {
+    } else if class < FIRST_COARSE_CLASS {
         let log = (class - 16) / 4 + 4;
         ((4 + (class - 16) % 4) as u32) << (log - 2)
+    } else {
+        1 << (COARSE_LOG + (class - FIRST_COARSE_CLASS) as u32)
     }
 }
 
@@ -47,6 +58,14 @@ const _: () = {
     assert!(class_of(15) == 15 && class_of(16) == 16 && class_floor(16) == 16);
     assert!(class_of(511) == 16 + 4 * 4 + 3 && class_floor(class_of(511)) == 448);
     assert!(class_floor(class_of(100)) <= 100 && class_floor(class_of(100) + 1) > 100);
+    assert!(class_of(512) == class_of(511) + 1 && class_floor(class_of(512)) == 512);
+    assert!(class_of(1023) == class_of(512) && class_floor(class_of(1024)) == 1024);
+    // Every class's floor is in its class, and the next class starts above it.
+    let mut c = 1;
+    while c < NUM_CLASSES {
+        assert!(class_of(class_floor(c)) == c && class_floor(c) > class_floor(c - 1));
+        c += 1;
+    }
 };
 
 /// Why [`Heap::alloc_pages`] found no run.
@@ -87,6 +106,11 @@ impl Heap {
                     unsafe { self.reclassify(seg) };
                     return Ok((seg, page));
                 }
+            }
+            if self.run_cache.pages() != 0 {
+                // Cached runs may join free neighbours into a long enough run.
+                self.flush_run_cache();
+                continue;
             }
             if NO_REQUEST_ENDS
                 && self.segments_count >= self.collect_runs_at

@@ -13,8 +13,8 @@ use super::{Heap, Refusal};
 use crate::diagnostics::{self, BadPointer, Call};
 use crate::region_map::{self, Region};
 use crate::segment::{
-    LARGE_PAGES_MASK, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, Segment, run_offset, small_bin,
-    starts_slot,
+    LARGE_PAGES_MASK, PAGE_CACHED, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, Segment, run_offset,
+    small_bin, starts_slot,
 };
 use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, keeps_bin};
 
@@ -87,6 +87,8 @@ impl Heap {
             PAGE_FREE if page >= s.header_pages() && !s.page_used(page) => {
                 Lookup::FreePage { seg, page }
             }
+            // A freed large run the heap keeps whole: freed pages to the caller.
+            PAGE_CACHED if p.addr() % ZEND_MM_PAGE_SIZE == 0 => Lookup::FreePage { seg, page },
             _ => Lookup::NotABlock,
         }
     }

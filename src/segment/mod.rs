@@ -12,7 +12,8 @@
 //! Invariants:
 //! - `bitmap` bit i is set iff page i is in use (by the header, a small run or a large block);
 //! - `map[i]` describes page i: the first page of a small run names its bin, the other pages of the
-//!   run point back to the first; the first page of a large run holds its page count; every other
+//!   run point back to the first; the first page of a large run holds its page count, and so does
+//!   the first page of a freed large run the heap keeps whole (`PAGE_CACHED`); every other
 //!   page (header pages included) is `FREE`, so a pointer into it is not a block;
 //! - `free_pages` and `longest_free` are exact;
 //! - `owner` is the owning heap's id (the region map's owner, checked on every free).
@@ -40,6 +41,9 @@ use bitmap::PageBitmap;
 pub(crate) const PAGE_FREE: u32 = 0;
 pub(crate) const PAGE_LARGE: u32 = 1 << 30;
 pub(crate) const PAGE_SMALL: u32 = 2 << 30;
+/// A freed large run the heap keeps whole for reuse (its run cache): page count in the low bits,
+/// as [`PAGE_LARGE`]'s; its pages stay in use.
+pub(crate) const PAGE_CACHED: u32 = 3 << 30;
 // Map entries are cleared with `write_bytes`, byte by byte.
 const _: () = assert!(PAGE_FREE == 0);
 pub(crate) const PAGE_KIND_MASK: u32 = 3 << 30;
