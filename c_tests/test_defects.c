@@ -388,6 +388,60 @@ static void test_frees_that_name_no_block_are_corruption(void)
     }
 }
 
+/* A freed large block of a few pages is kept whole for the next block of its length, its list links
+ * in its first bytes. A program that writes a freed block there must get a report, never a crash
+ * or a block handed out twice. Each case frees two 3-page blocks (the list: b, then a). */
+#define THREE_PAGES (3 * 4096 - 64)
+static void large_link_overwritten(void *arg)
+{
+    (void)arg;
+    char *a = emalloc(THREE_PAGES), *b = emalloc(THREE_PAGES);
+    keep(64);
+    efree(a);
+    efree(b);
+    memset(b, 0x5a, 16); /* b's links: a wild pointer */
+    emalloc(THREE_PAGES);
+    emalloc(THREE_PAGES);
+    puts("both handed out");
+}
+static void large_back_link_overwritten(void *arg)
+{
+    (void)arg;
+    char *a = emalloc(THREE_PAGES), *b = emalloc(THREE_PAGES);
+    keep(64);
+    efree(a);
+    efree(b);
+    memcpy(a + sizeof(void *), &a, sizeof a); /* a's back link names a itself, not b */
+    emalloc(THREE_PAGES);
+    puts("handed out");
+}
+static void large_link_cleared_then_gc(void *arg)
+{
+    (void)arg;
+    alarm(HANG_GUARD_SECONDS);
+    char *a = emalloc(THREE_PAGES), *b = emalloc(THREE_PAGES);
+    keep(64);
+    efree(a);
+    efree(b);
+    memset(b, 0, 16); /* b's list ends at b: a is lost */
+    emalloc(THREE_PAGES);
+    zend_mm_gc(zend_mm_get_heap());
+    puts("gc returned");
+}
+
+static void test_freed_large_blocks_written_after_free_are_corruption(void)
+{
+    void (*cases[])(void *) = { large_link_overwritten, large_back_link_overwritten,
+                                large_link_cleared_then_gc };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        child_result r = run_child(cases[i], NULL, NULL);
+        CHECK_CORRUPTED(r);
+        if (!(!r.exited && r.signal == SIGABRT)) {
+            fprintf(stderr, "  (case %zu)\n", i);
+        }
+    }
+}
+
 /* The line after "zend_mm_heap corrupted" names the call, the pointer, what was wrong and the
  * caller's file:line. Each child prints the pointer it hands over, the block it belongs to (or
  * NULL) and the line of the call (on the same source line) before the call aborts it. */
@@ -640,6 +694,7 @@ int main(int argc, char **argv)
     RUN(test_a_custom_heap_owns_no_pointer);
     RUN(test_use_zend_alloc_0_owns_no_pointer);
     RUN(test_frees_that_name_no_block_are_corruption);
+    RUN(test_freed_large_blocks_written_after_free_are_corruption);
     RUN(test_corruption_names_the_call_the_pointer_and_the_location);
     RUN(test_every_slot_of_every_bin_frees_and_reallocs);
     RUN(test_blocks_of_the_own_heap_survive_set_heap_null);

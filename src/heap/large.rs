@@ -22,7 +22,9 @@
 use core::ptr;
 
 use super::pages::NoPages;
+use super::route::Lookup;
 use super::{Heap, Refusal};
+use crate::diagnostics;
 use crate::segment::{LARGE_PAGES_MASK, PAGE_CACHED, PAGE_KIND_MASK, PAGE_LARGE, Segment};
 use crate::sizes::{ZEND_MM_PAGE_SIZE, pages_for};
 
@@ -32,13 +34,13 @@ pub(super) const RUN_CACHE_CLASSES: usize = 16;
 /// At most this many pages are cached in all (512 KiB): the cache pins them in their segments.
 const RUN_CACHE_MAX_PAGES: usize = 128;
 
-/// The links a cached run holds in its first bytes.
+/// The links a cached run holds in its first bytes. They live in freed memory, which a program
+/// may write after freeing it: every run reached through them is checked against the page map
+/// before it is used or written.
 #[repr(C)]
 struct CachedRun {
     next: *mut CachedRun,
     prev: *mut CachedRun,
-    seg: *mut Segment,
-    page: usize,
 }
 
 const _: () = assert!(size_of::<CachedRun>() <= ZEND_MM_PAGE_SIZE);
@@ -61,6 +63,17 @@ impl RunCache {
     pub(super) fn pages(&self) -> usize {
         self.pages
     }
+}
+
+/// A cached run's links were found overwritten.
+#[cold]
+#[inline(never)]
+fn run_links_corrupted(run: *const CachedRun, pages: usize) -> ! {
+    diagnostics::heap_corrupted(format_args!(
+        "the list of freed {pages}-page blocks kept for reuse holds {:#x}, which is no such block \
+         of this heap (a block was written after it was freed)",
+        run.addr()
+    ))
 }
 
 impl Heap {
@@ -115,23 +128,33 @@ impl Heap {
         let s = unsafe { &mut *seg };
         s.map_set(page, PAGE_CACHED | pages as u32);
         let run = s.page_addr(page).cast::<CachedRun>();
-        let head = &mut self.run_cache.heads[pages - 1];
+        let head = self.run_cache.heads[pages - 1];
         // SAFETY: the run's first page is ours and unused (the block was freed); the head, if any,
-        // is a cached run whose links are ours.
+        // is a cached run, checked when it became the head.
         unsafe {
             run.write(CachedRun {
-                next: *head,
+                next: head,
                 prev: ptr::null_mut(),
-                seg,
-                page,
             });
             if !head.is_null() {
-                (**head).prev = run;
+                (*head).prev = run;
             }
         }
-        *head = run;
+        self.run_cache.heads[pages - 1] = run;
         self.run_cache.pages += pages;
         true
+    }
+
+    /// The segment and page of `run`, which a list of cached `pages`-page runs holds; heap
+    /// corruption unless the page map says a cached run of that length starts there.
+    fn cached_run_at(&self, run: *mut CachedRun, pages: usize) -> (*mut Segment, usize) {
+        if let Lookup::FreePage { seg, page } = self.lookup(run.cast()) {
+            // SAFETY: the lookup found a live segment of this heap.
+            if unsafe { (*seg).map_get(page) } == PAGE_CACHED | pages as u32 {
+                return (seg, page);
+            }
+        }
+        run_links_corrupted(run, pages)
     }
 
     /// A cached run of exactly `pages` pages, taken off the cache (its pages stay in use; the
@@ -142,28 +165,43 @@ impl Heap {
         if run.is_null() {
             return None;
         }
-        // SAFETY: a run on the cache holds its links.
-        let (seg, page) = unsafe { ((*run).seg, (*run).page) };
-        // SAFETY: as above.
+        let found = self.cached_run_at(run, pages);
+        // SAFETY: a cached run of this heap (checked above).
         unsafe { self.unlink_cached_run(run, pages) };
-        Some((seg, page))
+        Some(found)
     }
 
-    /// Takes `run` (of `pages` pages) off its list.
+    /// Takes `run` (of `pages` pages) off its list, after checking that its neighbours are
+    /// cached runs that link back to it.
     ///
     /// # Safety
-    /// `run` must be on the run cache's list for `pages`.
+    /// `run` must be a cached run of `pages` pages of this heap (its page-map entry says so).
     unsafe fn unlink_cached_run(&mut self, run: *mut CachedRun, pages: usize) {
-        // SAFETY: cached runs hold their links (caller contract).
+        // SAFETY: a cached run's first page is ours (caller contract); its neighbours are read
+        // and written only once the page map vouches for them.
         unsafe {
-            let CachedRun { next, prev, .. } = run.read();
+            let CachedRun { next, prev } = run.read();
+            if prev.is_null() {
+                if self.run_cache.heads[pages - 1] != run {
+                    run_links_corrupted(run, pages);
+                }
+            } else {
+                self.cached_run_at(prev, pages);
+                if (*prev).next != run {
+                    run_links_corrupted(prev, pages);
+                }
+            }
+            if !next.is_null() {
+                self.cached_run_at(next, pages);
+                if (*next).prev != run {
+                    run_links_corrupted(next, pages);
+                }
+                (*next).prev = prev;
+            }
             if prev.is_null() {
                 self.run_cache.heads[pages - 1] = next;
             } else {
                 (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
             }
         }
         self.run_cache.pages -= pages;
@@ -176,7 +214,7 @@ impl Heap {
     /// `seg` must be a live segment of this heap and `entry` its map entry at `page`.
     unsafe fn release_cached_run(&mut self, seg: *mut Segment, page: usize, entry: u32) {
         let pages = (entry & LARGE_PAGES_MASK) as usize;
-        // SAFETY: a cached run starts at `page` (caller contract), holding its links.
+        // SAFETY: a cached run starts at `page` (caller contract).
         unsafe {
             self.unlink_cached_run((*seg).page_addr(page).cast(), pages);
             (*seg).free_pages(page, pages);
@@ -188,19 +226,21 @@ impl Heap {
     pub(super) fn flush_run_cache(&mut self) -> usize {
         let flushed = self.run_cache.pages;
         for pages in 1..=RUN_CACHE_CLASSES {
-            loop {
-                let run = self.run_cache.heads[pages - 1];
-                if run.is_null() {
-                    break;
-                }
-                // SAFETY: a cached run holds its links; its segment is a live one of this heap.
+            while let Some((seg, page)) = self.take_cached_run(pages) {
+                // SAFETY: a run just taken off the cache, in a live segment of this heap.
                 unsafe {
-                    let (seg, page) = ((*run).seg, (*run).page);
-                    self.unlink_cached_run(run, pages);
                     (*seg).free_pages(page, pages);
                     self.segment_pages_freed(seg);
                 }
             }
+        }
+        if self.run_cache.pages != 0 {
+            // A list ended early: some run's link was overwritten with a null.
+            diagnostics::heap_corrupted(format_args!(
+                "{} pages of freed blocks kept for reuse are on no list (a block was written \
+                 after it was freed)",
+                self.run_cache.pages
+            ));
         }
         flushed
     }
