@@ -164,6 +164,11 @@ pub unsafe fn free_slow(p: *mut u8) {
     if p.is_null() {
         return;
     }
+    // A large block of the thread's heap in an aligned segment: no region-map lookup.
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    if unsafe { (*runtime::fast()).free_large_fast(p) } {
+        return;
+    }
     match owner(p) {
         // SAFETY: not a block of any heap: the allocator behind this one made it.
         None => unsafe { foreign::free(p.cast()) },

@@ -33,6 +33,7 @@
 
 use core::ptr;
 
+use super::pages::purge_time;
 use super::{Heap, IDLE_REQUESTS, NO_REQUEST_ENDS, PURGE_DELAY_MS, Refusal};
 use crate::diagnostics;
 use crate::list::{CountedList, Field, Links, List};
@@ -413,7 +414,8 @@ impl Heap {
                     // Trimmed by age: stamped with the time it was freed.
                     let now = crate::os::monotonic_ms();
                     (*block).last_used = now;
-                    self.purge_cached_huge(now);
+                    self.purge_due(purge_time(now, 0));
+                    self.purge_idle_caches_at(now);
                 } else {
                     // It served the request under way.
                     (*block).last_used = self.requests + 1;
@@ -451,6 +453,9 @@ impl Heap {
                 if now.saturating_sub((*block).last_used) > u64::from(PURGE_DELAY_MS) {
                     self.huge_cached.remove(block);
                     self.release_huge(block);
+                } else {
+                    let idle = now.saturating_sub((*block).last_used) as u32;
+                    self.purge_due(purge_time(now, idle));
                 }
             }
         }

@@ -81,7 +81,11 @@ impl Heap {
     pub(super) fn alloc_large(&mut self, size: usize) -> Result<*mut u8, Refusal> {
         let pages = pages_for(size);
         let taken = match self.take_cached_run(pages) {
-            Some(run) => Ok(run),
+            Some(run) => {
+                // A slow path, as `alloc_pages` (which purges too) is.
+                self.purge_idle_caches();
+                Ok(run)
+            }
             None => self.alloc_pages(pages),
         };
         let (seg, page) = match taken {

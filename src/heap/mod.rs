@@ -117,6 +117,9 @@ pub struct Heap {
     /// next frees those whose slots are all free before it takes a segment (see [`pages`]).
     small_run_pages: usize,
     collect_runs_at: usize,
+    /// Without request ends: the time (`os::monotonic_ms`) from which something cached may go back
+    /// to storage (`u64::MAX`: nothing cached may go yet; see [`pages`]).
+    purge_at: u64,
     /// Freed large runs kept whole, by page count (see [`large`]).
     run_cache: RunCache,
     /// Segments by class of their longest free run (see [`pages`]).
@@ -216,6 +219,7 @@ impl Heap {
             peak_segments_count: 0,
             small_run_pages: 0,
             collect_runs_at: pages::COLLECT_RUNS_FIRST,
+            purge_at: u64::MAX,
             run_cache: RunCache::new(),
             class_lists: [const { List::new() }; NUM_CLASSES],
             class_bits: [0; CLASS_WORDS],

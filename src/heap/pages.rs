@@ -92,6 +92,11 @@ pub(super) const COLLECT_RUNS_MIN_PAGES: usize = 256;
 /// The segment count at which a heap first looks (see [`COLLECT_RUNS_MIN_PAGES`]).
 pub(super) const COLLECT_RUNS_FIRST: usize = 4;
 
+/// When something idle for `idle` ms at `now` may go back to storage (see [`PURGE_DELAY_MS`]).
+pub(super) fn purge_time(now: u64, idle: u32) -> u64 {
+    (now + u64::from(PURGE_DELAY_MS) + 1).saturating_sub(u64::from(idle))
+}
+
 impl Heap {
     /// Takes a run of `pages` pages from some segment of this heap, mapping a new segment if no
     /// existing one has room (after collecting garbage once when the limit is in the way).
@@ -359,8 +364,11 @@ impl Heap {
                     let now = crate::os::monotonic_ms();
                     (*seg).set_last_used(now);
                     self.cached.push_front(seg);
-                    self.purge_cached_segments(now);
-                    self.purge_cached_huge(now);
+                    // The segment this push moved past the most recent ones may go from now on.
+                    if let Some(older) = self.cached.iter().nth(PURGE_KEEP) {
+                        self.purge_due(purge_time(now, (*older).idle_for(now)));
+                    }
+                    self.purge_idle_caches_at(now);
                 } else {
                     self.cached.push_front(seg);
                 }
@@ -375,10 +383,24 @@ impl Heap {
     /// with nothing cached pays one compare per slow path.
     pub(super) fn purge_idle_caches(&mut self) {
         if NO_REQUEST_ENDS && (self.cached.len() > PURGE_KEEP || !self.huge_cached.is_empty()) {
-            let now = crate::os::monotonic_ms();
+            self.purge_idle_caches_at(crate::os::monotonic_ms());
+        }
+    }
+
+    /// [`Heap::purge_idle_caches`] at `now`: walks the caches only once something in them is
+    /// due (`purge_at`) or the segment cache is over its bound, so a heap whose segments empty and
+    /// refill often does not walk them at every slow path.
+    pub(super) fn purge_idle_caches_at(&mut self, now: u64) {
+        if now >= self.purge_at || self.cached.len() > PURGE_MAX_CACHED {
+            self.purge_at = u64::MAX;
             self.purge_cached_segments(now);
             self.purge_cached_huge(now);
         }
+    }
+
+    /// Something cached may go back to storage from `at` (milliseconds of `os::monotonic_ms`).
+    pub(super) fn purge_due(&mut self, at: u64) {
+        self.purge_at = self.purge_at.min(at);
     }
 
     /// Without request ends: gives back the cached segments older than [`PURGE_DELAY_MS`] (keeping
@@ -392,6 +414,10 @@ impl Heap {
             // SAFETY: as above.
             let old = unsafe { (*seg).idle_for(now) } > PURGE_DELAY_MS;
             if kept < PURGE_KEEP || (!old && kept < PURGE_MAX_CACHED) {
+                if kept >= PURGE_KEEP {
+                    // SAFETY: as above.
+                    self.purge_due(purge_time(now, unsafe { (*seg).idle_for(now) }));
+                }
                 kept += 1;
                 continue;
             }
