@@ -4,7 +4,8 @@
 //! run, the cache of emptied segments, mapping new segments from storage and giving them back.
 //!
 //! Segments are filed by the length of their longest free run: one class per length below 16
-//! pages (every bin run and the commonest large blocks are exact), then 4 per power of two.
+//! pages (every bin run and the commonest large blocks are exact), then 4 per power of two up to
+//! 512 pages, then one per power of two (runs that long exist only in larger segments).
 //! `class_bits` has a bit set exactly for the non-empty class lists. A segment is on the list of
 //! its class, or on none when it has no free page or is cached.
 
