@@ -80,15 +80,7 @@ impl Heap {
     /// A page-aligned run of whole pages for `size` bytes (PHP's `zend_mm_alloc_large`).
     pub(super) fn alloc_large(&mut self, size: usize) -> Result<*mut u8, Refusal> {
         let pages = pages_for(size);
-        let taken = match self.take_cached_run(pages) {
-            Some(run) => {
-                // A slow path, as `alloc_pages` (which purges too) is.
-                self.purge_idle_caches();
-                Ok(run)
-            }
-            None => self.alloc_pages(pages),
-        };
-        let (seg, page) = match taken {
+        let (seg, page) = match self.alloc_pages(pages) {
             Ok(run) => run,
             Err(NoPages::Refused(refusal)) => return Err(refusal),
             // A fresh segment came up a page short (unaligned storage): a huge block serves the

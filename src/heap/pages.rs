@@ -103,6 +103,10 @@ impl Heap {
     /// existing one has room (after collecting garbage once when the limit is in the way).
     pub(super) fn alloc_pages(&mut self, pages: usize) -> Result<(*mut Segment, usize), NoPages> {
         self.purge_idle_caches();
+        // A freed large run of exactly this length, kept whole (see `large`).
+        if let Some(run) = self.take_cached_run(pages) {
+            return Ok(run);
+        }
         let mut gc_done = false;
         loop {
             if let Some(seg) = self.segment_with_run(pages) {
