@@ -132,6 +132,7 @@ impl Heap {
         if !self.huge_fits_limit(total) {
             return Err(Refusal::Limit);
         }
+        self.shed_cached_segments(total);
         let base = self.map_region(total, Region::Huge)?;
         let block = base.cast::<HugeBlock>();
         // SAFETY: `base` holds `total` fresh bytes; the header fits in the first page.
@@ -191,6 +192,8 @@ impl Heap {
         // SAFETY: as above.
         unsafe { self.huge_cached.remove(block) };
         if self.storage.resize_keeps_pages() && self.huge_fits_limit(total - capacity) {
+            // The pages it grows by are fresh, as a new block's.
+            self.shed_cached_segments(total - capacity);
             // SAFETY: as above.
             let grown = unsafe { self.resize_huge_storage(block, total) };
             if !grown.is_null() {

@@ -80,7 +80,18 @@ impl Heap {
     /// A page-aligned run of whole pages for `size` bytes (PHP's `zend_mm_alloc_large`).
     pub(super) fn alloc_large(&mut self, size: usize) -> Result<*mut u8, Refusal> {
         let pages = pages_for(size);
-        let (seg, page) = match self.alloc_pages(pages) {
+        // A freed large run of exactly this length, kept whole. Only large blocks take one: a
+        // small bin's run stays until the request ends, and placed in a freed block's hole it keeps
+        // that segment from emptying (1.1 MiB more peak on the `request` benchmark).
+        let taken = match self.take_cached_run(pages) {
+            Some(run) => {
+                // A slow path, as `alloc_pages` (which purges too) is.
+                self.purge_idle_caches();
+                Ok(run)
+            }
+            None => self.alloc_pages(pages),
+        };
+        let (seg, page) = match taken {
             Ok(run) => run,
             Err(NoPages::Refused(refusal)) => return Err(refusal),
             // A fresh segment came up a page short (unaligned storage): a huge block serves the
@@ -328,6 +339,27 @@ mod tests {
         assert_ne!(c, b);
         assert_eq!(h.alloc(5 * PAGE).unwrap(), b);
         assert_eq!(h.run_cache.pages(), 0);
+        assert_consistent(h);
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn only_large_blocks_take_cached_runs() {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread.
+        let h = unsafe { &mut *heap };
+        // 3 pages: a large block's, and a 3072-byte bin's run.
+        let b = h.alloc(3 * PAGE).unwrap();
+        let _guard = h.alloc(PAGE).unwrap();
+        h.free(b);
+        assert_eq!(h.run_cache.pages(), 3);
+        // A new bin run stays until the request ends: it is placed by the segments' free pages,
+        // not in the cached hole.
+        let small = h.alloc(3072).unwrap();
+        assert!(!(b.addr()..b.addr() + 3 * PAGE).contains(&small.addr()));
+        assert_eq!(h.run_cache.pages(), 3);
+        assert_eq!(h.alloc(3 * PAGE).unwrap(), b);
         assert_consistent(h);
         // SAFETY: the heap dies with its blocks.
         unsafe { Heap::shutdown(heap, true) };
