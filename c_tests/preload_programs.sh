@@ -24,10 +24,14 @@ PY_TESTS="test_list test_dict test_set test_tuple test_unicode test_bytes test_j
 test_threading test_queue test_collections test_itertools test_string test_struct test_heapq \
 test_bisect test_array test_deque test_zlib test_pickle test_weakref test_gc test_sort \
 test_functools test_operator test_enum test_dataclasses test_textwrap test_statistics"
+# test_threading's interrupt_main tests need SIGINT's default action; a shell started in the
+# background (`&`, nohup) has SIGINT ignored, sh cannot undo that, and Python keeps it ignored. So
+# python3 first restores the default, then runs the tests in its place (exec).
+sigint_default='import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.executable, [sys.executable] + sys.argv[1:])'
 if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import test.libregrtest' 2>/dev/null; then
     for run in plain preload; do
         if [ $run = preload ]; then pre=$lib; else pre=; fi
-        PYTHONMALLOC=malloc LD_PRELOAD=$pre /usr/bin/python3 -m test -j2 $PY_TESTS \
+        PYTHONMALLOC=malloc LD_PRELOAD=$pre /usr/bin/python3 -c "$sigint_default" -m test -j2 $PY_TESTS \
             > "$dir/python-$run.out" 2>&1
         echo "exit $?" >> "$dir/python-$run.out"
         grep -E '^(Tests result|All [0-9]+ tests|[0-9]+ tests? (OK|failed|skipped)|exit)' "$dir/python-$run.out" \
