@@ -698,17 +698,14 @@ mod tests {
         let heap = super::super::test_heap_on(crate::model_tests::StdStorage::<0>::ops(), SEG);
         // SAFETY: a live heap of this thread, borrowed for a statement.
         let h = || unsafe { &mut *heap };
-        let fill = |n: usize| {
-            let blocks: [*mut u8; 8] = core::array::from_fn(|_| h().alloc(SEG / 2 + 1).unwrap());
-            for &p in &blocks[..n] {
-                h().free(p);
-            }
-            // The run cache keeps such blocks whole; back in their segments, the segments empty.
-            h().flush_run_cache();
-        };
-        // The first request: 8 segments, emptied; a huge block leaves them cached (the request
-        // refills what it emptied).
-        fill(8);
+        // The first request: 8 segments' worth of blocks, freed; a huge block leaves the emptied
+        // segments cached (the request refills what it emptied).
+        let blocks: [*mut u8; 8] = core::array::from_fn(|_| h().alloc(SEG / 2 + 1).unwrap());
+        for p in blocks {
+            h().free(p);
+        }
+        // The run cache keeps such blocks whole; back in their segments, the segments empty.
+        h().flush_run_cache();
         let held = h().segments_held();
         assert!(h().cached.len() >= 6, "{held}");
         let huge = h().alloc(3 * SEG).unwrap();
