@@ -450,8 +450,8 @@ impl Heap {
     /// cached long ago may never have been filled). The block's pages are faulted in whatever the
     /// heap keeps; without this a request's resident memory grows by both the block and the
     /// segments kept for requests like the earlier ones (PHP unmaps emptied chunks beyond its
-    /// average at once). On `hugereq`: peak RSS 34.7 MiB instead of 40.2 (PHP 33.9), page faults
-    /// and time unchanged (stalest first: 37.8). Not before the heap's first request end: in a
+    /// average at once). On `hugereq`: peak RSS 34.7 MiB instead of 40.2 (PHP 33.9), the time
+    /// unchanged, 2% more page faults (stalest first: 37.8 MiB). Not before the heap's first request end: in a
     /// long first request (a script) the cache holds only what the request itself emptied and
     /// refills (giving it back cost 4.5% on `phpmix`). Without request ends the cache is trimmed
     /// by age instead.
