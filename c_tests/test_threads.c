@@ -218,19 +218,23 @@ static void *free_twice(void *p)
     return NULL;
 }
 
+/* arg: the block size. 100 bytes goes onto its bin's remote list, 3000 bytes (a bin without a
+ * list of its own) and 5000 bytes (a large block) onto the heap's general one. */
 static void free_twice_from_another_thread(void *arg)
 {
-    (void)arg;
     pthread_t t;
-    void *p = emalloc(100);
+    void *p = emalloc(*(size_t *)arg);
     pthread_create(&t, NULL, free_twice, p);
     pthread_join(t, NULL);
 }
 
 static void test_cross_thread_double_free_is_corruption(void)
 {
-    child_result r = run_child(free_twice_from_another_thread, NULL, NULL);
-    CHECK_CORRUPTED(r);
+    static size_t sizes[] = {100, 3000, 5000};
+    for (int i = 0; i < 3; i++) {
+        child_result r = run_child(free_twice_from_another_thread, &sizes[i], NULL);
+        CHECK_CORRUPTED(r);
+    }
 }
 
 typedef struct {

@@ -18,7 +18,7 @@ use core::ptr;
 
 use crate::diagnostics::{Call, Site};
 use crate::heap::{Heap, api};
-use crate::region_map;
+use crate::region_map::{self, Region};
 use crate::runtime;
 use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE};
 
@@ -118,16 +118,17 @@ pub fn alloc_zeroed(n: usize) -> *mut u8 {
     p
 }
 
-/// The heap owning `p` and whether it is the calling thread's; `None` if no heap owns it.
-fn owner(p: *const u8) -> Option<(region_map::Owner, *mut Heap)> {
-    let owner = region_map::owner_of(p.addr());
+/// The heap owning `p`, the region holding it, and the heap if it is the calling thread's (null
+/// if not); `None` if no heap owns `p`.
+fn owner(p: *const u8) -> Option<(region_map::Owner, Region, *mut Heap)> {
+    let (owner, region) = region_map::owner_and_region(p.addr());
     if owner == 0 {
         return None;
     }
     let heap = runtime::current_or_own();
     // SAFETY: a non-null current heap is live.
     let mine = !heap.is_null() && unsafe { (*heap).is_id(owner) };
-    Some((owner, if mine { heap } else { ptr::null_mut() }))
+    Some((owner, region, if mine { heap } else { ptr::null_mut() }))
 }
 
 /// Frees `p` (null: nothing).
@@ -173,11 +174,13 @@ pub unsafe fn free_slow(p: *mut u8) {
         // SAFETY: not a block of any heap: the allocator behind this one made it.
         None => unsafe { foreign::free(p.cast()) },
         // SAFETY: the calling thread's live heap; the caller gives `p` up.
-        Some((_, heap)) if !heap.is_null() => unsafe {
+        Some((_, _, heap)) if !heap.is_null() => unsafe {
             api::efree(api::enter(heap), p, &Call::new("free", SITE))
         },
-        // SAFETY: a live block of another thread's heap, given up by the caller.
-        Some((owner, _)) => unsafe { Heap::free_remote(owner, p, &Call::new("free", SITE)) },
+        // SAFETY: a live block of another thread's heap, in `region`, given up by the caller.
+        Some((owner, region, _)) => unsafe {
+            Heap::free_remote_in(owner, region, p, &Call::new("free", SITE))
+        },
     }
 }
 
@@ -206,10 +209,10 @@ unsafe fn realloc_slow(p: *mut u8, size: usize) -> *mut u8 {
         // SAFETY: the allocator behind this one made `p`.
         None => unsafe { foreign::realloc(p.cast(), size) }.cast(),
         // SAFETY: the calling thread's live heap; `p` is its block.
-        Some((_, heap)) if !heap.is_null() => unsafe {
+        Some((_, _, heap)) if !heap.is_null() => unsafe {
             api::erealloc(api::enter(heap), p, size, size, &Call::new("realloc", SITE))
         },
-        Some((owner, _)) => {
+        Some((owner, _, _)) => {
             let new = alloc(size);
             if !new.is_null() {
                 // SAFETY: a live block of another thread's heap, given up by the caller; `new`
@@ -252,11 +255,11 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
         // SAFETY: the allocator behind this one made `p`.
         None => unsafe { foreign::usable_size(p.cast()) },
         // SAFETY: the calling thread's live heap.
-        Some((_, heap)) if !heap.is_null() => unsafe {
+        Some((_, _, heap)) if !heap.is_null() => unsafe {
             (*api::enter(heap)).block_size_for(p, &Call::new("malloc_usable_size", SITE))
         },
         // SAFETY: a live block of another thread's heap (caller contract).
-        Some((owner, _)) => unsafe { Heap::remote_usable_size(owner, p) }.unwrap_or(0),
+        Some((owner, _, _)) => unsafe { Heap::remote_usable_size(owner, p) }.unwrap_or(0),
     }
 }
 

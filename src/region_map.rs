@@ -305,15 +305,26 @@ pub fn owner_of(addr: usize) -> Owner {
 #[inline(always)]
 pub fn find_owned(addr: usize, owner: Owner) -> Region {
     match lookup(addr) {
-        Some(e) if e.owner == owner => {
-            let base: *mut u8 = ptr::with_exposed_provenance_mut(e.base);
-            if e.huge {
-                Region::Huge(base)
-            } else {
-                Region::Segment(base)
-            }
-        }
+        Some(e) if e.owner == owner => region(e),
         _ => Region::Unowned,
+    }
+}
+
+/// The owner of the region that contains `addr` (0 if none) and the region, in one lookup. The
+/// region may be dereferenced only as [`find_owned`]'s, or where the caller knows a live block of
+/// that owner lies in it.
+#[inline(always)]
+pub fn owner_and_region(addr: usize) -> (Owner, Region) {
+    lookup(addr).map_or((0, Region::Unowned), |e| (e.owner, region(e)))
+}
+
+#[inline(always)]
+fn region(e: Entry) -> Region {
+    let base: *mut u8 = ptr::with_exposed_provenance_mut(e.base);
+    if e.huge {
+        Region::Huge(base)
+    } else {
+        Region::Segment(base)
     }
 }
 

@@ -94,8 +94,9 @@ pub struct Heap {
     /// Free slots per bin (indexed by bin; the entries past the last bin stay empty).
     free_slots: [*mut FreeSlot; BIN_SLOTS],
     /// `BIN_SIZE`, copied here so the fast paths address it from the heap pointer they hold
-    /// (a constant table costs one more instruction to address in a shared library).
-    bin_size: [u32; BIN_SLOTS],
+    /// (a constant table costs one more instruction to address in a shared library); 16 bits
+    /// are enough and leave the header page room for the remote lists.
+    bin_size: [u16; BIN_SLOTS],
     /// This heap's default-sized segments that are aligned to their size, by segment number
     /// modulo `FAST_SEGMENTS`; the empty segment where there is none. The free fast path finds a
     /// pointer's segment here without the region map.
@@ -151,9 +152,9 @@ pub struct Heap {
     tracking: bool,
     /// Fault injection: allocations each request may make (`u64::MAX`: unlimited), how many are
     /// left in this one, and whether one was refused for it.
+    allocs_hit: bool,
     max_allocs: u64,
     allocs_left: u64,
-    allocs_hit: bool,
     /// Counters while the heap keeps statistics (see [`stats`]); null otherwise.
     stats: *mut stats::StatsArea,
     /// While `overflow` is set: the stack mark of the `raise` that set it. A call into the library
@@ -163,6 +164,8 @@ pub struct Heap {
 
 // The heap's address is its owner id in the region map, whose low bit tags huge blocks.
 const _: () = assert!(align_of::<Heap>() >= OWNER_ALIGN);
+// Every bin size fits the heap's 16-bit copy of the table.
+const _: () = assert!(crate::sizes::ZEND_MM_MAX_SMALL_SIZE <= u16::MAX as usize);
 const _: () = {
     // The default segment keeps PHP's 511 pages, even the main one holding the heap.
     assert!(segment::header_pages(ZEND_MM_SEG_SIZE, remote::HEAP_BYTES) == 1);
@@ -200,10 +203,10 @@ impl Heap {
             segment_size,
             free_slots: [ptr::null_mut(); BIN_SLOTS],
             bin_size: {
-                let mut t = [0u32; BIN_SLOTS];
+                let mut t = [0u16; BIN_SLOTS];
                 let mut b = 0;
                 while b < BIN_SLOTS {
-                    t[b] = BIN_SIZE[b] as u32;
+                    t[b] = BIN_SIZE[b] as u16;
                     b += 1;
                 }
                 t

@@ -123,6 +123,8 @@ impl Heap {
                 && self.small_run_pages >= COLLECT_RUNS_MIN_PAGES
             {
                 self.collect_runs_at = self.segments_count + (self.segments_count / 4).max(2);
+                // Runs whose last slots wait on other bins' remote lists are free too.
+                self.collect_remote_frees();
                 if self.collect_free_runs() > 0 {
                     continue;
                 }

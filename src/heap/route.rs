@@ -216,8 +216,9 @@ impl Heap {
 
     #[inline(never)]
     fn alloc_big(&mut self, size: usize) -> Result<*mut u8, Refusal> {
-        // Pages other threads freed may serve it.
-        self.collect_remote_frees();
+        // Pages other threads freed may serve it (small blocks on the bins' remote lists free no
+        // pages: they wait for their bins).
+        self.collect_remote_list();
         if size <= self.max_large_size {
             self.alloc_large(size)
         } else {

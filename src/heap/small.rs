@@ -53,6 +53,20 @@ impl Heap {
         self.free_slots[bin]
     }
 
+    /// Makes `first` the head of `bin`'s free list.
+    ///
+    /// # Safety
+    /// `first` must start a list of free slots of `bin`, linked through their first words, that
+    /// holds the bin's whole list (the caller counts what it added).
+    pub(super) unsafe fn set_free_slot_head(&mut self, bin: usize, first: *mut FreeSlot) {
+        self.free_slots[bin] = first;
+    }
+
+    /// The slot size of `bin` in this heap.
+    pub(super) fn bin_size(&self, bin: usize) -> usize {
+        self.bin_size[bin] as usize
+    }
+
     /// Pushes slot `p` back on `bin`'s list (PHP's `zend_mm_free_small`). A slot that is already
     /// the head of the list is being freed twice (the commonest double free: free, then free
     /// again): pushing it would make it its own successor, so it is left alone and false returned
@@ -91,8 +105,9 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub(super) fn alloc_small_slow(&mut self, bin: usize) -> Result<*mut u8, Refusal> {
-        // Blocks other threads freed may refill the bin.
-        if self.collect_remote_frees() {
+        // Blocks other threads freed may refill the bin: first its own remote list (taken whole),
+        // then the general one.
+        if self.collect_remote_bin(bin) | self.collect_remote_list() {
             let p = self.pop_free_slot(bin);
             if !p.is_null() {
                 return Ok(p);
