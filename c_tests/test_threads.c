@@ -237,6 +237,34 @@ static void test_cross_thread_double_free_is_corruption(void)
     }
 }
 
+static void *free_p_q_p(void *arg)
+{
+    void **b = arg;
+    efree(b[0]);
+    efree(b[1]);
+    efree(b[0]);
+    return NULL;
+}
+
+/* A block freed twice from another thread with another free in between: the owner finds its
+ * bin's remote list looping when it joins it to the bin's own list (a usage query takes every list). */
+static void free_twice_apart_from_another_thread(void *arg)
+{
+    (void)arg;
+    pthread_t t;
+    void *b[2] = {emalloc(100), emalloc(100)};
+    pthread_create(&t, NULL, free_p_q_p, b);
+    pthread_join(t, NULL);
+    (void)zend_memory_usage(0);
+}
+
+static void test_cross_thread_double_free_apart_is_corruption(void)
+{
+    child_result r = run_child(free_twice_apart_from_another_thread, NULL, NULL);
+    CHECK_CORRUPTED_AS(r, "the list of 3 blocks of 112 bytes that other threads freed does not end "
+                          "after them (a block was freed twice, or written after it was freed)");
+}
+
 typedef struct {
     zend_mm_heap *heap;
     void *block;
@@ -285,6 +313,7 @@ int main(void)
     RUN(test_request_lifecycle_per_thread);
     RUN(test_cross_thread_free_and_realloc_are_performed);
     RUN(test_cross_thread_double_free_is_corruption);
+    RUN(test_cross_thread_double_free_apart_is_corruption);
     RUN(test_explicit_heap_moves_between_threads);
     return test_summary();
 }

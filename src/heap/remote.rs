@@ -258,13 +258,22 @@ impl Heap {
             unsafe { self.free_remote_chain(first.cast()) };
             return true;
         }
+        let count = head >> COUNT_SHIFT;
         let own = self.free_slot_head(bin);
         if !own.is_null() {
+            // The walk goes as far as the count says: a list that a block freed twice made into a
+            // loop is reported, not followed forever.
             let mut last = first;
-            // SAFETY: as above; the list ends with null.
+            let mut seen = 1;
+            // SAFETY: as above; the list ends with null after `count` blocks unless corrupted,
+            // and a link is followed only while both say there is a next block.
             unsafe {
-                while !(*last).next.is_null() {
+                while seen < count && !(*last).next.is_null() {
                     last = (*last).next;
+                    seen += 1;
+                }
+                if seen != count || !(*last).next.is_null() {
+                    remote_list_corrupted(bin, count);
                 }
                 (*last).next = own;
             }
@@ -272,7 +281,7 @@ impl Heap {
         // SAFETY: the blocks start free slots of `bin` (checked by the threads that freed them),
         // linked as a free list ends with the bin's own list.
         unsafe { self.set_free_slot_head(bin, first) };
-        self.count_free((head >> COUNT_SHIFT) * self.bin_size(bin));
+        self.count_free(count * self.bin_size(bin));
         true
     }
 
@@ -353,6 +362,17 @@ impl Heap {
         self.collect_remote_frees();
         self.used() == 0
     }
+}
+
+/// A bin's remote list was found longer or shorter than the blocks pushed onto it.
+#[cold]
+#[inline(never)]
+fn remote_list_corrupted(bin: usize, count: usize) -> ! {
+    diagnostics::heap_corrupted(format_args!(
+        "the list of {count} blocks of {} bytes that other threads freed does not end after them \
+         (a block was freed twice, or written after it was freed)",
+        BIN_SIZE[bin]
+    ))
 }
 
 /// The bin of `p` if it starts a slot of a small run by the page map of its segment (`region`),
