@@ -32,6 +32,10 @@ const FIRST_LARGE: usize = ZEND_MM_MAX_SMALL_SIZE + 1;
 
 /// Every allocation may fail: null, never PHP's fatal error.
 const SITE: Site = Site::new(ptr::null(), 0).may_fail();
+// The calls errors are reported against: constants, so a free does not build one on its way.
+const FREE: Call = Call::new("free", SITE);
+const REALLOC: Call = Call::new("realloc", SITE);
+const USABLE_SIZE: Call = Call::new("malloc_usable_size", SITE);
 
 /// The size a request of `n` bytes is served with: 16-aligned blocks from 16 bytes on.
 #[inline(always)]
@@ -174,13 +178,9 @@ pub unsafe fn free_slow(p: *mut u8) {
         // SAFETY: not a block of any heap: the allocator behind this one made it.
         None => unsafe { foreign::free(p.cast()) },
         // SAFETY: the calling thread's live heap; the caller gives `p` up.
-        Some((_, _, heap)) if !heap.is_null() => unsafe {
-            api::efree(api::enter(heap), p, &Call::new("free", SITE))
-        },
+        Some((_, _, heap)) if !heap.is_null() => unsafe { api::efree(api::enter(heap), p, &FREE) },
         // SAFETY: a live block of another thread's heap, in `region`, given up by the caller.
-        Some((owner, region, _)) => unsafe {
-            Heap::free_remote_in(owner, region, p, &Call::new("free", SITE))
-        },
+        Some((owner, region, _)) => unsafe { Heap::free_remote_in(owner, region, p, &FREE) },
     }
 }
 
@@ -210,14 +210,14 @@ unsafe fn realloc_slow(p: *mut u8, size: usize) -> *mut u8 {
         None => unsafe { foreign::realloc(p.cast(), size) }.cast(),
         // SAFETY: the calling thread's live heap; `p` is its block.
         Some((_, _, heap)) if !heap.is_null() => unsafe {
-            api::erealloc(api::enter(heap), p, size, size, &Call::new("realloc", SITE))
+            api::erealloc(api::enter(heap), p, size, size, &REALLOC)
         },
         Some((owner, _, _)) => {
             let new = alloc(size);
             if !new.is_null() {
                 // SAFETY: a live block of another thread's heap, given up by the caller; `new`
                 // is a fresh block of `size` bytes.
-                unsafe { Heap::move_from_remote(owner, p, new, size, &Call::new("realloc", SITE)) };
+                unsafe { Heap::move_from_remote(owner, p, new, size, &REALLOC) };
             }
             new
         }
@@ -256,7 +256,7 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
         None => unsafe { foreign::usable_size(p.cast()) },
         // SAFETY: the calling thread's live heap.
         Some((_, _, heap)) if !heap.is_null() => unsafe {
-            (*api::enter(heap)).block_size_for(p, &Call::new("malloc_usable_size", SITE))
+            (*api::enter(heap)).block_size_for(p, &USABLE_SIZE)
         },
         // SAFETY: a live block of another thread's heap (caller contract).
         Some((owner, _, _)) => unsafe { Heap::remote_usable_size(owner, p) }.unwrap_or(0),
