@@ -6,7 +6,7 @@ use core::ptr;
 use super::{raise_on_current, safe_address, site};
 use crate::diagnostics::{self, BadPointer, Call, Fatal, Site};
 use crate::heap::{Heap, api};
-use crate::region_map;
+use crate::region_map::{self, Region};
 use crate::runtime;
 
 /// The current heap, made if the thread has none, entered from the calling frame.
@@ -140,31 +140,32 @@ fn efree_slow(
         return;
     }
     let call = Call::new("efree", site(file, line, orig_file, orig_line));
-    if let Some(owner) = other_heaps_block(ptr.cast()) {
-        // SAFETY: the caller gives up a live block of `owner`'s.
-        return unsafe { Heap::free_remote(owner, ptr.cast(), &call) };
+    if let Some((owner, region)) = other_heaps_block(ptr.cast()) {
+        // SAFETY: the caller gives up a live block of `owner`'s, in `region`.
+        return unsafe { Heap::free_remote_in(owner, region, ptr.cast(), &call) };
     }
     // SAFETY: the current heap, not borrowed here; the caller gives `ptr` up.
     unsafe { api::efree(heap_of_block(&call, ptr), ptr.cast(), &call) }
 }
 
-/// The thread heap that `p` belongs to if the calling thread is not using it (another thread's
-/// own heap, most likely): such a block is freed or resized through that heap's remote list. Not
+/// The thread heap that `p` belongs to, and `p`'s region, if the calling thread is not using that
+/// heap (another thread's own heap, most likely): such a block is freed or resized through that
+/// heap's remote lists. Not
 /// while the current heap forwards to custom handlers, which get every call.
-fn other_heaps_block(p: *const u8) -> Option<region_map::Owner> {
+fn other_heaps_block(p: *const u8) -> Option<(region_map::Owner, Region)> {
     let heap = runtime::current_or_own();
     // SAFETY: a non-null current heap is live.
     if !heap.is_null() && unsafe { (*heap).in_fast_segment(p) } {
         return None; // the common case, told without the region map
     }
-    let owner = region_map::owner_of(p.addr());
+    let (owner, region) = region_map::owner_and_region(p.addr());
     if owner == 0 {
         return None;
     }
     // SAFETY: a non-null current heap is live; the owner of a registered region is a live heap.
     let elsewhere = heap.is_null() || unsafe { !(*heap).is_id(owner) && !(*heap).is_custom() };
     // SAFETY: as above.
-    (elsewhere && unsafe { Heap::takes_remote_frees(owner) }).then_some(owner)
+    (elsewhere && unsafe { Heap::takes_remote_frees(owner) }).then_some((owner, region))
 }
 
 /// Allocates `nmemb * size` zeroed bytes (overflow is a fatal error).
@@ -232,7 +233,7 @@ pub unsafe extern "C" fn _erealloc(
 #[cold]
 #[inline(never)]
 fn erealloc_slow(ptr: *mut c_void, size: usize, copy_size: usize, call: Call) -> *mut c_void {
-    if let Some(owner) = other_heaps_block(ptr.cast()) {
+    if let Some((owner, _)) = other_heaps_block(ptr.cast()) {
         // SAFETY: the caller's live block of `owner`'s.
         return unsafe { erealloc_remote(owner, ptr, size, copy_size, &call) };
     }
