@@ -30,7 +30,7 @@
 //! it; a heap is on the abandoned list only while no thread uses it.
 
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use super::Heap;
 use super::huge::HugeBlock;
@@ -68,8 +68,9 @@ pub(super) struct Shared {
     bins: [AtomicUsize; REMOTE_BINS],
     /// The next heap on the abandoned list while this one is on it.
     next_abandoned: AtomicPtr<Heap>,
-    /// A thread's own heap, whose blocks other threads may free (set before any block exists).
-    thread_heap: AtomicBool,
+    /// For a thread's own heap, whose blocks other threads may free, its segment size (their frees
+    /// read the segments' page maps with it); 0 for other heaps. Set before any block exists.
+    thread_segment_size: AtomicUsize,
 }
 
 /// Where a heap's [`Shared`] lies: right after the `Heap` struct.
@@ -85,7 +86,7 @@ impl Shared {
             remote: AtomicPtr::new(ptr::null_mut()),
             bins: [const { AtomicUsize::new(0) }; REMOTE_BINS],
             next_abandoned: AtomicPtr::new(ptr::null_mut()),
-            thread_heap: AtomicBool::new(false),
+            thread_segment_size: AtomicUsize::new(0),
         }
     }
 }
@@ -113,7 +114,9 @@ impl Heap {
     /// Makes this heap a thread's own heap: its blocks may be freed from any thread (explicit heaps'
     /// blocks are freed through their heap, as in PHP).
     pub fn set_thread_heap(&mut self) {
-        self.shared().thread_heap.store(true, Ordering::Relaxed);
+        self.shared()
+            .thread_segment_size
+            .store(self.segment_size, Ordering::Relaxed);
     }
 
     /// Whether the heap `owner` takes frees from other threads.
@@ -123,8 +126,9 @@ impl Heap {
     pub unsafe fn takes_remote_frees(owner: Owner) -> bool {
         // SAFETY: caller contract.
         unsafe { shared_of(owner) }
-            .thread_heap
+            .thread_segment_size
             .load(Ordering::Relaxed)
+            != 0
     }
 
     /// Frees `p`, a block of the heap `owner` that the calling thread does not use: onto that
@@ -149,7 +153,9 @@ impl Heap {
         // SAFETY: the owner of a live block is a live heap (caller contract).
         let shared = unsafe { shared_of(owner) };
         // SAFETY: as above.
-        if let Some(bin) = unsafe { remote_slot_bin(region, p) }
+        let segment_size = shared.thread_segment_size.load(Ordering::Relaxed);
+        // SAFETY: as above.
+        if let Some(bin) = unsafe { remote_slot_bin(region, segment_size, p) }
             && push_on_bin(&shared.bins[bin], p, call)
         {
             return;
@@ -179,11 +185,13 @@ impl Heap {
     pub unsafe fn remote_usable_size(owner: Owner, p: *const u8) -> Option<usize> {
         match region_map::find_owned(p.addr(), owner) {
             Region::Segment(base) => {
-                // SAFETY: a live segment (caller contract); only its fixed geometry and the
-                // block's own map entry are read.
-                let s = unsafe { &*base.cast::<Segment>() };
-                let page = s.page_of(p.addr())?;
-                let info = s.map_get(page);
+                // SAFETY: a live heap (caller contract).
+                let segment_size = unsafe { shared_of(owner) }
+                    .thread_segment_size
+                    .load(Ordering::Relaxed);
+                // SAFETY: a live segment of `owner`'s holding `p` (caller contract); only the
+                // block's own map entry is read.
+                let info = unsafe { Segment::map_entry_at(base, segment_size, p.addr()) }?;
                 if let Some(bin) = small_bin(info) {
                     let size = BIN_SIZE[bin];
                     return Some(size - run_offset(p, info) % size);
@@ -375,24 +383,22 @@ fn remote_list_corrupted(bin: usize, count: usize) -> ! {
     ))
 }
 
-/// The bin of `p` if it starts a slot of a small run by the page map of its segment (`region`),
-/// and its address fits a bin list's head word; `None` sends it to the general remote list, where
-/// the owner checks it as any free.
+/// The bin of `p` if it starts a slot of a small run by the page map of its segment (`region`, of
+/// `segment_size` bytes, 0 if unknown), and its address fits a bin list's head word; `None` sends
+/// it to the general remote list, where the owner checks it as any free.
 ///
 /// # Safety
 /// As [`Heap::free_remote_in`]: while `p` is live, its segment and its page's map entry do not
 /// change.
-unsafe fn remote_slot_bin(region: Region, p: *const u8) -> Option<usize> {
+unsafe fn remote_slot_bin(region: Region, segment_size: usize, p: *const u8) -> Option<usize> {
     let Region::Segment(base) = region else {
         return None;
     };
     if p.addr() > ADDRESS_MASK {
         return None;
     }
-    // SAFETY: a live segment (caller contract); only its fixed geometry and the block's own map
-    // entry are read.
-    let s = unsafe { &*base.cast::<Segment>() };
-    let info = s.map_get(s.page_of(p.addr())?);
+    // SAFETY: a live segment of the owner's, which holds `p` (caller contract).
+    let info = unsafe { Segment::map_entry_at(base, segment_size, p.addr()) }?;
     let bin = small_bin(info)?;
     (bin < REMOTE_BINS && starts_slot(p, info)).then_some(bin)
 }
@@ -427,6 +433,14 @@ mod tests {
     use super::*;
     use crate::sizes::BINS;
 
+    /// A heap as a thread's own heap is made: one whose blocks other threads may free.
+    fn thread_heap() -> *mut Heap {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread, borrowed alone.
+        unsafe { (*heap).set_thread_heap() };
+        heap
+    }
+
     /// Sends raw pointers to another thread (the test hands the blocks over, as a C program would).
     struct Blocks(std::vec::Vec<usize>);
 
@@ -452,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_bin_that_runs_dry_takes_the_blocks_other_threads_freed_of_it() {
-        let heap = test_heap();
+        let heap = thread_heap();
         // SAFETY: a live heap of this thread, borrowed alone.
         let h = unsafe { &mut *heap };
         let base = h.used();
@@ -490,8 +504,58 @@ mod tests {
     }
 
     #[test]
+    fn blocks_freed_by_several_threads_while_their_owner_collects_all_come_back_once() {
+        let heap = thread_heap();
+        // SAFETY: a live heap of this thread, borrowed alone.
+        let h = unsafe { &mut *heap };
+        let base = h.used();
+        let n = if cfg!(miri) { 90 } else { 9000 };
+        // Small blocks of several bins (their lists), a bin without a list and large blocks (the
+        // general list).
+        let size = |i: usize| [16, 56, 200, 1500, 2500, 5000][i % 6];
+        let blocks: std::vec::Vec<*mut u8> = (0..n).map(|i| h.alloc(size(i)).unwrap()).collect();
+        let owner = h.id();
+        let threads: std::vec::Vec<_> = blocks
+            .chunks(n / 3)
+            .map(|part| {
+                let handed = Blocks(part.iter().map(|p| p.expose_provenance()).collect());
+                std::thread::spawn(move || {
+                    let handed = handed;
+                    for &addr in &handed.0 {
+                        // SAFETY: live blocks of `owner`, given up here and used by no one after.
+                        unsafe {
+                            Heap::free_remote(
+                                owner,
+                                ptr::with_exposed_provenance_mut(addr),
+                                &Call::INTERNAL,
+                            )
+                        };
+                    }
+                })
+            })
+            .collect();
+        // The owner takes what is there while the threads free (however they interleave).
+        while !threads.iter().all(|t| t.is_finished()) {
+            h.collect_remote_frees();
+            std::thread::yield_now();
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        h.collect_remote_frees();
+        assert_eq!(h.used(), base, "every block counted back");
+        // Every list is well formed: allocating the same sizes again hands out each slot once.
+        let mut again: std::vec::Vec<*mut u8> = (0..n).map(|i| h.alloc(size(i)).unwrap()).collect();
+        again.sort();
+        again.dedup();
+        assert_eq!(again.len(), n);
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
     fn a_full_collection_joins_remote_lists_to_lists_that_are_not_empty() {
-        let heap = test_heap();
+        let heap = thread_heap();
         // SAFETY: a live heap of this thread, borrowed alone.
         let h = unsafe { &mut *heap };
         let base = h.used();
@@ -516,7 +580,7 @@ mod tests {
 
     #[test]
     fn a_full_bin_list_sends_further_blocks_to_the_general_list() {
-        let heap = test_heap();
+        let heap = thread_heap();
         // SAFETY: a live heap of this thread, borrowed alone.
         let h = unsafe { &mut *heap };
         let base = h.used();
@@ -538,7 +602,7 @@ mod tests {
 
     #[test]
     fn a_counting_heap_frees_blocks_from_its_bin_lists_one_by_one() {
-        let heap = test_heap();
+        let heap = thread_heap();
         // SAFETY: a live heap of this thread, borrowed alone.
         let h = unsafe { &mut *heap };
         h.set_counting(true).unwrap();
@@ -560,7 +624,7 @@ mod tests {
 
     #[test]
     fn blocks_freed_on_another_thread_are_collected_by_their_heap() {
-        let heap = test_heap();
+        let heap = thread_heap();
         // SAFETY: a live heap of this thread, borrowed alone.
         let h = unsafe { &mut *heap };
         let base = h.used();
@@ -583,7 +647,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_heap_is_taken_whole_and_settles_when_empty() {
-        let heap = test_heap();
+        let heap = thread_heap();
         // SAFETY: a live heap of this thread, borrowed alone until it is abandoned.
         let p = unsafe { (*heap).alloc(100) }.unwrap();
         // SAFETY: no thread uses the heap from here on.

@@ -440,6 +440,23 @@ impl Segment {
         }
     }
 
+    /// The page-map entry of the page holding `p` in the segment of `size` bytes whose header is
+    /// at `base`, read through that address alone: another thread's free or resize of a live block
+    /// reads it while the segment's owner may be borrowing the `Segment` mutably, so it takes no
+    /// reference to it. `None` past the segment's last whole page.
+    ///
+    /// # Safety
+    /// `base` must be a live segment of `size` bytes containing `p`, and the entry must not change
+    /// meanwhile (the entry of a live block's page does not).
+    pub unsafe fn map_entry_at(base: *const u8, size: usize, p: usize) -> Option<u32> {
+        let page = p.wrapping_sub(base.addr() - base.addr() % ZEND_MM_PAGE_SIZE) >> PAGE_SHIFT;
+        if page >= size / ZEND_MM_PAGE_SIZE {
+            return None;
+        }
+        // SAFETY: the map follows the header struct with one entry per whole page (`init`).
+        Some(unsafe { base.add(MAP_OFFSET).cast::<u32>().add(page).read() })
+    }
+
     #[inline(always)]
     pub fn map_get(&self, page: usize) -> u32 {
         debug_assert!(page < self.page_count as usize);
