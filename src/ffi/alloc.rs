@@ -150,8 +150,8 @@ fn efree_slow(
 
 /// The thread heap that `p` belongs to, and `p`'s region, if the calling thread is not using that
 /// heap (another thread's own heap, most likely): such a block is freed or resized through that
-/// heap's remote lists. Not
-/// while the current heap forwards to custom handlers, which get every call.
+/// heap's remote lists. Not while the current heap forwards to custom handlers, which get every
+/// call.
 fn other_heaps_block(p: *const u8) -> Option<(region_map::Owner, Region)> {
     let heap = runtime::current_or_own();
     // SAFETY: a non-null current heap is live.
