@@ -444,8 +444,8 @@ mod tests {
     /// Sends raw pointers to another thread (the test hands the blocks over, as a C program would).
     struct Blocks(std::vec::Vec<usize>);
 
-    /// Frees `blocks` of the heap `owner` on a thread of their own, in order.
-    fn free_elsewhere(owner: Owner, blocks: &[*mut u8]) {
+    /// Starts a thread that frees `blocks` of the heap `owner`, in order.
+    fn spawn_freeing(owner: Owner, blocks: &[*mut u8]) -> std::thread::JoinHandle<()> {
         let handed = Blocks(blocks.iter().map(|p| p.expose_provenance()).collect());
         std::thread::spawn(move || {
             let handed = handed;
@@ -460,8 +460,11 @@ mod tests {
                 };
             }
         })
-        .join()
-        .unwrap();
+    }
+
+    /// Frees `blocks` of the heap `owner` on a thread of their own, in order.
+    fn free_elsewhere(owner: Owner, blocks: &[*mut u8]) {
+        spawn_freeing(owner, blocks).join().unwrap();
     }
 
     #[test]
@@ -517,22 +520,7 @@ mod tests {
         let owner = h.id();
         let threads: std::vec::Vec<_> = blocks
             .chunks(n / 3)
-            .map(|part| {
-                let handed = Blocks(part.iter().map(|p| p.expose_provenance()).collect());
-                std::thread::spawn(move || {
-                    let handed = handed;
-                    for &addr in &handed.0 {
-                        // SAFETY: live blocks of `owner`, given up here and used by no one after.
-                        unsafe {
-                            Heap::free_remote(
-                                owner,
-                                ptr::with_exposed_provenance_mut(addr),
-                                &Call::INTERNAL,
-                            )
-                        };
-                    }
-                })
-            })
+            .map(|part| spawn_freeing(owner, part))
             .collect();
         // The owner takes what is there while the threads free (however they interleave).
         while !threads.iter().all(|t| t.is_finished()) {
