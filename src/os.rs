@@ -7,6 +7,7 @@
 
 use core::ffi::c_void;
 use core::ptr;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::sizes::ZEND_MM_PAGE_SIZE;
 
@@ -81,25 +82,119 @@ pub fn map_aligned(size: usize, align: usize, fd: i32) -> *mut u8 {
     aligned
 }
 
-/// Resizes a mapping, moving it if the kernel must. Null on failure, the mapping intact.
+/// The calling thread's `errno`: why the last failing system call failed.
+fn last_error() -> i32 {
+    // SAFETY: the thread's own errno slot, always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Resizes a mapping, moving it if the kernel must. Null on failure, the mapping intact. A range
+/// that pages moved into from elsewhere ([`move_pages`]) is several mappings to the kernel, which
+/// resizes only one: such a range grows by moving all its pages onto a fresh mapping (of `fd`, as
+/// [`map`]) of the new size, which Linux does across mappings since 6.17 (before, the resize is
+/// refused and the caller copies).
 ///
 /// # Safety
-/// `p` must be a live mapping of `old_size` bytes made by [`map`] or [`remap`].
-pub unsafe fn remap(p: *mut u8, old_size: usize, new_size: usize) -> *mut u8 {
+/// `p` must be a live mapping of `old_size` bytes made by [`map`] or [`remap`] (or pieces of such
+/// mappings that meet).
+pub unsafe fn remap(p: *mut u8, old_size: usize, new_size: usize, fd: i32) -> *mut u8 {
+    let (old, new) = (page_round(old_size), page_round(new_size));
     // SAFETY: `p` is a live mapping of `old_size` bytes (caller contract).
+    let q = unsafe { libc::mremap(p.cast(), old, new, libc::MREMAP_MAYMOVE) };
+    if q != libc::MAP_FAILED {
+        return q.cast();
+    }
+    if new <= old || last_error() != libc::EFAULT {
+        return ptr::null_mut();
+    }
+    let fresh = map(new, fd, false);
+    if fresh.is_null() {
+        return fresh;
+    }
+    // SAFETY: `p..p + old` is ours (caller contract) and `fresh` our own new mapping; after the
+    // move `p` is gone, as after a moving `mremap`.
+    unsafe {
+        if move_pages(p, old, fresh) {
+            return fresh;
+        }
+        unmap(fresh, new);
+    }
+    ptr::null_mut()
+}
+
+/// Moves the pages of `from..from + len` (whole pages) onto `to..to + len`, replacing what was
+/// mapped there; the range at `from` is unmapped after. The pages keep their contents and stay
+/// resident: nothing is copied or faulted in. False if the kernel refused (a range that spans two
+/// mappings it did not merge), with nothing changed.
+///
+/// # Safety
+/// Both ranges must be parts of private mappings made by [`map`] that do not overlap; nothing may
+/// use `from..from + len` after, nor the old contents at `to`.
+pub unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8) -> bool {
+    // SAFETY: both ranges are ours (caller contract); with MREMAP_FIXED the kernel replaces the
+    // mapping at `to` and leaves `from` unmapped, or changes nothing when it fails.
     let q = unsafe {
         libc::mremap(
-            p.cast(),
-            page_round(old_size),
-            page_round(new_size),
-            libc::MREMAP_MAYMOVE,
+            from.cast(),
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            to.cast::<libc::c_void>(),
         )
     };
-    if q == libc::MAP_FAILED {
-        ptr::null_mut()
-    } else {
-        q.cast()
+    q != libc::MAP_FAILED
+}
+
+/// Whether the kernel moves a range of pages that spans several mappings in one [`move_pages`]
+/// (Linux 6.17 and later), asked once per process by trying it on three pages of its own. A
+/// range pages moved into is several mappings to the kernel, so moving or growing it later needs
+/// this: without it, the heap moves no pages (growing such a block would copy it).
+pub fn moves_across_mappings() -> bool {
+    const UNKNOWN: u8 = 0;
+    const YES: u8 = 1;
+    const NO: u8 = 2;
+    static ANSWER: AtomicU8 = AtomicU8::new(UNKNOWN);
+    match ANSWER.load(Ordering::Relaxed) {
+        YES => return true,
+        NO => return false,
+        _ => {}
     }
+    let works = probe_moves_across_mappings();
+    ANSWER.store(if works { YES } else { NO }, Ordering::Relaxed);
+    works
+}
+
+/// Tries [`move_pages`] on a range of two mappings (a page of one and a page moved in from
+/// another); whether the pages arrived.
+fn probe_moves_across_mappings() -> bool {
+    let page = ZEND_MM_PAGE_SIZE;
+    let (two, one, target) = (
+        map(2 * page, -1, false),
+        map(page, -1, false),
+        map(2 * page, -1, false),
+    );
+    // SAFETY: our own fresh mappings; each is unmapped once, by a move or here.
+    unsafe {
+        if !two.is_null() && !one.is_null() && !target.is_null() {
+            two.write(1);
+            one.write(2);
+            if move_pages(one, page, two.add(page)) {
+                let works = move_pages(two, 2 * page, target);
+                if !works {
+                    unmap(two, 2 * page);
+                }
+                let works = works && target.read() == 1 && target.add(page).read() == 2;
+                unmap(target, 2 * page);
+                return works;
+            }
+        }
+        for (p, len) in [(two, 2 * page), (one, page), (target, 2 * page)] {
+            if !p.is_null() {
+                unmap(p, len);
+            }
+        }
+    }
+    false
 }
 
 /// Asks the kernel to back the whole pages of `p..p + size` with transparent huge pages. A hint:
@@ -169,4 +264,54 @@ pub fn monotonic_ms() -> u64 {
     // SAFETY: a valid out-pointer; the coarse monotonic clock needs no privilege.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: usize = ZEND_MM_PAGE_SIZE;
+
+    /// `pages` fresh pages, page `i` holding `first + i` in its first byte.
+    fn numbered(pages: usize, first: u8) -> *mut u8 {
+        let p = map(pages * PAGE, -1, false);
+        assert!(!p.is_null());
+        for i in 0..pages {
+            // SAFETY: inside the fresh mapping.
+            unsafe { p.add(i * PAGE).write(first + i as u8) };
+        }
+        p
+    }
+
+    fn first_bytes(p: *mut u8, pages: usize) -> Vec<u8> {
+        // SAFETY: the caller's mapped pages.
+        (0..pages)
+            .map(|i| unsafe { p.add(i * PAGE).read() })
+            .collect()
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps memory")]
+    fn moved_pages_keep_their_contents_and_a_range_made_of_them_still_grows() {
+        let host = numbered(4, 10);
+        let guest = numbered(2, 20);
+        // SAFETY: our own mappings; `guest` is gone after the move.
+        assert!(unsafe { move_pages(guest, 2 * PAGE, host.add(PAGE)) });
+        assert_eq!(first_bytes(host, 4), [10, 20, 21, 13]);
+        // `host` is three mappings to the kernel now; growing it must keep every page.
+        // SAFETY: `host` is 4 live pages of ours.
+        let grown = unsafe { remap(host, 4 * PAGE, 64 * PAGE, -1) };
+        if moves_across_mappings() {
+            assert!(!grown.is_null(), "grown by moving the pieces");
+        }
+        let kept = if grown.is_null() { host } else { grown };
+        assert_eq!(first_bytes(kept, 4), [10, 20, 21, 13]);
+        // SAFETY: as above; the grown range's new pages are writable.
+        unsafe {
+            if !grown.is_null() {
+                kept.add(63 * PAGE).write(1);
+            }
+            unmap(kept, if grown.is_null() { 4 } else { 64 } * PAGE);
+        }
+    }
 }

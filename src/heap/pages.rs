@@ -12,6 +12,7 @@
 use core::ptr;
 
 use super::{EXPECTATION_DECAY, Heap, IDLE_REQUESTS, NO_REQUEST_ENDS, PURGE_DELAY_MS, Refusal};
+use crate::diagnostics;
 use crate::list::List;
 use crate::region_map::{self, Region};
 use crate::segment::{
@@ -306,6 +307,11 @@ impl Heap {
     fn map_segment(&mut self) -> Result<*mut Segment, Refusal> {
         let size = self.segment_size;
         let base = self.map_region(size, Region::Segment)?;
+        // SAFETY: `base` holds `size` fresh bytes of a new allocation nothing uses yet.
+        let recycled = unsafe { self.recycle_cached_huge(base, size) };
+        // The cached block shrank before the segment counts: the real peak never holds both.
+        self.real_size -= recycled;
+        self.count_storage(size);
         let num = self.next_num;
         self.next_num += 1;
         // SAFETY: `base` holds `size` fresh bytes from our storage.
@@ -317,7 +323,7 @@ impl Heap {
     }
 
     /// A new region of `size` bytes from storage, registered in the region map as `kind` (before
-    /// anything in it is handed out) and counted in the real usage.
+    /// anything in it is handed out); the caller counts it in the real usage.
     pub(super) fn map_region(
         &mut self,
         size: usize,
@@ -329,7 +335,6 @@ impl Heap {
             unsafe { self.storage.free(base) };
             return Err(Refusal::OutOfMemory);
         }
-        self.count_storage(size);
         Ok(base)
     }
 
@@ -484,6 +489,56 @@ impl Heap {
         }
         self.real_size -= self.segment_size;
         true
+    }
+
+    /// With a storage that moves pages: moves the pages of cached segments, the most recently
+    /// emptied first (the likeliest to be resident), onto the whole segments' worth of `len` fresh
+    /// bytes at `to` (a huge block's new pages), and forgets those segments; the bytes moved, for
+    /// the caller to count out of the real usage. The block then takes
+    /// memory the heap holds resident anyway instead of faulting in fresh pages beside it (see
+    /// [`Heap::recycling_size`]): without request ends nothing else gives cached segments back
+    /// before their delay, and with them a request that maps a huge block would otherwise unmap
+    /// cached segments and fault the block's pages in.
+    ///
+    /// # Safety
+    /// `to..to + len` must lie in a live allocation of this heap's storage whose bytes there
+    /// nobody needs, page aligned.
+    pub(super) unsafe fn recycle_cached_segments(&mut self, to: *mut u8, len: usize) -> usize {
+        if !self.storage.moves_pages() {
+            return 0;
+        }
+        let size = self.segment_size;
+        let mut offset = 0;
+        while offset + size <= len && !self.cached.is_empty() {
+            // SAFETY: cached segments are live segments of this heap, on no other list; the one
+            // taken off goes back if it stays. A segment's allocation is whole (`size` bytes
+            // from `base`), and `to + offset` starts `size` bytes of the caller's range.
+            let seg = unsafe { self.cached.pop_front() };
+            // SAFETY: as above.
+            unsafe {
+                let base = (*seg).allocation().base();
+                region_map::unregister(base.addr(), base.addr() + size);
+                if !self.storage.move_pages(base, size, to.add(offset)) {
+                    self.reregister(base, size, Region::Segment(base));
+                    self.cached.push_front(seg);
+                    break;
+                }
+            }
+            self.forget_fast(seg);
+            offset += size;
+        }
+        offset
+    }
+
+    /// Registers a region of this heap again that was unregistered a moment ago (its leaves in the
+    /// region map exist, so this cannot fail; if it did, the map would have lost memory).
+    pub(super) fn reregister(&self, base: *mut u8, size: usize, region: Region) {
+        if !region_map::register(base.addr(), base.addr() + size, region, self.id()) {
+            diagnostics::heap_corrupted(format_args!(
+                "the region at {:p} could not be registered again",
+                base
+            ));
+        }
     }
 
     /// Returns the most recently cached segment to storage.

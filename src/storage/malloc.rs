@@ -54,7 +54,7 @@ impl SegmentSource for MallocStorage {
     unsafe fn realloc(p: *mut u8, old_size: usize, new_size: usize) -> *mut u8 {
         if mapped(old_size) && mapped(new_size) {
             // SAFETY: `p` is a mapping of `old_size` bytes (caller contract, `alloc`).
-            return unsafe { os::remap(p, old_size, new_size) };
+            return unsafe { os::remap(p, old_size, new_size, -1) };
         }
         let new = Self::alloc(new_size);
         if !new.is_null() {

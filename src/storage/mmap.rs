@@ -6,7 +6,10 @@
 //! the child nothing to wait for). Segments (their
 //! sizes are powers of two) are aligned to their size, as PHP aligns its chunks: the heap's free fast
 //! path relies on it, and the kernel can back them with transparent huge pages. Growing and shrinking
-//! use `mremap`.
+//! use `mremap`. `mmap_anon` also moves pages from one allocation into another (`mremap` onto a
+//! fixed address), where the kernel moves a range that spans several mappings (Linux 6.17 and
+//! later, probed once): a range pages moved into is such a range, and growing it needs that.
+//! `mmap_zero` does not: the kernel moves no such range of `/dev/zero` mappings.
 
 use core::ffi::CStr;
 use core::ptr;
@@ -28,13 +31,22 @@ impl SegmentSource for MmapAnon {
         unsafe { os::discard(p, keep, len) }
     }
 
+    fn moves_pages() -> bool {
+        os::moves_across_mappings()
+    }
+
+    unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8) -> bool {
+        // SAFETY: parts of private mappings of ours (caller contract).
+        unsafe { os::move_pages(from, len, to) }
+    }
+
     fn alloc(size: usize) -> *mut u8 {
         os::map_aligned(size, alignment_for(size), -1)
     }
 
     unsafe fn realloc(p: *mut u8, old_size: usize, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded caller contract.
-        unsafe { os::remap(p, old_size, new_size) }
+        unsafe { os::remap(p, old_size, new_size, -1) }
     }
 
     unsafe fn free(p: *mut u8, size: usize) {
@@ -143,7 +155,7 @@ impl SegmentSource for MmapZero {
 
     unsafe fn realloc(p: *mut u8, old_size: usize, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded caller contract.
-        unsafe { os::remap(p, old_size, new_size) }
+        unsafe { os::remap(p, old_size, new_size, dev_zero_fd()) }
     }
 
     unsafe fn free(p: *mut u8, size: usize) {

@@ -103,6 +103,8 @@ pub trait SegmentSource {
         discard: source_discard::<Self>,
         resize_keeps_pages: Self::RESIZE_KEEPS_PAGES,
         splits: Self::SPLITS,
+        moves_pages: Self::moves_pages,
+        move_pages: source_move_pages::<Self>,
     };
     /// Prepares the storage for one more heap; false if it cannot be used.
     fn open() -> bool {
@@ -133,6 +135,20 @@ pub trait SegmentSource {
     /// `keep` nobody needs.
     unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
         let _ = (p, keep, len);
+    }
+    /// Whether [`SegmentSource::move_pages`] can move pages on this system (see
+    /// [`StorageOps::moves_pages`]); never by default.
+    fn moves_pages() -> bool {
+        false
+    }
+    /// Moves the pages of `from..from + len` onto `to..to + len`, as [`StorageOps::move_pages`]
+    /// says; false (nothing changed) by default.
+    ///
+    /// # Safety
+    /// As [`StorageOps::move_pages`].
+    unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8) -> bool {
+        let _ = (from, len, to);
+        false
     }
 }
 
@@ -170,6 +186,18 @@ pub struct StorageOps {
     /// request from a bigger freed block and keep the rest for the next one, as mimalloc reuses the
     /// rest of a span.
     pub splits: Option<fn(size: usize) -> bool>,
+    /// Whether `move_pages` can move pages here (asked once, when a heap opens the storage): only
+    /// storages whose allocations split may say yes.
+    pub moves_pages: fn() -> bool,
+    /// Moves the whole pages of `from..from + len`, all of one allocation or its tail, onto
+    /// `to..to + len` inside another live allocation, replacing what was there, without copying
+    /// or faulting them in (`mremap` onto a fixed address). After it, the source range belongs to
+    /// no allocation: the allocation is gone, or shorter by `len` (its header then says the new
+    /// size: the caller's business). False: refused, nothing changed. Lets the heap give memory
+    /// one kind of cache holds (emptied segments, freed huge blocks) to the other kind, resident,
+    /// instead of keeping the one and faulting fresh pages in for the other.
+    pub move_pages:
+        unsafe fn(instance: *mut c_void, from: *mut u8, len: usize, to: *mut u8) -> bool,
 }
 
 fn source_name<S: SegmentSource + ?Sized>(_: *mut c_void) -> &'static CStr {
@@ -222,6 +250,18 @@ unsafe fn source_discard<S: SegmentSource + ?Sized>(
     unsafe { S::discard(p, keep, len) }
 }
 
+/// # Safety
+/// As [`StorageOps::move_pages`].
+unsafe fn source_move_pages<S: SegmentSource + ?Sized>(
+    _: *mut c_void,
+    from: *mut u8,
+    len: usize,
+    to: *mut u8,
+) -> bool {
+    // SAFETY: forwarded caller contract.
+    unsafe { S::move_pages(from, len, to) }
+}
+
 /// Alignment the built-in storages give a block of `size` bytes: segments (sizes that are powers of
 /// two) are aligned to their size, so that `p & !(size - 1)` finds a block's segment; anything else
 /// (huge blocks) to a page.
@@ -261,6 +301,8 @@ pub struct Storage {
     instance: *mut c_void,
     /// Advise transparent huge pages on what a built-in storage gives out.
     huge_pages: bool,
+    /// What the storage's `moves_pages` said when it was opened.
+    moves_pages: bool,
 }
 
 /// What the sentinel heap's storage does: nothing (it is never asked).
@@ -275,6 +317,8 @@ const NO_OPS: StorageOps = StorageOps {
     discard: |_, _, _, _| {},
     resize_keeps_pages: false,
     splits: None,
+    moves_pages: || false,
+    move_pages: |_, _, _, _| false,
 };
 
 impl Storage {
@@ -283,6 +327,7 @@ impl Storage {
         ops: &NO_OPS,
         instance: ptr::null_mut(),
         huge_pages: false,
+        moves_pages: false,
     };
 
     /// Opens a built-in storage (or a test's [`SegmentSource`]) for one heap; `None` if it cannot
@@ -293,6 +338,7 @@ impl Storage {
             ops,
             instance: ptr::null_mut(),
             huge_pages,
+            moves_pages: ops.splits.is_some() && (ops.moves_pages)(),
         })
     }
 
@@ -305,6 +351,7 @@ impl Storage {
             ops,
             instance,
             huge_pages: false,
+            moves_pages: ops.splits.is_some() && (ops.moves_pages)(),
         }
     }
 
@@ -419,6 +466,23 @@ impl Storage {
     /// Whether resizing a huge block moves its pages without copying them.
     pub fn resize_keeps_pages(self) -> bool {
         self.ops.resize_keeps_pages && self.ops.realloc.is_some()
+    }
+
+    /// Whether the storage moves pages between allocations (see [`StorageOps::move_pages`]).
+    pub fn moves_pages(self) -> bool {
+        self.moves_pages
+    }
+
+    /// Moves the pages of `from..from + len` onto `to..to + len` (see [`StorageOps::move_pages`]);
+    /// false if the storage cannot or refused, nothing changed.
+    ///
+    /// # Safety
+    /// `from..from + len` must be a whole live allocation of this storage or its tail, whose
+    /// contents nobody needs and which nothing uses after a move; `to..to + len` must lie inside
+    /// another live allocation of this storage whose bytes there nobody needs; both page aligned.
+    pub unsafe fn move_pages(self, from: *mut u8, len: usize, to: *mut u8) -> bool {
+        // SAFETY: forwarded caller contract.
+        self.moves_pages && unsafe { (self.ops.move_pages)(self.instance, from, len, to) }
     }
 
     /// Lets the storage give cached memory back to the system.
