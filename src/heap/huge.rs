@@ -142,9 +142,7 @@ impl Heap {
         if !self.huge_fits_limit(total) {
             return Err(Refusal::Limit);
         }
-        if !self.storage.moves_pages() {
-            self.shed_cached_segments(total);
-        }
+        self.shed_cached_segments(total);
         let total = self.recycling_size(total);
         let base = self.map_region(total, Region::Huge)?;
         // SAFETY: `base` holds `total` fresh bytes nothing uses yet.
@@ -1017,6 +1015,47 @@ mod tests {
         for b in blocks {
             h().free(b);
         }
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps memory")]
+    fn a_cached_block_grown_for_a_bigger_request_takes_cached_segments_instead_of_shedding_them() {
+        let heap = heap_on_builtin(b"mmap_anon");
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        if !h().storage.moves_pages() {
+            return; // the other storages' shedding is tested with the request cycles
+        }
+        h().free(h().alloc(2 * SEG).unwrap());
+        for b in fill_new_segments(heap, 40 * KIB, 4) {
+            h().free(b);
+        }
+        h().flush_run_cache();
+        // After a request end, where shedding would apply.
+        // SAFETY: the heap's blocks are all freed.
+        unsafe { Heap::shutdown(heap, false) };
+        let (cached, real) = (h().cached.len(), h().usage(true));
+        // (New segments took pages from the cached block's tail: what is left of it.)
+        let capacity = h().cached_huge_bytes();
+        let growth = (4 * SEG + HUGE_HEADER - capacity).div_ceil(SEG);
+        assert!(cached > growth);
+        // Too big for the cached block: grown by whole segments.
+        let q = h().alloc(4 * SEG).unwrap();
+        assert_eq!(
+            h().cached.len(),
+            cached - growth,
+            "cached segments moved in"
+        );
+        assert_eq!(
+            h().usage(true),
+            real,
+            "nothing taken from storage, nothing shed"
+        );
+        // SAFETY: a live block of 4 segments.
+        unsafe { ptr::write_bytes(q, 3, 4 * SEG) };
+        h().free(q);
         // SAFETY: the heap dies.
         unsafe { Heap::shutdown(heap, true) };
     }

@@ -461,9 +461,10 @@ impl Heap {
     /// unchanged, 2% more page faults (stalest first: 37.8 MiB). Not before the heap's first
     /// request end: in a long first request (a script) the cache holds only what the request
     /// itself emptied and refills (giving it back cost 4.5% on `phpmix`). Without request ends
-    /// the cache is trimmed by age instead.
+    /// the cache is trimmed by age instead. On a storage that moves pages the segments stay for the
+    /// block to take their pages ([`Heap::recycle_cached_segments`]).
     pub(super) fn shed_cached_segments(&mut self, bytes: usize) {
-        if NO_REQUEST_ENDS || self.requests == 0 {
+        if NO_REQUEST_ENDS || self.requests == 0 || self.storage.moves_pages() {
             return;
         }
         for _ in 0..(bytes / self.segment_size).min(self.cached.len()) {
