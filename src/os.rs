@@ -88,49 +88,61 @@ fn last_error() -> i32 {
     unsafe { *libc::__errno_location() }
 }
 
+/// Sets the calling thread's `errno` (back to what a caller had before a call that failed on the
+/// way to an answer).
+fn set_last_error(value: i32) {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = value };
+}
+
 /// Resizes a mapping, moving it if the kernel must. Null on failure, the mapping intact. A range
 /// that pages moved into from elsewhere ([`move_pages`]) is several mappings to the kernel, which
 /// resizes only one: such a range grows by moving all its pages onto a fresh mapping (of `fd`, as
 /// [`map`]) of the new size, which Linux does across mappings since 6.17 (before, the resize is
-/// refused and the caller copies).
+/// refused and the caller copies). `errno` stays as it was: the refusals on the way are the
+/// library's business, not the program's (a `realloc` that succeeds leaves `errno` alone).
 ///
 /// # Safety
 /// `p` must be a live mapping of `old_size` bytes made by [`map`] or [`remap`] (or pieces of such
 /// mappings that meet).
 pub unsafe fn remap(p: *mut u8, old_size: usize, new_size: usize, fd: i32) -> *mut u8 {
     let (old, new) = (page_round(old_size), page_round(new_size));
+    let saved = last_error();
     // SAFETY: `p` is a live mapping of `old_size` bytes (caller contract).
     let q = unsafe { libc::mremap(p.cast(), old, new, libc::MREMAP_MAYMOVE) };
     if q != libc::MAP_FAILED {
         return q.cast();
     }
-    if new <= old || last_error() != libc::EFAULT {
+    let spans_mappings = last_error() == libc::EFAULT;
+    set_last_error(saved);
+    if new <= old || !spans_mappings {
         return ptr::null_mut();
     }
     let fresh = map(new, fd, false);
-    if fresh.is_null() {
-        return fresh;
-    }
-    // SAFETY: `p..p + old` is ours (caller contract) and `fresh` our own new mapping; after the
-    // move `p` is gone, as after a moving `mremap`.
-    unsafe {
-        if move_pages(p, old, fresh) {
-            return fresh;
+    if !fresh.is_null() {
+        // SAFETY: `p..p + old` is ours (caller contract) and `fresh` our own new mapping; after
+        // the move `p` is gone, as after a moving `mremap`.
+        unsafe {
+            if move_pages(p, old, fresh) {
+                return fresh;
+            }
+            unmap(fresh, new);
         }
-        unmap(fresh, new);
     }
+    set_last_error(saved);
     ptr::null_mut()
 }
 
 /// Moves the pages of `from..from + len` (whole pages) onto `to..to + len`, replacing what was
 /// mapped there; the range at `from` is unmapped after. The pages keep their contents and stay
-/// resident: nothing is copied or faulted in. False if the kernel refused (a range that spans two
-/// mappings it did not merge), with nothing changed.
+/// resident: nothing is copied or faulted in. False if the kernel refused (a range of several
+/// mappings, before Linux 6.17), with nothing changed, `errno` included.
 ///
 /// # Safety
 /// Both ranges must be parts of private mappings made by [`map`] that do not overlap; nothing may
 /// use `from..from + len` after, nor the old contents at `to`.
 pub unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8) -> bool {
+    let saved = last_error();
     // SAFETY: both ranges are ours (caller contract); with MREMAP_FIXED the kernel replaces the
     // mapping at `to` and leaves `from` unmapped, or changes nothing when it fails.
     let q = unsafe {
@@ -142,6 +154,7 @@ pub unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8) -> bool {
             to.cast::<libc::c_void>(),
         )
     };
+    set_last_error(saved);
     q != libc::MAP_FAILED
 }
 
@@ -298,9 +311,12 @@ mod tests {
         // SAFETY: our own mappings; `guest` is gone after the move.
         assert!(unsafe { move_pages(guest, 2 * PAGE, host.add(PAGE)) });
         assert_eq!(first_bytes(host, 4), [10, 20, 21, 13]);
-        // `host` is three mappings to the kernel now; growing it must keep every page.
+        // `host` is three mappings to the kernel now; growing it must keep every page, and the
+        // kernel's refusal on the way is not the program's errno.
+        set_last_error(libc::EILSEQ);
         // SAFETY: `host` is 4 live pages of ours.
         let grown = unsafe { remap(host, 4 * PAGE, 64 * PAGE, -1) };
+        assert_eq!(last_error(), libc::EILSEQ);
         if moves_across_mappings() {
             assert!(!grown.is_null(), "grown by moving the pieces");
         }
