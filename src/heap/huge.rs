@@ -344,17 +344,12 @@ impl Heap {
         block
     }
 
-    /// Registers a huge block's whole allocation in the region map.
+    /// Registers a huge block's whole allocation in the region map again (after a split, a join or
+    /// a move of its tail).
     fn register_huge(&self, block: *mut HugeBlock) {
         // SAFETY: a huge block of this heap (callers).
-        let (base, end) = unsafe { ((*block).alloc.base(), (*block).alloc.end()) };
-        if !region_map::register(base.addr(), end, Region::Huge(base), self.id()) {
-            // The range was registered a moment ago, so its leaves exist: cannot happen.
-            diagnostics::heap_corrupted(format_args!(
-                "the huge block at {:p} could not be registered again after a split or join",
-                base
-            ));
-        }
+        let (base, size) = unsafe { ((*block).alloc.base(), (*block).alloc.size()) };
+        self.reregister(base, size, Region::Huge(base));
     }
 
     /// Resizes a huge block's storage allocation (moving it if the storage must), keeping the

@@ -531,12 +531,13 @@ impl Heap {
         offset
     }
 
-    /// Registers a region of this heap again that was unregistered a moment ago (its leaves in the
-    /// region map exist, so this cannot fail; if it did, the map would have lost memory).
+    /// Registers a region of this heap that was registered a moment ago (over the same range or
+    /// a wider one) again: its leaves in the region map exist, so this cannot fail; if it did, the
+    /// map would have lost memory.
     pub(super) fn reregister(&self, base: *mut u8, size: usize, region: Region) {
         if !region_map::register(base.addr(), base.addr() + size, region, self.id()) {
             diagnostics::heap_corrupted(format_args!(
-                "the region at {:p} could not be registered again",
+                "the region at {:p} could not be registered again after a split, a join or a move",
                 base
             ));
         }
