@@ -4,10 +4,12 @@
 #   usage: preload_programs.sh <libzend_alloc_preload.so> <scratch dir>
 # - CPython (Debian's /usr/bin/python3) running a set of its own regression tests
 #   (libpython3.11-testsuite), PYTHONMALLOC=malloc so every object comes from malloc;
-# - the PHP CLI with USE_ZEND_ALLOC=0 (PHP's engine then allocates with malloc) running a script.
-#   `-n`: no php.ini, so no shared extension is loaded; PHP dlopens extensions with RTLD_DEEPBIND,
-#   which binds their malloc to glibc's and mixes two allocators in one process (jemalloc and
-#   mimalloc crash there the same way);
+# - the PHP CLI with USE_ZEND_ALLOC=0 (PHP's engine then allocates with malloc) running a script,
+#   without php.ini (`-n`) and again with shared extensions loaded: PHP dlopens them with
+#   RTLD_DEEPBIND, which would bind their malloc to glibc's (jemalloc, mimalloc and tcmalloc crash
+#   there); the library's dlopen drops the flag;
+# - a library opened with RTLD_DEEPBIND by another library, by a name only that library's RUNPATH
+#   finds: blocks cross between it and the program, and the search path is the caller's;
 # - gcc compiling a C file (the object files must be identical);
 # - sort on 300,000 lines;
 # - git, perl, sqlite3, Node.js with worker threads, and CPython forking while threads allocate.
@@ -109,6 +111,78 @@ same() { # name, command... (run by sh -c in $dir)
         diff "$dir/same-plain.out" "$dir/same-preload.out" | head -10
     fi
 }
+
+# PHP with shared extensions (each dlopened with RTLD_DEEPBIND); pdo.so frees a block the engine
+# made at startup.
+cat > "$dir/ext.php" <<'PHP'
+<?php
+echo count(PDO::getAvailableDrivers()), ' ', cal_days_in_month(CAL_GREGORIAN, 2, 2024), ' ',
+    ctype_digit('12345') ? 'digits' : 'no', ' ', count(token_get_all('<?php echo 1 + 2;')), "\n";
+$a = [];
+for ($i = 0; $i < 100000; $i++) { $a[] = str_repeat('x', $i % 500); }
+echo md5(implode(',', array_map('strlen', $a))), "\n";
+PHP
+if command -v php >/dev/null; then
+    same "php with shared extensions (RTLD_DEEPBIND)" \
+        'USE_ZEND_ALLOC=0 php -n -d extension=pdo -d extension=calendar -d extension=ctype -d extension=tokenizer ext.php'
+else
+    bad "php: the php CLI is missing (php8.2-cli)"
+fi
+
+# A library that another library opens with RTLD_DEEPBIND, by a name only the opener's RUNPATH
+# finds: the library's free takes the program's blocks and the program frees the library's.
+mkdir -p "$dir/deep/inner"
+cat > "$dir/deep/inner.c" <<'C'
+#include <stdlib.h>
+#include <string.h>
+void inner_free(void *p) { free(p); }
+char *inner_copy(const char *s) { return strdup(s); }
+C
+cat > "$dir/deep/outer.c" <<'C'
+#include <dlfcn.h>
+#include <stdio.h>
+void *outer_open(void)
+{
+    void *h = dlopen("libzt_inner.so", RTLD_NOW | RTLD_DEEPBIND);
+    if (!h) printf("dlopen: %s\n", dlerror());
+    return h;
+}
+C
+cat > "$dir/deep/main.c" <<'C'
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(int argc, char **argv)
+{
+    (void)argc;
+    void *outer = dlopen(argv[1], RTLD_NOW);
+    void *(*open_inner)(void) = outer ? (void *(*)(void))dlsym(outer, "outer_open") : NULL;
+    void *inner = open_inner ? open_inner() : NULL;
+    if (!inner) { puts("no inner library"); return 1; }
+    void (*inner_free)(void *) = (void (*)(void *))dlsym(inner, "inner_free");
+    char *(*inner_copy)(const char *) = (char *(*)(const char *))dlsym(inner, "inner_copy");
+    unsigned long n = 0;
+    for (int i = 0; i < 10000; i++) {
+        char *mine = malloc(100 + i % 3000);
+        memset(mine, 'a', 10);
+        mine[10] = 0;
+        char *theirs = inner_copy(mine);
+        n += strlen(theirs);
+        inner_free(mine);
+        free(theirs);
+    }
+    printf("%lu\n", n);
+    return 0;
+}
+C
+if cc -shared -fPIC "$dir/deep/inner.c" -o "$dir/deep/inner/libzt_inner.so" &&
+    cc -shared -fPIC "$dir/deep/outer.c" -Wl,-rpath,'$ORIGIN/inner' -ldl -o "$dir/deep/libzt_outer.so" &&
+    cc "$dir/deep/main.c" -ldl -o "$dir/deep/main"; then
+    same "RTLD_DEEPBIND library found by its opener's RUNPATH" "deep/main ./deep/libzt_outer.so"
+else
+    bad "RTLD_DEEPBIND test: the test libraries did not build"
+fi
 
 # git: a repository made, committed to twice, repacked and checked.
 if command -v git >/dev/null; then

@@ -16,6 +16,9 @@ pub mod types;
 mod alloc;
 #[cfg(not(feature = "preload"))]
 mod check;
+/// cbindgen:ignore
+#[cfg(all(feature = "preload", target_arch = "x86_64", target_os = "linux"))]
+mod dlopen;
 mod foreign;
 #[cfg(not(feature = "preload"))]
 mod heap_api;
