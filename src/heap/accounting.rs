@@ -59,9 +59,11 @@ impl Heap {
         self.headroom = (peak - used) as isize;
     }
 
-    /// Counts `bytes` newly taken from storage, updating the real peak.
-    pub(super) fn count_storage(&mut self, bytes: usize) {
-        self.real_size += bytes;
+    /// Counts `taken` bytes newly taken from storage, updating the real peak, in place of `released`
+    /// bytes that left it (or moved into them) at the same time: the released ones go first, so
+    /// the real peak never holds both.
+    pub(super) fn count_storage_in_place_of(&mut self, released: usize, taken: usize) {
+        self.real_size = self.real_size - released + taken;
         self.real_peak = self.real_peak.max(self.real_size);
     }
 

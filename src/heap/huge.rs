@@ -147,9 +147,7 @@ impl Heap {
         let base = self.map_region(total, Region::Huge)?;
         // SAFETY: `base` holds `total` fresh bytes nothing uses yet.
         let recycled = unsafe { self.recycle_cached_segments(base, total) };
-        // The segments are gone before the block counts, so the real peak never holds both.
-        self.real_size -= recycled;
-        self.count_storage(total);
+        self.count_storage_in_place_of(recycled, total);
         let block = base.cast::<HugeBlock>();
         // SAFETY: as above; the header fits in the first page.
         unsafe {
@@ -403,8 +401,7 @@ impl Heap {
         } else {
             0
         };
-        self.real_size -= old_total + recycled;
-        self.count_storage(total);
+        self.count_storage_in_place_of(old_total + recycled, total);
         block
     }
 

@@ -309,9 +309,7 @@ impl Heap {
         let base = self.map_region(size, Region::Segment)?;
         // SAFETY: `base` holds `size` fresh bytes of a new allocation nothing uses yet.
         let recycled = unsafe { self.recycle_cached_huge(base, size) };
-        // The cached block shrank before the segment counts: the real peak never holds both.
-        self.real_size -= recycled;
-        self.count_storage(size);
+        self.count_storage_in_place_of(recycled, size);
         let num = self.next_num;
         self.next_num += 1;
         // SAFETY: `base` holds `size` fresh bytes from our storage.

@@ -200,6 +200,14 @@ pub struct StorageOps {
         unsafe fn(instance: *mut c_void, from: *mut u8, len: usize, to: *mut u8) -> bool,
 }
 
+impl StorageOps {
+    /// Whether a heap opening this storage may move pages with it: only a storage whose
+    /// allocations split, and only if its `moves_pages` says so on this system.
+    fn moves_pages_here(&self) -> bool {
+        self.splits.is_some() && (self.moves_pages)()
+    }
+}
+
 fn source_name<S: SegmentSource + ?Sized>(_: *mut c_void) -> &'static CStr {
     S::NAME
 }
@@ -338,7 +346,7 @@ impl Storage {
             ops,
             instance: ptr::null_mut(),
             huge_pages,
-            moves_pages: ops.splits.is_some() && (ops.moves_pages)(),
+            moves_pages: ops.moves_pages_here(),
         })
     }
 
@@ -351,7 +359,7 @@ impl Storage {
             ops,
             instance,
             huge_pages: false,
-            moves_pages: ops.splits.is_some() && (ops.moves_pages)(),
+            moves_pages: ops.moves_pages_here(),
         }
     }
 
