@@ -677,6 +677,23 @@ def fmt(x, digits=1):
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def fmt_mib(x):
+    """MiB with one decimal, two below 10 MiB (a ratio of two small values needs them)."""
+    return fmt(x, 2 if x is not None and abs(x) < 10 else 1)
+
+
+def rss_ratio(s, name, against):
+    """`name`'s peak RSS growth over the smallest of `against` on one workload, with that one's
+    name when there are several ("n/a" if either is missing or the smallest is not above zero)."""
+    if not s.get(name):
+        return "n/a"
+    peers = [(s[a]["rss_mib"], a) for a in against if s.get(a)]
+    if not peers or min(peers)[0] <= 0:
+        return "n/a"
+    lean, who = min(peers)
+    return fmt(s[name]["rss_mib"] / lean, 2) + (f" ({who})" if len(against) > 1 else "")
+
+
 def program_sections(psum, rounds, scale):
     """The programs group: whole-process wall time and peak RSS per malloc, with this library's
     preload shim against the peers as in the zend-preload table."""
@@ -845,12 +862,22 @@ def markdown(m, summary, rat, cg, names, missing, rounds, scale, psum=None):
             L.append("")
             L.append(text)
             L.append("")
-            L.append("| workload | " + " | ".join(names) + " |")
-            L.append("|" + "|".join(["---"] + ["---:"] * len(names)) + "|")
+            ratios = key == "rss_mib"
+            extra = " zend/php | preload / leanest peer |" if ratios else ""
+            L.append("| workload | " + " | ".join(names) + " |" + extra)
+            L.append("|" + "|".join(["---"] + ["---:"] * (len(names) + (2 if ratios else 0))) + "|")
             for w, _ in present(summary):
                 s = summary[w]
-                L.append(f"| {w} | " + " | ".join(fmt(s[n][key]) if s.get(n) else "n/a" for n in names) + " |")
+                row = f"| {w} | " + " | ".join(fmt_mib(s[n][key]) if s.get(n) else "n/a" for n in names) + " |"
+                if ratios:
+                    row += f" {rss_ratio(s, 'zend', ['php'])} | {rss_ratio(s, 'zend-preload', PEERS)} |"
+                L.append(row)
             L.append("")
+            if ratios:
+                L.append("Values under 10 MiB have two decimals, so that the ratios of the small rows can be checked "
+                         "from the table. *leanest peer*: the smallest peak of glibc, jemalloc, mimalloc and tcmalloc "
+                         "on that workload.")
+                L.append("")
         L.append("## Instructions per 64-byte alloc + free pair (callgrind)")
         L.append("")
         if cg is None:
