@@ -7,7 +7,6 @@
 
 use core::ffi::c_void;
 use core::ptr;
-use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::sizes::ZEND_MM_PAGE_SIZE;
 
@@ -97,10 +96,9 @@ fn set_last_error(value: i32) {
 
 /// Resizes a mapping, moving it if the kernel must. Null on failure, the mapping intact. A range
 /// that pages moved into from elsewhere ([`move_pages`]) is several mappings to the kernel, which
-/// resizes only one: such a range grows by moving all its pages onto a fresh mapping (of `fd`, as
-/// [`map`]) of the new size, which Linux does across mappings since 6.17 (before, the resize is
-/// refused and the caller copies). `errno` stays as it was: the refusals on the way are the
-/// library's business, not the program's (a `realloc` that succeeds leaves `errno` alone).
+/// resizes only one: such a range grows by moving its pages onto a fresh mapping (of `fd`, as
+/// [`map`]) of the new size. `errno` stays as it was: the refusals on the way are the library's
+/// business, not the program's (a `realloc` that succeeds leaves `errno` alone).
 ///
 /// # Safety
 /// `p` must be a live mapping of `old_size` bytes made by [`map`] or [`remap`] (or pieces of such
@@ -135,79 +133,54 @@ pub unsafe fn remap(p: *mut u8, old_size: usize, new_size: usize, fd: i32) -> *m
 
 /// Moves the pages of `from..from + len` (whole pages) onto `to..to + len`, replacing what was
 /// mapped there; the range at `from` is unmapped after. The pages keep their contents and stay
-/// resident: nothing is copied or faulted in. False if the kernel refused (a range of several
-/// mappings, before Linux 6.17), with nothing changed, `errno` included.
+/// resident: nothing is copied or faulted in. False if the kernel refused, with nothing changed,
+/// `errno` included.
+///
+/// A range pages moved into before is several mappings to the kernel. Linux moves such a range in
+/// one call since 6.17, and never one of `/dev/zero` mappings; otherwise it answers `EFAULT`, and
+/// the range moves a mapping at a time, each found by halving the length until the kernel takes
+/// it (a failed `mremap` changes nothing). Once part of the range has moved, a part the kernel
+/// still refuses (it could only be out of mappings) is copied and unmapped instead, so the call
+/// never stops halfway.
 ///
 /// # Safety
 /// Both ranges must be parts of private mappings made by [`map`] that do not overlap; nothing may
 /// use `from..from + len` after, nor the old contents at `to`.
 pub unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8) -> bool {
     let saved = last_error();
-    // SAFETY: both ranges are ours (caller contract); with MREMAP_FIXED the kernel replaces the
-    // mapping at `to` and leaves `from` unmapped, or changes nothing when it fails.
-    let q = unsafe {
-        libc::mremap(
-            from.cast(),
-            len,
-            len,
-            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-            to.cast::<libc::c_void>(),
-        )
-    };
+    let len = page_round(len);
+    let (mut done, mut piece) = (0, len);
+    while done < len {
+        // SAFETY: parts of both ranges (caller contract); with MREMAP_FIXED the kernel replaces
+        // the mapping at the target and leaves the source unmapped, or changes nothing.
+        let q = unsafe {
+            libc::mremap(
+                from.add(done).cast(),
+                piece,
+                piece,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                to.add(done).cast::<libc::c_void>(),
+            )
+        };
+        if q != libc::MAP_FAILED {
+            done += piece;
+            piece = len - done;
+        } else if last_error() == libc::EFAULT && piece > ZEND_MM_PAGE_SIZE {
+            piece = (piece / 2).next_multiple_of(ZEND_MM_PAGE_SIZE);
+        } else if done == 0 {
+            set_last_error(saved);
+            return false;
+        } else {
+            // SAFETY: the rest of both ranges is still mapped (nothing moved it) and ours.
+            unsafe {
+                ptr::copy_nonoverlapping(from.add(done), to.add(done), len - done);
+                unmap(from.add(done), len - done);
+            }
+            done = len;
+        }
+    }
     set_last_error(saved);
-    q != libc::MAP_FAILED
-}
-
-/// Whether the kernel moves a range of pages that spans several mappings in one [`move_pages`]
-/// (Linux 6.17 and later), asked once per process by trying it on three pages of its own. A
-/// range pages moved into is several mappings to the kernel, so moving or growing it later needs
-/// this: without it, the heap moves no pages (growing such a block would copy it).
-pub fn moves_across_mappings() -> bool {
-    const UNKNOWN: u8 = 0;
-    const YES: u8 = 1;
-    const NO: u8 = 2;
-    static ANSWER: AtomicU8 = AtomicU8::new(UNKNOWN);
-    match ANSWER.load(Ordering::Relaxed) {
-        YES => return true,
-        NO => return false,
-        _ => {}
-    }
-    let works = probe_moves_across_mappings();
-    ANSWER.store(if works { YES } else { NO }, Ordering::Relaxed);
-    works
-}
-
-/// Tries [`move_pages`] on a range of two mappings (a page of one and a page moved in from
-/// another); whether the pages arrived.
-fn probe_moves_across_mappings() -> bool {
-    let page = ZEND_MM_PAGE_SIZE;
-    let (two, one, target) = (
-        map(2 * page, -1, false),
-        map(page, -1, false),
-        map(2 * page, -1, false),
-    );
-    // SAFETY: our own fresh mappings; each is unmapped once, by a move or here.
-    unsafe {
-        if !two.is_null() && !one.is_null() && !target.is_null() {
-            two.write(1);
-            one.write(2);
-            if move_pages(one, page, two.add(page)) {
-                let works = move_pages(two, 2 * page, target);
-                if !works {
-                    unmap(two, 2 * page);
-                }
-                let works = works && target.read() == 1 && target.add(page).read() == 2;
-                unmap(target, 2 * page);
-                return works;
-            }
-        }
-        for (p, len) in [(two, 2 * page), (one, page), (target, 2 * page)] {
-            if !p.is_null() {
-                unmap(p, len);
-            }
-        }
-    }
-    false
+    true
 }
 
 /// Asks the kernel to back the whole pages of `p..p + size` with transparent huge pages. A hint:
@@ -285,9 +258,9 @@ mod tests {
 
     const PAGE: usize = ZEND_MM_PAGE_SIZE;
 
-    /// `pages` fresh pages, page `i` holding `first + i` in its first byte.
-    fn numbered(pages: usize, first: u8) -> *mut u8 {
-        let p = map(pages * PAGE, -1, false);
+    /// `pages` fresh pages of `fd` (as [`map`]), page `i` holding `first + i` in its first byte.
+    fn numbered(pages: usize, first: u8, fd: i32) -> *mut u8 {
+        let p = map(pages * PAGE, fd, false);
         assert!(!p.is_null());
         for i in 0..pages {
             // SAFETY: inside the fresh mapping.
@@ -303,31 +276,83 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    #[cfg_attr(miri, ignore = "maps memory")]
-    fn moved_pages_keep_their_contents_and_a_range_made_of_them_still_grows() {
-        let host = numbered(4, 10);
-        let guest = numbered(2, 20);
+    /// Resident pages of `p..p + pages` (`mincore`).
+    fn resident(p: *mut u8, pages: usize) -> usize {
+        let mut vec = vec![0u8; pages];
+        // SAFETY: a mapped, page-aligned range of ours and a vector of one byte per page.
+        let status = unsafe { libc::mincore(p.cast(), pages * PAGE, vec.as_mut_ptr().cast()) };
+        assert_eq!(status, 0);
+        vec.iter().filter(|&&v| v & 1 != 0).count()
+    }
+
+    /// Moves pages into the middle of a mapping, moves the resulting range of three mappings
+    /// elsewhere and grows it: every page keeps its contents and stays resident, and `errno`
+    /// stays the program's. On `/dev/zero` mappings (whose multi-mapping moves the kernel
+    /// refuses) and, before Linux 6.17, anonymous ones, the range moves a mapping at a time.
+    fn moves_keep_contents(fd: i32) {
+        let host = numbered(4, 10, fd);
+        let guest = numbered(2, 20, fd);
         // SAFETY: our own mappings; `guest` is gone after the move.
         assert!(unsafe { move_pages(guest, 2 * PAGE, host.add(PAGE)) });
         assert_eq!(first_bytes(host, 4), [10, 20, 21, 13]);
-        // `host` is three mappings to the kernel now; growing it must keep every page, and the
-        // kernel's refusal on the way is not the program's errno.
+        // `host` is three mappings to the kernel now.
+        let elsewhere = map(4 * PAGE, fd, false);
+        assert!(!elsewhere.is_null());
         set_last_error(libc::EILSEQ);
-        // SAFETY: `host` is 4 live pages of ours.
-        let grown = unsafe { remap(host, 4 * PAGE, 64 * PAGE, -1) };
+        // SAFETY: `host` is 4 live pages of ours, `elsewhere` a fresh mapping; `host` is gone
+        // after.
+        assert!(unsafe { move_pages(host, 4 * PAGE, elsewhere) });
         assert_eq!(last_error(), libc::EILSEQ);
-        if moves_across_mappings() {
-            assert!(!grown.is_null(), "grown by moving the pieces");
-        }
-        let kept = if grown.is_null() { host } else { grown };
-        assert_eq!(first_bytes(kept, 4), [10, 20, 21, 13]);
+        assert_eq!(
+            resident(elsewhere, 4),
+            4,
+            "moved, not copied into fresh pages"
+        );
+        assert_eq!(first_bytes(elsewhere, 4), [10, 20, 21, 13]);
+        // Growing it must keep every page too, and the refusals on the way are not the
+        // program's errno.
+        // SAFETY: `elsewhere` is 4 live pages of ours.
+        let grown = unsafe { remap(elsewhere, 4 * PAGE, 64 * PAGE, fd) };
+        assert_eq!(last_error(), libc::EILSEQ);
+        assert!(!grown.is_null(), "grown by moving the pieces");
+        assert_eq!(first_bytes(grown, 4), [10, 20, 21, 13]);
         // SAFETY: as above; the grown range's new pages are writable.
         unsafe {
-            if !grown.is_null() {
-                kept.add(63 * PAGE).write(1);
-            }
-            unmap(kept, if grown.is_null() { 4 } else { 64 } * PAGE);
+            grown.add(63 * PAGE).write(1);
+            unmap(grown, 64 * PAGE);
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps memory")]
+    fn moved_anonymous_pages_keep_their_contents_and_a_range_made_of_them_still_moves_and_grows() {
+        moves_keep_contents(-1);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps memory")]
+    fn moved_dev_zero_pages_keep_their_contents_and_a_range_made_of_them_still_moves_and_grows() {
+        let fd = open_dev_zero();
+        assert!(fd >= 0);
+        moves_keep_contents(fd);
+        close(fd);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps memory")]
+    fn a_move_the_kernel_refuses_at_once_changes_nothing() {
+        let (host, guest) = (numbered(2, 10, -1), numbered(1, 20, -1));
+        set_last_error(libc::EILSEQ);
+        // SAFETY: our own mappings; a target off a page boundary is refused (EINVAL) before
+        // anything moves.
+        assert!(!unsafe { move_pages(guest, PAGE, host.add(16)) });
+        assert_eq!(last_error(), libc::EILSEQ);
+        assert_eq!(first_bytes(host, 2), [10, 11]);
+        assert_eq!(first_bytes(guest, 1), [20], "the source is still mapped");
+        // SAFETY: ours.
+        unsafe {
+            unmap(host, 2 * PAGE);
+            unmap(guest, PAGE);
         }
     }
 }

@@ -25,8 +25,8 @@
 //! contents): the request then maps a fresh block. Cached blocks count in the real usage, and
 //! `zend_mm_gc`, the limit and `zend_set_memory_limit` give them back.
 //!
-//! Memory moves between the two caches (on a storage that moves pages: `mmap_anon`, on Linux 6.17
-//! and later). A huge block that needs fresh pages takes whole cached segments' pages instead
+//! Memory moves between the two caches (on a storage that moves pages: `mmap_anon` and
+//! `mmap_zero`). A huge block that needs fresh pages takes whole cached segments' pages instead
 //! (`Heap::recycle_cached_segments`; whole segments of them, its storage rounded up to whole
 //! segments when the cache has enough), and a new segment takes the tail of the biggest cached
 //! huge block: the pages move with `mremap`, resident, so neither kind faults in fresh memory while
@@ -916,11 +916,16 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "maps memory")]
     fn a_new_huge_block_takes_the_pages_of_cached_segments_and_grows_with_them() {
-        let heap = heap_on_builtin(b"mmap_anon");
+        huge_block_takes_cached_segments(b"mmap_anon");
+        huge_block_takes_cached_segments(b"mmap_zero");
+    }
+
+    fn huge_block_takes_cached_segments(storage: &[u8]) {
+        let heap = heap_on_builtin(storage);
         // SAFETY: a live heap of this thread, borrowed for a statement.
         let h = || unsafe { &mut *heap };
         let moves = h().storage.moves_pages();
-        assert_eq!(moves, crate::os::moves_across_mappings());
+        assert!(moves, "both mmap storages move pages, on every kernel");
         for p in fill_new_segments(heap, 40 * KIB, 3) {
             h().free(p);
         }
@@ -970,10 +975,16 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "maps memory")]
     fn a_new_segment_takes_the_tail_of_a_cached_huge_block() {
-        let heap = heap_on_builtin(b"mmap_anon");
+        segment_takes_cached_huge_tail(b"mmap_anon");
+        segment_takes_cached_huge_tail(b"mmap_zero");
+    }
+
+    fn segment_takes_cached_huge_tail(storage: &[u8]) {
+        let heap = heap_on_builtin(storage);
         // SAFETY: a live heap of this thread, borrowed for a statement.
         let h = || unsafe { &mut *heap };
         let moves = h().storage.moves_pages();
+        assert!(moves, "both mmap storages move pages, on every kernel");
         let size = 3 * SEG;
         let p = h().alloc(size).unwrap();
         // SAFETY: a live block of `size` bytes.
@@ -1014,12 +1025,15 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "maps memory")]
     fn a_cached_block_grown_for_a_bigger_request_takes_cached_segments_instead_of_shedding_them() {
-        let heap = heap_on_builtin(b"mmap_anon");
+        cached_block_grows_into_cached_segments(b"mmap_anon");
+        cached_block_grows_into_cached_segments(b"mmap_zero");
+    }
+
+    fn cached_block_grows_into_cached_segments(storage: &[u8]) {
+        let heap = heap_on_builtin(storage);
         // SAFETY: a live heap of this thread, borrowed for a statement.
         let h = || unsafe { &mut *heap };
-        if !h().storage.moves_pages() {
-            return; // the other storages' shedding is tested with the request cycles
-        }
+        assert!(h().storage.moves_pages(), "the mmap storages move pages");
         h().free(h().alloc(2 * SEG).unwrap());
         for b in fill_new_segments(heap, 40 * KIB, 4) {
             h().free(b);

@@ -6,10 +6,8 @@
 //! the child nothing to wait for). Segments (their
 //! sizes are powers of two) are aligned to their size, as PHP aligns its chunks: the heap's free fast
 //! path relies on it, and the kernel can back them with transparent huge pages. Growing and shrinking
-//! use `mremap`. `mmap_anon` also moves pages from one allocation into another (`mremap` onto a
-//! fixed address), where the kernel moves a range that spans several mappings (Linux 6.17 and
-//! later, probed once): a range pages moved into is such a range, and growing it needs that.
-//! `mmap_zero` does not: the kernel moves no such range of `/dev/zero` mappings.
+//! use `mremap`. Both also move pages from one allocation into another (`mremap` onto a fixed
+//! address, a mapping at a time where the kernel moves no range of several: see `os::move_pages`).
 
 use core::ffi::CStr;
 use core::ptr;
@@ -32,7 +30,7 @@ impl SegmentSource for MmapAnon {
     }
 
     fn moves_pages() -> bool {
-        os::moves_across_mappings()
+        true
     }
 
     unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8) -> bool {
@@ -84,6 +82,15 @@ impl SegmentSource for MmapZero {
         // SAFETY: private pages of a live mapping of ours whose contents are dead (caller
         // contract).
         unsafe { os::discard(p, keep, len) }
+    }
+
+    fn moves_pages() -> bool {
+        true
+    }
+
+    unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8) -> bool {
+        // SAFETY: parts of private mappings of ours (caller contract).
+        unsafe { os::move_pages(from, len, to) }
     }
 
     fn open() -> bool {
