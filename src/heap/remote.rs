@@ -69,8 +69,25 @@ pub(super) struct Shared {
     /// The next heap on the abandoned list while this one is on it.
     next_abandoned: AtomicPtr<Heap>,
     /// For a thread's own heap, whose blocks other threads may free, its segment size (their frees
-    /// read the segments' page maps with it); 0 for other heaps. Set before any block exists.
+    /// read the segments' page maps with it) with [`TRACKS`] set while the heap tracks its blocks;
+    /// 0 for other heaps. Set before any block exists, changed only while none does.
     thread_segment_size: AtomicUsize,
+}
+
+/// In `thread_segment_size`: the heap tracks its blocks, so a block freed from another thread is
+/// linked through its tracking header, not its first word, which for a block under 8 bytes holds
+/// its end guard. (Segment sizes are powers of two, far above this bit.)
+const TRACKS: usize = 1;
+const _: () = assert!(crate::sizes::MIN_SEGMENT_SIZE > TRACKS);
+
+/// Where a block freed onto a general remote list holds the next one: its first word, or for a
+/// heap that tracks its blocks ([`TRACKS`]), its tracking header's link.
+fn remote_link(p: *mut u8, tracks: bool) -> *mut *mut u8 {
+    if tracks {
+        super::track::link_of(p)
+    } else {
+        p.cast()
+    }
 }
 
 /// Where a heap's [`Shared`] lies: right after the `Heap` struct.
@@ -114,9 +131,24 @@ impl Heap {
     /// Makes this heap a thread's own heap: its blocks may be freed from any thread (explicit heaps'
     /// blocks are freed through their heap, as in PHP).
     pub fn set_thread_heap(&mut self) {
+        self.publish_thread_word();
+    }
+
+    /// Stores what other threads' frees read of this thread heap: its segment size, and whether
+    /// it tracks its blocks.
+    fn publish_thread_word(&mut self) {
+        let tracks = if self.is_tracking() { TRACKS } else { 0 };
         self.shared()
             .thread_segment_size
-            .store(self.segment_size, Ordering::Relaxed);
+            .store(self.segment_size | tracks, Ordering::Relaxed);
+    }
+
+    /// After tracking was switched on or off (with no block live): other threads' frees of this
+    /// heap's blocks, if it is a thread heap, link them as the new mode reads them.
+    pub(super) fn tracking_changed(&mut self) {
+        if self.shared().thread_segment_size.load(Ordering::Relaxed) != 0 {
+            self.publish_thread_word();
+        }
     }
 
     /// Whether the heap `owner` takes frees from other threads.
@@ -152,22 +184,26 @@ impl Heap {
     pub unsafe fn free_remote_in(owner: Owner, region: Region, p: *mut u8, call: &Call) {
         // SAFETY: the owner of a live block is a live heap (caller contract).
         let shared = unsafe { shared_of(owner) };
-        // SAFETY: as above.
-        let segment_size = shared.thread_segment_size.load(Ordering::Relaxed);
-        // SAFETY: as above.
-        if let Some(bin) = unsafe { remote_slot_bin(region, segment_size, p) }
+        let word = shared.thread_segment_size.load(Ordering::Relaxed);
+        let (segment_size, tracks) = (word & !TRACKS, word & TRACKS != 0);
+        // A tracked block never starts a slot (its header does): it goes to the general list.
+        if !tracks
+            // SAFETY: as above.
+            && let Some(bin) = unsafe { remote_slot_bin(region, segment_size, p) }
             && push_on_bin(&shared.bins[bin], p, call)
         {
             return;
         }
         let list = &shared.remote;
+        let link = remote_link(p, tracks);
         let mut head = list.load(Ordering::Relaxed);
         loop {
             if head == p {
                 diagnostics::bad_pointer(call, p, BadPointer::DoubleRemoteFree);
             }
-            // SAFETY: the block is live and given up by the caller: its first word is ours.
-            unsafe { p.cast::<*mut u8>().write(head) };
+            // SAFETY: the block is live and given up by the caller: its link word (its first, or
+            // its tracking header's) is ours.
+            unsafe { link.write(head) };
             match list.compare_exchange_weak(head, p, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(now) => head = now,
@@ -188,7 +224,8 @@ impl Heap {
                 // SAFETY: a live heap (caller contract).
                 let segment_size = unsafe { shared_of(owner) }
                     .thread_segment_size
-                    .load(Ordering::Relaxed);
+                    .load(Ordering::Relaxed)
+                    & !TRACKS;
                 // SAFETY: a live segment of `owner`'s holding `p` (caller contract); only the
                 // block's own map entry is read.
                 let info = unsafe { Segment::map_entry_at(base, segment_size, p.addr()) }?;
@@ -311,9 +348,11 @@ impl Heap {
     /// `p` is null or a block taken off a remote list of this heap, holding the next in its first
     /// word, and so on.
     unsafe fn free_remote_chain(&mut self, mut p: *mut u8) {
+        // (Tracking changes only while no block is live, so no block waits here from before.)
+        let tracks = self.is_tracking();
         while !p.is_null() {
-            // SAFETY: blocks on the remote list hold the next one in their first word.
-            let next = unsafe { p.cast::<*mut u8>().read() };
+            // SAFETY: blocks on the remote list hold the next one in their link word.
+            let next = unsafe { remote_link(p, tracks).read() };
             if self.is_tracking() {
                 self.free_tracked(p, Site::new(ptr::null(), 0));
             } else {
@@ -465,6 +504,46 @@ mod tests {
     /// Frees `blocks` of the heap `owner` on a thread of their own, in order.
     fn free_elsewhere(owner: Owner, blocks: &[*mut u8]) {
         spawn_freeing(owner, blocks).join().unwrap();
+    }
+
+    #[test]
+    fn a_tracked_block_of_a_few_bytes_freed_from_another_thread_keeps_its_end_guard() {
+        let heap = thread_heap();
+        // SAFETY: a live heap of this thread, borrowed alone.
+        let h = unsafe { &mut *heap };
+        h.set_tracking(true).unwrap();
+        let base = h.used();
+        let site = Site::new(c"remote.rs".as_ptr(), 1);
+        // Blocks shorter than a pointer have their end guard inside the first word: a link written
+        // there would read as an overflow when the owner frees them, and the block would stay.
+        let blocks: std::vec::Vec<*mut u8> = (1..=9)
+            .chain([100, 5000])
+            .map(|size| h.alloc_tracked(size, site).unwrap())
+            .collect();
+        free_elsewhere(h.id(), &blocks);
+        assert!(h.collect_remote_frees());
+        assert_eq!(h.used(), base, "every block freed, none reported and kept");
+        h.set_tracking(false).unwrap();
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn a_block_another_thread_freed_is_no_leak_at_request_end() {
+        let heap = thread_heap();
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        h().set_tracking(true).unwrap();
+        let site = Site::new(c"remote.rs".as_ptr(), 2);
+        let blocks = [h().alloc_tracked(40, site).unwrap()];
+        free_elsewhere(h().id(), &blocks);
+        // The owner has not looked at its remote lists: the report must.
+        // SAFETY: a live heap of this thread, not borrowed.
+        let leaks = unsafe { super::super::report_leaks(heap, &mut |_| {}) };
+        assert_eq!(leaks, 0);
+        h().set_tracking(false).unwrap();
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
     }
 
     #[test]

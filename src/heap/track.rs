@@ -60,7 +60,9 @@ const POISON_LIMIT: usize = 32;
 /// The header in front of a tracked block.
 #[repr(C)]
 pub(super) struct Tracked {
-    /// The leak report's chain of live blocks while it runs; a free slot's list link once freed.
+    /// The leak report's chain of live blocks while it runs; the remote list's link while a free
+    /// from another thread waits for the heap's own (see `remote`); a free slot's list link once
+    /// freed.
     chain: *mut Tracked,
     /// Where the block was allocated (or last reallocated); where it was freed once it is.
     file: *const c_char,
@@ -153,6 +155,15 @@ impl Inspection {
 /// The header of the tracked block whose caller's bytes start at `p`.
 fn header_of(p: *const u8) -> *mut Tracked {
     p.wrapping_sub(HEADER).cast::<Tracked>().cast_mut()
+}
+
+/// Where a tracked block freed from another thread links to the next one on its heap's remote
+/// list: its header's `chain` (the caller's bytes may be shorter than a pointer, with the end
+/// guard right after them).
+pub(super) fn link_of(p: *mut u8) -> *mut *mut u8 {
+    header_of(p)
+        .wrapping_byte_add(core::mem::offset_of!(Tracked, chain))
+        .cast()
 }
 
 /// The caller's bytes of the block with header `t`.
@@ -346,6 +357,7 @@ impl Heap {
             return Err(HeapInUse);
         }
         self.tracking = on;
+        self.tracking_changed();
         if on {
             self.clear_all_stale_headers();
         }
@@ -795,6 +807,9 @@ unsafe fn report_written_after_free(
 /// # Safety
 /// `heap` must be a live heap used by this thread only and not borrowed by the caller.
 pub unsafe fn report_leaks(heap: *mut Heap, sink: &mut dyn FnMut(&LeakEvent<'_>)) -> u32 {
+    // Blocks other threads freed are not leaks: freed here first.
+    // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
+    unsafe { (*heap).collect_remote_frees() };
     let mut first: *mut Tracked = ptr::null_mut();
     let mut last: *mut Tracked = ptr::null_mut();
     // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
