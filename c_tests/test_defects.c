@@ -295,6 +295,37 @@ static void test_use_zend_alloc_0_owns_no_pointer(void)
     CHECK_CONTAINS(r.out, "owned 0\n");
 }
 
+static void *efree_and_realloc_elsewhere(void *arg)
+{
+    char **blocks = arg;
+    efree(blocks[0]);
+    blocks[1] = erealloc(blocks[1], 300);
+    return NULL;
+}
+
+/* With USE_ZEND_ALLOC=0 every block is the C library's: a thread that has not used the library
+ * yet may free or resize another thread's blocks, as with malloc. */
+static int probe_libc_blocks_elsewhere(void)
+{
+    char *blocks[2] = {emalloc(100), emalloc(100)};
+    strcpy(blocks[1], "kept");
+    pthread_t t;
+    if (pthread_create(&t, NULL, efree_and_realloc_elsewhere, blocks) != 0 || pthread_join(t, NULL) != 0) {
+        return 2;
+    }
+    printf("%s\n", blocks[1]);
+    efree(blocks[1]);
+    return 0;
+}
+
+static void test_use_zend_alloc_0_blocks_are_freed_from_any_thread(void)
+{
+    const char *const env[] = {"USE_ZEND_ALLOC=0", NULL};
+    child_result r = run_self("libc_blocks_elsewhere", env);
+    CHECK_EXIT(r, 0, "");
+    CHECK_CONTAINS(r.out, "kept\n");
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Frees that do not name a block (defect 10)                                                      */
 
@@ -675,6 +706,9 @@ static int probe(const char *mode)
     if (strcmp(mode, "libc_heap") == 0) {
         return probe_libc_heap();
     }
+    if (strcmp(mode, "libc_blocks_elsewhere") == 0) {
+        return probe_libc_blocks_elsewhere();
+    }
     fprintf(stderr, "unknown probe %s\n", mode);
     return 2;
 }
@@ -693,6 +727,7 @@ int main(int argc, char **argv)
     RUN(test_a_forked_child_never_waits_for_a_lock);
     RUN(test_a_custom_heap_owns_no_pointer);
     RUN(test_use_zend_alloc_0_owns_no_pointer);
+    RUN(test_use_zend_alloc_0_blocks_are_freed_from_any_thread);
     RUN(test_frees_that_name_no_block_are_corruption);
     RUN(test_freed_large_blocks_written_after_free_are_corruption);
     RUN(test_corruption_names_the_call_the_pointer_and_the_location);

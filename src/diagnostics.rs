@@ -421,8 +421,6 @@ impl Call {
 /// What is wrong with a pointer handed to the library, as far as the heap can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BadPointer {
-    /// The calling thread has no heap, so nothing it frees can be a block.
-    NoHeap,
     /// No heap's memory: never allocated here, or its memory went back to the system.
     NoHeapsMemory,
     /// Memory of another heap (`owner`) that the call cannot free from this thread.
@@ -448,7 +446,6 @@ pub enum BadPointer {
 impl fmt::Display for BadPointer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            BadPointer::NoHeap => f.write_str("this thread has no heap, so it owns no block"),
             BadPointer::NoHeapsMemory => f.write_str(
                 "not memory of any heap (never allocated here, or freed and given back already)",
             ),

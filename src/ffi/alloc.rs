@@ -4,7 +4,7 @@ use core::ffi::{c_char, c_int, c_void};
 use core::ptr;
 
 use super::{raise_on_current, safe_address, site};
-use crate::diagnostics::{self, BadPointer, Call, Fatal, Site};
+use crate::diagnostics::{Call, Fatal, Site};
 use crate::heap::{Heap, api};
 use crate::region_map::{self, Region};
 use crate::runtime;
@@ -18,13 +18,14 @@ fn heap_for(size: usize, site: Site) -> *mut Heap {
 }
 
 /// The current heap (the thread's own one after `zend_mm_set_heap(NULL)`) for `call`'s operation
-/// on `p`, an existing (non-null) block, entered from the calling frame. A thread without a heap
-/// cannot own the block: that is heap corruption, as in PHP.
+/// on an existing block, entered from the calling frame. A thread without a heap gets its own
+/// first: with `USE_ZEND_ALLOC=0` that heap hands the block to the C library (any thread may free
+/// another's `malloc` block), and otherwise it reports the block as no heap's, as any heap would.
 #[inline(always)]
-fn heap_of_block(call: &Call, p: *mut c_void) -> *mut Heap {
-    let heap = runtime::current_or_own();
+fn heap_of_block(call: &Call) -> *mut Heap {
+    let mut heap = runtime::current_or_own();
     if heap.is_null() {
-        diagnostics::bad_pointer(call, p.cast(), BadPointer::NoHeap);
+        heap = runtime::current_or_create(0, call.site);
     }
     // SAFETY: a live heap, used by this thread only while it is current.
     unsafe { api::enter(heap) }
@@ -145,7 +146,7 @@ fn efree_slow(
         return unsafe { Heap::free_remote_in(owner, region, ptr.cast(), &call) };
     }
     // SAFETY: the current heap, not borrowed here; the caller gives `ptr` up.
-    unsafe { api::efree(heap_of_block(&call, ptr), ptr.cast(), &call) }
+    unsafe { api::efree(heap_of_block(&call), ptr.cast(), &call) }
 }
 
 /// The thread heap that `p` belongs to, and `p`'s region, if the calling thread is not using that
@@ -424,5 +425,5 @@ pub unsafe extern "C" fn _zend_mem_block_size(
     );
     let call = Call::new("zend_mem_block_size", site);
     // SAFETY: the current heap, not borrowed here.
-    unsafe { api::block_size(heap_of_block(&call, ptr), ptr.cast(), &call) }
+    unsafe { api::block_size(heap_of_block(&call), ptr.cast(), &call) }
 }
