@@ -382,10 +382,15 @@ static void double_free_then_gc(void *arg)
     keep(64);
     efree(a);
     efree(b);
+    /* A write after free over the last word, where a freed block says it is free: the second
+     * free of `a` passes (it is not the list's head either), and only a walk of the list finds
+     * it twice. */
+    memset(a + 56, 0, 8);
     efree(a);
     zend_mm_gc(zend_mm_get_heap());
     puts("gc returned");
 }
+
 
 static void double_free_then_limit(void *arg)
 {
@@ -486,6 +491,43 @@ static void told_free_interior(void *arg) { (void)arg; char *a = emalloc(64); ke
 static void told_realloc_interior(void *arg) { (void)arg; char *a = emalloc(64); keep(64); told(a + 8, a, __LINE__); erealloc(a + 8, 60); }
 static void told_block_size_interior(void *arg) { (void)arg; char *a = emalloc(64); told(a + 8, a, __LINE__); zend_mem_block_size(a + 8); }
 static void told_double_free(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a); told(a, NULL, __LINE__); efree(a); }
+/* Frees a block on a thread of its own; the line of that efree. */
+static const int efree_elsewhere_line = __LINE__ + 1;
+static void *efree_there(void *p) { efree(p); return NULL; }
+static void efree_elsewhere(void *p)
+{
+    pthread_t t;
+    if (pthread_create(&t, NULL, efree_there, p) != 0 || pthread_join(t, NULL) != 0) {
+        abort();
+    }
+}
+
+/* Freed twice from other threads with another free of its size between: the second free finds
+ * the block marked free (a bin with remote lists, and one without: 3000-byte blocks). */
+static void told_remote_double_free_later(void *arg)
+{
+    size_t size = *(size_t *)arg;
+    char *a = emalloc(size), *b = emalloc(size);
+    keep(size);
+    efree_elsewhere(a);
+    efree_elsewhere(b);
+    told(a, NULL, efree_elsewhere_line);
+    efree_elsewhere(a);
+}
+
+/* Freed from another thread, then by its own thread: found on the lists once the remote frees
+ * are collected. */
+static void told_remote_then_local_free(void *arg)
+{
+    size_t size = *(size_t *)arg;
+    char *a = emalloc(size);
+    keep(size);
+    efree_elsewhere(a);
+    told(a, NULL, __LINE__); efree(a);
+}
+
+/* Freed twice with another free of its size between: not the list's head, its last word says. */
+static void told_double_free_later(void *arg) { (void)arg; char *a = emalloc(64), *b = emalloc(64); keep(64); efree(a); efree(b); told(a, NULL, __LINE__); efree(a); }
 /* erealloc of a block just freed: to a bigger bin, and within its own bin (which would hand the
  * freed block back as if it were live). */
 static void told_realloc_freed(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a); told(a, NULL, __LINE__); a = erealloc(a, 200); }
@@ -520,15 +562,20 @@ static void check_told(void (*fn)(void *), const char *format)
     CHECK_CORRUPTED_AS(r, want);
 }
 
-static void check_told_nothing_before(void (*fn)(void *), const char *format)
+static void check_told_nothing_before_with(void (*fn)(void *), void *arg, const char *format)
 {
-    child_result r = run_child(fn, NULL, NULL);
+    child_result r = run_child(fn, arg, NULL);
     void *p = NULL, *block = NULL;
     int line = -1;
     char want[512];
     CHECK(sscanf(r.out, "%p %p %d", &p, &block, &line) == 3);
     snprintf(want, sizeof want, format, p, __FILE__, line);
     CHECK_CORRUPTED_AS(r, want);
+}
+
+static void check_told_nothing_before(void (*fn)(void *), const char *format)
+{
+    check_told_nothing_before_with(fn, NULL, format);
 }
 
 static void test_corruption_names_the_call_the_pointer_and_the_location(void)
@@ -552,12 +599,26 @@ static void test_corruption_names_the_call_the_pointer_and_the_location(void)
     check_told_nothing_before(told_double_free,
                               "efree(%p): double free: the block was the last one freed in its size class "
                               "(called at %s:%d)");
+    check_told_nothing_before(told_double_free_later,
+                              "efree(%p): double free: the block is on its size class's free list already "
+                              "(freed before, other blocks of its size freed since) (called at %s:%d)");
     check_told_nothing_before(told_realloc_freed,
                               "erealloc(%p): double free: the block was the last one freed in its size class "
                               "(called at %s:%d)");
     check_told_nothing_before(told_realloc_freed_same_bin,
                               "erealloc(%p): double free: the block was the last one freed in its size class "
                               "(called at %s:%d)");
+    static const size_t remote_sizes[] = {100, 3000};
+    for (size_t i = 0; i < sizeof remote_sizes / sizeof *remote_sizes; i++) {
+        size_t size = remote_sizes[i];
+        check_told_nothing_before_with(told_remote_double_free_later, (void *)&size,
+                                       "efree(%p): double free: the block was freed already (freed again from "
+                                       "another thread) (called at %s:%d)");
+        check_told_nothing_before_with(told_remote_then_local_free, (void *)&size,
+                                       "efree(%p): double free: the block is on its size class's free list "
+                                       "already (freed before, other blocks of its size freed since) "
+                                       "(called at %s:%d)");
+    }
     check_told_nothing_before(told_large_double_free,
                               "efree(%p): double free: the pages there are free already (called at %s:%d)");
     check_told_nothing_before(told_malloc_pointer,

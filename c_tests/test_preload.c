@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -526,6 +527,64 @@ static void test_freed_small_blocks_serve_other_sizes(void)
     }
 }
 
+/* Runs `fn` in a child process with stderr silenced; whether the child was killed by SIGABRT. */
+static int aborts_in_child(void (*fn)(void))
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        freopen("/dev/null", "w", stderr);
+        fn();
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
+}
+
+/* The compiler must not see the second free of a block (it warns, and may assume it away). */
+static void *volatile freed;
+
+static void *free_it(void *p)
+{
+    free(p);
+    return NULL;
+}
+
+static void free_twice_with_another_free_between(void)
+{
+    char *p = malloc(opaque(100)), *q = malloc(opaque(100));
+    sink = q; /* q's malloc and free stay */
+    freed = p;
+    free(p);
+    free(q);
+    free(freed);
+}
+
+static void free_twice_from_another_thread(void)
+{
+    char *p = malloc(opaque(100)), *q = malloc(opaque(100));
+    pthread_t t;
+    sink = q;
+    freed = p;
+    free(p);
+    free(q);
+    if (pthread_create(&t, NULL, free_it, freed) == 0) {
+        pthread_join(t, NULL);
+    }
+}
+
+/* A block freed twice (p, q, p) is caught, as glibc's tcache catches it: the process aborts
+ * instead of handing the block out twice. Freed again from another thread, glibc misses it (the
+ * block is not in that thread's tcache); this library finds it marked free. */
+static void test_double_frees_abort(void)
+{
+    CHECK(aborts_in_child(free_twice_with_another_free_between));
+    if (getenv("ZEND_ALLOC_PRELOAD_EXPECTED")) {
+        CHECK(aborts_in_child(free_twice_from_another_thread));
+    }
+}
+
 int main(void)
 {
     test_the_library_serves_malloc();
@@ -538,6 +597,7 @@ int main(void)
     test_fork_while_threads_allocate();
     test_freed_big_blocks_go_back_after_a_while();
     test_freed_small_blocks_serve_other_sizes();
+    test_double_frees_abort();
     sink = NULL;
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;

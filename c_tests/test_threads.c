@@ -237,30 +237,55 @@ static void test_cross_thread_double_free_is_corruption(void)
     }
 }
 
+/* The blocks to free (p, q, p), and whether to clear p's last word after its first free (a write
+ * after free where a freed block says it is free). */
+typedef struct {
+    char *b[2];
+    int clear_mark;
+} p_q_p;
+
+static const int free_p_q_p_line = __LINE__ + 9;
 static void *free_p_q_p(void *arg)
 {
-    void **b = arg;
-    efree(b[0]);
-    efree(b[1]);
-    efree(b[0]);
+    p_q_p *x = arg;
+    efree(x->b[0]);
+    if (x->clear_mark) {
+        memset(x->b[0] + 104, 0, 8); /* a 112-byte slot's last word */
+    }
+    efree(x->b[1]);
+    efree(x->b[0]);
     return NULL;
 }
 
-/* A block freed twice from another thread with another free in between: the owner finds its
- * bin's remote list looping when it joins it to the bin's own list (a usage query takes every list). */
+/* A block freed twice from another thread with another free in between: the second free finds it
+ * marked free. */
 static void free_twice_apart_from_another_thread(void *arg)
 {
-    (void)arg;
+    p_q_p x = {{emalloc(100), emalloc(100)}, *(int *)arg};
     pthread_t t;
-    void *b[2] = {emalloc(100), emalloc(100)};
-    pthread_create(&t, NULL, free_p_q_p, b);
+    printf("%p\n", (void *)x.b[0]);
+    fflush(stdout);
+    pthread_create(&t, NULL, free_p_q_p, &x);
     pthread_join(t, NULL);
     (void)zend_memory_usage(0);
 }
 
 static void test_cross_thread_double_free_apart_is_corruption(void)
 {
-    child_result r = run_child(free_twice_apart_from_another_thread, NULL, NULL);
+    int clear_mark = 0;
+    child_result r = run_child(free_twice_apart_from_another_thread, &clear_mark, NULL);
+    void *p = NULL;
+    char want[256];
+    CHECK(sscanf(r.out, "%p", &p) == 1);
+    snprintf(want, sizeof want,
+             "efree(%p): double free: the block was freed already (freed again from another thread) "
+             "(called at %s:%d)",
+             p, __FILE__, free_p_q_p_line);
+    CHECK_CORRUPTED_AS(r, want);
+    /* With that word written over, the block goes onto the remote list twice: the owner finds the
+     * list looping when it takes it (a usage query takes every list). */
+    clear_mark = 1;
+    r = run_child(free_twice_apart_from_another_thread, &clear_mark, NULL);
     CHECK_CORRUPTED_AS(r, "the list of 3 blocks of 112 bytes that other threads freed does not end "
                           "after them (a block was freed twice, or written after it was freed)");
 }

@@ -439,8 +439,13 @@ pub enum BadPointer {
     FreedHuge,
     /// The small block was just freed (it heads its bin's free list).
     DoubleFree,
+    /// The small block was freed before, and other blocks of its size after it (it is on its
+    /// bin's free list).
+    OnFreeList,
     /// The block is already on the list of blocks other threads freed.
     DoubleRemoteFree,
+    /// Freed from another thread, the small block was free already (its last word says so).
+    FreedAlready,
 }
 
 impl fmt::Display for BadPointer {
@@ -471,6 +476,13 @@ impl fmt::Display for BadPointer {
             BadPointer::DoubleFree => {
                 f.write_str("double free: the block was the last one freed in its size class")
             }
+            BadPointer::OnFreeList => f.write_str(
+                "double free: the block is on its size class's free list already (freed before, \
+                 other blocks of its size freed since)",
+            ),
+            BadPointer::FreedAlready => f.write_str(
+                "double free: the block was freed already (freed again from another thread)",
+            ),
             BadPointer::DoubleRemoteFree => {
                 f.write_str("double free: the block was just freed from another thread")
             }

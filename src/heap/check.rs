@@ -62,7 +62,7 @@ impl Heap {
 
     /// Whether `p` is on `bin`'s free list, looking at no more slots than the heap's memory can
     /// hold (a corrupted list may loop).
-    fn on_free_list(&self, bin: usize, p: *const u8) -> bool {
+    pub(super) fn on_free_list(&self, bin: usize, p: *const u8) -> bool {
         let mut slot = self.free_slots[bin];
         let mut budget = self.real_size / BIN_SIZE[0] + 1;
         while !slot.is_null() && budget > 0 {

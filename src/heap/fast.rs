@@ -76,7 +76,8 @@ impl Heap {
         if size > ZEND_MM_MAX_SMALL_SIZE {
             return ptr::null_mut();
         }
-        self.pop_free_slot(bin_of(size))
+        let bin = bin_of(size);
+        self.pop_unmarked_slot_of(bin, self.bin_size[bin] as usize)
     }
 
     /// Pops a free slot of `bin`, a bin number from a size table, if it has one (the malloc fast
@@ -84,13 +85,14 @@ impl Heap {
     /// no bounds check.
     #[inline(always)]
     pub fn alloc_small_fast_in(&mut self, bin: usize) -> *mut u8 {
-        self.pop_free_slot(bin & (BIN_SLOTS - 1))
+        let bin = bin & (BIN_SLOTS - 1);
+        self.pop_unmarked_slot_of(bin, self.bin_size[bin] as usize)
     }
 
     /// Pops a free slot of `bin` if it has one (the size-specialised entry points' fast path).
     #[inline(always)]
     pub fn alloc_bin_fast(&mut self, bin: usize) -> *mut u8 {
-        self.pop_free_slot_of(bin, sizes::BIN_SIZE[bin])
+        self.pop_unmarked_slot_of(bin, sizes::BIN_SIZE[bin])
     }
 
     /// The fast-table entry for the default-sized segment containing `addr`.
@@ -154,7 +156,7 @@ impl Heap {
         unsafe { core::hint::assert_unchecked(bin < BIN_SLOTS) };
         // SAFETY: `p` starts a slot of bin `bin` in a live segment of this heap (checked above).
         // A double free declines: the slow path reports it with the caller's location.
-        unsafe { self.free_small(p, bin) }
+        unsafe { self.free_small_marked_of(p, bin, self.bin_size[bin] as usize, false) }
     }
 
     /// Frees `p` if it is a small block of `bin` in one of this heap's aligned segments; false
@@ -171,7 +173,7 @@ impl Heap {
         }
         // SAFETY: `p` starts a slot of bin `bin` in a live segment of this heap (checked above).
         // A double free declines, as in `free_small_fast`.
-        unsafe { self.free_small_of(p, bin, sizes::BIN_SIZE[bin]) }
+        unsafe { self.free_small_marked_of(p, bin, sizes::BIN_SIZE[bin], true) }
     }
 
     /// Frees `p` if it is a large block in one of this heap's aligned segments; false otherwise.

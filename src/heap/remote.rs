@@ -34,7 +34,8 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use super::Heap;
 use super::huge::HugeBlock;
-use super::small::FreeSlot;
+use super::route::Block;
+use super::small::{FREED_MARK, FreeSlot, mark_of};
 use crate::diagnostics::{self, BadPointer, Call, Site};
 use crate::region_map::{self, Owner, Region};
 use crate::segment::{
@@ -187,12 +188,24 @@ impl Heap {
         let word = shared.thread_segment_size.load(Ordering::Relaxed);
         let (segment_size, tracks) = (word & !TRACKS, word & TRACKS != 0);
         // A tracked block never starts a slot (its header does): it goes to the general list.
-        if !tracks
+        // SAFETY: as above.
+        let small = (!tracks)
+            .then(|| unsafe { remote_small_slot(region, segment_size, p) })
+            .flatten();
+        if let Some(bin) = small {
+            // A small block whose last word holds the mark is free already: on its owner's
+            // lists, or on a remote one (all handed-out blocks have it cleared; see `small`).
+            let mark = mark_of(p, BIN_SIZE[bin]);
+            // SAFETY: the block's memory, given up by the caller.
+            if unsafe { mark.read() } == FREED_MARK {
+                diagnostics::bad_pointer(call, p, BadPointer::FreedAlready);
+            }
+            // Marked on any list, so the owner's own free of it meanwhile is caught too.
             // SAFETY: as above.
-            && let Some(bin) = unsafe { remote_slot_bin(region, segment_size, p) }
-            && push_on_bin(&shared.bins[bin], p, call)
-        {
-            return;
+            unsafe { mark.write(FREED_MARK) };
+            if bin < REMOTE_BINS && push_on_bin(&shared.bins[bin], p, call) {
+                return;
+            }
         }
         let list = &shared.remote;
         let link = remote_link(p, tracks);
@@ -356,7 +369,15 @@ impl Heap {
             if self.is_tracking() {
                 self.free_tracked(p, Site::new(ptr::null(), 0));
             } else {
-                self.free_for(p, &Call::REMOTE);
+                let block = self.locate(p, &Call::REMOTE);
+                if let Block::Small { bin, .. } = block {
+                    // Marked by the thread that freed it; freed here as a local free, which
+                    // marks it again (and would take the mark for a double free).
+                    // SAFETY: a located small block of this heap: its slot is ours.
+                    unsafe { mark_of(p, self.bin_size(bin)).write(0) };
+                }
+                // SAFETY: `locate` vouches for the block.
+                unsafe { self.free_block(p, block, &Call::REMOTE) };
             }
             p = next;
         }
@@ -424,12 +445,13 @@ fn remote_list_corrupted(bin: usize, count: usize) -> ! {
 
 /// The bin of `p` if it starts a slot of a small run by the page map of its segment (`region`, of
 /// `segment_size` bytes, 0 if unknown), and its address fits a bin list's head word; `None` sends
-/// it to the general remote list, where the owner checks it as any free.
+/// it to the general remote list, where the owner checks it as any free. (Bins from
+/// [`REMOTE_BINS`] on have no list of their own.)
 ///
 /// # Safety
 /// As [`Heap::free_remote_in`]: while `p` is live, its segment and its page's map entry do not
 /// change.
-unsafe fn remote_slot_bin(region: Region, segment_size: usize, p: *const u8) -> Option<usize> {
+unsafe fn remote_small_slot(region: Region, segment_size: usize, p: *const u8) -> Option<usize> {
     let Region::Segment(base) = region else {
         return None;
     };
@@ -439,7 +461,7 @@ unsafe fn remote_slot_bin(region: Region, segment_size: usize, p: *const u8) -> 
     // SAFETY: a live segment of the owner's, which holds `p` (caller contract).
     let info = unsafe { Segment::map_entry_at(base, segment_size, p.addr()) }?;
     let bin = small_bin(info)?;
-    (bin < REMOTE_BINS && starts_slot(p, info)).then_some(bin)
+    starts_slot(p, info).then_some(bin)
 }
 
 /// Pushes `p` onto the bin remote list `word`; false if the list is full. A block that is already

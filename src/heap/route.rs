@@ -255,11 +255,7 @@ impl Heap {
         // SAFETY: a live block of this heap (caller contract).
         unsafe {
             match block {
-                Block::Small { bin, .. } => {
-                    if !self.free_small(p, bin) {
-                        diagnostics::bad_pointer(call, p, BadPointer::DoubleFree);
-                    }
-                }
+                Block::Small { bin, .. } => self.free_small_checked(p, bin, call),
                 Block::Large { seg, page, pages } => self.free_large(seg, page, pages),
                 Block::Huge(block) => self.free_huge(block),
             }
@@ -311,9 +307,13 @@ impl Heap {
         match self.locate(p, call) {
             Block::Small { bin, .. } => {
                 // A block freed last in its bin heads the bin's free list: resizing it would hand
-                // it out twice (as the new block, or kept, while the list still holds it).
+                // it out twice (as the new block, or kept, while the list still holds it). One
+                // freed earlier is on the list further down (its last word says it may be).
                 if self.free_slot_head(bin).cast() == p {
                     diagnostics::bad_pointer(call, p, BadPointer::DoubleFree);
+                }
+                if self.marked_free(p, bin) && self.on_free_list(bin, p) {
+                    diagnostics::bad_pointer(call, p, BadPointer::OnFreeList);
                 }
                 if keeps_bin(bin, size) {
                     return Ok(p);

@@ -10,6 +10,7 @@
 
 use super::pages::NoPages;
 use super::{Heap, NO_REQUEST_ENDS, Refusal};
+use crate::diagnostics::{self, BadPointer, Call};
 use crate::segment::small_entry;
 use crate::sizes::{BINS, ZEND_MM_PAGE_SIZE};
 
@@ -19,15 +20,48 @@ pub(super) struct FreeSlot {
     pub(super) next: *mut FreeSlot,
 }
 
+/// What the last word of a freed slot holds (glibc's tcache key, in spirit): every free of a heap
+/// that does not track its blocks writes it, every allocation of one clears it, so a block whose
+/// last word holds it when freed is on a free list already unless its program wrote exactly this
+/// there; the bin's lists tell which. It catches the double frees the head check misses (`p`, `q`,
+/// `p`), which otherwise hand one block out twice. A kernel address, so no link or pointer into
+/// the heap looks like it, and a sign-extended 32-bit immediate, so the check and the write are
+/// one instruction each. (An 8-byte slot's last word is its link: its double frees are caught at
+/// the head only.)
+pub(super) const FREED_MARK: usize = 0xFFFF_FFFF_F4EE_D0FF;
+const _: () = assert!(FREED_MARK as i64 == FREED_MARK as u32 as i32 as i64);
+
+/// The last word of the `bytes`-byte slot at `p`, where a freed slot holds [`FREED_MARK`].
+#[inline(always)]
+pub(super) fn mark_of(p: *mut u8, bytes: usize) -> *mut usize {
+    p.wrapping_add(bytes - size_of::<usize>()).cast()
+}
+
 impl Heap {
     /// Pops a slot of `bin` (PHP's `zend_mm_alloc_small`).
     #[inline(always)]
     pub(super) fn alloc_small(&mut self, bin: usize) -> Result<*mut u8, Refusal> {
-        let p = self.pop_free_slot(bin);
+        let p = if self.tracking {
+            self.pop_free_slot(bin)
+        } else {
+            self.pop_unmarked_slot_of(bin, self.bin_size[bin] as usize)
+        };
         if p.is_null() {
             return self.alloc_small_slow(bin);
         }
         Ok(p)
+    }
+
+    /// [`Heap::pop_free_slot_of`] for a heap that does not track its blocks: the slot's
+    /// [`FREED_MARK`] is cleared, so the block reads as live.
+    #[inline(always)]
+    pub(super) fn pop_unmarked_slot_of(&mut self, bin: usize, bytes: usize) -> *mut u8 {
+        let p = self.pop_free_slot_of(bin, bytes);
+        if !p.is_null() {
+            // SAFETY: a slot of `bytes` bytes just handed out: its memory is ours.
+            unsafe { mark_of(p, bytes).write(0) };
+        }
+        p
     }
 
     /// Pops the first free slot of `bin` and counts it; null if the list is empty.
@@ -81,6 +115,87 @@ impl Heap {
         unsafe { self.free_small_of(p, bin, self.bin_size[bin] as usize) }
     }
 
+    /// [`Heap::free_small_of`] for a heap that does not track its blocks, with the
+    /// [`FREED_MARK`] check: false, with nothing done, also for a block whose last word holds the
+    /// mark (the slow path looks whether it is on a free list). With `bytes` a constant of 16 or
+    /// more (`constant_size`) the head check goes: a block at the head carries the mark.
+    ///
+    /// # Safety
+    /// As [`Heap::free_small`]; `bytes` is `bin`'s size.
+    #[inline(always)]
+    #[must_use]
+    pub(super) unsafe fn free_small_marked_of(
+        &mut self,
+        p: *mut u8,
+        bin: usize,
+        bytes: usize,
+        constant_size: bool,
+    ) -> bool {
+        let slot = p.cast::<FreeSlot>();
+        let mark = mark_of(p, bytes);
+        let head = self.free_slots[bin];
+        // SAFETY: `p` starts a slot of `bytes` bytes of this heap (caller contract).
+        unsafe {
+            if mark.read() == FREED_MARK {
+                return false;
+            }
+            // An 8-byte slot's mark is its link: its double frees are caught at the head only.
+            if (!constant_size || bytes < 2 * size_of::<usize>()) && slot == head {
+                return false;
+            }
+            mark.write(FREED_MARK);
+            (*slot).next = head;
+        }
+        self.free_slots[bin] = slot;
+        self.count_free(bytes);
+        true
+    }
+
+    /// Whether the small block `p` of `bin` carries [`FREED_MARK`] (a heap that does not track
+    /// its blocks): it may be free.
+    pub(super) fn marked_free(&self, p: *mut u8, bin: usize) -> bool {
+        // SAFETY: `p` starts a slot of `bin` of this heap (callers: a located block).
+        !self.tracking && unsafe { mark_of(p, self.bin_size[bin] as usize).read() } == FREED_MARK
+    }
+
+    /// Frees the small block `p` of `bin` on the slow path, reporting it as handed to `call` if it
+    /// is free already: at the head of its bin's list, or (its last word holding [`FREED_MARK`])
+    /// anywhere on that list or on the bin's remote lists.
+    ///
+    /// # Safety
+    /// As [`Heap::free_small`].
+    pub(super) unsafe fn free_small_checked(&mut self, p: *mut u8, bin: usize, call: &Call) {
+        if self.tracking {
+            // Tracked blocks carry their own state (their header's magic).
+            // SAFETY: forwarded caller contract.
+            if unsafe { !self.free_small(p, bin) } {
+                diagnostics::bad_pointer(call, p, BadPointer::DoubleFree);
+            }
+            return;
+        }
+        let bytes = self.bin_size[bin] as usize;
+        let mark = mark_of(p, bytes);
+        if self.free_slots[bin].cast() == p {
+            diagnostics::bad_pointer(call, p, BadPointer::DoubleFree);
+        }
+        // SAFETY: `p` starts a slot of `bytes` bytes of this heap (caller contract).
+        if unsafe { mark.read() } == FREED_MARK {
+            // Blocks other threads freed join the lists first: `p` may be among them.
+            self.collect_remote_bin(bin);
+            self.collect_remote_list();
+            if self.on_free_list(bin, p) {
+                diagnostics::bad_pointer(call, p, BadPointer::OnFreeList);
+            }
+            // The program wrote the mark's value there itself.
+        }
+        // SAFETY: as above.
+        unsafe { mark.write(FREED_MARK) };
+        // SAFETY: forwarded caller contract.
+        if unsafe { !self.free_small_of(p, bin, bytes) } {
+            diagnostics::bad_pointer(call, p, BadPointer::DoubleFree);
+        }
+    }
+
     /// [`Heap::free_small`] with the bin's size given (an immediate where `bin` is constant).
     ///
     /// # Safety
@@ -108,7 +223,11 @@ impl Heap {
         // Blocks other threads freed may refill the bin: first its own remote list (taken whole),
         // then the general one.
         if self.collect_remote_bin(bin) | self.collect_remote_list() {
-            let p = self.pop_free_slot(bin);
+            let p = if self.tracking {
+                self.pop_free_slot(bin)
+            } else {
+                self.pop_unmarked_slot_of(bin, self.bin_size[bin] as usize)
+            };
             if !p.is_null() {
                 return Ok(p);
             }
@@ -148,6 +267,9 @@ impl Heap {
         if self.is_tracking() {
             // SAFETY: a fresh run of `bin` of this heap.
             unsafe { self.clear_stale_headers(run, bin) };
+        } else {
+            // SAFETY: the run's first slot, ours; its pages may hold a mark from an earlier use.
+            unsafe { mark_of(run, size).write(0) };
         }
         self.count_alloc(size);
         Ok(run)
