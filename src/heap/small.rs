@@ -5,8 +5,9 @@
 //! is threaded in address order, so consecutive allocations of one bin return adjacent blocks, as
 //! in PHP.
 //!
-//! Invariant: a slot is on `free_slots[bin]` iff it is free; its run's first page-map entry names
-//! `bin`.
+//! Invariants: a slot is on `free_slots[bin]` iff it is free; its run's first page-map entry names
+//! `bin`. In a heap that does not track its blocks, a handed-out slot does not hold [`FREED_MARK`]
+//! in its last word unless its program wrote it there, and one freed since does (16 bytes or more).
 
 use super::pages::NoPages;
 use super::{Heap, NO_REQUEST_ENDS, Refusal};
@@ -41,15 +42,21 @@ impl Heap {
     /// Pops a slot of `bin` (PHP's `zend_mm_alloc_small`).
     #[inline(always)]
     pub(super) fn alloc_small(&mut self, bin: usize) -> Result<*mut u8, Refusal> {
-        let p = if self.tracking {
-            self.pop_free_slot(bin)
-        } else {
-            self.pop_unmarked_slot_of(bin, self.bin_size[bin] as usize)
-        };
+        let p = self.pop_slot_to_hand_out(bin);
         if p.is_null() {
             return self.alloc_small_slow(bin);
         }
         Ok(p)
+    }
+
+    /// Pops a slot of `bin` to hand out on a slow path (any heap): its mark cleared unless the heap
+    /// tracks its blocks (whose headers say what is live, and whose freed bytes hold poison).
+    fn pop_slot_to_hand_out(&mut self, bin: usize) -> *mut u8 {
+        if self.tracking {
+            self.pop_free_slot(bin)
+        } else {
+            self.pop_unmarked_slot_of(bin, self.bin_size[bin] as usize)
+        }
     }
 
     /// [`Heap::pop_free_slot_of`] for a heap that does not track its blocks: the slot's
@@ -223,11 +230,7 @@ impl Heap {
         // Blocks other threads freed may refill the bin: first its own remote list (taken whole),
         // then the general one.
         if self.collect_remote_bin(bin) | self.collect_remote_list() {
-            let p = if self.tracking {
-                self.pop_free_slot(bin)
-            } else {
-                self.pop_unmarked_slot_of(bin, self.bin_size[bin] as usize)
-            };
+            let p = self.pop_slot_to_hand_out(bin);
             if !p.is_null() {
                 return Ok(p);
             }
