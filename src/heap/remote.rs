@@ -35,7 +35,7 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use super::Heap;
 use super::huge::HugeBlock;
 use super::route::Block;
-use super::small::{FREED_MARK, FreeSlot, mark_of};
+use super::small::{FREED_MARK, FreeSlot, is_marked, mark_of};
 use crate::diagnostics::{self, BadPointer, Call, Site};
 use crate::region_map::{self, Owner, Region};
 use crate::segment::{
@@ -197,7 +197,7 @@ impl Heap {
             // lists, or on a remote one (all handed-out blocks have it cleared; see `small`).
             let mark = mark_of(p, BIN_SIZE[bin]);
             // SAFETY: the block's memory, given up by the caller.
-            if unsafe { mark.read() } == FREED_MARK {
+            if unsafe { is_marked(mark) } {
                 diagnostics::bad_pointer(call, p, BadPointer::FreedAlready);
             }
             // Marked on any list, so the owner's own free of it meanwhile is caught too.

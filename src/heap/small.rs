@@ -38,6 +38,20 @@ pub(super) fn mark_of(p: *mut u8, bytes: usize) -> *mut usize {
     p.wrapping_add(bytes - size_of::<usize>()).cast()
 }
 
+/// Whether the word at `mark` holds [`FREED_MARK`]. The word is a block's last one: bytes its
+/// program may never have written, which Rust's abstract machine calls uninitialized (a reallocation
+/// copies them as they are). The hardware reads them as whatever they are, but Miri rejects the
+/// read, so under Miri no block reads as marked and the double-free checks rest on the head check
+/// and the walks (the native tests cover the mark).
+///
+/// # Safety
+/// `mark` must be the last word of a slot of this heap's.
+#[inline(always)]
+pub(super) unsafe fn is_marked(mark: *const usize) -> bool {
+    // SAFETY: a word of a slot of ours (caller contract).
+    !cfg!(miri) && unsafe { mark.read() } == FREED_MARK
+}
+
 impl Heap {
     /// Pops a slot of `bin` (PHP's `zend_mm_alloc_small`).
     #[inline(always)]
@@ -143,7 +157,7 @@ impl Heap {
         let head = self.free_slots[bin];
         // SAFETY: `p` starts a slot of `bytes` bytes of this heap (caller contract).
         unsafe {
-            if mark.read() == FREED_MARK {
+            if is_marked(mark) {
                 return false;
             }
             // An 8-byte slot's mark is its link: its double frees are caught at the head only.
@@ -162,7 +176,7 @@ impl Heap {
     /// its blocks): it may be free.
     pub(super) fn marked_free(&self, p: *mut u8, bin: usize) -> bool {
         // SAFETY: `p` starts a slot of `bin` of this heap (callers: a located block).
-        !self.tracking && unsafe { mark_of(p, self.bin_size[bin] as usize).read() } == FREED_MARK
+        !self.tracking && unsafe { is_marked(mark_of(p, self.bin_size[bin] as usize)) }
     }
 
     /// Frees the small block `p` of `bin` on the slow path, reporting it as handed to `call` if it
@@ -186,7 +200,7 @@ impl Heap {
             diagnostics::bad_pointer(call, p, BadPointer::DoubleFree);
         }
         // SAFETY: `p` starts a slot of `bytes` bytes of this heap (caller contract).
-        if unsafe { mark.read() } == FREED_MARK {
+        if unsafe { is_marked(mark) } {
             // Blocks other threads freed join the lists first: `p` may be among them.
             self.collect_remote_bin(bin);
             self.collect_remote_list();
