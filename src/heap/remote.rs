@@ -188,10 +188,12 @@ impl Heap {
         let word = shared.thread_segment_size.load(Ordering::Relaxed);
         let (segment_size, tracks) = (word & !TRACKS, word & TRACKS != 0);
         // A tracked block never starts a slot (its header does): it goes to the general list.
-        // SAFETY: as above.
-        let small = (!tracks)
-            .then(|| unsafe { remote_small_slot(region, segment_size, p) })
-            .flatten();
+        let small = if tracks {
+            None
+        } else {
+            // SAFETY: as above.
+            unsafe { remote_small_slot(region, segment_size, p) }
+        };
         if let Some(bin) = small {
             // A small block whose last word holds the mark is free already: on its owner's
             // lists, or on a remote one (all handed-out blocks have it cleared; see `small`).
