@@ -477,6 +477,20 @@ static void test_safe_and_calloc(void)
     char *clean = ecalloc(1, 256);
     CHECK(clean == dirty && clean[0] == 0 && clean[255] == 0);
     efree(clean);
+    /* A huge block reused, and one made fresh (whose pages the library need not write). */
+    size_t huge = (size_t)5 << 20;
+    unsigned char *big = emalloc(huge);
+    memset(big, 0xff, huge);
+    efree(big);
+    unsigned char *zeroed = ecalloc(huge, 1);
+    unsigned char *fresh = ecalloc(1, huge * 2);
+    int nonzero = 0;
+    for (size_t i = 0; i < huge; i += 64) {
+        nonzero += zeroed[i] != 0 || zeroed[i + 63] != 0 || fresh[i] != 0 || fresh[huge + i + 63] != 0;
+    }
+    CHECK(nonzero == 0);
+    efree(zeroed);
+    efree(fresh);
     void *s = safe_emalloc(10, 100, 24);
     CHECK_EQ(zend_mem_block_size(s), 1024);
     s = safe_erealloc(s, 20, 100, 0);

@@ -185,6 +185,33 @@ static void test_contents_survive_realloc_and_calloc_zeroes(void)
         }
     }
     CHECK(bad == 0);
+    /* Huge blocks: reused whole, cut from a bigger freed one, or made of freed segments' pages. */
+    size_t huge[] = {3 << 20, (5 << 20) + 123, 9 << 20, 4 << 20};
+    for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+        unsigned char *d = malloc(huge[i]);
+        memset(d, 0xee, huge[i]);
+        free(d);
+        unsigned char *z = calloc(huge[i], 1);
+        for (size_t j = 0; j < huge[i]; j += 512) {
+            bad += z[j] != 0 || z[j + 511] != 0;
+        }
+        free(z);
+    }
+    enum { PIECES = 200 };
+    unsigned char *pieces[PIECES];
+    for (int i = 0; i < PIECES; i++) {
+        pieces[i] = malloc(100000);
+        memset(pieces[i], 0xdd, 100000);
+    }
+    for (int i = 0; i < PIECES; i++) {
+        free(pieces[i]);
+    }
+    unsigned char *z = calloc(1, 16 << 20);
+    for (size_t j = 0; j < (16 << 20); j += 256) {
+        bad += z[j] != 0 || z[j + 255] != 0;
+    }
+    free(z);
+    CHECK(bad == 0);
     struct mallinfo2 mi = mallinfo2();
     CHECK(mi.arena >= mi.uordblks);
 }

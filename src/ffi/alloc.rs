@@ -187,11 +187,12 @@ pub extern "C" fn _ecalloc(
         __zend_orig_lineno,
     );
     let total = safe_address(nmemb, size, 0, site);
+    let heap = heap_for(total, site);
     // SAFETY: the current heap, not borrowed here.
-    let p = unsafe { api::emalloc(heap_for(total, site), total, site) };
+    let p = unsafe { api::emalloc(heap, total, site) };
     if !p.is_null() {
-        // SAFETY: `p` is a fresh block of at least `total` bytes.
-        unsafe { ptr::write_bytes(p, 0, total) };
+        // SAFETY: `p` is the block of at least `total` bytes the heap handed out last.
+        unsafe { (*heap).zero_new_block(p, total) };
     }
     p.cast()
 }

@@ -43,6 +43,8 @@ static C_OPS_NO_REALLOC: StorageOps = StorageOps {
     // Unknown: a C storage's `_realloc` may copy.
     resize_keeps_pages: false,
     splits: None,
+    // Unknown: a C storage's memory may hold anything.
+    fresh_zeroed: |_| false,
     moves_pages: || false,
     move_pages: |_, _, _, _| false,
 };

@@ -37,6 +37,11 @@ impl SegmentSource for MallocStorage {
     /// from the C library's by their size.
     const SPLITS: Option<fn(usize) -> bool> = Some(mapped);
 
+    /// Mapped blocks only: the C library's blocks hold what their last user left.
+    fn fresh_zeroed(size: usize) -> bool {
+        mapped(size)
+    }
+
     unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
         // SAFETY: pages of a live allocation of ours whose contents are dead (caller contract);
         // the C library keeps nothing inside an allocation it handed out.

@@ -23,6 +23,10 @@ impl SegmentSource for MmapAnon {
     const RESIZE_KEEPS_PAGES: bool = true;
     const SPLITS: Option<fn(usize) -> bool> = Some(|_| true);
 
+    fn fresh_zeroed(_: usize) -> bool {
+        true
+    }
+
     unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
         // SAFETY: private pages of a live mapping of ours whose contents are dead (caller
         // contract).
@@ -77,6 +81,10 @@ impl SegmentSource for MmapZero {
     const NAME: &'static CStr = c"mmap_zero";
     const RESIZE_KEEPS_PAGES: bool = true;
     const SPLITS: Option<fn(usize) -> bool> = Some(|_| true);
+
+    fn fresh_zeroed(_: usize) -> bool {
+        true
+    }
 
     unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
         // SAFETY: private pages of a live mapping of ours whose contents are dead (caller

@@ -91,6 +91,11 @@ pub trait SegmentSource {
     /// page-aligned pieces (each then freed, resized or discarded on its own), or the join of
     /// pieces that meet in memory (see [`StorageOps::splits`]). `None`: never.
     const SPLITS: Option<fn(size: usize) -> bool> = None;
+    /// Whether a fresh allocation of `size` bytes reads as zeros (see [`StorageOps::fresh_zeroed`]).
+    fn fresh_zeroed(size: usize) -> bool {
+        let _ = size;
+        false
+    }
     /// This source as the heap calls it.
     const OPS: StorageOps = StorageOps {
         name: source_name::<Self>,
@@ -103,6 +108,7 @@ pub trait SegmentSource {
         discard: source_discard::<Self>,
         resize_keeps_pages: Self::RESIZE_KEEPS_PAGES,
         splits: Self::SPLITS,
+        fresh_zeroed: Self::fresh_zeroed,
         moves_pages: Self::moves_pages,
         move_pages: source_move_pages::<Self>,
     };
@@ -186,6 +192,10 @@ pub struct StorageOps {
     /// request from a bigger freed block and keep the rest for the next one, as mimalloc reuses the
     /// rest of a span.
     pub splits: Option<fn(size: usize) -> bool>,
+    /// Whether a fresh allocation of `size` bytes reads as zeros (fresh private mappings do): a
+    /// zeroed block made of such memory (`calloc`) is not written, so its pages are not faulted
+    /// in before the program touches them.
+    pub fresh_zeroed: fn(size: usize) -> bool,
     /// Whether `move_pages` can move pages here (asked once, when a heap opens the storage): only
     /// storages whose allocations split may say yes.
     pub moves_pages: fn() -> bool,
@@ -325,6 +335,7 @@ const NO_OPS: StorageOps = StorageOps {
     discard: |_, _, _, _| {},
     resize_keeps_pages: false,
     splits: None,
+    fresh_zeroed: |_| false,
     moves_pages: || false,
     move_pages: |_, _, _, _| false,
 };
@@ -474,6 +485,11 @@ impl Storage {
     /// Whether resizing a huge block moves its pages without copying them.
     pub fn resize_keeps_pages(self) -> bool {
         self.ops.resize_keeps_pages && self.ops.realloc.is_some()
+    }
+
+    /// Whether a fresh allocation of `size` bytes reads as zeros.
+    pub fn fresh_zeroed(self, size: usize) -> bool {
+        (self.ops.fresh_zeroed)(size)
     }
 
     /// Whether the storage moves pages between allocations (see [`StorageOps::move_pages`]).
