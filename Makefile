@@ -91,7 +91,7 @@ rust-test:
 
 # The unit and model tests Miri can run (those on the std::alloc storages; the ones that need mmap
 # are ignored under Miri) under Stacked Borrows. The region map's exposed provenance is deliberate.
-MIRI_TESTS := model_tests region_map bitmap tls diagnostics sizes options storage list heap::
+MIRI_TESTS := model_tests region_map bitmap segment::tests tls diagnostics sizes options storage list heap::
 miri:
 	MIRIFLAGS="-Zmiri-permissive-provenance" $(CARGO) +nightly miri test --lib -- $(MIRI_TESTS)
 

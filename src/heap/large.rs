@@ -290,6 +290,8 @@ impl Heap {
             s.map_set(page, PAGE_LARGE | new_pages as u32);
             s.free_pages(page + new_pages, tail);
             self.count_free(tail * ZEND_MM_PAGE_SIZE);
+            // SAFETY: as above.
+            unsafe { self.note_unpurged(seg) };
         } else {
             let extra = new_pages - pages;
             if !s.pages_free(page + pages, extra) {

@@ -192,6 +192,10 @@ const NO_REQUEST_ENDS: bool = cfg!(feature = "preload");
 /// storage at the next slow path.
 const PURGE_DELAY_MS: u32 = 100;
 
+/// Without request ends: a segment's free pages go back to the system (`MADV_DONTNEED` with the
+/// built-in storages) once pages have been free in it for this many milliseconds.
+const PURGE_PAGES_DELAY_MS: u32 = 100;
+
 impl Heap {
     /// A heap with no segment, no block and no limit; `create` fills in the rest.
     const fn blank(no_segment: *mut Segment, segment_size: usize, storage: Storage) -> Heap {

@@ -122,7 +122,7 @@ impl<'a> PageBitmap<'a> {
     ///
     /// Walks the words once, finding each run's ends with one `trailing_zeros` per end: full
     /// words inside a run (or between runs) cost one comparison.
-    fn for_each_free_run(&self, mut f: impl FnMut(usize, usize) -> bool) {
+    pub fn for_each_free_run(&self, mut f: impl FnMut(usize, usize) -> bool) {
         let mut run_start = None;
         for (w, &used) in self.words.iter().enumerate() {
             let base = w * 64;

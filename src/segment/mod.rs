@@ -14,7 +14,9 @@
 //! - `map[i]` describes page i: the first page of a small run names its bin, the other pages of the
 //!   run point back to the first; the first page of a large run holds its page count, and so does
 //!   the first page of a freed large run the heap keeps whole (`PAGE_CACHED`); every other
-//!   page (header pages included) is `FREE`, so a pointer into it is not a block;
+//!   page (header pages included) is of kind `FREE`, so a pointer into it is not a block; a free
+//!   page that may be resident says so (`PAGE_UNPURGED` or `PAGE_AGED`), and then `dirty_since`
+//!   is not 0 (or was reset with the whole segment);
 //! - `free_pages` and `longest_free` are exact;
 //! - `owner` is the owning heap's id (the region map's owner, checked on every free).
 //!
@@ -46,6 +48,12 @@ pub(crate) const PAGE_SMALL: u32 = 2 << 30;
 pub(crate) const PAGE_CACHED: u32 = 3 << 30;
 // Map entries are cleared with `write_bytes`, byte by byte.
 const _: () = assert!(PAGE_FREE == 0);
+/// In a free page's entry: the page was freed since the last purge pass, so it may be resident (see
+/// [`Segment::purge_free_pages`]). Pages inside a large run keep what their entries held while
+/// free: only the bitmap tells a free page.
+pub(crate) const PAGE_UNPURGED: u32 = 1;
+/// In a free page's entry: the page was free, and may be resident, at the last purge pass.
+pub(crate) const PAGE_AGED: u32 = 2;
 pub(crate) const PAGE_KIND_MASK: u32 = 3 << 30;
 /// Large runs: page count in the low bits of the first page's entry.
 pub(crate) const LARGE_PAGES_MASK: u32 = (1 << 30) - 1;
@@ -185,6 +193,10 @@ const _: () = {
 
 /// Marker for "not in any class list".
 pub(crate) const NO_CLASS: u32 = u32::MAX;
+/// Its 16-bit form in the segment header.
+const NO_CLASS_16: u16 = u16::MAX;
+// The header's page count fits its 16 bits for every segment size (a misaligned start adds one).
+const _: () = assert!(header_pages(crate::sizes::MAX_SEGMENT_SIZE, 1 << 20) < u16::MAX as usize);
 
 #[repr(C)]
 pub struct Segment {
@@ -195,21 +207,25 @@ pub struct Segment {
     /// Pages numbered in the map (the segment size over the page size).
     page_count: u32,
     /// Pages at the start that the header occupies.
-    header_pages: u32,
+    header_pages: u16,
+    /// The heap's class list this segment is on ([`NO_CLASS`] if none), as a `u16`.
+    class: u16,
     free_pages: u32,
     /// Longest run of free pages.
     longest_free: u32,
-    /// The heap's class list this segment is on ([`NO_CLASS`] if none).
-    class: u32,
     /// The heap's request count (its low 32 bits) when the segment last served a request.
     last_used: u32,
+    /// When pages were first freed since the segment's free pages were last handed back to the
+    /// system (milliseconds, low 32 bits, never 0); 0 if none were (see [`Segment::purge_free_pages`]).
+    dirty_since: u32,
     /// Creation ordinal: younger segments have larger numbers.
     num: u64,
     /// On the heap's list of live segments.
     all: Links<Segment>,
     /// On one of the heap's class lists, or its cache.
     by_class: Links<Segment>,
-    bitmap: *mut u64,
+    /// When pages were last freed (milliseconds, low 32 bits), while `dirty_since` is not 0.
+    last_freed: u32,
 }
 
 /// The list of a heap's live segments.
@@ -305,15 +321,16 @@ impl Segment {
                 alloc: Allocation::new(base, size),
                 owner,
                 page_count: page_count as u32,
-                header_pages: header_pages as u32,
+                header_pages: header_pages as u16,
+                class: NO_CLASS_16,
                 free_pages: 0,
                 longest_free: 0,
-                class: NO_CLASS,
                 num,
                 last_used: 0,
+                dirty_since: 0,
                 all: Links::NONE,
                 by_class: Links::NONE,
-                bitmap: base.add(bitmap_offset(size)).cast(),
+                last_freed: 0,
             });
             (*seg).reset();
         }
@@ -329,13 +346,19 @@ impl Segment {
         bitmap.set_range(0, header);
         // SAFETY: the map has `page_count` entries.
         unsafe { ptr::write_bytes(self.map(), 0, pages) };
+        if self.dirty_since != 0 {
+            // Pages freed and not handed back yet stay known as such.
+            for page in header..pages {
+                self.map_set(page, PAGE_FREE | PAGE_UNPURGED);
+            }
+        }
         self.free_pages = (pages - header) as u32;
         self.longest_free = self.free_pages;
     }
 
     /// Pages blocks can use.
     pub fn usable_pages(&self) -> u32 {
-        self.page_count - self.header_pages
+        self.page_count - self.header_pages as u32
     }
 
     /// The page map, at [`MAP_OFFSET`], with the provenance of the whole allocation.
@@ -344,19 +367,27 @@ impl Segment {
         self.alloc.base().wrapping_add(MAP_OFFSET).cast()
     }
 
+    /// The page bitmap's words, after the map, with the provenance of the whole allocation.
+    #[inline(always)]
+    fn bitmap_words(&self) -> *mut u64 {
+        let offset = bitmap_offset(self.page_count as usize * ZEND_MM_PAGE_SIZE);
+        self.alloc.base().wrapping_add(offset).cast()
+    }
+
     fn bitmap(&mut self) -> PageBitmap<'_> {
         let pages = self.page_count as usize;
         // SAFETY: the bitmap has words_for(page_count) words (init) and is only reached through
         // this exclusive borrow of the segment.
-        let words =
-            unsafe { core::slice::from_raw_parts_mut(self.bitmap, PageBitmap::words_for(pages)) };
+        let words = unsafe {
+            core::slice::from_raw_parts_mut(self.bitmap_words(), PageBitmap::words_for(pages))
+        };
         PageBitmap::new(words, pages)
     }
 
     /// Whether page `i` is in use (the header's pages are).
     pub fn page_used(&self, i: usize) -> bool {
         // SAFETY: i < page_count (callers' invariant) and the bitmap has that many bits.
-        unsafe { *self.bitmap.add(i / 64) & (1 << (i % 64)) != 0 }
+        unsafe { *self.bitmap_words().add(i / 64) & (1 << (i % 64)) != 0 }
     }
 
     /// The storage allocation the segment is.
@@ -393,11 +424,16 @@ impl Segment {
 
     /// The heap's class list the segment is on ([`NO_CLASS`] if none).
     pub fn class(&self) -> u32 {
-        self.class
+        if self.class == NO_CLASS_16 {
+            NO_CLASS
+        } else {
+            u32::from(self.class)
+        }
     }
 
     pub fn set_class(&mut self, class: u32) {
-        self.class = class;
+        debug_assert!(class == NO_CLASS || class < u32::from(NO_CLASS_16));
+        self.class = class as u16;
     }
 
     /// Creation ordinal: younger segments have larger numbers.
@@ -414,6 +450,92 @@ impl Segment {
     /// Records that the segment serves request `request` of its heap.
     pub fn set_last_used(&mut self, request: u64) {
         self.last_used = request as u32;
+    }
+
+    /// Whether free pages may be resident (freed since the system last got them back).
+    #[cfg(test)]
+    fn has_unpurged(&self) -> bool {
+        self.dirty_since != 0
+    }
+
+    /// Records that pages were freed at `now_ms` (a millisecond clock); true if none waited before
+    /// (the caller schedules a purge pass `delay` from now, see [`Segment::purge_free_pages`]).
+    pub fn note_unpurged(&mut self, now_ms: u64) -> bool {
+        let now = (now_ms as u32).max(1);
+        self.last_freed = now;
+        if self.dirty_since == 0 {
+            self.dirty_since = now;
+            return true;
+        }
+        false
+    }
+
+    /// A purge pass at `now_ms`, for free pages that may be resident. Pages go back to the system
+    /// once free for at least `delay_ms`, so a program that frees and reuses pages within the delay
+    /// keeps them resident:
+    /// - no page was freed for `delay_ms`: every such page goes back;
+    /// - else, `delay_ms` after the last pass (or the first free since): the pages that were
+    ///   free at that pass ([`PAGE_AGED`]) go back, those freed since ([`PAGE_UNPURGED`]) age
+    ///   and wait for the next pass;
+    /// - else nothing is due yet.
+    ///
+    /// `discard(start, end)` gets the byte offsets from the segment's start of each range to hand
+    /// back (a range may include pages handed back before, never a page in use or one that stays).
+    /// Returns when the next pass is due, if pages still wait.
+    pub fn purge_free_pages(
+        &mut self,
+        now_ms: u64,
+        delay_ms: u32,
+        mut discard: impl FnMut(usize, usize),
+    ) -> Option<u64> {
+        if self.dirty_since == 0 {
+            return None;
+        }
+        let now = now_ms as u32;
+        let waited = now.wrapping_sub(self.dirty_since);
+        let all = now.wrapping_sub(self.last_freed) >= delay_ms;
+        if !all && waited < delay_ms {
+            return Some(now_ms + u64::from(delay_ms - waited));
+        }
+        let page0 = self.alloc.base().addr() & !(ZEND_MM_PAGE_SIZE - 1);
+        let first = page0.wrapping_sub(self.alloc.base().addr());
+        let offset = |page: usize| first.wrapping_add(page * ZEND_MM_PAGE_SIZE);
+        let goes = if all {
+            PAGE_AGED | PAGE_UNPURGED
+        } else {
+            PAGE_AGED
+        };
+        let map = self.map();
+        let mut waiting = false;
+        self.bitmap().for_each_free_run(|start, len| {
+            // The pending range of pages that go back: first and last.
+            let mut range: Option<(usize, usize)> = None;
+            for page in start..start + len {
+                // SAFETY: a free run lies within the map.
+                let entry = unsafe { &mut *map.add(page) };
+                if *entry & goes != 0 {
+                    *entry = PAGE_FREE;
+                    range = Some(range.map_or((page, page), |(low, _)| (low, page)));
+                } else if *entry & PAGE_UNPURGED != 0 {
+                    *entry = PAGE_FREE | PAGE_AGED;
+                    waiting = true;
+                    if let Some((low, high)) = range.take() {
+                        discard(offset(low), offset(high + 1));
+                    }
+                }
+            }
+            if let Some((low, high)) = range {
+                discard(offset(low), offset(high + 1));
+            }
+            true
+        });
+        if waiting {
+            self.dirty_since = now.max(1);
+            Some(now_ms + u64::from(delay_ms))
+        } else {
+            self.dirty_since = 0;
+            None
+        }
     }
 
     /// Address of page 0: the segment's start rounded down to a page (with the provenance of the
@@ -517,12 +639,14 @@ impl Segment {
         }
     }
 
-    /// Gives back `n` pages from `start` and clears their map entries.
+    /// Gives back `n` pages from `start`; their map entries say free and not handed back to the
+    /// system yet ([`PAGE_UNPURGED`]).
     pub fn free_pages(&mut self, start: usize, n: usize) {
         debug_assert!(start >= self.header_pages as usize && start + n <= self.page_count as usize);
         self.bitmap().clear_range(start, n);
-        // SAFETY: the run lies within the map (start + n <= page_count).
-        unsafe { ptr::write_bytes(self.map().add(start), 0, n) };
+        for page in start..start + n {
+            self.map_set(page, PAGE_FREE | PAGE_UNPURGED);
+        }
         self.free_pages += n as u32;
         let run = self.bitmap().free_run_around(start) as u32;
         self.longest_free = self.longest_free.max(run);
@@ -531,5 +655,101 @@ impl Segment {
     /// Whether no page past the header is in use.
     pub fn is_empty(&self) -> bool {
         self.free_pages == self.usable_pages()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::alloc::{Layout, alloc, dealloc};
+
+    const SIZE: usize = 64 * 1024;
+    const P: usize = ZEND_MM_PAGE_SIZE;
+
+    const DELAY: u32 = 10;
+
+    /// The ranges (in pages) a purge pass over `seg` at `now` hands back, and when the next is due.
+    fn purge(seg: &mut Segment, now: u64) -> (Vec<(usize, usize)>, Option<u64>) {
+        let mut ranges = Vec::new();
+        let due = seg.purge_free_pages(now, DELAY, |start, end| ranges.push((start / P, end / P)));
+        (ranges, due)
+    }
+
+    /// Frees `n` pages from `start` at `now`.
+    fn free(seg: &mut Segment, start: usize, n: usize, now: u64) -> bool {
+        seg.free_pages(start, n);
+        seg.note_unpurged(now)
+    }
+
+    #[test]
+    fn pages_go_back_to_the_system_once_free_for_the_delay() {
+        let layout = Layout::from_size_align(SIZE, SIZE).unwrap();
+        // SAFETY: a non-zero layout; freed at the end.
+        let base = unsafe { alloc(layout) };
+        assert!(!base.is_null());
+        // SAFETY: `SIZE` fresh bytes, aligned to their size.
+        let seg = unsafe { &mut *Segment::init(base, SIZE, 0x1000, 0, 1) };
+        assert_eq!(seg.header_pages(), 1);
+        let none: Vec<(usize, usize)> = Vec::new();
+        let a = seg.alloc_pages(3).unwrap();
+        let b = seg.alloc_pages(2).unwrap();
+        let c = seg.alloc_pages(4).unwrap();
+        assert_eq!((a, b, c), (1, 4, 6));
+        assert_eq!(
+            purge(seg, 0),
+            (none.clone(), None),
+            "fresh pages were never freed"
+        );
+        assert!(free(seg, a, 3, 100), "the first free schedules a pass");
+        assert!(!free(seg, c, 4, 100));
+        assert_eq!(purge(seg, 105), (none.clone(), Some(110)), "not due yet");
+        // Nothing freed for the delay: every freed page goes back, one range per free run
+        // (10..16 never held anything).
+        assert_eq!(purge(seg, 110), (vec![(1, 4), (6, 10)], None));
+        assert!(!seg.has_unpurged());
+        assert_eq!(purge(seg, 200), (none.clone(), None), "handed back already");
+        // Frees go on: the pages free at a pass go back at the next, those freed since wait.
+        assert!(free(seg, b, 2, 200));
+        let d = seg.alloc_pages(2).unwrap();
+        assert_eq!(d, 1, "the best fit: the 3-page run");
+        assert!(!free(seg, d, 2, 205));
+        assert_eq!(
+            purge(seg, 210),
+            (none.clone(), Some(220)),
+            "freed too recently: they age"
+        );
+        assert_eq!(
+            purge(seg, 220),
+            (vec![(1, 6)], None),
+            "over page 3, handed back before"
+        );
+        // Pages taken again before a pass are not handed back.
+        let y = seg.alloc_pages(10).unwrap();
+        let z = seg.alloc_pages(3).unwrap();
+        assert_eq!((y, z), (1, 11));
+        assert!(free(seg, y, 3, 300));
+        assert!(!free(seg, y + 4, 6, 309));
+        assert_eq!(purge(seg, 310), (none.clone(), Some(320)));
+        let taken = seg.alloc_pages(3).unwrap();
+        assert_eq!(taken, y, "taken again, aged");
+        assert!(!free(seg, taken, 3, 312));
+        assert!(!free(seg, y + 3, 1, 315));
+        assert!(!free(seg, z, 3, 315));
+        // A range of aged pages stops at pages freed since the last pass.
+        assert_eq!(
+            purge(seg, 320),
+            (vec![(5, 11)], Some(330)),
+            "y's first pages were freed at 312"
+        );
+        assert_eq!(purge(seg, 330), (vec![(1, 14)], None));
+        assert!(seg.is_empty());
+        // A reset segment whose freed pages wait keeps them waiting.
+        let w = seg.alloc_pages(4).unwrap();
+        assert!(free(seg, w, 4, 400));
+        seg.alloc_pages(6).unwrap();
+        seg.reset();
+        assert_eq!(purge(seg, 410), (vec![(1, 16)], None));
+        // SAFETY: allocated above with `layout`; the segment is not used again.
+        unsafe { dealloc(base, layout) };
     }
 }
