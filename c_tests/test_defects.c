@@ -532,6 +532,8 @@ static void told_double_free_later(void *arg) { (void)arg; char *a = emalloc(64)
  * freed block back as if it were live). */
 static void told_realloc_freed(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a); told(a, NULL, __LINE__); a = erealloc(a, 200); }
 static void told_realloc_freed_same_bin(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a); told(a, NULL, __LINE__); a = erealloc(a, 60); }
+/* The same with another block freed after it: not the list's head, its last word says. */
+static void told_realloc_freed_later(void *arg) { (void)arg; char *a = emalloc(64), *b = emalloc(64); keep(64); efree(a); efree(b); told(a, NULL, __LINE__); a = erealloc(a, 60); }
 static void told_release_abi(void *arg) { (void)arg; char *a = emalloc(96); keep(96); told(a + 48, a, 0); _efree_96(a + 48); }
 static void told_large_double_free(void *arg) { (void)arg; char *a = emalloc(5000); keep(5000); efree(a); told(a, NULL, __LINE__); efree(a); }
 static void told_large_interior(void *arg) { (void)arg; char *a = emalloc(5000); keep(5000); told(a + 100, a, __LINE__); efree(a + 100); }
@@ -608,6 +610,9 @@ static void test_corruption_names_the_call_the_pointer_and_the_location(void)
     check_told_nothing_before(told_realloc_freed_same_bin,
                               "erealloc(%p): double free: the block was the last one freed in its size class "
                               "(called at %s:%d)");
+    check_told_nothing_before(told_realloc_freed_later,
+                              "erealloc(%p): double free: the block is on its size class's free list already "
+                              "(freed before, other blocks of its size freed since) (called at %s:%d)");
     static const size_t remote_sizes[] = {100, 3000};
     for (size_t i = 0; i < sizeof remote_sizes / sizeof *remote_sizes; i++) {
         size_t size = remote_sizes[i];

@@ -201,10 +201,13 @@ impl Heap {
             return false;
         };
         if let Some(bin) = small_bin(info) {
-            // A block that heads its bin's free list was just freed: the slow path reports it.
+            // A freed block (at the head of its bin's free list, or marked) goes to the slow path,
+            // which reports it if it is on the list.
+            let bin = bin & (BIN_SLOTS - 1);
             return keeps_bin(bin, size)
                 && starts_slot(p, info)
-                && self.free_slot_head(bin & (BIN_SLOTS - 1)).cast() != p;
+                && self.free_slot_head(bin).cast() != p
+                && !self.marked_free(p, bin);
         }
         match info & PAGE_KIND_MASK {
             PAGE_LARGE => {
