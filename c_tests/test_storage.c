@@ -251,6 +251,7 @@ static void startup_with(void *arg)
     case 2: zend_mm_startup_ex(&arena_handlers, 32 * 1024, 0, 0, NULL); break;
     case 3: zend_mm_startup_ex(&arena_handlers, (size_t)2 << 30, 0, 0, NULL); break;
     case 4: zend_mm_startup_ex(NULL, 256 * 1024, 0, 0, NULL); break;
+    case 6: zend_mm_startup_ex(&arena_handlers, 256 * 1024, SIZE_MAX, 0, NULL); break;
     default: zend_mm_startup_ex(&incomplete_handlers, 256 * 1024, 0, 0, NULL); break;
     }
 }
@@ -269,6 +270,8 @@ static void test_startup_argument_errors(void)
     CHECK_SIGNAL(r, SIGABRT, "zend_mm_startup_ex: the storage handlers are NULL\n");
     r = run_child(startup_with, (void *)5, NULL);
     CHECK_SIGNAL(r, SIGABRT, "zend_mm_startup_ex: the storage handlers need init, _alloc and _free\n");
+    r = run_child(startup_with, (void *)6, NULL);
+    CHECK_EXIT(r, 255, "Cannot set aside the reserve of 18446744073709551615 bytes for zend_mm storage [arena]\n");
 }
 
 /* ---- The reserve ---- */

@@ -1164,8 +1164,9 @@ struct _zend_mm_storage {
  * makes the storage, segments are `block_size` bytes (a power of two, 64K to 1G), and
  * `reserve_size` bytes are held back for the error path. `internal` is accepted for PHP 5.3
  * compatibility: the heap always lives inside its first segment. Returns NULL (after a message) if
- * the storage has no memory for the first segment; a bad `block_size` ends the process with status
- * 255, and NULL handlers or a table without `init`, `_alloc` and `_free` abort (misuse, as elsewhere).
+ * the storage has no memory for the first segment; a bad `block_size` or a reserve that cannot be
+ * set aside ends the process with status 255, and NULL handlers or a table without `init`,
+ * `_alloc` and `_free` abort (misuse, as elsewhere).
  *
  * `handlers` must point to a handler table that outlives the heap; its functions must behave as
  * `zend_mm_mem_handlers` documents.

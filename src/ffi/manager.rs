@@ -120,8 +120,9 @@ fn report_no_heap(storage: &CStr) {
 /// makes the storage, segments are `block_size` bytes (a power of two, 64K to 1G), and
 /// `reserve_size` bytes are held back for the error path. `internal` is accepted for PHP 5.3
 /// compatibility: the heap always lives inside its first segment. Returns NULL (after a message) if
-/// the storage has no memory for the first segment; a bad `block_size` ends the process with status
-/// 255, and NULL handlers or a table without `init`, `_alloc` and `_free` abort (misuse, as elsewhere).
+/// the storage has no memory for the first segment; a bad `block_size` or a reserve that cannot be
+/// set aside ends the process with status 255, and NULL handlers or a table without `init`,
+/// `_alloc` and `_free` abort (misuse, as elsewhere).
 ///
 /// # Safety
 /// `handlers` must point to a handler table that outlives the heap; its functions must behave as
@@ -171,6 +172,14 @@ pub unsafe extern "C" fn zend_mm_startup_ex(
     let heap = unsafe { Heap::create(storage, block_size, reserve_size, compact) };
     if heap.is_null() {
         report_no_heap(name);
+    // SAFETY: a live heap, just made.
+    } else if unsafe { !(*heap).has_reserve() } {
+        // PHP 5.3 allocates the reserve at startup too, and fails there when it cannot.
+        startup_error(format_args!(
+            "Cannot set aside the reserve of {} bytes for zend_mm storage [{}]\n",
+            reserve_size,
+            name.to_str().unwrap_or("?")
+        ));
     } else {
         // SAFETY: the heap was just made and has no block.
         unsafe { runtime::apply_diagnostic_options(heap) };

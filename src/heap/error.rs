@@ -63,6 +63,11 @@ impl Heap {
         }
     }
 
+    /// Whether the reserve is set aside (or none was asked for).
+    pub fn has_reserve(&self) -> bool {
+        self.reserve_size == 0 || !self.reserve.is_null()
+    }
+
     /// Bytes of the reserve, if it is set aside.
     pub(super) fn reserve_bytes(&self) -> usize {
         if self.reserve.is_null() {
