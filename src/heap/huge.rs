@@ -154,7 +154,7 @@ impl Heap {
     /// allocated or resized since), except what reads as zeros already: the pages of a huge block
     /// made of fresh zeroed storage. A `calloc` of a big block then faults in only the pages its
     /// program touches, as under glibc; writing zeros over them faulted in every one (a Python
-    /// `bytes(n)` took 3 times glibc's time).
+    /// `bytes(100_000_000)` took 51 ms of CPU under the preload library, none under glibc).
     ///
     /// # Safety
     /// `p` is a block of at least `n` bytes, handed out by the last allocation of this heap (or of

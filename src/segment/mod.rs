@@ -215,8 +215,9 @@ pub struct Segment {
     longest_free: u32,
     /// The heap's request count (its low 32 bits) when the segment last served a request.
     last_used: u32,
-    /// When pages were first freed since the segment's free pages were last handed back to the
-    /// system (milliseconds, low 32 bits, never 0); 0 if none were (see [`Segment::purge_free_pages`]).
+    /// When the current wait of free pages that may be resident began: the first free since the
+    /// last purge pass, or that pass if pages still wait (milliseconds, low 32 bits, never 0); 0 if
+    /// no free page may be resident (see [`Segment::purge_free_pages`]).
     dirty_since: u32,
     /// Creation ordinal: younger segments have larger numbers.
     num: u64,
