@@ -594,6 +594,87 @@ static void test_freed_pages_among_live_blocks_go_back_after_a_while(void)
     }
 }
 
+/* The same for the pages of small blocks: once 1023 in 1024 of 12.8 MB of 64-byte blocks are freed,
+ * a bigger request makes the library free the runs whose slots are all free (before it takes
+ * another segment), and those pages go back to the kernel after a while too; the pages the blocks
+ * were in then hold little more than the blocks still live. In a process of its own (this program
+ * again, `small-runs` as its argument), so that no earlier test's memory is in the way and none of
+ * its own is left to the tests after it. It prints how many of those pages are resident. */
+static int freed_small_runs_child(void)
+{
+    enum { N = 200000, SIZE = 64, KEEP = 1024, BIG = 8 };
+    static unsigned char *small[N];
+    unsigned char *big[BIG];
+    for (int i = 0; i < N; i++) {
+        small[i] = malloc(opaque(SIZE));
+        if (!small[i]) {
+            return 1;
+        }
+        memset(small[i], 0x5a, SIZE);
+    }
+    for (int i = 0; i < N; i++) {
+        if (i % KEEP != 0) {
+            free(small[i]);
+        }
+    }
+    for (int i = 0; i < BIG; i++) {
+        big[i] = malloc(opaque(1 << 20));
+        sink = big[i];
+    }
+    idle_then_allocate(20 << 10);
+    /* The pages the blocks were in, each counted once (consecutive blocks share pages). */
+    size_t pages = 0, resident = 0;
+    uintptr_t last = 0;
+    for (int i = 0; i < N; i++) {
+        uintptr_t page = (uintptr_t)small[i] & ~(uintptr_t)4095;
+        if (page != last) {
+            pages++;
+            resident += resident_pages_of((void *)page, 4096);
+            last = page;
+        }
+    }
+    int intact = 1;
+    for (int i = 0; i < N; i += KEEP) {
+        intact &= small[i][0] == 0x5a && small[i][SIZE - 1] == 0x5a;
+    }
+    printf("%zu %zu %d\n", pages, resident, intact);
+    return 0;
+}
+
+static void test_freed_small_runs_go_back_after_a_while(void)
+{
+    fflush(NULL);
+    int out[2];
+    if (pipe(out) != 0) {
+        CHECK(0);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(out[1], STDOUT_FILENO);
+        execl("/proc/self/exe", "test_preload", "small-runs", (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    char line[128] = "";
+    ssize_t got = read(out[0], line, sizeof line - 1);
+    close(out[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    size_t pages = 0, resident = 0;
+    int intact = 0;
+    CHECK(got > 0 && sscanf(line, "%zu %zu %d", &pages, &resident, &intact) == 3);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(intact);
+    CHECK(pages >= 200000 * 64 / 4096);
+    if (getenv("ZEND_ALLOC_PRELOAD_EXPECTED")) {
+        CHECK(resident < pages / 4);
+        if (resident >= pages / 4) {
+            fprintf(stderr, "  %zu of the %zu pages the small blocks were in resident after 300 ms\n", resident, pages);
+        }
+    }
+}
+
 /* Memory that held many small blocks serves other sizes once they are freed: glibc merges the
  * freed chunks; the library frees its small runs whose slots are all free before it takes more
  * segments. The resident set after both phases stays near one phase's size, not their sum. */
@@ -601,6 +682,9 @@ static void test_freed_small_blocks_serve_other_sizes(void)
 {
     enum { SMALL = 48, NSMALL = 300000, LARGE = 64 << 10, NLARGE = 220 }; /* 14.4 MB a phase */
     static void *small[NSMALL], *large[NLARGE];
+    /* Free memory earlier tests left resident goes back first (glibc and this library both hand
+     * free pages to the kernel in malloc_trim), so the small phase's pages are fresh ones. */
+    malloc_trim(0);
     size_t before = resident_bytes();
     if (!fill_blocks(small, NSMALL, SMALL)) {
         return;
@@ -682,8 +766,11 @@ static void test_double_frees_abort(void)
     }
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "small-runs")) {
+        return freed_small_runs_child();
+    }
     test_the_library_serves_malloc();
     test_glibc_edge_cases();
     test_alignment_and_usable_size();
@@ -694,6 +781,7 @@ int main(void)
     test_fork_while_threads_allocate();
     test_freed_big_blocks_go_back_after_a_while();
     test_freed_pages_among_live_blocks_go_back_after_a_while();
+    test_freed_small_runs_go_back_after_a_while();
     test_freed_small_blocks_serve_other_sizes();
     test_double_frees_abort();
     sink = NULL;

@@ -1057,8 +1057,9 @@ ZEND_API ZEND_MM_NOPLT int zend_set_memory_limit(size_t memory_limit);
 ZEND_API ZEND_MM_NOPLT int zend_alloc_in_memory_limit_error_reporting(void);
 
 /**
- * Frees every small run whose blocks are all free; returns the bytes given back (0 on custom
- * heaps).
+ * Frees every small run whose blocks are all free, gives cached segments and huge blocks back to
+ * storage and the free pages of the segments that stay back to the system; returns the bytes
+ * given back to storage (0 on custom heaps).
  *
  * `heap` must be a live heap.
  */

@@ -264,12 +264,17 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
     }
 }
 
-/// Gives cached memory of the calling thread's heap back; whether any went back.
+/// Gives cached memory of the calling thread's heap back, and hands its free pages back to the
+/// system (as glibc's `malloc_trim` does with free pages inside its heap); whether any went back.
 #[cfg_attr(not(feature = "preload"), allow(dead_code))] // the preload library's
 pub fn trim() -> bool {
     let heap = runtime::current_or_own();
+    if heap.is_null() {
+        return false;
+    }
     // SAFETY: the thread's live heap.
-    !heap.is_null() && unsafe { (*api::enter(heap)).gc() } > 0
+    let (given, handed_back) = unsafe { (*api::enter(heap)).trim() };
+    given + handed_back > 0
 }
 
 /// The calling thread's heap: bytes taken from the system and bytes handed out.

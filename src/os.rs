@@ -211,7 +211,7 @@ pub fn close(fd: i32) {
 /// touch). The first `keep` bytes stay as they are.
 ///
 /// # Safety
-/// `p..p + len` must be memory of the caller's whose contents past `keep` nobody needs.
+/// `p..p + len` must be memory of the caller's whose contents in `keep..len` nobody needs.
 pub unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
     let start = (p.addr() + keep).next_multiple_of(ZEND_MM_PAGE_SIZE);
     let end = (p.addr() + len) & !(ZEND_MM_PAGE_SIZE - 1);

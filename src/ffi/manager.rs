@@ -242,8 +242,9 @@ pub unsafe extern "C" fn zend_mm_get_storage(heap: *mut zend_mm_heap) -> *mut ze
     user_storage::c_storage(checked(heap, "zend_mm_get_storage").storage())
 }
 
-/// Frees every small run whose blocks are all free; returns the bytes given back (0 on custom
-/// heaps).
+/// Frees every small run whose blocks are all free, gives cached segments and huge blocks back to
+/// storage and the free pages of the segments that stay back to the system; returns the bytes
+/// given back to storage (0 on custom heaps).
 ///
 /// # Safety
 /// `heap` must be a live heap.

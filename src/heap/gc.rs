@@ -24,17 +24,25 @@ use crate::segment::{
 use crate::sizes::{BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
 
 impl Heap {
-    /// Frees every small run whose slots are all free and returns cached segments and huge blocks
-    /// to storage; returns the bytes given back (PHP counts the runs only: it has no caches to
-    /// empty mid-request).
+    /// Frees every small run whose slots are all free, returns cached segments and huge blocks
+    /// to storage, and hands the free pages of the segments that stay back to the system (they
+    /// stay the heap's: the next blocks there fault them in again); returns the bytes given back
+    /// to storage (PHP counts the runs only: it has no caches to empty mid-request).
     pub fn gc(&mut self) -> usize {
+        self.trim().0
+    }
+
+    /// [`Heap::gc`]: the bytes given back to storage, and those of free pages handed back to the
+    /// system (`malloc_trim` reports both).
+    pub fn trim(&mut self) -> (usize, usize) {
         if self.is_custom() {
-            return 0;
+            return (0, 0);
         }
-        let runs = self.flush_run_cache() * ZEND_MM_PAGE_SIZE;
-        runs + self.collect_free_runs()
+        let given = self.flush_run_cache() * ZEND_MM_PAGE_SIZE
+            + self.collect_free_runs()
             + self.release_cached_segments()
-            + self.release_cached_huge()
+            + self.release_cached_huge();
+        (given, self.purge_all_free_pages())
     }
 
     /// Frees every small run whose slots are all free (to its segment's free pages; a segment
@@ -83,6 +91,7 @@ impl Heap {
                     unsafe {
                         (*seg).free_pages(first, info.pages as usize);
                         self.reclassify(seg);
+                        self.note_unpurged(seg);
                     }
                     collected_pages += info.pages as usize;
                 }
@@ -159,4 +168,58 @@ fn not_a_free_slot(p: *const u8, bin: usize) -> ! {
         BINS[bin].size,
         p.addr()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::ptr;
+
+    /// How many pages of `p..p + len` (page aligned) are resident.
+    fn resident_pages(p: *mut u8, len: usize) -> usize {
+        let mut map = [0u8; 64];
+        let pages = len / ZEND_MM_PAGE_SIZE;
+        assert!(pages <= map.len() && p.addr() % ZEND_MM_PAGE_SIZE == 0);
+        // SAFETY: `map` has a byte per page of the range, which the caller has mapped.
+        assert_eq!(unsafe { libc::mincore(p.cast(), len, map.as_mut_ptr()) }, 0);
+        map[..pages].iter().filter(|&&b| b & 1 != 0).count()
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps memory")]
+    fn gc_hands_the_free_pages_of_live_segments_back_to_the_system() {
+        let ops = crate::storage::builtin_by_name(b"mmap_anon").unwrap();
+        let heap = super::super::test_heap_on(ops, 2 << 20);
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        // Large blocks past the run cache's page counts, written, then all freed but the last.
+        let size = 20 * ZEND_MM_PAGE_SIZE;
+        let blocks: Vec<*mut u8> = (0..8).map(|_| h().alloc(size).unwrap()).collect();
+        for &p in &blocks {
+            // SAFETY: a live block of `size` bytes.
+            unsafe { ptr::write_bytes(p, 0x6b, size) };
+        }
+        for &p in &blocks[..7] {
+            h().free(p);
+        }
+        let freed = || {
+            blocks[..7]
+                .iter()
+                .map(|&p| resident_pages(p, size))
+                .sum::<usize>()
+        };
+        assert_eq!(freed(), 7 * 20, "freed pages stay resident until gc");
+        let real = h().usage(true);
+        h().gc();
+        assert_eq!(freed(), 0, "gc handed them back");
+        assert_eq!(h().usage(true), real, "they stay the heap's");
+        let last = blocks[7];
+        // SAFETY: the live block, `size` bytes.
+        let intact = unsafe { core::slice::from_raw_parts(last, size) }
+            .iter()
+            .all(|&b| b == 0x6b);
+        assert!(intact, "the live block keeps its bytes");
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
 }

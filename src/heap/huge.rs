@@ -161,7 +161,8 @@ impl Heap {
     /// another: then it is written whole).
     pub unsafe fn zero_new_block(&self, p: *mut u8, n: usize) {
         let mut dirty = n;
-        if n > ZEND_MM_PAGE_SIZE {
+        // A custom heap's handler may have made the block any way it liked.
+        if n > ZEND_MM_PAGE_SIZE && !self.is_custom() {
             let block = self.huge_blocks.head();
             // SAFETY: a non-null head is a live huge block of this heap.
             if !block.is_null() && unsafe { (*block).data } == p {
@@ -1188,6 +1189,13 @@ mod tests {
                 resident_pages(segment, SEG),
                 SEG / ZEND_MM_PAGE_SIZE,
                 "the block's written pages came along, resident"
+            );
+            // The pages no block took are known as free pages that may be resident.
+            h().purge_all_free_pages();
+            assert_eq!(
+                resident_pages(segment, SEG),
+                1 + 40 * KIB / ZEND_MM_PAGE_SIZE,
+                "the header and the block's pages stay, the free ones went back"
             );
         } else {
             assert_eq!(h().cached_huge_bytes(), cached);

@@ -225,6 +225,7 @@ impl Heap {
         unsafe {
             self.unlink_cached_run((*seg).page_addr(page).cast(), pages);
             (*seg).free_pages(page, pages);
+            self.note_unpurged(seg);
         }
     }
 

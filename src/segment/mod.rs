@@ -14,9 +14,10 @@
 //! - `map[i]` describes page i: the first page of a small run names its bin, the other pages of the
 //!   run point back to the first; the first page of a large run holds its page count, and so does
 //!   the first page of a freed large run the heap keeps whole (`PAGE_CACHED`); every other
-//!   page (header pages included) is of kind `FREE`, so a pointer into it is not a block; a free
-//!   page that may be resident says so (`PAGE_UNPURGED` or `PAGE_AGED`), and then `dirty_since`
-//!   is not 0 (or was reset with the whole segment);
+//!   page (header pages included) is of kind `FREE`, so a pointer into it is not a block; in a
+//!   heap without request ends (the preload library), a free page that may be resident says so
+//!   (`PAGE_UNPURGED` or `PAGE_AGED`), and then `dirty_since` is not 0 (a reset keeps the marks
+//!   while it is not); other heaps write the marks and never read them;
 //! - `free_pages` and `longest_free` are exact;
 //! - `owner` is the owning heap's id (the region map's owner, checked on every free).
 //!
@@ -190,6 +191,12 @@ const _: () = {
         bin += 1;
     }
 };
+
+/// A millisecond clock's reading as a segment keeps it: the low 32 bits, odd, so never 0 (which
+/// means "no stamp"); comparisons of two stamps are off by a millisecond at most.
+fn stamp(now_ms: u64) -> u32 {
+    now_ms as u32 | 1
+}
 
 /// Marker for "not in any class list".
 pub(crate) const NO_CLASS: u32 = u32::MAX;
@@ -462,13 +469,26 @@ impl Segment {
     /// Records that pages were freed at `now_ms` (a millisecond clock); true if none waited before
     /// (the caller schedules a purge pass `delay` from now, see [`Segment::purge_free_pages`]).
     pub fn note_unpurged(&mut self, now_ms: u64) -> bool {
-        let now = (now_ms as u32).max(1);
+        let now = stamp(now_ms);
         self.last_freed = now;
         if self.dirty_since == 0 {
             self.dirty_since = now;
             return true;
         }
         false
+    }
+
+    /// Marks every free page as possibly resident, as a free of it would (pages moved in from
+    /// elsewhere); the caller notes the segment.
+    pub fn mark_free_pages_unpurged(&mut self) {
+        let map = self.map();
+        self.bitmap().for_each_free_run(|start, len| {
+            for page in start..start + len {
+                // SAFETY: a free run lies within the map.
+                unsafe { *map.add(page) |= PAGE_UNPURGED };
+            }
+            true
+        });
     }
 
     /// A purge pass at `now_ms`, for free pages that may be resident. Pages go back to the system
@@ -487,25 +507,45 @@ impl Segment {
         &mut self,
         now_ms: u64,
         delay_ms: u32,
-        mut discard: impl FnMut(usize, usize),
+        discard: impl FnMut(usize, usize),
     ) -> Option<u64> {
         if self.dirty_since == 0 {
             return None;
         }
-        let now = now_ms as u32;
+        let now = stamp(now_ms);
         let waited = now.wrapping_sub(self.dirty_since);
         let all = now.wrapping_sub(self.last_freed) >= delay_ms;
         if !all && waited < delay_ms {
             return Some(now_ms + u64::from(delay_ms - waited));
         }
-        let page0 = self.alloc.base().addr() & !(ZEND_MM_PAGE_SIZE - 1);
-        let first = page0.wrapping_sub(self.alloc.base().addr());
-        let offset = |page: usize| first.wrapping_add(page * ZEND_MM_PAGE_SIZE);
         let goes = if all {
             PAGE_AGED | PAGE_UNPURGED
         } else {
             PAGE_AGED
         };
+        if self.hand_back(goes, discard) {
+            self.dirty_since = now;
+            Some(now_ms + u64::from(delay_ms))
+        } else {
+            self.dirty_since = 0;
+            None
+        }
+    }
+
+    /// Hands back every free page that may be resident at once (`zend_mm_gc`, `malloc_trim`),
+    /// as [`Segment::purge_free_pages`] does for pages free long enough.
+    pub fn purge_all_free_pages(&mut self, discard: impl FnMut(usize, usize)) {
+        self.hand_back(PAGE_AGED | PAGE_UNPURGED, discard);
+        self.dirty_since = 0;
+    }
+
+    /// Calls `discard` with the byte ranges of free pages whose entries have a bit of `goes`
+    /// (cleared), each range as long as it gets without a page that stays (a range may include
+    /// pages handed back before); pages freed since the last pass that stay age. Whether some did.
+    fn hand_back(&mut self, goes: u32, mut discard: impl FnMut(usize, usize)) -> bool {
+        let page0 = self.alloc.base().addr() & !(ZEND_MM_PAGE_SIZE - 1);
+        let first = page0.wrapping_sub(self.alloc.base().addr());
+        let offset = |page: usize| first.wrapping_add(page * ZEND_MM_PAGE_SIZE);
         let map = self.map();
         let mut waiting = false;
         self.bitmap().for_each_free_run(|start, len| {
@@ -530,13 +570,7 @@ impl Segment {
             }
             true
         });
-        if waiting {
-            self.dirty_since = now.max(1);
-            Some(now_ms + u64::from(delay_ms))
-        } else {
-            self.dirty_since = 0;
-            None
-        }
+        waiting
     }
 
     /// Address of page 0: the segment's start rounded down to a page (with the provenance of the
@@ -701,26 +735,26 @@ mod tests {
             (none.clone(), None),
             "fresh pages were never freed"
         );
-        assert!(free(seg, a, 3, 100), "the first free schedules a pass");
-        assert!(!free(seg, c, 4, 100));
-        assert_eq!(purge(seg, 105), (none.clone(), Some(110)), "not due yet");
+        assert!(free(seg, a, 3, 101), "the first free schedules a pass");
+        assert!(!free(seg, c, 4, 101));
+        assert_eq!(purge(seg, 105), (none.clone(), Some(111)), "not due yet");
         // Nothing freed for the delay: every freed page goes back, one range per free run
         // (10..16 never held anything).
-        assert_eq!(purge(seg, 110), (vec![(1, 4), (6, 10)], None));
+        assert_eq!(purge(seg, 111), (vec![(1, 4), (6, 10)], None));
         assert!(!seg.has_unpurged());
-        assert_eq!(purge(seg, 200), (none.clone(), None), "handed back already");
+        assert_eq!(purge(seg, 201), (none.clone(), None), "handed back already");
         // Frees go on: the pages free at a pass go back at the next, those freed since wait.
-        assert!(free(seg, b, 2, 200));
+        assert!(free(seg, b, 2, 201));
         let d = seg.alloc_pages(2).unwrap();
         assert_eq!(d, 1, "the best fit: the 3-page run");
         assert!(!free(seg, d, 2, 205));
         assert_eq!(
-            purge(seg, 210),
-            (none.clone(), Some(220)),
+            purge(seg, 211),
+            (none.clone(), Some(221)),
             "freed too recently: they age"
         );
         assert_eq!(
-            purge(seg, 220),
+            purge(seg, 221),
             (vec![(1, 6)], None),
             "over page 3, handed back before"
         );
@@ -728,28 +762,28 @@ mod tests {
         let y = seg.alloc_pages(10).unwrap();
         let z = seg.alloc_pages(3).unwrap();
         assert_eq!((y, z), (1, 11));
-        assert!(free(seg, y, 3, 300));
+        assert!(free(seg, y, 3, 301));
         assert!(!free(seg, y + 4, 6, 309));
-        assert_eq!(purge(seg, 310), (none.clone(), Some(320)));
+        assert_eq!(purge(seg, 311), (none.clone(), Some(321)));
         let taken = seg.alloc_pages(3).unwrap();
         assert_eq!(taken, y, "taken again, aged");
-        assert!(!free(seg, taken, 3, 312));
+        assert!(!free(seg, taken, 3, 313));
         assert!(!free(seg, y + 3, 1, 315));
         assert!(!free(seg, z, 3, 315));
         // A range of aged pages stops at pages freed since the last pass.
         assert_eq!(
-            purge(seg, 320),
-            (vec![(5, 11)], Some(330)),
-            "y's first pages were freed at 312"
+            purge(seg, 321),
+            (vec![(5, 11)], Some(331)),
+            "y's first pages were freed at 313"
         );
-        assert_eq!(purge(seg, 330), (vec![(1, 14)], None));
+        assert_eq!(purge(seg, 331), (vec![(1, 14)], None));
         assert!(seg.is_empty());
         // A reset segment whose freed pages wait keeps them waiting.
         let w = seg.alloc_pages(4).unwrap();
-        assert!(free(seg, w, 4, 400));
+        assert!(free(seg, w, 4, 401));
         seg.alloc_pages(6).unwrap();
         seg.reset();
-        assert_eq!(purge(seg, 410), (vec![(1, 16)], None));
+        assert_eq!(purge(seg, 411), (vec![(1, 16)], None));
         // SAFETY: allocated above with `layout`; the segment is not used again.
         unsafe { dealloc(base, layout) };
     }

@@ -134,11 +134,12 @@ pub trait SegmentSource {
     /// Gives cached memory back to the system.
     fn compact() {}
     /// Hands the whole pages of `p + keep..p + len` back to the system, if the source can: the
-    /// heap no longer needs their contents (the dead tail of a huge block). Nothing by default.
+    /// heap no longer needs their contents (the dead tail of a huge block, a segment's free
+    /// pages). Nothing by default.
     ///
     /// # Safety
-    /// `p` must be a live allocation of this source at least `len` bytes long whose bytes past
-    /// `keep` nobody needs.
+    /// `p` must be a live allocation of this source at least `len` bytes long whose bytes in
+    /// `keep..len` nobody needs.
     unsafe fn discard(p: *mut u8, keep: usize, len: usize) {
         let _ = (p, keep, len);
     }
@@ -177,7 +178,7 @@ pub struct StorageOps {
     pub realloc: Option<unsafe fn(instance: *mut c_void, p: *mut u8, size: usize) -> *mut u8>,
     /// Returns a live allocation whose header holds its size.
     pub free: unsafe fn(instance: *mut c_void, p: *mut u8),
-    /// Hands the pages of a live allocation past `keep` (up to `len`) back to the system, or does
+    /// Hands the pages of a live allocation from `keep` up to `len` back to the system, or does
     /// nothing (see [`SegmentSource::discard`]).
     pub discard: unsafe fn(instance: *mut c_void, p: *mut u8, keep: usize, len: usize),
     /// `realloc` of a block that is not a segment (a huge block) moves or extends its pages
@@ -464,8 +465,8 @@ impl Storage {
     /// contents are lost.
     ///
     /// # Safety
-    /// `p` must be a live allocation of this storage at least `len` bytes long whose bytes past
-    /// `keep` nobody needs.
+    /// `p` must be a live allocation of this storage at least `len` bytes long whose bytes in
+    /// `keep..len` nobody needs.
     pub unsafe fn discard(self, p: *mut u8, keep: usize, len: usize) {
         // SAFETY: forwarded caller contract.
         unsafe { (self.ops.discard)(self.instance, p, keep, len) }
