@@ -172,18 +172,9 @@ fn not_a_free_slot(p: *const u8, bin: usize) -> ! {
 
 #[cfg(test)]
 mod tests {
+    use super::super::resident_pages;
     use super::*;
     use core::ptr;
-
-    /// How many pages of `p..p + len` (page aligned) are resident.
-    fn resident_pages(p: *mut u8, len: usize) -> usize {
-        let mut map = [0u8; 64];
-        let pages = len / ZEND_MM_PAGE_SIZE;
-        assert!(pages <= map.len() && p.addr() % ZEND_MM_PAGE_SIZE == 0);
-        // SAFETY: `map` has a byte per page of the range, which the caller has mapped.
-        assert_eq!(unsafe { libc::mincore(p.cast(), len, map.as_mut_ptr()) }, 0);
-        map[..pages].iter().filter(|&&b| b & 1 != 0).count()
-    }
 
     #[test]
     #[cfg_attr(miri, ignore = "maps memory")]

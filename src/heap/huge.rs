@@ -710,6 +710,7 @@ impl Heap {
 
 #[cfg(test)]
 mod tests {
+    use super::super::resident_pages;
     use super::*;
     use crate::model_tests::CountingStorage;
 
@@ -963,17 +964,6 @@ mod tests {
         assert_eq!(h().cached_huge_bytes(), 0, "served whole");
         // SAFETY: the heap dies.
         unsafe { Heap::shutdown(heap, true) };
-    }
-
-    /// How many pages of `p..p + len` (page aligned) are resident.
-    fn resident_pages(p: *mut u8, len: usize) -> usize {
-        let mut map = [0u8; 256];
-        let pages = len / ZEND_MM_PAGE_SIZE;
-        assert!(pages <= map.len() && p.addr() % ZEND_MM_PAGE_SIZE == 0);
-        // SAFETY: `map` has a byte per page of the range, which the caller has mapped.
-        let done = unsafe { libc::mincore(p.cast(), len, map.as_mut_ptr()) };
-        assert_eq!(done, 0);
-        map[..pages].iter().filter(|&&b| b & 1 != 0).count()
     }
 
     /// Large blocks of `size` bytes, written, until the heap took `segments` segments more.

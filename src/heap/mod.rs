@@ -427,6 +427,17 @@ fn test_heap() -> *mut Heap {
     test_heap_on(crate::model_tests::StdStorage::<0>::ops(), 2 << 20)
 }
 
+/// How many pages of `p..p + len` (page aligned, at most 256 pages) are resident.
+#[cfg(test)]
+fn resident_pages(p: *mut u8, len: usize) -> usize {
+    let mut map = [0u8; 256];
+    let pages = len / ZEND_MM_PAGE_SIZE;
+    assert!(pages <= map.len() && p.addr() % ZEND_MM_PAGE_SIZE == 0);
+    // SAFETY: `map` has a byte per page of the range, which the caller has mapped.
+    assert_eq!(unsafe { libc::mincore(p.cast(), len, map.as_mut_ptr()) }, 0);
+    map[..pages].iter().filter(|&&b| b & 1 != 0).count()
+}
+
 #[cfg(test)]
 fn test_heap_on(ops: &'static crate::storage::StorageOps, segment_size: usize) -> *mut Heap {
     let storage = Storage::open_builtin(ops, false).unwrap();
