@@ -526,6 +526,66 @@ static void told_remote_then_local_free(void *arg)
     told(a, NULL, __LINE__); efree(a);
 }
 
+/* Slots of a fresh run that were never handed out are free: freeing one (here, from a size
+ * class's fresh run after a request end) is a double free, never a second copy on the list. */
+#define SLOT_112 112
+static void told_free_never_handed_out(void *arg)
+{
+    (void)arg;
+    shutdown_memory_manager(1, 0);
+    char *a = emalloc(100);
+    told(a + 2 * SLOT_112, NULL, __LINE__); efree(a + 2 * SLOT_112);
+}
+static void told_realloc_never_handed_out(void *arg)
+{
+    (void)arg;
+    shutdown_memory_manager(1, 0);
+    char *a = emalloc(100);
+    told(a + 2 * SLOT_112, NULL, __LINE__); a = erealloc(a + 2 * SLOT_112, 100);
+}
+/* The next slot to be handed out, freed through the constant-size path (which has no head check). */
+static void told_sized_free_never_handed_out(void *arg)
+{
+    (void)arg;
+    shutdown_memory_manager(1, 0);
+    char *a = emalloc(64);
+    told(a + 64, NULL, __LINE__); efree_size(a + 64, 64);
+}
+/* The same from another thread: reported there, before the block is linked anywhere. */
+static void told_remote_free_never_handed_out(void *arg)
+{
+    (void)arg;
+    shutdown_memory_manager(1, 0);
+    char *a = emalloc(100);
+    told(a + 2 * SLOT_112, NULL, efree_elsewhere_line);
+    efree_elsewhere(a + 2 * SLOT_112);
+}
+
+/* A pointer that starts no block, freed from another thread: reported by that thread before
+ * anything is written through it (the remote list's link would land in a live block, or past a
+ * huge block's end). arg: {size, offset}. */
+static void told_remote_free_inside(void *arg)
+{
+    const size_t *at = arg;
+    char *a = emalloc(at[0]);
+    keep(64);
+    told(a + at[1], NULL, efree_elsewhere_line);
+    efree_elsewhere(a + at[1]);
+}
+static const int erealloc_elsewhere_line = __LINE__ + 1;
+static void *erealloc_there(void *p) { return erealloc(p, 5000); }
+static void told_remote_realloc_inside(void *arg)
+{
+    (void)arg;
+    char *a = emalloc(1000);
+    keep(1000);
+    told(a + 16, NULL, erealloc_elsewhere_line);
+    pthread_t t;
+    if (pthread_create(&t, NULL, erealloc_there, a + 16) != 0 || pthread_join(t, NULL) != 0) {
+        abort();
+    }
+}
+
 /* Freed twice with another free of its size between: not the list's head, its last word says. */
 static void told_double_free_later(void *arg) { (void)arg; char *a = emalloc(64), *b = emalloc(64); keep(64); efree(a); efree(b); told(a, NULL, __LINE__); efree(a); }
 /* erealloc of a block just freed: to a bigger bin, and within its own bin (which would hand the
@@ -624,6 +684,31 @@ static void test_corruption_names_the_call_the_pointer_and_the_location(void)
                                        "already (freed before, other blocks of its size freed since) "
                                        "(called at %s:%d)");
     }
+    check_told_nothing_before(told_free_never_handed_out,
+                              "efree(%p): double free: the block is on its size class's free list already "
+                              "(freed before, other blocks of its size freed since) (called at %s:%d)");
+    check_told_nothing_before(told_realloc_never_handed_out,
+                              "erealloc(%p): double free: the block is on its size class's free list already "
+                              "(freed before, other blocks of its size freed since) (called at %s:%d)");
+    check_told_nothing_before(told_sized_free_never_handed_out,
+                              "efree(%p): double free: the block was the last one freed in its size class "
+                              "(called at %s:%d)");
+    check_told_nothing_before(told_remote_free_never_handed_out,
+                              "efree(%p): double free: the block was freed already (freed again from "
+                              "another thread) (called at %s:%d)");
+    /* Inside a small block, a large block's first and second page, a huge block's second page and
+     * its last bytes (the link would cross its end). */
+    static const size_t inside[][2] = {
+        {1000, 8}, {9000, 100}, {9000, 4096}, {3u << 20, 4096}, {3u << 20, (3u << 20) - 4},
+    };
+    for (size_t i = 0; i < sizeof inside / sizeof *inside; i++) {
+        check_told_nothing_before_with(told_remote_free_inside, (void *)inside[i],
+                                       "efree(%p): not the start of a block (inside the heap's memory, "
+                                       "between blocks) (called at %s:%d)");
+    }
+    check_told_nothing_before(told_remote_realloc_inside,
+                              "erealloc(%p): not the start of a block (inside the heap's memory, between "
+                              "blocks) (called at %s:%d)");
     check_told_nothing_before(told_large_double_free,
                               "efree(%p): double free: the pages there are free already (called at %s:%d)");
     check_told_nothing_before(told_malloc_pointer,

@@ -39,7 +39,8 @@ use super::small::{FREED_MARK, FreeSlot, is_marked, mark_of};
 use crate::diagnostics::{self, BadPointer, Call, Site};
 use crate::region_map::{self, Owner, Region};
 use crate::segment::{
-    LARGE_PAGES_MASK, PAGE_KIND_MASK, PAGE_LARGE, Segment, run_offset, small_bin, starts_slot,
+    LARGE_PAGES_MASK, PAGE_CACHED, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, Segment, run_offset,
+    small_bin, starts_slot,
 };
 use crate::sizes::{BIN_SIZE, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
 
@@ -187,14 +188,14 @@ impl Heap {
         let shared = unsafe { shared_of(owner) };
         let word = shared.thread_segment_size.load(Ordering::Relaxed);
         let (segment_size, tracks) = (word & !TRACKS, word & TRACKS != 0);
-        // A tracked block never starts a slot (its header does): it goes to the general list.
-        let small = if tracks {
-            None
-        } else {
-            // SAFETY: as above.
-            unsafe { remote_small_slot(region, segment_size, p) }
+        // Nothing is written before the owner's metadata says a block starts there.
+        // SAFETY: as above.
+        let small = match unsafe { remote_block_start(region, segment_size, tracks, p) } {
+            Ok(small) => small,
+            Err(what) => diagnostics::bad_pointer(call, p, what),
         };
-        if let Some(bin) = small {
+        // A tracked block never starts a slot (its header does): it goes to the general list.
+        if let Some(bin) = small.filter(|_| !tracks) {
             // A small block whose last word holds the mark is free already: on its owner's
             // lists, or on a remote one (all handed-out blocks have it cleared; see `small`).
             let mark = mark_of(p, BIN_SIZE[bin]);
@@ -278,7 +279,19 @@ impl Heap {
         limit: usize,
         call: &Call,
     ) {
-        // SAFETY: a live block of `owner`'s (caller contract).
+        let region = region_map::find_owned(p.addr(), owner);
+        // SAFETY: a live block of `owner`'s (caller contract), in `region`.
+        let word = unsafe { shared_of(owner) }
+            .thread_segment_size
+            .load(Ordering::Relaxed);
+        let (segment_size, tracks) = (word & !TRACKS, word & TRACKS != 0);
+        // Nothing is read past the block, nor written, before the metadata says one starts there.
+        // SAFETY: as above.
+        let start = unsafe { remote_block_start(region, segment_size, tracks, p) };
+        if let Err(what) = start {
+            diagnostics::bad_pointer(call, p, what);
+        }
+        // SAFETY: as above.
         let Some(usable) = (unsafe { Heap::remote_usable_size(owner, p) }) else {
             diagnostics::bad_pointer(call, p, BadPointer::NotABlock);
         };
@@ -445,25 +458,66 @@ fn remote_list_corrupted(bin: usize, count: usize) -> ! {
     ))
 }
 
-/// The bin of `p` if it starts a slot of a small run by the page map of its segment (`region`, of
-/// `segment_size` bytes, 0 if unknown), and its address fits a bin list's head word; `None` sends
-/// it to the general remote list, where the owner checks it as any free. (Bins from
-/// [`REMOTE_BINS`] on have no list of their own.)
+/// What `p`, freed or resized from a thread that does not use its heap, is by the owner's metadata,
+/// read before anything is written through `p`: the bin of the small run whose slot its block
+/// starts (`None` for the start of a large run or of a huge block's data), or why it is no block
+/// the owner handed out (an interior pointer, pages that are free, a huge block's tail). The
+/// block starts at `p`, or at its tracking header in front of `p` for a heap that `tracks` its
+/// blocks, whose magic must then say live.
 ///
 /// # Safety
-/// As [`Heap::free_remote_in`]: while `p` is live, its segment and its page's map entry do not
-/// change.
-unsafe fn remote_small_slot(region: Region, segment_size: usize, p: *const u8) -> Option<usize> {
-    let Region::Segment(base) = region else {
-        return None;
+/// As [`Heap::free_remote_in`]: `region` is what the region map holds for `p` (a region of the
+/// owner, of `segment_size`-byte segments); for a live block, its segment, its page's map entry
+/// and its huge header do not change while this runs.
+unsafe fn remote_block_start(
+    region: Region,
+    segment_size: usize,
+    tracks: bool,
+    p: *mut u8,
+) -> Result<Option<usize>, BadPointer> {
+    let start = if tracks {
+        super::track::block_start_of(p)
+    } else {
+        p
     };
-    if p.addr() > ADDRESS_MASK {
-        return None;
+    let small = match region {
+        Region::Segment(base) => {
+            // SAFETY: a live segment of the owner's (caller contract); only the map is read.
+            let info = unsafe { Segment::map_entry_at(base, segment_size, start.addr()) }
+                .ok_or(BadPointer::NotABlock)?;
+            if let Some(bin) = small_bin(info) {
+                if !starts_slot(start, info) {
+                    return Err(BadPointer::NotABlock);
+                }
+                Some(bin)
+            } else {
+                match info & PAGE_KIND_MASK {
+                    PAGE_LARGE if start.addr() % ZEND_MM_PAGE_SIZE == 0 => None,
+                    PAGE_CACHED => return Err(BadPointer::FreedPages),
+                    // The pages after a large run's first have free entries too.
+                    // SAFETY: `start` lies in the segment's pages (it has an entry).
+                    PAGE_FREE if !unsafe { Segment::page_used_at(base, start.addr()) } => {
+                        return Err(BadPointer::FreedPages);
+                    }
+                    _ => return Err(BadPointer::NotABlock),
+                }
+            }
+        }
+        Region::Huge(base) => {
+            // SAFETY: the header of a huge block of the owner's (caller contract).
+            if unsafe { (*base.cast::<HugeBlock>()).data() } != start {
+                return Err(BadPointer::NotABlock);
+            }
+            None
+        }
+        Region::Unowned => return Err(BadPointer::NoHeapsMemory),
+    };
+    // SAFETY: `start` begins a block of the owner's (checked above), whose header this is.
+    if tracks && !unsafe { super::track::header_says_live(p) } {
+        return Err(BadPointer::FreedAlready);
     }
-    // SAFETY: a live segment of the owner's, which holds `p` (caller contract).
-    let info = unsafe { Segment::map_entry_at(base, segment_size, p.addr()) }?;
-    let bin = small_bin(info)?;
-    starts_slot(p, info).then_some(bin)
+    // A bin remote list's head word packs the address with a count.
+    Ok(small.filter(|_| p.addr() <= ADDRESS_MASK))
 }
 
 /// Pushes `p` onto the bin remote list `word`; false if the list is full. A block that is already

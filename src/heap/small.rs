@@ -7,7 +7,8 @@
 //!
 //! Invariants: a slot is on `free_slots[bin]` iff it is free; its run's first page-map entry names
 //! `bin`. In a heap that does not track its blocks, a handed-out slot does not hold [`FREED_MARK`]
-//! in its last word unless its program wrote it there, and one freed since does (16 bytes or more).
+//! in its last word unless its program wrote it there, and every free slot does, on a list since
+//! its run was made or freed since (16 bytes or more).
 
 use super::pages::NoPages;
 use super::{Heap, NO_REQUEST_ENDS, Refusal};
@@ -272,13 +273,22 @@ impl Heap {
         let size = info.size as usize;
         debug_assert!(size * info.count as usize <= info.pages as usize * ZEND_MM_PAGE_SIZE);
         // Thread slots 1..count in address order, ending the list with whatever it held (nothing:
-        // the slow path runs only when the list is empty).
+        // the slow path runs only when the list is empty). Each carries the mark as a freed slot
+        // does, so a free of a slot never handed out is caught as a double free (it is on the
+        // list), and the constant-size free may skip the head check.
+        let marks = !self.is_tracking();
         let mut next = self.free_slots[bin];
         for i in (1..info.count as usize).rev() {
-            let slot = run.wrapping_add(i * size).cast::<FreeSlot>();
-            // SAFETY: slot i lies inside the run just taken.
-            unsafe { (*slot).next = next };
-            next = slot;
+            let slot = run.wrapping_add(i * size);
+            // SAFETY: slot i lies inside the run just taken. The mark goes first: an 8-byte
+            // slot's mark is its link.
+            unsafe {
+                if marks {
+                    mark_of(slot, size).write(FREED_MARK);
+                }
+                (*slot.cast::<FreeSlot>()).next = next;
+            }
+            next = slot.cast();
         }
         self.free_slots[bin] = next;
         if self.is_tracking() {

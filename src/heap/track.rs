@@ -157,6 +157,21 @@ fn header_of(p: *const u8) -> *mut Tracked {
     p.wrapping_sub(HEADER).cast::<Tracked>().cast_mut()
 }
 
+/// Where the tracked block whose caller's bytes start at `p` begins in its heap's memory: its
+/// header.
+pub(super) fn block_start_of(p: *mut u8) -> *mut u8 {
+    header_of(p).cast()
+}
+
+/// Whether the header of the tracked block at `p` says it is live.
+///
+/// # Safety
+/// A block of a tracking heap begins at [`block_start_of`]`(p)`.
+pub(super) unsafe fn header_says_live(p: *const u8) -> bool {
+    // SAFETY: a block's header (caller contract).
+    unsafe { (*header_of(p)).magic == VALID }
+}
+
 /// Where a tracked block freed from another thread links to the next one on its heap's remote
 /// list: its header's `chain` (the caller's bytes may be shorter than a pointer, with the end
 /// guard right after them).

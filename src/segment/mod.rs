@@ -614,6 +614,29 @@ impl Segment {
         Some(unsafe { base.add(MAP_OFFSET).cast::<u32>().add(page).read() })
     }
 
+    /// Whether the page holding `p` is in use by the page bitmap of the segment whose header is at
+    /// `base`, read as [`Segment::map_entry_at`] reads its entry (the word is loaded atomically: the
+    /// owner may change its other pages' bits meanwhile).
+    ///
+    /// # Safety
+    /// `base` must be a live segment containing `p` among its pages (`map_entry_at` found an
+    /// entry), and the page's bit must not change meanwhile (it does not inside a live block).
+    pub unsafe fn page_used_at(base: *const u8, p: usize) -> bool {
+        let segment = base.cast::<Segment>();
+        let page = p.wrapping_sub(base.addr() - base.addr() % ZEND_MM_PAGE_SIZE) >> PAGE_SHIFT;
+        // SAFETY: a live segment's header (caller contract); its page count is set once, at init.
+        let pages = unsafe { ptr::addr_of!((*segment).page_count).read() } as usize;
+        let word = base
+            .wrapping_add(bitmap_offset(pages * ZEND_MM_PAGE_SIZE))
+            .cast::<u64>()
+            .wrapping_add(page / 64);
+        // SAFETY: the bitmap has a bit for each of the segment's pages (`init`), 8-aligned; no
+        // thread writes it but through this atomic view or its owner's word writes.
+        let bits = unsafe { core::sync::atomic::AtomicU64::from_ptr(word.cast_mut()) }
+            .load(core::sync::atomic::Ordering::Relaxed);
+        bits & (1 << (page % 64)) != 0
+    }
+
     #[inline(always)]
     pub fn map_get(&self, page: usize) -> u32 {
         debug_assert!(page < self.page_count as usize);
