@@ -5,10 +5,12 @@
  * writes what PHP 5.3 would print to stdout with printf and the same formats, while the library
  * writes its report to stderr; the parent compares them byte for byte. Reports for bad pointers
  * are checked line by line, and every child must exit normally (a bad pointer is reported and
- * the operation skipped, never a signal).
+ * the operation skipped, never a signal), except for a bad free from another thread, which ends
+ * the process with "zend_mm_heap corrupted" as it does without tracking.
  */
 #include "test.h"
 
+#include <pthread.h>
 #include <setjmp.h>
 
 #define DASHES "---------------------------------------\n"
@@ -780,6 +782,73 @@ static void test_bad_pointers_are_reported_and_skipped(void)
     }
 }
 
+/* ---- Frees from other threads, and tracking switched off --------------------------------- */
+
+static void *efree_there(void *p) { efree(p); return NULL; }
+static void efree_elsewhere(void *p)
+{
+    pthread_t t;
+    if (pthread_create(&t, NULL, efree_there, p) != 0 || pthread_join(t, NULL) != 0) {
+        abort();
+    }
+}
+
+/* p, q, p from another thread: p waits on the remote list (its header says so) when it comes
+ * again, and the freeing thread reports it before the list is touched. */
+static void remote_double_free_apart(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    char *p = emalloc(100), *q = emalloc(100);
+    efree_elsewhere(p);
+    efree_elsewhere(q);
+    efree_elsewhere(p);
+    printf("after\n");
+}
+
+/* Inside a tracked block, from another thread: nothing is linked through it. */
+static void remote_interior_free(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    char *p = emalloc(100);
+    efree_elsewhere(p + 8);
+    printf("after\n");
+}
+
+/* A tracking heap's fresh runs carry no freed marks; switched off, its free slots get them, so
+ * a slot never handed out (here: the next one of a run made while tracking, a tracked 64-byte
+ * block taking a 128-byte slot) is caught when freed, even through the constant-size free. */
+static void free_never_handed_out_after_tracking(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    efree(emalloc(64));
+    CHECK_EQ(zend_mm_set_tracking(NULL, 0), SUCCESS);
+    char *a = emalloc(128);
+    efree_size(a + 128, 128);
+    printf("after\n");
+}
+
+static void test_bad_frees_from_other_threads_and_after_tracking_are_caught(void)
+{
+    static const struct {
+        void (*run)(void *);
+        const char *says;
+    } cases[] = {
+        {remote_double_free_apart, "double free: the block was freed already (freed again from another thread)"},
+        {remote_interior_free, "not the start of a block"},
+        {free_never_handed_out_after_tracking, "double free: the block was the last one freed in its size class"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        child_result r = run_child(cases[i].run, NULL, NULL);
+        CHECK(!r.exited && r.signal == SIGABRT);
+        CHECK_CONTAINS(r.err, "zend_mm_heap corrupted");
+        CHECK_CONTAINS(r.err, cases[i].says);
+        CHECK(strstr(r.out, "after") == NULL);
+    }
+}
+
 static void test_checks_report_sites_and_guards(void)
 {
     zend_mm_heap *heap = zend_mm_startup();
@@ -852,5 +921,6 @@ int main(int argc, char **argv)
     RUN(test_bad_pointers_are_reported_and_skipped);
     RUN(test_checks_report_sites_and_guards);
     RUN(test_mem_block_check_prints_the_allocation_site);
+    RUN(test_bad_frees_from_other_threads_and_after_tracking_are_caught);
     return test_summary();
 }

@@ -210,6 +210,10 @@ impl Heap {
                 return;
             }
         }
+        // SAFETY: a tracked block starts at its header (checked above).
+        if tracks && !unsafe { super::track::claim_remote_free(p) } {
+            diagnostics::bad_pointer(call, p, BadPointer::FreedAlready);
+        }
         let list = &shared.remote;
         let link = remote_link(p, tracks);
         let mut head = list.load(Ordering::Relaxed);
@@ -382,6 +386,8 @@ impl Heap {
             // SAFETY: blocks on the remote list hold the next one in their link word.
             let next = unsafe { remote_link(p, tracks).read() };
             if self.is_tracking() {
+                // SAFETY: a tracked block of this heap, off the remote list.
+                unsafe { super::track::settle_remote_free(p) };
                 self.free_tracked(p, Site::new(ptr::null(), 0));
             } else {
                 let block = self.locate(p, &Call::REMOTE);
@@ -493,7 +499,9 @@ unsafe fn remote_block_start(
             } else {
                 match info & PAGE_KIND_MASK {
                     PAGE_LARGE if start.addr() % ZEND_MM_PAGE_SIZE == 0 => None,
-                    PAGE_CACHED => return Err(BadPointer::FreedPages),
+                    PAGE_CACHED if start.addr() % ZEND_MM_PAGE_SIZE == 0 => {
+                        return Err(BadPointer::FreedPages);
+                    }
                     // The pages after a large run's first have free entries too.
                     // SAFETY: `start` lies in the segment's pages (it has an entry).
                     PAGE_FREE if !unsafe { Segment::page_used_at(base, start.addr()) } => {
@@ -504,9 +512,16 @@ unsafe fn remote_block_start(
             }
         }
         Region::Huge(base) => {
+            let block = base.cast::<HugeBlock>();
             // SAFETY: the header of a huge block of the owner's (caller contract).
-            if unsafe { (*base.cast::<HugeBlock>()).data() } != start {
-                return Err(BadPointer::NotABlock);
+            let (data, cached_data) = unsafe { ((*block).data(), (*block).cached_data()) };
+            if data != start {
+                // A freed huge block the owner keeps for reuse has no data, only where it was.
+                return Err(if data.is_null() && cached_data == start {
+                    BadPointer::FreedHuge
+                } else {
+                    BadPointer::NotABlock
+                });
             }
             None
         }

@@ -16,7 +16,8 @@
 //! Invariants:
 //! - a tracking heap serves every block through here (its fast paths decline, as for a custom
 //!   heap), so each of its blocks has a header;
-//! - a header's magic is [`VALID`] while its block is live and [`FREED`] after it was freed (the
+//! - a header's magic is [`VALID`] while its block is live, [`REMOTE`] while it waits on the
+//!   heap's remote list after a free from another thread, and [`FREED`] after it was freed (the
 //!   free list's link overwrites the first word only, never the magic); no free slot of a small
 //!   run reads [`VALID`] (a fresh run's slots are cleared), so the live blocks are found by
 //!   walking the heap's runs, as PHP walks its chunks for the leak report;
@@ -30,6 +31,7 @@
 
 use core::ffi::{CStr, c_char};
 use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::Heap;
 use super::error::Refusal;
@@ -45,6 +47,10 @@ use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bi
 /// PHP 5.3's block magics.
 const VALID: u32 = 0x7312_F8DC;
 const FREED: u32 = 0x9995_4317;
+/// A block freed from another thread, waiting on its heap's remote list: a second free of it
+/// (from any thread) is caught before the list is touched. The owner makes it [`VALID`] again
+/// just before it frees the block itself.
+const REMOTE: u32 = 0x3B1E_F4EE;
 /// A leaked block already counted in a report's group.
 const LEAK: u32 = 0x6C5E_8F2D;
 /// A block being resized: if the heap moves it, the copy left behind must not read as live, nor
@@ -170,6 +176,35 @@ pub(super) fn block_start_of(p: *mut u8) -> *mut u8 {
 pub(super) unsafe fn header_says_live(p: *const u8) -> bool {
     // SAFETY: a block's header (caller contract).
     unsafe { (*header_of(p)).magic == VALID }
+}
+
+/// Claims the live tracked block at `p` for a free from another thread ([`VALID`] to [`REMOTE`],
+/// atomically, so of two such frees only one wins); false if its header does not say live.
+///
+/// # Safety
+/// A block of a tracking heap begins at [`block_start_of`]`(p)`.
+pub(super) unsafe fn claim_remote_free(p: *mut u8) -> bool {
+    // SAFETY: a block's header (caller contract): its magic is an aligned u32 that other threads
+    // touch only through this exchange.
+    let magic = unsafe { AtomicU32::from_ptr(&raw mut (*header_of(p)).magic) };
+    magic
+        .compare_exchange(VALID, REMOTE, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// Makes a block taken off the remote list live again for its owner's own free (which checks for
+/// [`VALID`]).
+///
+/// # Safety
+/// `p` is a tracked block of the calling thread's heap, taken off its remote list.
+pub(super) unsafe fn settle_remote_free(p: *mut u8) {
+    let t = header_of(p);
+    // SAFETY: the block's header (caller contract); no other thread touches it any more.
+    unsafe {
+        if (*t).magic == REMOTE {
+            (*t).magic = VALID;
+        }
+    }
 }
 
 /// Where a tracked block freed from another thread links to the next one on its heap's remote
@@ -375,6 +410,9 @@ impl Heap {
         self.tracking_changed();
         if on {
             self.clear_all_stale_headers();
+        } else {
+            // A tracking heap's free slots carry no mark; the fast paths rely on it from now on.
+            self.mark_all_free_slots();
         }
         // The statistics name the sites while tracking is on.
         self.count_for_tracking(on);
@@ -445,7 +483,7 @@ impl Heap {
         // SAFETY: the start of a block of this heap at least a header long. The other fields are
         // read only behind a known magic (a fresh block's may never have been written).
         let magic = unsafe { (*t).magic };
-        let (file, line, size) = if magic == VALID || magic == FREED {
+        let (file, line, size) = if matches!(magic, VALID | FREED | REMOTE) {
             // SAFETY: as above.
             unsafe { ((*t).file, (*t).line, (*t).size) }
         } else {
@@ -453,7 +491,7 @@ impl Heap {
         };
         let beginning = match magic {
             VALID if size <= capacity - OVERHEAD => Beginning::Ok,
-            FREED => Beginning::Freed,
+            FREED | REMOTE => Beginning::Freed,
             _ => Beginning::Unknown(magic),
         };
         let (start, end) = if beginning == Beginning::Ok {
