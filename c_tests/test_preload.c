@@ -217,6 +217,36 @@ static void test_contents_survive_realloc_and_calloc_zeroes(void)
     CHECK(mi.arena >= mi.uordblks);
 }
 
+/* A buffer grown a page at a time (a log, a string built by appends) and shrunk by thirds keeps
+ * its bytes: the library gives a growing huge block room to grow into, so most of these calls
+ * resize in place. */
+static void test_a_buffer_grown_a_page_at_a_time_keeps_its_bytes(void)
+{
+    const size_t page = 4096, from = 2 << 20, to = 48 << 20;
+    unsigned char *p = malloc(from);
+    size_t n = from, bad = 0, short_blocks = 0;
+    for (size_t i = 0; i < n; i += page) {
+        p[i] = (unsigned char)(i / page);
+    }
+    while (n < to) {
+        p = realloc(p, n + page);
+        short_blocks += malloc_usable_size(p) < n + page;
+        p[n] = (unsigned char)(n / page);
+        n += page;
+    }
+    for (size_t i = 0; i < n; i += page) {
+        bad += p[i] != (unsigned char)(i / page);
+    }
+    while (n > from) {
+        n -= n / 3 / page * page;
+        p = realloc(p, n);
+        bad += p[n - page] != (unsigned char)((n - page) / page);
+    }
+    free(p);
+    CHECK(short_blocks == 0);
+    CHECK(bad == 0);
+}
+
 /* Blocks of the allocator the library replaced (glibc's, reached through libc.so.6 itself) are
  * freed, resized and measured by it. */
 static void test_pointers_of_the_replaced_allocator(void)
@@ -775,6 +805,7 @@ int main(int argc, char **argv)
     test_glibc_edge_cases();
     test_alignment_and_usable_size();
     test_contents_survive_realloc_and_calloc_zeroes();
+    test_a_buffer_grown_a_page_at_a_time_keeps_its_bytes();
     test_pointers_of_the_replaced_allocator();
     test_blocks_freed_on_other_threads();
     test_threads_exit_with_live_blocks();

@@ -411,7 +411,8 @@ impl Heap {
         // SAFETY: caller contract.
         let (base, old_total) = unsafe { ((*block).alloc.base(), (*block).alloc.size()) };
         let total = if total > old_total {
-            old_total + self.recycling_size(total - old_total)
+            old_total
+                + self.recycling_size(grown_total(old_total, total, NO_REQUEST_ENDS) - old_total)
         } else {
             total
         };
@@ -708,6 +709,21 @@ impl Heap {
     }
 }
 
+/// The storage bytes a huge block growing from `old_total` to `total` gets. As a process's
+/// `malloc` (the preload library), a quarter more than it had at least: a buffer grown a page at a
+/// time then meets the storage (and the region map, whose update costs a word per 32 KiB of the
+/// block) a logarithmic number of times, not once per call: 1 GiB grown by 4 KiB took 20 s, glibc
+/// 0.6. The pages past `total` are never touched, so they cost address space only. With PHP's
+/// semantics (`amortize` false) the block gets what was asked, as in PHP (whose real usage counts
+/// it).
+fn grown_total(old_total: usize, total: usize, amortize: bool) -> usize {
+    if amortize {
+        total.max((old_total + old_total / 4).next_multiple_of(ZEND_MM_PAGE_SIZE))
+    } else {
+        total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::resident_pages;
@@ -716,6 +732,31 @@ mod tests {
 
     const SEG: usize = 64 << 10;
     const KIB: usize = 1 << 10;
+
+    /// How often a block grown a page at a time from 4 MiB to 1 GiB goes to the storage.
+    fn storage_resizes_growing_by_pages(amortize: bool) -> usize {
+        let (mut capacity, mut resizes) = (4 << 20, 0);
+        let mut total = capacity;
+        while total < 1 << 30 {
+            total += ZEND_MM_PAGE_SIZE;
+            if total > capacity {
+                capacity = grown_total(capacity, total, amortize);
+                assert!(capacity >= total && capacity % ZEND_MM_PAGE_SIZE == 0);
+                resizes += 1;
+            }
+        }
+        resizes
+    }
+
+    #[test]
+    fn a_malloc_block_grown_a_page_at_a_time_meets_the_storage_rarely() {
+        assert!(storage_resizes_growing_by_pages(true) <= 30);
+        // PHP's semantics: the block is what was asked for, each time.
+        assert_eq!(
+            storage_resizes_growing_by_pages(false),
+            ((1 << 30) - (4 << 20)) / ZEND_MM_PAGE_SIZE
+        );
+    }
 
     #[test]
     fn cached_huge_blocks_serve_later_requests_and_a_copying_storage_never_grows_them() {
