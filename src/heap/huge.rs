@@ -135,7 +135,7 @@ impl Heap {
     pub(super) fn alloc_huge(&mut self, size: usize) -> Result<*mut u8, Refusal> {
         let (block_size, total) = huge_sizes(size)?;
         let (block, dirty) = match self.take_cached_huge(total) {
-            Some(block) => (block, block_size),
+            Some(taken) => taken,
             None => self.map_huge(total)?,
         };
         // SAFETY: a registered huge block of this heap, on no list.
@@ -212,11 +212,12 @@ impl Heap {
     /// none is big enough, the biggest is grown if the storage moves pages without copying them
     /// (`mremap`: only the new pages cost a fault); otherwise it goes back to storage (growing
     /// would copy its dead contents) and the request maps a fresh block in its place, so the cache
-    /// does not hold dead memory beside it.
-    fn take_cached_huge(&mut self, total: usize) -> Option<*mut HugeBlock> {
+    /// does not hold dead memory beside it. With the block, how many bytes of its data (from the
+    /// start) may not be zeros: all of them, but for a grown block whose new pages are fresh.
+    fn take_cached_huge(&mut self, total: usize) -> Option<(*mut HugeBlock, usize)> {
         if self.storage.may_split() {
             if let Some(block) = self.take_cached_piece(total) {
-                return Some(block);
+                return Some((block, usize::MAX));
             }
         }
         let mut fitting: Option<(*mut HugeBlock, usize, usize)> = None;
@@ -245,7 +246,7 @@ impl Heap {
                 // its capacity; nothing past `total` is needed.
                 unsafe { self.storage.discard(block.cast(), total, used) };
             }
-            return Some(block);
+            return Some((block, usize::MAX));
         }
         let (block, capacity) = biggest?;
         // SAFETY: as above.
@@ -254,9 +255,17 @@ impl Heap {
             // The pages it grows by are fresh, as a new block's.
             self.shed_cached_segments(total - capacity);
             // SAFETY: as above.
-            let grown = unsafe { self.resize_huge_storage(block, total) };
+            let (grown, written) = unsafe { self.resize_huge_storage(block, total) };
             if !grown.is_null() {
-                return Some(grown);
+                // Only what it held before, and pages moved in from cached segments, may hold
+                // something (a 4 MiB block freed, then a 248 MiB `calloc`, wrote all 248).
+                let fresh = self.storage.fresh_zeroed(total);
+                let dirty = if fresh {
+                    written - HUGE_HEADER
+                } else {
+                    usize::MAX
+                };
+                return Some((grown, dirty));
             }
         }
         // SAFETY: as above (the storage left it intact if it refused to grow it).
@@ -398,7 +407,10 @@ impl Heap {
     }
 
     /// Resizes a huge block's storage allocation (moving it if the storage must), keeping the
-    /// region map and `real_size` right; null (the block intact) if the storage refuses.
+    /// region map and `real_size` right; null (the block intact) if the storage refuses. With the
+    /// block, how many bytes of the allocation (from its start) may hold something: its old size
+    /// and the pages moved in from cached segments after it (the rest of a grown one is the
+    /// storage's new pages).
     ///
     /// # Safety
     /// `block` must be a registered huge block of this heap on no list (so no neighbour keeps a
@@ -407,7 +419,7 @@ impl Heap {
         &mut self,
         block: *mut HugeBlock,
         total: usize,
-    ) -> *mut HugeBlock {
+    ) -> (*mut HugeBlock, usize) {
         // SAFETY: caller contract.
         let (base, old_total) = unsafe { ((*block).alloc.base(), (*block).alloc.size()) };
         let total = if total > old_total {
@@ -441,7 +453,7 @@ impl Heap {
             ));
         }
         if new_base.is_null() {
-            return ptr::null_mut();
+            return (ptr::null_mut(), old_total);
         }
         let recycled = if total > old_total {
             // SAFETY: the pages past the old size are fresh and nobody's yet.
@@ -450,7 +462,7 @@ impl Heap {
             0
         };
         self.count_storage_in_place_of(old_total + recycled, total);
-        block
+        (block, total.min(old_total + recycled))
     }
 
     /// Frees a huge block (PHP's `zend_mm_free_huge`): cached for reuse while the cache has room,
@@ -686,7 +698,7 @@ impl Heap {
         // SAFETY: as above: a live block on the live list; off it, it may be resized.
         let moved = unsafe {
             self.huge_blocks.remove(block);
-            self.resize_huge_storage(block, new_total)
+            self.resize_huge_storage(block, new_total).0
         };
         if moved.is_null() {
             // SAFETY: the storage left the block intact; `data` is still `old_size` bytes.
@@ -1119,6 +1131,20 @@ mod tests {
             // SAFETY: as above.
             unsafe { ptr::write_bytes(q, 0xcd, size) };
             h().free(q);
+            // Too small for a bigger request, the cached block is grown: its old bytes are zeroed,
+            // its new pages are left alone.
+            let bigger = 2 * size;
+            let r = h().alloc(bigger).unwrap();
+            // SAFETY: as above.
+            unsafe { h().zero_new_block(r, bigger) };
+            let tail = r.wrapping_add(size + SEG);
+            assert_eq!(
+                resident_pages(tail, bigger - size - SEG),
+                0,
+                "{name:?}: the grown pages untouched"
+            );
+            assert!(all_zeros(r, bigger), "{name:?}");
+            h().free(r);
             // SAFETY: the heap dies.
             unsafe { Heap::shutdown(heap, true) };
         }
