@@ -849,6 +849,24 @@ static void test_bad_frees_from_other_threads_and_after_tracking_are_caught(void
     }
 }
 
+/* A block freed from another thread is not live: tracking may be switched on and off. */
+static void switch_tracking_after_frees_elsewhere(void *arg)
+{
+    (void)arg;
+    start_memory_manager();
+    efree_elsewhere(emalloc(100));
+    printf("%d ", zend_mm_set_tracking(NULL, 1) == SUCCESS);
+    efree_elsewhere(emalloc(100));
+    printf("%d\n", zend_mm_set_tracking(NULL, 0) == SUCCESS);
+}
+
+static void test_tracking_switches_once_the_last_block_was_freed_elsewhere(void)
+{
+    child_result r = run_child(switch_tracking_after_frees_elsewhere, NULL, NULL);
+    CHECK(r.exited && r.status == 0);
+    CHECK(strcmp(r.out, "1 1\n") == 0);
+}
+
 static void test_checks_report_sites_and_guards(void)
 {
     zend_mm_heap *heap = zend_mm_startup();
@@ -922,5 +940,6 @@ int main(int argc, char **argv)
     RUN(test_checks_report_sites_and_guards);
     RUN(test_mem_block_check_prints_the_allocation_site);
     RUN(test_bad_frees_from_other_threads_and_after_tracking_are_caught);
+    RUN(test_tracking_switches_once_the_last_block_was_freed_elsewhere);
     return test_summary();
 }

@@ -710,6 +710,76 @@ static void test_freed_small_runs_go_back_after_a_while(void)
     }
 }
 
+/* With the debug mode (ZEND_MM_DEBUG=1: every block tracked) malloc_usable_size answers for a
+ * block of the calling thread and of another thread, at least what was asked for, and writing
+ * that much stays inside the block (the free checks its end guard). In a process of its own (this
+ * program again, `debug-usable` as its argument): the library reads its variables once. */
+static void *debug_other_block;
+static void *debug_make_other(void *arg)
+{
+    (void)arg;
+    debug_other_block = malloc(opaque(100));
+    return NULL;
+}
+static int debug_usable_child(void)
+{
+    size_t sizes[] = {1, 100, 3000, 5000, 3 << 20};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        unsigned char *p = malloc(opaque(sizes[i]));
+        size_t usable = malloc_usable_size(p);
+        if (usable < sizes[i]) {
+            return 1;
+        }
+        memset(p, 0x5a, usable);
+        free(p);
+    }
+    pthread_t t;
+    if (pthread_create(&t, NULL, debug_make_other, NULL) != 0 || pthread_join(t, NULL) != 0) {
+        return 2;
+    }
+    size_t usable = malloc_usable_size(debug_other_block);
+    if (usable < 100) {
+        return 3;
+    }
+    memset(debug_other_block, 0x5a, usable);
+    free(debug_other_block);
+    puts("ok");
+    return 0;
+}
+
+static void test_usable_size_in_the_debug_mode(void)
+{
+    if (!getenv("ZEND_ALLOC_PRELOAD_EXPECTED")) {
+        return; /* glibc has no debug mode of ours */
+    }
+    int out[2];
+    CHECK(pipe(out) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(out[1], STDOUT_FILENO);
+        dup2(out[1], STDERR_FILENO);
+        setenv("ZEND_MM_DEBUG", "1", 1);
+        execl("/proc/self/exe", "test_preload", "debug-usable", (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    char text[4096] = "";
+    size_t got = 0;
+    ssize_t n;
+    while (got < sizeof text - 1 && (n = read(out[0], text + got, sizeof text - 1 - got)) > 0) {
+        got += (size_t)n;
+    }
+    close(out[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(strstr(text, "ok\n") != NULL);
+    CHECK(strstr(text, "Overflown") == NULL && strstr(text, "corrupted") == NULL);
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+        fprintf(stderr, "  debug-usable child: status %d, output:\n%s\n", status, text);
+    }
+}
+
 /* Memory that held many small blocks serves other sizes once they are freed: glibc merges the
  * freed chunks; the library frees its small runs whose slots are all free before it takes more
  * segments. The resident set after both phases stays near one phase's size, not their sum. */
@@ -806,6 +876,9 @@ int main(int argc, char **argv)
     if (argc > 1 && !strcmp(argv[1], "small-runs")) {
         return freed_small_runs_child();
     }
+    if (argc > 1 && !strcmp(argv[1], "debug-usable")) {
+        return debug_usable_child();
+    }
     test_the_library_serves_malloc();
     test_glibc_edge_cases();
     test_alignment_and_usable_size();
@@ -820,6 +893,7 @@ int main(int argc, char **argv)
     test_freed_small_runs_go_back_after_a_while();
     test_freed_small_blocks_serve_other_sizes();
     test_double_frees_abort();
+    test_usable_size_in_the_debug_mode();
     sink = NULL;
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;

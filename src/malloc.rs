@@ -256,8 +256,9 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
         // SAFETY: the allocator behind this one made `p`.
         None => unsafe { foreign::usable_size(p.cast()) },
         // SAFETY: the calling thread's live heap.
+        // A tracking heap (ZEND_MM_DEBUG=1) answers the size asked for, as `zend_mem_block_size`.
         Some((_, _, heap)) if !heap.is_null() => unsafe {
-            (*api::enter(heap)).block_size_for(p, &USABLE_SIZE)
+            api::block_size(api::enter(heap), p, &USABLE_SIZE)
         },
         // SAFETY: a live block of another thread's heap (caller contract).
         Some((owner, _, _)) => unsafe { Heap::remote_usable_size(owner, p) }.unwrap_or(0),

@@ -239,6 +239,20 @@ impl Heap {
     /// As [`Heap::free_remote`], except that the caller keeps the block: while it is live, its
     /// region and the metadata read here (its own page-map entry, its huge header) do not change.
     pub unsafe fn remote_usable_size(owner: Owner, p: *const u8) -> Option<usize> {
+        // SAFETY: a live heap (caller contract).
+        let word = unsafe { shared_of(owner) }
+            .thread_segment_size
+            .load(Ordering::Relaxed);
+        if word & TRACKS != 0 {
+            let region = region_map::find_owned(p.addr(), owner);
+            // A tracked block: the size asked for (past it lies the end guard). Its header is
+            // read only once the metadata says a block starts there.
+            // SAFETY: as above; `p` is a live block of the owner's, in `region`.
+            return unsafe { remote_block_start(region, word & !TRACKS, true, p.cast_mut()) }
+                .ok()
+                // SAFETY: a live tracked block (checked above): its header is its own.
+                .map(|_| unsafe { super::track::requested_size_of(p) });
+        }
         match region_map::find_owned(p.addr(), owner) {
             Region::Segment(base) => {
                 // SAFETY: a live heap (caller contract).

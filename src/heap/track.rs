@@ -178,6 +178,15 @@ pub(super) unsafe fn header_says_live(p: *const u8) -> bool {
     unsafe { (*header_of(p)).magic == VALID }
 }
 
+/// The size the caller asked for of the live tracked block at `p`.
+///
+/// # Safety
+/// A live block of a tracking heap begins at [`block_start_of`]`(p)`.
+pub(super) unsafe fn requested_size_of(p: *const u8) -> usize {
+    // SAFETY: a live block's header (caller contract); its size is set before it is handed out.
+    unsafe { (*header_of(p)).size }
+}
+
 /// Claims the live tracked block at `p` for a free from another thread ([`VALID`] to [`REMOTE`],
 /// atomically, so of two such frees only one wins); false if its header does not say live.
 ///
@@ -403,6 +412,8 @@ impl Heap {
         if on == self.tracking {
             return Ok(());
         }
+        // Blocks other threads freed are not live: freed here first, as for a usage query.
+        self.collect_remote_frees();
         if self.used() != 0 {
             return Err(HeapInUse);
         }
