@@ -60,20 +60,27 @@ impl Heap {
         }
     }
 
-    /// Whether `p` is on `bin`'s free list, looking at no more slots than the heap's memory can
-    /// hold (a corrupted list may loop).
+    /// Whether `p` is on `bin`'s free list (see [`Heap::free_list`]).
     pub(super) fn on_free_list(&self, bin: usize, p: *const u8) -> bool {
+        self.free_list(bin)
+            .any(|slot| slot.cast_const().cast() == p)
+    }
+
+    /// The slots on `bin`'s free list, no more than the heap's memory can hold (a corrupted list
+    /// may loop). A slot's link is read before the slot is yielded: the caller may write into it.
+    pub(super) fn free_list(&self, bin: usize) -> impl Iterator<Item = *mut FreeSlot> + use<> {
         let mut slot = self.free_slots[bin];
         let mut budget = self.real_size / BIN_SIZE[0] + 1;
-        while !slot.is_null() && budget > 0 {
-            budget -= 1;
-            if slot.cast_const().cast() == p {
-                return true;
+        core::iter::from_fn(move || {
+            if slot.is_null() || budget == 0 {
+                return None;
             }
+            budget -= 1;
+            let this = slot;
             // SAFETY: free slots hold their next link.
-            slot = unsafe { (*slot).next };
-        }
-        false
+            slot = unsafe { (*this).next };
+            Some(this)
+        })
     }
 
     /// Checks the whole heap; reports each problem through `report` and returns how many it found.

@@ -120,6 +120,15 @@ unsafe fn shared_of<'a>(owner: Owner) -> &'a Shared {
     unsafe { &*p }
 }
 
+impl Shared {
+    /// What other threads' frees read of a thread heap: its segment size (0 for a heap that takes
+    /// no remote frees) and whether it tracks its blocks.
+    fn thread_word(&self) -> (usize, bool) {
+        let word = self.thread_segment_size.load(Ordering::Relaxed);
+        (word & !TRACKS, word & TRACKS != 0)
+    }
+}
+
 /// Heaps of exited threads that still have live blocks.
 static ABANDONED: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
 
@@ -186,8 +195,7 @@ impl Heap {
     pub unsafe fn free_remote_in(owner: Owner, region: Region, p: *mut u8, call: &Call) {
         // SAFETY: the owner of a live block is a live heap (caller contract).
         let shared = unsafe { shared_of(owner) };
-        let word = shared.thread_segment_size.load(Ordering::Relaxed);
-        let (segment_size, tracks) = (word & !TRACKS, word & TRACKS != 0);
+        let (segment_size, tracks) = shared.thread_word();
         // Nothing is written before the owner's metadata says a block starts there.
         // SAFETY: as above.
         let small = match unsafe { remote_block_start(region, segment_size, tracks, p) } {
@@ -240,26 +248,19 @@ impl Heap {
     /// region and the metadata read here (its own page-map entry, its huge header) do not change.
     pub unsafe fn remote_usable_size(owner: Owner, p: *const u8) -> Option<usize> {
         // SAFETY: a live heap (caller contract).
-        let word = unsafe { shared_of(owner) }
-            .thread_segment_size
-            .load(Ordering::Relaxed);
-        if word & TRACKS != 0 {
-            let region = region_map::find_owned(p.addr(), owner);
+        let (segment_size, tracks) = unsafe { shared_of(owner) }.thread_word();
+        let region = region_map::find_owned(p.addr(), owner);
+        if tracks {
             // A tracked block: the size asked for (past it lies the end guard). Its header is
             // read only once the metadata says a block starts there.
             // SAFETY: as above; `p` is a live block of the owner's, in `region`.
-            return unsafe { remote_block_start(region, word & !TRACKS, true, p.cast_mut()) }
+            return unsafe { remote_block_start(region, segment_size, true, p.cast_mut()) }
                 .ok()
                 // SAFETY: a live tracked block (checked above): its header is its own.
                 .map(|_| unsafe { super::track::requested_size_of(p) });
         }
-        match region_map::find_owned(p.addr(), owner) {
+        match region {
             Region::Segment(base) => {
-                // SAFETY: a live heap (caller contract).
-                let segment_size = unsafe { shared_of(owner) }
-                    .thread_segment_size
-                    .load(Ordering::Relaxed)
-                    & !TRACKS;
                 // SAFETY: a live segment of `owner`'s holding `p` (caller contract); only the
                 // block's own map entry is read.
                 let info = unsafe { Segment::map_entry_at(base, segment_size, p.addr()) }?;
@@ -299,10 +300,7 @@ impl Heap {
     ) {
         let region = region_map::find_owned(p.addr(), owner);
         // SAFETY: a live block of `owner`'s (caller contract), in `region`.
-        let word = unsafe { shared_of(owner) }
-            .thread_segment_size
-            .load(Ordering::Relaxed);
-        let (segment_size, tracks) = (word & !TRACKS, word & TRACKS != 0);
+        let (segment_size, tracks) = unsafe { shared_of(owner) }.thread_word();
         // Nothing is read past the block, nor written, before the metadata says one starts there.
         // SAFETY: as above.
         let start = unsafe { remote_block_start(region, segment_size, tracks, p) };
@@ -316,8 +314,8 @@ impl Heap {
         // SAFETY: distinct live blocks (of different heaps), each at least this long (caller
         // contract, `usable`).
         unsafe { ptr::copy_nonoverlapping(p, new, usable.min(limit)) };
-        // SAFETY: the caller gives `p` up.
-        unsafe { Heap::free_remote(owner, p, call) };
+        // SAFETY: the caller gives `p` up; `region` is the region map's for it.
+        unsafe { Heap::free_remote_in(owner, region, p, call) };
     }
 
     /// Frees the blocks other threads freed since the last call; whether there were any (heap

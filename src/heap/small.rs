@@ -14,7 +14,7 @@ use super::pages::NoPages;
 use super::{Heap, NO_REQUEST_ENDS, Refusal};
 use crate::diagnostics::{self, BadPointer, Call};
 use crate::segment::small_entry;
-use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
+use crate::sizes::{BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
 
 /// A free slot of a small bin: the next free slot of the same bin.
 #[repr(C)]
@@ -119,8 +119,7 @@ impl Heap {
     }
 
     /// Writes [`FREED_MARK`] into every slot on the bins' free lists (tracking just went off: a
-    /// tracking heap's free slots do not carry it). Looks at no more slots than the heap's memory
-    /// can hold, as [`Heap::on_free_list`] (a corrupted list may loop).
+    /// tracking heap's free slots do not carry it).
     pub(super) fn mark_all_free_slots(&mut self) {
         for bin in 0..ZEND_MM_BINS {
             let bytes = self.bin_size(bin);
@@ -128,16 +127,9 @@ impl Heap {
             if bytes < 2 * size_of::<usize>() {
                 continue;
             }
-            let mut slot = self.free_slots[bin];
-            let mut budget = self.real_size / BIN_SIZE[0] + 1;
-            while !slot.is_null() && budget > 0 {
-                budget -= 1;
-                // SAFETY: free slots of this heap's bin `bin`, holding their next link in their
-                // first word, apart from the last one, where the mark goes.
-                unsafe {
-                    mark_of(slot.cast(), bytes).write(FREED_MARK);
-                    slot = (*slot).next;
-                }
+            for slot in self.free_list(bin) {
+                // SAFETY: a free slot of this heap's bin `bin`; its last word is not its link.
+                unsafe { mark_of(slot.cast(), bytes).write(FREED_MARK) };
             }
         }
     }

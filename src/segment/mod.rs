@@ -261,6 +261,12 @@ pub(crate) const MAP_OFFSET: usize = size_of::<Segment>();
 const _: () = assert!(MAP_OFFSET % 8 == 0);
 
 /// Offset of the page bitmap from the segment's start.
+/// The number of the page holding `p` in the segment whose header is at `base`, counted as its
+/// page map counts (from the page the header starts in); huge for an address before it.
+fn page_number_at(base: *const u8, p: usize) -> usize {
+    p.wrapping_sub(base.addr() - base.addr() % ZEND_MM_PAGE_SIZE) >> PAGE_SHIFT
+}
+
 const fn bitmap_offset(size: usize) -> usize {
     (MAP_OFFSET + 4 * (size / ZEND_MM_PAGE_SIZE)).div_ceil(8) * 8
 }
@@ -606,7 +612,7 @@ impl Segment {
     /// `base` must be a live segment of `size` bytes containing `p`, and the entry must not change
     /// meanwhile (the entry of a live block's page does not).
     pub unsafe fn map_entry_at(base: *const u8, size: usize, p: usize) -> Option<u32> {
-        let page = p.wrapping_sub(base.addr() - base.addr() % ZEND_MM_PAGE_SIZE) >> PAGE_SHIFT;
+        let page = page_number_at(base, p);
         if page >= size / ZEND_MM_PAGE_SIZE {
             return None;
         }
@@ -623,7 +629,7 @@ impl Segment {
     /// entry), and the page's bit must not change meanwhile (it does not inside a live block).
     pub unsafe fn page_used_at(base: *const u8, p: usize) -> bool {
         let segment = base.cast::<Segment>();
-        let page = p.wrapping_sub(base.addr() - base.addr() % ZEND_MM_PAGE_SIZE) >> PAGE_SHIFT;
+        let page = page_number_at(base, p);
         // SAFETY: a live segment's header (caller contract); its page count is set once, at init.
         let pages = unsafe { ptr::addr_of!((*segment).page_count).read() } as usize;
         let word = base
