@@ -183,7 +183,8 @@ typedef struct _zend_mm_storage zend_mm_storage;
 #define ZEND_MM_OVERHEAD 0
 
 /**
- * Largest request served from a bin; larger requests get whole pages.
+ * Largest request PHP serves from a bin; larger requests get whole pages. (The preload library's
+ * heaps have two bins more.)
  */
 #define ZEND_MM_MAX_SMALL_SIZE 3072
 
@@ -195,7 +196,7 @@ typedef struct _zend_mm_storage zend_mm_storage;
 #define ZEND_MM_MAX_LARGE_SIZE (((2 * 1024) * 1024) - 4096)
 
 /**
- * Number of small size classes.
+ * Number of PHP's small size classes.
  */
 #define ZEND_MM_BINS 30
 
@@ -1383,6 +1384,10 @@ struct _zend_mm_stats {
     size_t segments;
     size_t segments_cached;
     size_t segments_peak;
+    /**
+     * PHP's bins. (The preload library's two larger bins count under large blocks, as blocks of
+     * their sizes are in PHP.)
+     */
     struct _zend_mm_bin_stats bins[ZEND_MM_BINS];
     struct _zend_mm_block_stats large;
     struct _zend_mm_block_stats huge;

@@ -20,15 +20,13 @@ use crate::diagnostics::{Call, Site};
 use crate::heap::{Heap, api};
 use crate::region_map::{self, Region};
 use crate::runtime;
-use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE};
+use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, is_small};
 
 /// The alignment of blocks of 16 bytes and more (glibc's `MALLOC_ALIGNMENT` on x86-64).
 pub(crate) const MIN_ALIGN: usize = 16;
 /// The largest power-of-two bin: its slots, like those of every smaller power-of-two bin, start at
 /// multiples of their size (runs are page aligned and these sizes divide the page).
 const LARGEST_POW2_BIN: usize = 2048;
-/// A request this large is served from whole pages (page aligned), whatever the bins.
-const FIRST_LARGE: usize = ZEND_MM_MAX_SMALL_SIZE + 1;
 
 /// Every allocation may fail: null, never PHP's fatal error.
 const SITE: Site = Site::new(ptr::null(), 0).may_fail();
@@ -89,6 +87,8 @@ pub fn alloc(n: usize) -> *mut u8 {
 /// A small block for `n` bytes if its bin has a free slot; null otherwise (not a failure).
 #[inline(always)]
 pub fn alloc_fast(n: usize) -> *mut u8 {
+    // The bins above PHP's (the preload library's) take the slow path: one compare here, and those
+    // blocks are rare beside the bytes a program writes into them.
     if n > ZEND_MM_MAX_SMALL_SIZE {
         return ptr::null_mut();
     }
@@ -239,8 +239,19 @@ pub fn alloc_aligned(align: usize, n: usize) -> *mut u8 {
         // A power-of-two bin at least `align` wide: its slots are aligned to their size.
         return alloc(want.next_power_of_two());
     }
-    // Whole pages, page aligned.
-    alloc(n.max(FIRST_LARGE))
+    if !is_small(n) {
+        // Whole pages, page aligned.
+        return alloc(n);
+    }
+    // A run of whole pages all the same: the larger bins' slots are not all page aligned.
+    let size = n.max(MIN_ALIGN);
+    runtime::use_malloc_semantics();
+    let heap = runtime::current_or_create(size, SITE);
+    if heap.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: the thread's live heap, entered here.
+    unsafe { api::emalloc_pages(api::enter(heap), size, SITE) }
 }
 
 /// Bytes usable at `p` (0 for null).

@@ -1,10 +1,11 @@
 //! Sizes and size classes (PHP's `zend_alloc_sizes.h`).
 //!
 //! Owns the constants every other module sizes itself by: the page size, the segment size bounds, and
-//! the one table of the 30 small size classes ("bins"). The table is PHP 8's, number for number, so
-//! block sizes and `zend_memory_usage()` deltas match PHP's; compile-time checks below keep it
-//! self-consistent (each run of pages holds exactly `count` slots, sizes ascend, every slot of a bin
-//! whose size is a multiple of 16 is 16-aligned).
+//! the one table of the small size classes ("bins"). Its first 30 are PHP 8's, number for number, so
+//! block sizes and `zend_memory_usage()` deltas match PHP's; the preload library (the process's
+//! `malloc`, no PHP contract on sizes) adds two more above PHP's 3072 bytes (see [`HEAP_BINS`]).
+//! Compile-time checks below keep the table self-consistent (each run of pages holds exactly `count`
+//! slots, sizes ascend, every slot of a bin whose size is a multiple of 16 is 16-aligned).
 
 /// The allocation unit inside a segment; large blocks are whole runs of pages.
 pub const ZEND_MM_PAGE_SIZE: usize = 4096;
@@ -27,7 +28,8 @@ pub const ZEND_MM_OVERHEAD: usize = 0;
 pub(crate) const MIN_SEGMENT_SIZE: usize = 64 * 1024;
 /// Largest segment: the largest power of two PHP's `zend_atoi` (an `int`) can express.
 pub(crate) const MAX_SEGMENT_SIZE: usize = 1024 * 1024 * 1024;
-/// Largest request served from a bin; larger requests get whole pages.
+/// Largest request PHP serves from a bin; larger requests get whole pages. (The preload library's
+/// heaps have two bins more.)
 pub const ZEND_MM_MAX_SMALL_SIZE: usize = 3072;
 /// Largest request served as a page run of a default-sized segment (511 pages); larger requests are
 /// huge blocks with storage of their own. With another segment size (`ZEND_MM_SEG_SIZE`) the bound
@@ -35,8 +37,38 @@ pub const ZEND_MM_MAX_SMALL_SIZE: usize = 3072;
 pub const ZEND_MM_MAX_LARGE_SIZE: usize = 2 * 1024 * 1024 - 4096;
 /// Alignment every storage allocation has at least (the storage API's promise, as in PHP 5.3).
 pub(crate) const STORAGE_ALIGN: usize = 16;
-/// Number of small size classes.
+/// Number of PHP's small size classes.
 pub const ZEND_MM_BINS: usize = 30;
+/// Number of small size classes of this build's heaps: PHP's, and for the preload library two more
+/// (5120 and 6144 bytes). As the process's `malloc`, blocks a little over a page are common
+/// (SQLite's page cache holds 4096-byte pages with a header in ~4.3 KB blocks, Node.js buffers of
+/// 4200 bytes); as page runs they took two pages each, about twice glibc's memory. With these bins
+/// no block from 3073 to 8192 bytes takes more than 4/3 of its size. Requests from 3073 to 4096
+/// bytes stay one page (see [`is_small`]): a bin of 4096-byte slots would hold the same memory,
+/// and the page map has room for two more bins only. PHP's API keeps PHP's bins: its block sizes
+/// and usage figures are part of its contract.
+pub(crate) const HEAP_BINS: usize = if cfg!(feature = "preload") {
+    ZEND_MM_BINS + 2
+} else {
+    ZEND_MM_BINS
+};
+/// Largest request this build's heaps serve from a bin.
+pub(crate) const MAX_SMALL_SIZE: usize = BINS[HEAP_BINS - 1].size as usize;
+
+/// Whether a request of `size` bytes is served from a bin: up to PHP's 3072 bytes, and for the
+/// preload library also above a page up to [`MAX_SMALL_SIZE`] (between, one page). One compare in
+/// PHP's build, where the second range is empty.
+#[cfg(feature = "preload")]
+#[inline(always)]
+pub(crate) const fn is_small(size: usize) -> bool {
+    size <= ZEND_MM_MAX_SMALL_SIZE || (size > ZEND_MM_PAGE_SIZE && size <= MAX_SMALL_SIZE)
+}
+/// Whether a request of `size` bytes is served from a bin (PHP's build: up to 3072 bytes).
+#[cfg(not(feature = "preload"))]
+#[inline(always)]
+pub(crate) const fn is_small(size: usize) -> bool {
+    size <= MAX_SMALL_SIZE
+}
 /// Default storage compaction threshold (PHP 5.3's `ZEND_MM_COMPACT` default).
 pub(crate) const DEFAULT_COMPACT_SIZE: usize = 2 * 1024 * 1024;
 
@@ -52,8 +84,20 @@ const fn bin(size: u32, count: u32, pages: u32) -> Bin {
     Bin { size, count, pages }
 }
 
-/// PHP's `ZEND_MM_BINS_INFO`: slot size, slots per run, pages per run.
-pub(crate) const BINS: [Bin; ZEND_MM_BINS] = [
+/// This build's bins: PHP's `ZEND_MM_BINS_INFO` (slot size, slots per run, pages per run), then the
+/// preload library's own.
+pub(crate) const BINS: [Bin; HEAP_BINS] = {
+    let mut t = [bin(0, 0, 0); HEAP_BINS];
+    let mut i = 0;
+    while i < HEAP_BINS {
+        t[i] = ALL_BINS[i];
+        i += 1;
+    }
+    t
+};
+
+/// Every bin any build has: PHP's 30, then the two only the preload library uses.
+const ALL_BINS: [Bin; ZEND_MM_BINS + 2] = [
     bin(8, 512, 1),
     bin(16, 256, 1),
     bin(24, 170, 1),
@@ -84,6 +128,8 @@ pub(crate) const BINS: [Bin; ZEND_MM_BINS] = [
     bin(2048, 8, 4),
     bin(2560, 8, 5),
     bin(3072, 4, 3),
+    bin(5120, 4, 5),
+    bin(6144, 2, 3),
 ];
 
 /// Longest run of pages any bin uses.
@@ -91,8 +137,8 @@ pub(crate) const MAX_BIN_PAGES: u32 = 7;
 
 const _: () = {
     let mut i = 0;
-    while i < ZEND_MM_BINS {
-        let b = BINS[i];
+    while i < ALL_BINS.len() {
+        let b = ALL_BINS[i];
         // A run holds exactly `count` slots and wastes less than one slot.
         assert!(b.size * b.count <= b.pages * ZEND_MM_PAGE_SIZE as u32);
         assert!(b.size * (b.count + 1) > b.pages * ZEND_MM_PAGE_SIZE as u32);
@@ -101,12 +147,20 @@ const _: () = {
         // The gc counter in the page map has 12 bits.
         assert!(b.count < 4096);
         if i > 0 {
-            assert!(BINS[i - 1].size < b.size);
+            assert!(ALL_BINS[i - 1].size < b.size);
         }
+        // The bins above PHP's serve only 16-aligned blocks (the preload library's).
+        assert!(i < ZEND_MM_BINS || b.size % 16 == 0);
         i += 1;
     }
     assert!(BINS[0].size as usize == 8);
-    assert!(BINS[ZEND_MM_BINS - 1].size as usize == ZEND_MM_MAX_SMALL_SIZE);
+    assert!(ALL_BINS[ZEND_MM_BINS - 1].size as usize == ZEND_MM_MAX_SMALL_SIZE);
+    assert!(MAX_SMALL_SIZE >= ZEND_MM_MAX_SMALL_SIZE);
+    // The preload library's bins start above the page its requests from 3073 bytes take, and the
+    // largest keeps the waste of the sizes up to two pages at a third.
+    assert!(ALL_BINS[ZEND_MM_BINS].size as usize > ZEND_MM_PAGE_SIZE);
+    assert!(ALL_BINS[ZEND_MM_BINS + 1].size as usize * 4 >= 2 * ZEND_MM_PAGE_SIZE * 3);
+    assert!(ZEND_MM_MAX_SMALL_SIZE * 4 >= ZEND_MM_PAGE_SIZE * 3);
     assert!(1 << PAGE_SHIFT == ZEND_MM_PAGE_SIZE);
     assert!(1 << ZEND_MM_ALIGNMENT_LOG2 == ZEND_MM_ALIGNMENT);
     assert!(MIN_SEGMENT_SIZE.is_power_of_two() && MAX_SEGMENT_SIZE.is_power_of_two());
@@ -115,14 +169,14 @@ const _: () = {
     assert!(ZEND_MM_MAX_LARGE_SIZE == ZEND_MM_SEG_SIZE - ZEND_MM_PAGE_SIZE);
 };
 
-/// Bin index for every request size 0..=3072: `SIZE_TO_BIN[size]`. A table lookup replaces PHP's
+/// Bin index for every request size 0..=[`MAX_SMALL_SIZE`]: `SIZE_TO_BIN[size]`. A table lookup replaces PHP's
 /// bit arithmetic on the allocation fast path, indexed by the size itself (3 KiB: two instructions
 /// fewer than rounding to 8-byte steps first). (A `const`, not a `static`: the library reaches
 /// constants directly, statics through the GOT.)
-pub(crate) const SIZE_TO_BIN: [u8; ZEND_MM_MAX_SMALL_SIZE + 1] = size_to_bin_table();
+pub(crate) const SIZE_TO_BIN: [u8; MAX_SMALL_SIZE + 1] = size_to_bin_table();
 
-const fn size_to_bin_table() -> [u8; ZEND_MM_MAX_SMALL_SIZE + 1] {
-    let mut table = [0u8; ZEND_MM_MAX_SMALL_SIZE + 1];
+const fn size_to_bin_table() -> [u8; MAX_SMALL_SIZE + 1] {
+    let mut table = [0u8; MAX_SMALL_SIZE + 1];
     let mut size = 0;
     let mut b = 0;
     while size < table.len() {
@@ -136,21 +190,21 @@ const fn size_to_bin_table() -> [u8; ZEND_MM_MAX_SMALL_SIZE + 1] {
     table
 }
 
-/// The bin serving a request of `size` bytes; `size` must be at most [`ZEND_MM_MAX_SMALL_SIZE`].
+/// The bin serving a request of `size` bytes; `size` must be at most [`MAX_SMALL_SIZE`].
 #[inline(always)]
 pub fn bin_of(size: usize) -> usize {
-    debug_assert!(size <= ZEND_MM_MAX_SMALL_SIZE);
+    debug_assert!(size <= MAX_SMALL_SIZE);
     let bin = SIZE_TO_BIN[size] as usize;
     // SAFETY: every entry of the table is a bin (checked at compile time below); saying so spares
     // the fast path a bounds check on the bin-indexed arrays.
-    unsafe { core::hint::assert_unchecked(bin < ZEND_MM_BINS) };
+    unsafe { core::hint::assert_unchecked(bin < HEAP_BINS) };
     bin
 }
 
 const _: () = {
     let mut size = 0;
-    while size <= ZEND_MM_MAX_SMALL_SIZE {
-        assert!((SIZE_TO_BIN[size] as usize) < ZEND_MM_BINS);
+    while size <= MAX_SMALL_SIZE {
+        assert!((SIZE_TO_BIN[size] as usize) < HEAP_BINS);
         size += 1;
     }
 };
@@ -158,13 +212,13 @@ const _: () = {
 /// Bin-indexed arrays have this many entries: a bin read from a page-map entry (5 bits) indexes
 /// them without a bounds check; the entries past the last bin are never used.
 pub(crate) const BIN_SLOTS: usize = 32;
-const _: () = assert!(ZEND_MM_BINS <= BIN_SLOTS && BIN_SLOTS == 1 << 5);
+const _: () = assert!(HEAP_BINS <= BIN_SLOTS && BIN_SLOTS == 1 << 5);
 
 /// Slot size of each bin as `usize`, for the fast paths (0 past the last bin).
 pub(crate) const BIN_SIZE: [usize; BIN_SLOTS] = {
     let mut t = [0usize; BIN_SLOTS];
     let mut i = 0;
-    while i < ZEND_MM_BINS {
+    while i < HEAP_BINS {
         t[i] = BINS[i].size as usize;
         i += 1;
     }
@@ -190,7 +244,7 @@ const fn slot_check_table() -> ([u32; BIN_SLOTS], [u32; BIN_SLOTS]) {
     // Entries past the last bin stay 0: nothing passes (a page map naming such a bin is corrupt).
     let (mut magic, mut limit) = ([0u32; BIN_SLOTS], [0u32; BIN_SLOTS]);
     let mut i = 0;
-    while i < ZEND_MM_BINS {
+    while i < HEAP_BINS {
         let (size, count) = (BINS[i].size as u64, BINS[i].count as u64);
         let c = (1u64 << 32).div_ceil(size);
         let e = size * c - (1 << 32);
@@ -268,7 +322,7 @@ mod tests {
 
     #[test]
     fn a_block_keeps_its_bin_down_to_the_next_smaller_bins_size() {
-        for bin in 1..ZEND_MM_BINS {
+        for bin in 1..HEAP_BINS {
             let (size, smaller) = (BIN_SIZE[bin], BIN_SIZE[bin - 1]);
             assert!(keeps_bin(bin, size) && keeps_bin(bin, smaller), "bin {bin}");
             assert!(
@@ -296,7 +350,7 @@ mod tests {
                 );
             }
         }
-        for bin in ZEND_MM_BINS..BIN_SLOTS {
+        for bin in HEAP_BINS..BIN_SLOTS {
             assert!(!starts_slot(SLOT_MAGIC[bin], SLOT_LIMIT[bin], 0));
         }
     }

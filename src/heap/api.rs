@@ -15,6 +15,7 @@ use core::ptr;
 
 use super::{Heap, Refusal, custom};
 use crate::diagnostics::{self, Call, Fatal, Site};
+use crate::sizes::MAX_SMALL_SIZE;
 
 /// Marks the library as entered for `heap` from the calling frame: an error report this call is
 /// not nested in has ended (see [`Heap::end_finished_report`]).
@@ -53,6 +54,31 @@ pub unsafe fn emalloc(heap: *mut Heap, size: usize, site: Site) -> *mut u8 {
         }
     };
     match result {
+        Ok(p) => p,
+        // SAFETY: forwarded caller contract; the borrow has ended.
+        Err(refusal) => unsafe { refused(heap, refusal, size, site) },
+    }
+}
+
+/// Allocates a page-aligned block of whole pages for `size` bytes, however small (see
+/// [`Heap::alloc_page_run`]). A custom or tracking heap serves it as `emalloc` does a large size
+/// (a tracked block starts after its header, so only the run is page aligned there).
+///
+/// # Safety
+/// See the module documentation.
+pub unsafe fn emalloc_pages(heap: *mut Heap, size: usize, site: Site) -> *mut u8 {
+    // SAFETY: live, unborrowed heap (caller contract); the borrow ends with the statement.
+    if unsafe { (*heap).is_custom() || (*heap).is_tracking() } {
+        // SAFETY: forwarded caller contract.
+        return unsafe { emalloc(heap, size.max(MAX_SMALL_SIZE + 1), site) };
+    }
+    // SAFETY: as above.
+    if unsafe { !(*heap).take_alloc_budget() } {
+        // SAFETY: forwarded caller contract.
+        return unsafe { allocs_exhausted(heap, size, site) };
+    }
+    // SAFETY: as above.
+    match unsafe { (*heap).alloc_page_run(size) } {
         Ok(p) => p,
         // SAFETY: forwarded caller contract; the borrow has ended.
         Err(refusal) => unsafe { refused(heap, refusal, size, site) },

@@ -16,7 +16,7 @@ use crate::segment::{
     LARGE_PAGES_MASK, PAGE_CACHED, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, Segment,
     small_bin, small_place,
 };
-use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
+use crate::sizes::{BIN_SIZE, BINS, HEAP_BINS, ZEND_MM_PAGE_SIZE};
 
 /// What a pointer is, as far as the heap can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +91,7 @@ impl Heap {
             report(args);
         };
         let mut used_bytes = 0usize;
-        let mut used_slots = [0usize; ZEND_MM_BINS];
+        let mut used_slots = [0usize; HEAP_BINS];
         // SAFETY: the main segment and the live list's are live segments of this heap.
         for seg in core::iter::once(self.main).chain(unsafe { self.segments.iter() }) {
             // SAFETY: as above.
@@ -158,7 +158,7 @@ impl Heap {
     fn check_segment(
         &self,
         s: &Segment,
-        slots: &mut [usize; ZEND_MM_BINS],
+        slots: &mut [usize; HEAP_BINS],
         error: &mut dyn FnMut(fmt::Arguments<'_>),
     ) -> usize {
         if s.owner() != self.id() {
@@ -200,7 +200,7 @@ impl Heap {
                             s
                         ));
                         1
-                    } else if bin >= ZEND_MM_BINS {
+                    } else if bin >= HEAP_BINS {
                         error(format_args!("segment {:p} page {page}: bad bin {bin}\n", s));
                         1
                     } else {

@@ -19,8 +19,7 @@ use crate::segment::{
 };
 use crate::sizes;
 use crate::sizes::{
-    BIN_SLOTS, PAGE_SHIFT, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, ZEND_MM_SEG_SIZE, bin_of,
-    keeps_bin,
+    BIN_SLOTS, PAGE_SHIFT, ZEND_MM_PAGE_SIZE, ZEND_MM_SEG_SIZE, bin_of, is_small, keeps_bin,
 };
 use crate::storage::Storage;
 
@@ -73,7 +72,7 @@ impl Heap {
     /// Pops a free slot for `size` bytes if `size` is small and its bin has one.
     #[inline(always)]
     pub fn alloc_small_fast(&mut self, size: usize) -> *mut u8 {
-        if size > ZEND_MM_MAX_SMALL_SIZE {
+        if !is_small(size) {
             return ptr::null_mut();
         }
         let bin = bin_of(size);
@@ -215,7 +214,7 @@ impl Heap {
                 p.addr() % ZEND_MM_PAGE_SIZE == 0
                     && size <= bytes
                     && size > bytes - ZEND_MM_PAGE_SIZE
-                    && size > ZEND_MM_MAX_SMALL_SIZE
+                    && !is_small(size)
             }
             _ => false,
         }
@@ -357,7 +356,7 @@ mod tests {
                 (8..size).step_by(8).collect()
             }
         };
-        for bin in 0..sizes::ZEND_MM_BINS {
+        for bin in 0..sizes::HEAP_BINS {
             let size = sizes::BIN_SIZE[bin];
             // A full run and one slot more: every page of a run, and a second run.
             let blocks: std::vec::Vec<*mut u8> = (0..=sizes::BINS[bin].count)
@@ -371,7 +370,7 @@ mod tests {
                     );
                 }
                 for other in [bin.wrapping_sub(1), bin + 1, bin ^ 16] {
-                    if other < sizes::ZEND_MM_BINS {
+                    if other < sizes::HEAP_BINS {
                         assert!(!h.free_bin_fast(p, other), "bin {bin} freed as {other}");
                     }
                 }

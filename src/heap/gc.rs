@@ -21,7 +21,7 @@ use crate::diagnostics;
 use crate::segment::{
     PAGE_KIND_MASK, PAGE_SMALL, SMALL_COUNTER_MASK, SMALL_COUNTER_SHIFT, Segment,
 };
-use crate::sizes::{BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
+use crate::sizes::{BINS, HEAP_BINS, ZEND_MM_PAGE_SIZE};
 
 impl Heap {
     /// Frees every small run whose slots are all free, returns cached segments and huge blocks
@@ -134,7 +134,7 @@ impl Heap {
     /// Calls `visit` with the segment, first page of the small run and bin of every free slot;
     /// heap corruption unless each slot starts a slot of a run of its bin in this heap.
     fn for_each_free_slot_run(&mut self, mut visit: impl FnMut(&mut Segment, usize, usize)) {
-        for bin in 0..ZEND_MM_BINS {
+        for bin in 0..HEAP_BINS {
             let mut slot = self.free_slots[bin];
             while !slot.is_null() {
                 let Lookup::Block(Block::Small {

@@ -411,6 +411,24 @@ mod tests {
     }
 
     #[test]
+    fn a_page_run_serves_any_size_as_whole_aligned_pages() {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread.
+        let h = unsafe { &mut *heap };
+        for (size, pages) in [(1, 1), (100, 1), (3000, 1), (PAGE, 1), (PAGE + 1, 2)] {
+            let used = h.usage(false);
+            let p = h.alloc_page_run(size).unwrap();
+            assert_eq!(p.addr() % PAGE, 0, "{size} bytes");
+            assert_eq!(h.block_size(p), pages * PAGE, "{size} bytes");
+            assert_eq!(h.usage(false), used + pages * PAGE, "{size} bytes");
+            assert_consistent(h);
+            h.free(p);
+            assert_eq!(h.usage(false), used, "{size} bytes");
+        }
+        assert_consistent(h);
+    }
+
+    #[test]
     fn gc_and_request_end_empty_the_run_cache() {
         let heap = test_heap();
         // SAFETY: a live heap of this thread, borrowed for a statement.

@@ -165,7 +165,7 @@ pub struct Heap {
 // The heap's address is its owner id in the region map, whose low bit tags huge blocks.
 const _: () = assert!(align_of::<Heap>() >= OWNER_ALIGN);
 // Every bin size fits the heap's 16-bit copy of the table.
-const _: () = assert!(crate::sizes::ZEND_MM_MAX_SMALL_SIZE <= u16::MAX as usize);
+const _: () = assert!(crate::sizes::MAX_SMALL_SIZE <= u16::MAX as usize);
 const _: () = {
     // The default segment keeps PHP's 511 pages, even the main one holding the heap.
     assert!(segment::header_pages(ZEND_MM_SEG_SIZE, remote::HEAP_BYTES) == 1);

@@ -42,13 +42,13 @@ use crate::segment::{
     LARGE_PAGES_MASK, PAGE_CACHED, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, Segment, run_offset,
     small_bin, starts_slot,
 };
-use crate::sizes::{BIN_SIZE, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
+use crate::sizes::{BIN_SIZE, HEAP_BINS, ZEND_MM_PAGE_SIZE};
 
 /// Bins with a remote list of their own: those of slots up to 1792 bytes. The three largest bins
 /// use the general list: the main segment's header page has room for this many lists beside the
 /// page map and the heap, and blocks that size are few per byte freed.
 const REMOTE_BINS: usize = 27;
-const _: () = assert!(REMOTE_BINS <= ZEND_MM_BINS && BIN_SIZE[REMOTE_BINS - 1] == 1792);
+const _: () = assert!(REMOTE_BINS <= HEAP_BINS && BIN_SIZE[REMOTE_BINS - 1] == 1792);
 
 /// A bin's remote list head word: the first block's address in the low bits, the block count
 /// above them. Blocks at higher addresses go onto the general list.

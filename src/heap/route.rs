@@ -16,7 +16,9 @@ use crate::segment::{
     LARGE_PAGES_MASK, PAGE_CACHED, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, Segment, run_offset,
     small_bin, starts_slot,
 };
-use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, keeps_bin};
+use crate::sizes::{
+    BIN_SIZE, BINS, MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, is_small, keeps_bin,
+};
 
 /// A live block of this heap (as far as the metadata tells), found by [`Heap::locate`].
 #[derive(Clone, Copy)]
@@ -203,13 +205,24 @@ impl Heap {
     /// Allocates `size` bytes (PHP's `zend_mm_alloc_heap`).
     #[inline(always)]
     pub fn alloc(&mut self, size: usize) -> Result<*mut u8, Refusal> {
-        let p = if size <= ZEND_MM_MAX_SMALL_SIZE {
+        let p = if is_small(size) {
             self.alloc_small(bin_of(size))
         } else {
             self.alloc_big(size)
         }?;
         if self.is_counting() {
             self.count_alloc_stats(size);
+        }
+        Ok(p)
+    }
+
+    /// A page-aligned run of whole pages for `size` bytes, even a size a bin would serve (the
+    /// preload library's page-aligned `memalign`: its heaps have bins above a page, whose slots
+    /// are not all page aligned). Counted as a large block.
+    pub fn alloc_page_run(&mut self, size: usize) -> Result<*mut u8, Refusal> {
+        let p = self.alloc_big(size)?;
+        if self.is_counting() {
+            self.count_alloc_stats(size.max(MAX_SMALL_SIZE + 1));
         }
         Ok(p)
     }
@@ -322,7 +335,7 @@ impl Heap {
                 unsafe { self.move_block(p, BIN_SIZE[bin], size, copy_size) }
             }
             Block::Large { seg, page, pages } => {
-                let stays_large = size > ZEND_MM_MAX_SMALL_SIZE && size <= self.max_large_size;
+                let stays_large = !is_small(size) && size <= self.max_large_size;
                 // SAFETY: `locate` found this large run of a live segment of this heap.
                 if stays_large && unsafe { self.resize_large_in_place(seg, page, pages, size) } {
                     return Ok(p);

@@ -14,7 +14,7 @@ use super::pages::NoPages;
 use super::{Heap, NO_REQUEST_ENDS, Refusal};
 use crate::diagnostics::{self, BadPointer, Call};
 use crate::segment::small_entry;
-use crate::sizes::{BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE};
+use crate::sizes::{BINS, HEAP_BINS, ZEND_MM_PAGE_SIZE};
 
 /// A free slot of a small bin: the next free slot of the same bin.
 #[repr(C)]
@@ -121,7 +121,7 @@ impl Heap {
     /// Writes [`FREED_MARK`] into every slot on the bins' free lists (tracking just went off: a
     /// tracking heap's free slots do not carry it).
     pub(super) fn mark_all_free_slots(&mut self) {
-        for bin in 0..ZEND_MM_BINS {
+        for bin in 0..HEAP_BINS {
             let bytes = self.bin_size(bin);
             // An 8-byte slot's mark would be its link.
             if bytes < 2 * size_of::<usize>() {

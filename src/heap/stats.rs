@@ -25,9 +25,7 @@ use super::track::HeapInUse;
 use crate::diagnostics::{MsgBuf, Site, file_text, write_fd};
 use crate::options::{self, StatsOutput};
 use crate::segment::{PAGE_KIND_MASK, PAGE_LARGE, small_bin};
-use crate::sizes::{
-    BIN_SIZE, BINS, ZEND_MM_BINS, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of,
-};
+use crate::sizes::{BIN_SIZE, BINS, HEAP_BINS, ZEND_MM_BINS, ZEND_MM_PAGE_SIZE, bin_of, is_small};
 use crate::storage::Allocation;
 
 /// Sites a heap counts allocations for; the rest are counted together.
@@ -106,6 +104,8 @@ pub struct HeapStats {
     pub segments: usize,
     pub segments_cached: usize,
     pub segments_peak: usize,
+    /// PHP's bins. (The preload library's two larger bins count under large blocks, as blocks of
+    /// their sizes are in PHP.)
     pub bins: [BinStats; ZEND_MM_BINS],
     pub large: BlockStats,
     pub huge: BlockStats,
@@ -147,7 +147,7 @@ struct SiteCount {
 pub(super) struct StatsArea {
     /// The storage allocation, its header first (what the storage reads).
     alloc: Allocation,
-    bins: [Counters; ZEND_MM_BINS],
+    bins: [Counters; HEAP_BINS],
     large: Counters,
     huge: Counters,
     /// Allocations per site (open addressing on file and line); `other` counts the overflow.
@@ -198,7 +198,7 @@ impl Heap {
         unsafe {
             area.write(StatsArea {
                 alloc: Allocation::new(base, bytes),
-                bins: [Counters::default(); ZEND_MM_BINS],
+                bins: [Counters::default(); HEAP_BINS],
                 large: Counters::default(),
                 huge: Counters::default(),
                 sites: [SiteCount {
@@ -294,7 +294,7 @@ impl Heap {
         let large = size <= self.max_large_size;
         // SAFETY: a live stats area of this heap.
         let area = unsafe { &mut *self.stats };
-        Some(if size <= ZEND_MM_MAX_SMALL_SIZE {
+        Some(if is_small(size) {
             &mut area.bins[bin_of(size)]
         } else if large {
             &mut area.large
@@ -338,9 +338,9 @@ impl Heap {
     }
 
     /// Live blocks and runs per bin, read off the page maps and free lists.
-    fn small_census(&self) -> ([usize; ZEND_MM_BINS], [usize; ZEND_MM_BINS]) {
-        let mut slots = [0usize; ZEND_MM_BINS];
-        let mut runs = [0usize; ZEND_MM_BINS];
+    fn small_census(&self) -> ([usize; HEAP_BINS], [usize; HEAP_BINS]) {
+        let mut slots = [0usize; HEAP_BINS];
+        let mut runs = [0usize; HEAP_BINS];
         self.each_run(&mut |info, _, _| {
             if let Some(bin) = small_bin(info) {
                 runs[bin] += 1;
@@ -397,6 +397,11 @@ impl Heap {
             b.live = live[bin];
             b.runs = runs[bin];
         }
+        // The preload library's bins above PHP's: large blocks in PHP's terms.
+        for (bin, live) in live.iter().enumerate().skip(ZEND_MM_BINS) {
+            s.large.live += live;
+            s.large.bytes += live * BIN_SIZE[bin];
+        }
         let reserve = self.reserve;
         self.each_run(&mut |info, addr, pages| {
             if info & PAGE_KIND_MASK == PAGE_LARGE && addr != reserve {
@@ -419,6 +424,10 @@ impl Heap {
             }
             for (k, c) in [(&mut s.large, &area.large), (&mut s.huge, &area.huge)] {
                 (k.allocs, k.frees, k.peak_live) = (c.allocs, c.frees, c.peak_live);
+            }
+            for c in &area.bins[ZEND_MM_BINS..] {
+                s.large.allocs += c.allocs;
+                s.large.frees += c.frees;
             }
             if self.is_tracking() {
                 self.top_sites(area, &mut s);

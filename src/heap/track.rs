@@ -42,7 +42,7 @@ use crate::diagnostics::{
 };
 use crate::region_map;
 use crate::segment::small_bin;
-use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of};
+use crate::sizes::{BIN_SIZE, BINS, ZEND_MM_PAGE_SIZE, bin_of, is_small};
 
 /// PHP 5.3's block magics.
 const VALID: u32 = 0x7312_F8DC;
@@ -583,7 +583,7 @@ impl Heap {
     #[inline(always)]
     pub(super) fn alloc_tracked(&mut self, size: usize, site: Site) -> Result<*mut u8, Refusal> {
         let total = size.checked_add(OVERHEAD).ok_or(Refusal::Overflow)?;
-        let base = if total <= ZEND_MM_MAX_SMALL_SIZE {
+        let base = if is_small(total) {
             // `Heap::alloc`'s small path, with the bin looked up once.
             let bin = bin_of(total);
             let slot = self.pop_free_slot(bin);
@@ -650,7 +650,7 @@ impl Heap {
             (*t).magic = MOVING;
             (*t).size
         };
-        let was_small = old_size + OVERHEAD <= ZEND_MM_MAX_SMALL_SIZE;
+        let was_small = is_small(old_size + OVERHEAD);
         let keep = HEADER + old_size.min(copy_size).min(size);
         match self.realloc(t.cast(), total, keep) {
             Ok(base) => {

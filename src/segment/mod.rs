@@ -81,10 +81,10 @@ const _: () = {
     assert!(SMALL_PLACE_MASK & SMALL_COUNTER_MASK == 0);
     assert!(SMALL_COUNTER_MASK & (SMALL_BIN_MASK | PAGE_KIND_MASK) == 0);
     assert!(SMALL_BIN_MASK & PAGE_KIND_MASK == 0);
-    assert!(crate::sizes::ZEND_MM_BINS <= 1 << 5);
+    assert!(crate::sizes::HEAP_BINS <= 1 << 5);
     // Every bin's slot count fits the gc counter.
     let mut i = 0;
-    while i < crate::sizes::ZEND_MM_BINS {
+    while i < crate::sizes::HEAP_BINS {
         assert!(crate::sizes::BINS[i].count <= SMALL_COUNTER_MASK >> SMALL_COUNTER_SHIFT);
         i += 1;
     }
@@ -130,7 +130,7 @@ pub(crate) struct SlotCheck {
 const SLOT_CHECKS: [SlotCheck; PAGE_CLASSES] = {
     let mut t = [SlotCheck { magic: 0, limit: 0 }; PAGE_CLASSES];
     let mut bin = 0;
-    while bin < crate::sizes::ZEND_MM_BINS {
+    while bin < crate::sizes::HEAP_BINS {
         t[SMALL_CLASS_BASE + bin] = SlotCheck {
             magic: crate::sizes::SLOT_MAGIC[bin],
             limit: crate::sizes::SLOT_LIMIT[bin],
@@ -182,7 +182,7 @@ const _: () = {
     );
     // Power-of-two bins fill their runs exactly (no tail slot a pointer could start).
     let mut bin = 0;
-    while bin < crate::sizes::ZEND_MM_BINS {
+    while bin < crate::sizes::HEAP_BINS {
         let b = crate::sizes::BINS[bin];
         if b.size.is_power_of_two() {
             assert!(b.size as usize <= ZEND_MM_PAGE_SIZE);
