@@ -743,6 +743,20 @@ static int debug_usable_child(void)
     }
     memset(debug_other_block, 0x5a, usable);
     free(debug_other_block);
+    /* A tracked block starts after its header: aligned requests are still aligned. */
+    for (size_t align = 32; align <= 8192; align *= 2) {
+        size_t asked[] = {1, 100, 3000, 5000, 70000};
+        for (size_t i = 0; i < sizeof asked / sizeof *asked; i++) {
+            void *p = NULL;
+            if (posix_memalign(&p, align, asked[i]) != 0 || !aligned(p, align) ||
+                malloc_usable_size(p) < asked[i]) {
+                return 4;
+            }
+            memset(p, 0x5a, asked[i]);
+            p = realloc(p, asked[i] * 2);
+            free(p);
+        }
+    }
     puts("ok");
     return 0;
 }

@@ -234,6 +234,11 @@ pub fn alloc_aligned(align: usize, n: usize) -> *mut u8 {
         // Beyond what pages give: the allocator behind this one's, which `free` knows as foreign.
         return foreign::memalign(align, n).cast();
     }
+    if heap_tracks() {
+        // A tracked block (`ZEND_MM_DEBUG=1`) starts after its header: 16-aligned only, whatever
+        // its slot or pages. The allocator behind this one aligns it (untracked).
+        return foreign::memalign(align, n).cast();
+    }
     let want = n.max(align);
     if want <= LARGEST_POW2_BIN {
         // A power-of-two bin at least `align` wide: its slots are aligned to their size.
@@ -252,6 +257,15 @@ pub fn alloc_aligned(align: usize, n: usize) -> *mut u8 {
     }
     // SAFETY: the thread's live heap, entered here.
     unsafe { api::emalloc_pages(api::enter(heap), size, SITE) }
+}
+
+/// Whether the calling thread's heap tracks its blocks (false if it has none yet, or cannot get
+/// one: the allocation that follows reports that).
+fn heap_tracks() -> bool {
+    runtime::use_malloc_semantics();
+    let heap = runtime::current_or_create(MIN_ALIGN, SITE);
+    // SAFETY: null or the thread's live heap.
+    !heap.is_null() && unsafe { (*heap).is_tracking() }
 }
 
 /// Bytes usable at `p` (0 for null).
