@@ -710,6 +710,106 @@ static void test_freed_small_runs_go_back_after_a_while(void)
     }
 }
 
+/* A program that freed many blocks a little over a page and then only allocates what it has
+ * freed takes no new memory, so nothing else frees their runs: the allocation slow paths look for
+ * runs whose slots are all free on a clock (at most 6.4 s apart after walks that found little),
+ * and their pages go back as other free pages do. In a process of its own (`over-page-runs`). */
+static int compare_addresses(const void *a, const void *b)
+{
+    uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int freed_over_page_runs_child(void)
+{
+    enum { N = 6000, SIZE = 4200, KEEP = 64 };
+    static unsigned char *blocks[N];
+    for (int i = 0; i < N; i++) {
+        blocks[i] = malloc(opaque(SIZE));
+        if (!blocks[i]) {
+            return 1;
+        }
+        memset(blocks[i], 0x5a, SIZE);
+    }
+    for (int i = 0; i < N; i++) {
+        if (i % KEEP != 0) {
+            free(blocks[i]);
+        }
+    }
+    /* The pages the blocks were in, each once. */
+    static uintptr_t page_of[N * 3];
+    size_t count = 0;
+    for (int i = 0; i < N; i++) {
+        uintptr_t first = (uintptr_t)blocks[i] & ~(uintptr_t)4095;
+        for (uintptr_t page = first; page < (uintptr_t)blocks[i] + SIZE; page += 4096) {
+            page_of[count++] = page;
+        }
+    }
+    qsort(page_of, count, sizeof *page_of, compare_addresses);
+    /* Rounds of 300 ms idle and some allocations of that size until the pages are back (one on
+     * glibc, which keeps them). */
+    int rounds = getenv("ZEND_ALLOC_PRELOAD_EXPECTED") ? 30 : 1;
+    size_t pages = 0, resident = 0;
+    for (int round = 0; round < rounds; round++) {
+        for (int i = 0; i < 200; i++) {
+            void *again = malloc(opaque(5000));
+            sink = again; /* kept: the compiler drops a malloc freed unused */
+            free(again);
+        }
+        idle_then_allocate(20 << 10);
+        pages = resident = 0;
+        for (size_t i = 0; i < count; i++) {
+            if (i == 0 || page_of[i] != page_of[i - 1]) {
+                pages++;
+                resident += resident_pages_of((void *)page_of[i], 4096);
+            }
+        }
+        if (resident < pages / 4) {
+            break;
+        }
+    }
+    int intact = 1;
+    for (int i = 0; i < N; i += KEEP) {
+        intact &= blocks[i][0] == 0x5a && blocks[i][SIZE - 1] == 0x5a;
+    }
+    printf("%zu %zu %d\n", pages, resident, intact);
+    return 0;
+}
+
+static void test_freed_over_page_runs_go_back_after_a_while(void)
+{
+    fflush(NULL);
+    int out[2];
+    if (pipe(out) != 0) {
+        CHECK(0);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(out[1], STDOUT_FILENO);
+        execl("/proc/self/exe", "test_preload", "over-page-runs", (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    char line[128] = "";
+    ssize_t got = read(out[0], line, sizeof line - 1);
+    close(out[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    size_t pages = 0, resident = 0;
+    int intact = 0;
+    CHECK(got > 0 && sscanf(line, "%zu %zu %d", &pages, &resident, &intact) == 3);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(intact);
+    CHECK(pages >= 6000 * 4200 / 4096);
+    if (getenv("ZEND_ALLOC_PRELOAD_EXPECTED")) {
+        CHECK(resident < pages / 4);
+        if (resident >= pages / 4) {
+            fprintf(stderr, "  %zu of the %zu pages of freed 4200-byte blocks resident\n", resident, pages);
+        }
+    }
+}
+
 /* With the debug mode (ZEND_MM_DEBUG=1: every block tracked) malloc_usable_size answers for a
  * block of the calling thread and of another thread, at least what was asked for, and writing
  * that much stays inside the block (the free checks its end guard). In a process of its own (this
@@ -874,9 +974,6 @@ static void free_twice_from_another_thread(void)
     }
 }
 
-/* A block freed twice (p, q, p) is caught, as glibc's tcache catches it: the process aborts
- * instead of handing the block out twice. Freed again from another thread, glibc misses it (the
- * block is not in that thread's tcache); this library finds it marked free. */
 /* Blocks a little over a page (SQLite's page cache: 4096-byte pages with a header; Node.js
  * buffers) take at most a third more than asked for, as in glibc, not a second page; a small
  * page-aligned block still takes one page. Such blocks keep their bytes through reallocs among
@@ -945,6 +1042,12 @@ static void test_blocks_a_little_over_a_page_take_at_most_a_third_more(void)
         free(over_page[i]);
     }
     CHECK(bad == 0);
+    /* Shrunk below the bins above a page, a block moves to the page those sizes take. */
+    unsigned char *shrunk = malloc(opaque(5000));
+    stamp(shrunk, 3500, 35);
+    shrunk = realloc(shrunk, opaque(3500));
+    CHECK(shrunk != NULL && stamped(shrunk, 3500, 35) && 3 * malloc_usable_size(shrunk) <= 4 * 3500);
+    free(shrunk);
     size_t small[] = {1, 100, 3000, 4096};
     for (size_t i = 0; i < sizeof small / sizeof small[0]; i++) {
         void *p = memalign(opaque(4096), small[i]);
@@ -955,6 +1058,9 @@ static void test_blocks_a_little_over_a_page_take_at_most_a_third_more(void)
     }
 }
 
+/* A block freed twice (p, q, p) is caught, as glibc's tcache catches it: the process aborts
+ * instead of handing the block out twice. Freed again from another thread, glibc misses it (the
+ * block is not in that thread's tcache); this library finds it marked free. */
 static void test_double_frees_abort(void)
 {
     CHECK(aborts_in_child(free_twice_with_another_free_between));
@@ -971,6 +1077,9 @@ int main(int argc, char **argv)
     if (argc > 1 && !strcmp(argv[1], "debug-usable")) {
         return debug_usable_child();
     }
+    if (argc > 1 && !strcmp(argv[1], "over-page-runs")) {
+        return freed_over_page_runs_child();
+    }
     test_the_library_serves_malloc();
     test_glibc_edge_cases();
     test_alignment_and_usable_size();
@@ -983,6 +1092,7 @@ int main(int argc, char **argv)
     test_freed_big_blocks_go_back_after_a_while();
     test_freed_pages_among_live_blocks_go_back_after_a_while();
     test_freed_small_runs_go_back_after_a_while();
+    test_freed_over_page_runs_go_back_after_a_while();
     test_freed_small_blocks_serve_other_sizes();
     test_blocks_a_little_over_a_page_take_at_most_a_third_more();
     test_double_frees_abort();

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::heap::Heap;
-use crate::sizes::{BIN_SIZE, MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, keeps_bin};
+use crate::sizes::{BIN_SIZE, MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, is_small, keeps_bin};
 use crate::storage::{self, SegmentSource, Storage, StorageOps};
 
 /// A storage on Rust's global allocator whose segments start `MISALIGN` bytes into a page (the
@@ -161,7 +161,7 @@ impl Rng {
 
 /// What PHP says the block for `size` is.
 fn expected_block_size(size: usize) -> usize {
-    if size <= MAX_SMALL_SIZE {
+    if is_small(size) {
         BIN_SIZE[bin_of(size)]
     } else {
         size.div_ceil(4096) * 4096
@@ -219,7 +219,7 @@ impl Model {
             );
         }
         assert_eq!(start % 8, 0);
-        if size <= MAX_SMALL_SIZE && block % 16 == 0 {
+        if is_small(size) && block % 16 == 0 {
             assert_eq!(start % 16, 0, "bin {block} blocks are 16-aligned");
         }
     }
@@ -297,7 +297,7 @@ fn run(ops: &'static StorageOps, segment_size: usize, seed: u64, steps: usize) {
                     continue;
                 };
                 // PHP 8.2 keeps a small block in place down to the next smaller bin's size.
-                let old_bin = (b.block <= MAX_SMALL_SIZE).then(|| bin_of(b.block));
+                let old_bin = is_small(b.block).then(|| bin_of(b.block));
                 let block = match old_bin {
                     Some(bin) if keeps_bin(bin, size) => {
                         assert_eq!(q as usize, key, "{} -> {size} stays in place", b.block);

@@ -267,10 +267,14 @@ pub(crate) fn starts_slot(magic: u32, limit: u32, n: usize) -> bool {
 
 /// Whether a block of `bin` still serves `size` bytes after a resize, as PHP keeps it in place:
 /// `size` fits the bin and is at least the next smaller bin's size (PHP 8.2 moves a block only
-/// when it would fit a smaller bin with room to spare: 100 -> 96 keeps the 112-byte block).
+/// when it would fit a smaller bin with room to spare: 100 -> 96 keeps the 112-byte block). The
+/// preload library's bins above a page keep only sizes above it: a block of 3073 to 4096 bytes is
+/// one page, so 5000 -> 3500 moves (in place it would hold 5120 bytes for 3500).
 #[inline(always)]
 pub fn keeps_bin(bin: usize, size: usize) -> bool {
-    size <= BIN_SIZE[bin] && (bin == 0 || size >= BIN_SIZE[bin - 1])
+    size <= BIN_SIZE[bin]
+        && (bin == 0 || size >= BIN_SIZE[bin - 1])
+        && (HEAP_BINS == ZEND_MM_BINS || bin < ZEND_MM_BINS || size > ZEND_MM_PAGE_SIZE)
 }
 
 /// Rounds `n` up to a multiple of `align` (a power of two); `None` on overflow.

@@ -48,9 +48,16 @@ impl Heap {
     /// Frees every small run whose slots are all free (to its segment's free pages; a segment
     /// that empties goes to the cache); returns the bytes of those runs.
     pub(super) fn collect_free_runs(&mut self) -> usize {
+        self.collect_free_runs_counted().0
+    }
+
+    /// [`Heap::collect_free_runs`], also returning the free slots it walked (what it cost).
+    pub(super) fn collect_free_runs_counted(&mut self) -> (usize, usize) {
         self.collect_remote_frees();
+        let mut walked = 0;
         // Pass 1: count free slots per run.
         self.for_each_free_slot_run(|s, first, bin| {
+            walked += 1;
             let entry = s.map_get(first);
             if (entry & SMALL_COUNTER_MASK) >> SMALL_COUNTER_SHIFT >= BINS[bin].count {
                 diagnostics::heap_corrupted(format_args!(
@@ -114,7 +121,7 @@ impl Heap {
         if NO_REQUEST_ENDS {
             self.small_run_pages -= collected_pages;
         }
-        collected_pages * ZEND_MM_PAGE_SIZE
+        (collected_pages * ZEND_MM_PAGE_SIZE, walked)
     }
 
     /// The segment and first page of the run holding free slot `p` (a run pass 2 freed reads as

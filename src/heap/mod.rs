@@ -117,7 +117,11 @@ pub struct Heap {
     /// Without request ends: pages held by small runs, and the segment count at which the heap
     /// next frees those whose slots are all free before it takes a segment (see [`pages`]).
     small_run_pages: usize,
-    collect_runs_at: usize,
+    collect_runs_at: u32,
+    /// Without request ends: the time (low 32 bits of `os::monotonic_ms`) from which the next
+    /// idle-run collection may run (see [`Heap::collect_idle_runs`]; its other two fields sit in
+    /// the padding after the flags below: the main segment's header page has no byte to spare).
+    idle_runs_at: u32,
     /// Without request ends: the time (`os::monotonic_ms`) from which something cached may go back
     /// to storage (`u64::MAX`: nothing cached may go yet; see [`pages`]).
     purge_at: u64,
@@ -153,6 +157,10 @@ pub struct Heap {
     /// Fault injection: allocations each request may make (`u64::MAX`: unlimited), how many are
     /// left in this one, and whether one was refused for it.
     allocs_hit: bool,
+    /// Without request ends: slow paths left before the clock is read for an idle-run collection,
+    /// and the wait after one in units of `PURGE_DELAY_MS`.
+    idle_runs_countdown: u16,
+    idle_runs_wait: u16,
     max_allocs: u64,
     allocs_left: u64,
     /// Counters while the heap keeps statistics (see [`stats`]); null otherwise.
@@ -226,6 +234,9 @@ impl Heap {
             peak_segments_count: 0,
             small_run_pages: 0,
             collect_runs_at: pages::COLLECT_RUNS_FIRST,
+            idle_runs_countdown: pages::IDLE_RUNS_CHECK_EVERY,
+            idle_runs_wait: 1,
+            idle_runs_at: 0,
             purge_at: u64::MAX,
             run_cache: RunCache::new(),
             class_lists: [const { List::new() }; NUM_CLASSES],

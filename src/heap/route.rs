@@ -205,6 +205,8 @@ impl Heap {
     /// Allocates `size` bytes (PHP's `zend_mm_alloc_heap`).
     #[inline(always)]
     pub fn alloc(&mut self, size: usize) -> Result<*mut u8, Refusal> {
+        // Without request ends this is a slow path (the preload library's fast path is its own).
+        self.collect_idle_runs();
         let p = if is_small(size) {
             self.alloc_small(bin_of(size))
         } else {

@@ -147,7 +147,7 @@ struct SiteCount {
 pub(super) struct StatsArea {
     /// The storage allocation, its header first (what the storage reads).
     alloc: Allocation,
-    bins: [Counters; HEAP_BINS],
+    bins: [Counters; ZEND_MM_BINS],
     large: Counters,
     huge: Counters,
     /// Allocations per site (open addressing on file and line); `other` counts the overflow.
@@ -157,6 +157,19 @@ pub(super) struct StatsArea {
     last_site: usize,
     /// Started by tracking (for its site lists), not asked for: it stops with tracking.
     for_tracking_only: bool,
+}
+
+impl StatsArea {
+    /// The counters of `bin`: its own for PHP's bins, the large blocks' for the preload library's
+    /// two above a page (blocks of those sizes are large in PHP).
+    #[inline(always)]
+    fn bin_counters(&mut self, bin: usize) -> &mut Counters {
+        if HEAP_BINS == ZEND_MM_BINS || bin < ZEND_MM_BINS {
+            &mut self.bins[bin]
+        } else {
+            &mut self.large
+        }
+    }
 }
 
 fn site_slot(file: *const c_char, line: u32) -> usize {
@@ -198,7 +211,7 @@ impl Heap {
         unsafe {
             area.write(StatsArea {
                 alloc: Allocation::new(base, bytes),
-                bins: [Counters::default(); HEAP_BINS],
+                bins: [Counters::default(); ZEND_MM_BINS],
                 large: Counters::default(),
                 huge: Counters::default(),
                 sites: [SiteCount {
@@ -268,7 +281,7 @@ impl Heap {
     pub(super) fn count_small_alloc_stats(&mut self, bin: usize) {
         if !self.stats.is_null() {
             // SAFETY: a live stats area of this heap.
-            unsafe { (*self.stats).bins[bin].alloc() };
+            unsafe { (*self.stats).bin_counters(bin).alloc() };
         }
     }
 
@@ -281,7 +294,7 @@ impl Heap {
         // SAFETY: a live stats area of this heap.
         let area = unsafe { &mut *self.stats };
         match block {
-            Block::Small { bin, .. } => area.bins[bin].free(),
+            Block::Small { bin, .. } => area.bin_counters(bin).free(),
             Block::Large { .. } => area.large.free(),
             Block::Huge(_) => area.huge.free(),
         }
@@ -295,7 +308,7 @@ impl Heap {
         // SAFETY: a live stats area of this heap.
         let area = unsafe { &mut *self.stats };
         Some(if is_small(size) {
-            &mut area.bins[bin_of(size)]
+            area.bin_counters(bin_of(size))
         } else if large {
             &mut area.large
         } else {
@@ -424,10 +437,6 @@ impl Heap {
             }
             for (k, c) in [(&mut s.large, &area.large), (&mut s.huge, &area.huge)] {
                 (k.allocs, k.frees, k.peak_live) = (c.allocs, c.frees, c.peak_live);
-            }
-            for c in &area.bins[ZEND_MM_BINS..] {
-                s.large.allocs += c.allocs;
-                s.large.frees += c.frees;
             }
             if self.is_tracking() {
                 self.top_sites(area, &mut s);
