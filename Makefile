@@ -87,6 +87,7 @@ rust-test:
 	$(CARGO) test
 	@[ -d target/portable-tls/release ] || echo "rust-test: first run with the portable-tls feature: building the dependencies once in target/portable-tls (a target directory of its own keeps target/release's libzend_alloc.so and .a as they are)"
 	$(CARGO) test --release --features portable-tls --target-dir target/portable-tls
+	$(CARGO) test --release --features preload-sizes --lib --target-dir target/preload-sizes
 	$(MAKE) --no-print-directory miri
 
 # The unit and model tests Miri can run (those on the std::alloc storages; the ones that need mmap

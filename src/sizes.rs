@@ -47,7 +47,7 @@ pub const ZEND_MM_BINS: usize = 30;
 /// bytes stay one page (see [`is_small`]): a bin of 4096-byte slots would hold the same memory,
 /// and the page map has room for two more bins only. PHP's API keeps PHP's bins: its block sizes
 /// and usage figures are part of its contract.
-pub(crate) const HEAP_BINS: usize = if cfg!(feature = "preload") {
+pub(crate) const HEAP_BINS: usize = if cfg!(feature = "preload-sizes") {
     ZEND_MM_BINS + 2
 } else {
     ZEND_MM_BINS
@@ -58,13 +58,13 @@ pub(crate) const MAX_SMALL_SIZE: usize = BINS[HEAP_BINS - 1].size as usize;
 /// Whether a request of `size` bytes is served from a bin: up to PHP's 3072 bytes, and for the
 /// preload library also above a page up to [`MAX_SMALL_SIZE`] (between, one page). One compare in
 /// PHP's build, where the second range is empty.
-#[cfg(feature = "preload")]
+#[cfg(feature = "preload-sizes")]
 #[inline(always)]
 pub(crate) const fn is_small(size: usize) -> bool {
     size <= ZEND_MM_MAX_SMALL_SIZE || (size > ZEND_MM_PAGE_SIZE && size <= MAX_SMALL_SIZE)
 }
 /// Whether a request of `size` bytes is served from a bin (PHP's build: up to 3072 bytes).
-#[cfg(not(feature = "preload"))]
+#[cfg(not(feature = "preload-sizes"))]
 #[inline(always)]
 pub(crate) const fn is_small(size: usize) -> bool {
     size <= MAX_SMALL_SIZE
@@ -327,7 +327,13 @@ mod tests {
     #[test]
     fn a_block_keeps_its_bin_down_to_the_next_smaller_bins_size() {
         for bin in 1..HEAP_BINS {
-            let (size, smaller) = (BIN_SIZE[bin], BIN_SIZE[bin - 1]);
+            let size = BIN_SIZE[bin];
+            // The preload library's bins above a page: down to the page's size plus one.
+            let smaller = if bin < ZEND_MM_BINS {
+                BIN_SIZE[bin - 1]
+            } else {
+                BIN_SIZE[bin - 1].max(ZEND_MM_PAGE_SIZE + 1)
+            };
             assert!(keeps_bin(bin, size) && keeps_bin(bin, smaller), "bin {bin}");
             assert!(
                 !keeps_bin(bin, smaller - 1) && !keeps_bin(bin, size + 1),
@@ -357,6 +363,24 @@ mod tests {
         for bin in HEAP_BINS..BIN_SLOTS {
             assert!(!starts_slot(SLOT_MAGIC[bin], SLOT_LIMIT[bin], 0));
         }
+    }
+
+    #[test]
+    fn small_sizes_are_those_a_bin_serves_within_a_third() {
+        for size in 1..=MAX_SMALL_SIZE + 64 {
+            if is_small(size) {
+                let block = BIN_SIZE[bin_of(size)];
+                assert!(block >= size, "{size}");
+                assert!(
+                    size <= ZEND_MM_MAX_SMALL_SIZE || 3 * block <= 4 * size,
+                    "{size}"
+                );
+            } else {
+                assert!(size > ZEND_MM_MAX_SMALL_SIZE, "{size}");
+            }
+        }
+        assert_eq!(HEAP_BINS > ZEND_MM_BINS, is_small(ZEND_MM_PAGE_SIZE + 1));
+        assert!(!is_small(ZEND_MM_PAGE_SIZE) && !is_small(ZEND_MM_MAX_SMALL_SIZE + 1));
     }
 
     #[test]
