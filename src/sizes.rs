@@ -360,7 +360,7 @@ mod tests {
                 );
             }
         }
-        for bin in HEAP_BINS..BIN_SLOTS {
+        for bin in (0..BIN_SLOTS).skip(HEAP_BINS) {
             assert!(!starts_slot(SLOT_MAGIC[bin], SLOT_LIMIT[bin], 0));
         }
     }
