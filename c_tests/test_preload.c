@@ -1021,6 +1021,20 @@ static void test_blocks_a_little_over_a_page_take_at_most_a_third_more(void)
         free(over_page[i]);
     }
     CHECK(bad == 0);
+    /* Aligned to what those bins' slots have (a multiple of their size in a page-aligned run). */
+    size_t aligned_asks[][2] = {{1024, 5000}, {2048, 5200}, {2048, 6144}, {512, 2500}, {1024, 3000}};
+    for (size_t i = 0; i < sizeof aligned_asks / sizeof aligned_asks[0]; i++) {
+        void *p = NULL;
+        size_t align = aligned_asks[i][0], n = aligned_asks[i][1];
+        CHECK(posix_memalign(&p, opaque(align), opaque(n)) == 0 && aligned(p, align));
+        size_t usable = malloc_usable_size(p);
+        CHECK(usable >= n && 3 * usable <= 4 * n);
+        if (3 * usable > 4 * n) {
+            fprintf(stderr, "  posix_memalign(%zu, %zu): %zu usable bytes\n", align, n, usable);
+        }
+        memset(p, 3, usable);
+        free(p);
+    }
     /* Shrunk below the bins above a page, a block moves to the page those sizes take. */
     unsigned char *shrunk = malloc(opaque(5000));
     stamp(shrunk, 3500, 35);

@@ -20,7 +20,7 @@ use crate::diagnostics::{Call, Site};
 use crate::heap::{Heap, api};
 use crate::region_map::{self, Region};
 use crate::runtime;
-use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, is_small};
+use crate::sizes::{BIN_SIZE, ZEND_MM_MAX_SMALL_SIZE, ZEND_MM_PAGE_SIZE, bin_of, is_small};
 
 /// The alignment of blocks of 16 bytes and more (glibc's `MALLOC_ALIGNMENT` on x86-64).
 pub(crate) const MIN_ALIGN: usize = 16;
@@ -243,6 +243,19 @@ pub fn alloc_aligned(align: usize, n: usize) -> *mut u8 {
     if want <= LARGEST_POW2_BIN {
         // A power-of-two bin at least `align` wide: its slots are aligned to their size.
         return alloc(want.next_power_of_two());
+    }
+    if is_small(n) {
+        // The bin `n` lands in, if its slots are aligned enough: they start at multiples of its
+        // size in page-aligned runs (2560: 512, 3072 and 5120: 1024, 6144: 2048).
+        let bin = if n <= ZEND_MM_MAX_SMALL_SIZE {
+            MALLOC_BINS[n] as usize
+        } else {
+            bin_of(n.next_multiple_of(MIN_ALIGN))
+        };
+        let size = BIN_SIZE[bin];
+        if align <= size & size.wrapping_neg() {
+            return alloc(n);
+        }
     }
     if !is_small(n) {
         // Whole pages, page aligned.
