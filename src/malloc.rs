@@ -8,8 +8,8 @@
 //! to these semantics.
 //!
 //! Blocks of 16 bytes and more are 16-aligned (the sizes are rounded up to bins whose slots are
-//! 16-aligned); any power-of-two alignment up to a page comes from power-of-two bins or whole
-//! pages. Failures return null (never PHP's fatal error). A pointer no heap owns (made by the
+//! 16-aligned); any power-of-two alignment up to a page comes from a bin whose slots are aligned
+//! enough or whole pages. Failures return null (never PHP's fatal error). A pointer no heap owns (made by the
 //! allocator this one stands in front of, or by it for an alignment above a page) goes to that
 //! allocator: the next one in the symbol search order for the preload library, the C library's
 //! for a Rust program.
