@@ -426,6 +426,8 @@ mod tests {
             assert_eq!(h.usage(false), used, "{size} bytes");
         }
         assert_consistent(h);
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
     }
 
     #[test]
