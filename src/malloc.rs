@@ -9,10 +9,10 @@
 //!
 //! Blocks of 16 bytes and more are 16-aligned (the sizes are rounded up to bins whose slots are
 //! 16-aligned); any power-of-two alignment up to a page comes from a bin whose slots are aligned
-//! enough or whole pages. Failures return null (never PHP's fatal error). A pointer no heap owns (made by the
-//! allocator this one stands in front of, or by it for an alignment above a page) goes to that
-//! allocator: the next one in the symbol search order for the preload library, the C library's
-//! for a Rust program.
+//! enough or whole pages. Failures return null (never PHP's fatal error). A pointer no heap owns
+//! (made by the allocator this one stands in front of, or by it for an alignment above a page)
+//! goes to that allocator: the next one in the symbol search order for the preload library, the C
+//! library's for a Rust program.
 
 use core::ptr;
 
@@ -234,7 +234,14 @@ pub fn alloc_aligned(align: usize, n: usize) -> *mut u8 {
         // Beyond what pages give: the allocator behind this one's, which `free` knows as foreign.
         return foreign::memalign(align, n).cast();
     }
-    if heap_tracks() {
+    let size = n.max(MIN_ALIGN);
+    runtime::use_malloc_semantics();
+    let heap = runtime::current_or_create(size, SITE);
+    if heap.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: the thread's live heap.
+    if unsafe { (*heap).is_tracking() } {
         // A tracked block (`ZEND_MM_DEBUG=1`) starts after its header: 16-aligned only, whatever
         // its slot or pages. The allocator behind this one aligns it (untracked).
         return foreign::memalign(align, n).cast();
@@ -252,33 +259,17 @@ pub fn alloc_aligned(align: usize, n: usize) -> *mut u8 {
         } else {
             bin_of(n.next_multiple_of(MIN_ALIGN))
         };
-        let size = BIN_SIZE[bin];
-        if align <= size & size.wrapping_neg() {
+        let slot = BIN_SIZE[bin];
+        if align <= slot & slot.wrapping_neg() {
             return alloc(n);
         }
-    }
-    if !is_small(n) {
+    } else {
         // Whole pages, page aligned.
         return alloc(n);
     }
-    // A run of whole pages all the same: the larger bins' slots are not all page aligned.
-    let size = n.max(MIN_ALIGN);
-    runtime::use_malloc_semantics();
-    let heap = runtime::current_or_create(size, SITE);
-    if heap.is_null() {
-        return ptr::null_mut();
-    }
+    // A run of whole pages all the same: the bin's slots are not aligned enough.
     // SAFETY: the thread's live heap, entered here.
     unsafe { api::emalloc_pages(api::enter(heap), size, SITE) }
-}
-
-/// Whether the calling thread's heap tracks its blocks (false if it has none yet, or cannot get
-/// one: the allocation that follows reports that).
-fn heap_tracks() -> bool {
-    runtime::use_malloc_semantics();
-    let heap = runtime::current_or_create(MIN_ALIGN, SITE);
-    // SAFETY: null or the thread's live heap.
-    !heap.is_null() && unsafe { (*heap).is_tracking() }
 }
 
 /// Bytes usable at `p` (0 for null).

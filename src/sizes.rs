@@ -169,10 +169,10 @@ const _: () = {
     assert!(ZEND_MM_MAX_LARGE_SIZE == ZEND_MM_SEG_SIZE - ZEND_MM_PAGE_SIZE);
 };
 
-/// Bin index for every request size 0..=[`MAX_SMALL_SIZE`]: `SIZE_TO_BIN[size]`. A table lookup replaces PHP's
-/// bit arithmetic on the allocation fast path, indexed by the size itself (3 KiB: two instructions
-/// fewer than rounding to 8-byte steps first). (A `const`, not a `static`: the library reaches
-/// constants directly, statics through the GOT.)
+/// Bin index for every request size 0..=[`MAX_SMALL_SIZE`]: `SIZE_TO_BIN[size]`. A table lookup
+/// replaces PHP's bit arithmetic on the allocation fast path, indexed by the size itself (3 KiB:
+/// two instructions fewer than rounding to 8-byte steps first). (A `const`, not a `static`: the
+/// library reaches constants directly, statics through the GOT.)
 pub(crate) const SIZE_TO_BIN: [u8; MAX_SMALL_SIZE + 1] = size_to_bin_table();
 
 const fn size_to_bin_table() -> [u8; MAX_SMALL_SIZE + 1] {
