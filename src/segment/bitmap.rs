@@ -338,7 +338,17 @@ mod tests {
                 assert_eq!(b.longest_free_run(), longest);
                 let n = 1 + next(pages);
                 let best = runs.iter().filter(|r| r.1 >= n).min_by_key(|r| r.1);
-                assert_eq!(b.best_fit(n).map(|f| (f.start, f.len)), best.copied());
+                let fit = b.best_fit(n);
+                assert_eq!(fit.map(|f| (f.start, f.len)), best.copied());
+                // A search that saw every run knows the two longest.
+                if let Some(f) = fit.filter(|f| f.complete) {
+                    let mut lens: Vec<usize> = runs.iter().map(|r| r.1).collect();
+                    lens.sort_unstable_by(|a, b| b.cmp(a));
+                    assert_eq!(
+                        (f.longest, f.second),
+                        (lens[0], lens.get(1).copied().unwrap_or(0))
+                    );
+                }
             }
         }
     }
