@@ -382,10 +382,10 @@ static void double_free_then_gc(void *arg)
     keep(64);
     efree(a);
     efree(b);
-    /* A write after free over the last word, where a freed block says it is free: the second
+    /* A write after free over the second word, where a freed block says it is free: the second
      * free of `a` passes (it is not the list's head either), and only a walk of the list finds
      * it twice. */
-    memset(a + 56, 0, 8);
+    memset(a + 8, 0, 8);
     efree(a);
     zend_mm_gc(zend_mm_get_heap());
     puts("gc returned");

@@ -237,7 +237,7 @@ static void test_cross_thread_double_free_is_corruption(void)
     }
 }
 
-/* The blocks to free (p, q, p), and whether to clear p's last word after its first free (a write
+/* The blocks to free (p, q, p), and whether to clear p's free mark after its first free (a write
  * after free where a freed block says it is free). */
 typedef struct {
     char *b[2];
@@ -250,7 +250,7 @@ static void *free_p_q_p(void *arg)
     p_q_p *x = arg;
     efree(x->b[0]);
     if (x->clear_mark) {
-        memset(x->b[0] + 104, 0, 8); /* a 112-byte slot's last word */
+        memset(x->b[0] + 8, 0, 8); /* where a freed slot says it is free */
     }
     efree(x->b[1]);
     efree(x->b[0]);

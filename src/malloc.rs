@@ -35,11 +35,13 @@ const FREE: Call = Call::new("free", SITE);
 const REALLOC: Call = Call::new("realloc", SITE);
 const USABLE_SIZE: Call = Call::new("malloc_usable_size", SITE);
 
-/// The size a request of `n` bytes is served with: 16-aligned blocks from 16 bytes on.
+/// The size a request of `n` bytes is served with: 16-aligned blocks of 16 bytes or more (glibc's
+/// smallest has 24 usable bytes). The 8-byte bin is not used: the fast paths leave it to the slow
+/// ones (its slots have no room for the free mark beside their link).
 #[inline(always)]
 fn padded(n: usize) -> Option<usize> {
-    if n <= 8 {
-        Some(8)
+    if n <= MIN_ALIGN {
+        Some(MIN_ALIGN)
     } else {
         n.checked_add(MIN_ALIGN - 1).map(|v| v & !(MIN_ALIGN - 1))
     }
@@ -51,8 +53,8 @@ const MALLOC_BINS: [u8; ZEND_MM_MAX_SMALL_SIZE + 1] = {
     let mut t = [0u8; ZEND_MM_MAX_SMALL_SIZE + 1];
     let mut n = 0;
     while n <= ZEND_MM_MAX_SMALL_SIZE {
-        let want = if n <= 8 {
-            8
+        let want = if n <= MIN_ALIGN {
+            MIN_ALIGN
         } else {
             (n + MIN_ALIGN - 1) & !(MIN_ALIGN - 1)
         };
@@ -66,10 +68,11 @@ const MALLOC_BINS: [u8; ZEND_MM_MAX_SMALL_SIZE + 1] = {
     t
 };
 const _: () = {
-    // Every bin a padded request lands in has 16-aligned slots from 16 bytes on.
-    let mut n = 16;
+    // Every bin a padded request lands in has 16-aligned slots, and none is bin 0 (the fast path's
+    // contract).
+    let mut n = 0;
     while n <= ZEND_MM_MAX_SMALL_SIZE {
-        assert!(BIN_SIZE[MALLOC_BINS[n] as usize] % MIN_ALIGN == 0);
+        assert!(BIN_SIZE[MALLOC_BINS[n] as usize] % MIN_ALIGN == 0 && MALLOC_BINS[n] != 0);
         n += 1;
     }
 };
@@ -92,7 +95,8 @@ pub fn alloc_fast(n: usize) -> *mut u8 {
     if n > ZEND_MM_MAX_SMALL_SIZE {
         return ptr::null_mut();
     }
-    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel; no entry of the
+    // table is bin 0 (checked at compile time).
     unsafe { (*runtime::fast()).alloc_small_fast_in(MALLOC_BINS[n] as usize) }
 }
 

@@ -15,7 +15,7 @@ use core::ptr;
 use super::Heap;
 use crate::segment::{
     LARGE_PAGES_MASK, MAP_OFFSET, PAGE_CLASS_SHIFT, PAGE_KIND_MASK, PAGE_LARGE, SMALL_CLASS_BASE,
-    Segment, small_bin, starts_slot, starts_slot_of,
+    Segment, small_bin, starts_slot_of, starts_wide_slot,
 };
 use crate::sizes;
 use crate::sizes::{
@@ -69,23 +69,30 @@ pub static SENTINEL: SentinelHeap = SentinelHeap(UnsafeCell::new(Heap::blank(
 )));
 
 impl Heap {
-    /// Pops a free slot for `size` bytes if `size` is small and its bin has one.
+    /// Pops a free slot for `size` bytes if `size` is small, above 8 bytes, and its bin has one.
+    /// The 8-byte bin is the slow path's: its slots have no room for a free mark beside their
+    /// link, and every other bin's mark is in the same place (see `small::mark_of`).
     #[inline(always)]
     pub fn alloc_small_fast(&mut self, size: usize) -> *mut u8 {
-        if !is_small(size) {
+        if size <= size_of::<usize>() || !is_small(size) {
             return ptr::null_mut();
         }
         let bin = bin_of(size);
-        self.pop_unmarked_slot_of(bin, self.bin_size[bin] as usize)
+        // SAFETY: sizes above 8 bytes are served by the bins above the first.
+        unsafe { self.pop_unmarked_wide_slot_of(bin, self.bin_size[bin] as usize) }
     }
 
     /// Pops a free slot of `bin`, a bin number from a size table, if it has one (the malloc fast
     /// path). Masked into the slot arrays, whose entries past the last bin stay empty, so it needs
     /// no bounds check.
+    ///
+    /// # Safety
+    /// `bin` (masked) is not bin 0, whose slots the fast paths leave to the slow ones.
     #[inline(always)]
-    pub fn alloc_small_fast_in(&mut self, bin: usize) -> *mut u8 {
+    pub unsafe fn alloc_small_fast_in(&mut self, bin: usize) -> *mut u8 {
         let bin = bin & (BIN_SLOTS - 1);
-        self.pop_unmarked_slot_of(bin, self.bin_size[bin] as usize)
+        // SAFETY: not bin 0 (caller contract).
+        unsafe { self.pop_unmarked_wide_slot_of(bin, self.bin_size[bin] as usize) }
     }
 
     /// Pops a free slot of `bin` if it has one (the size-specialised entry points' fast path).
@@ -138,24 +145,26 @@ impl Heap {
         self.fast_segment_of(p).is_some()
     }
 
-    /// Frees `p` if it is a small block in one of this heap's aligned segments; false otherwise
-    /// (including pointers that do not start a slot, and a slot freed twice in a row: the slow path
-    /// reports them).
+    /// Frees `p` if it is a small block in one of this heap's aligned segments, of a bin above the
+    /// 8-byte one; false otherwise (including pointers that do not start a slot, and a slot freed
+    /// already: the slow path reports them).
     #[inline(always)]
     pub fn free_small_fast(&mut self, p: *mut u8) -> bool {
         let Some((_, _, info)) = self.fast_lookup(p) else {
             return false;
         };
-        // The slot check fails for every page that is not part of a small run.
-        if !starts_slot(p, info) {
+        // The slot check fails for every page that is not part of a small run, and for the
+        // 8-byte bin's.
+        if !starts_wide_slot(p, info) {
             return false;
         }
         let bin = (info >> PAGE_CLASS_SHIFT) as usize - SMALL_CLASS_BASE;
-        // SAFETY: only small runs' classes pass the slot check, and their bins are below 32.
-        unsafe { core::hint::assert_unchecked(bin < BIN_SLOTS) };
-        // SAFETY: `p` starts a slot of bin `bin` in a live segment of this heap (checked above).
-        // A double free declines: the slow path reports it with the caller's location.
-        unsafe { self.free_small_marked_of(p, bin, self.bin_size[bin] as usize, false) }
+        // SAFETY: only the classes of small runs of bins 1 and up pass the check; bins are below 32.
+        unsafe { core::hint::assert_unchecked(bin != 0 && bin < BIN_SLOTS) };
+        // SAFETY: `p` starts a slot of bin `bin` (not bin 0) in a live segment of this heap
+        // (checked above). A double free declines: the slow path reports it with the caller's
+        // location.
+        unsafe { self.free_small_marked_of(p, bin, self.bin_size[bin] as usize) }
     }
 
     /// Frees `p` if it is a small block of `bin` in one of this heap's aligned segments; false
@@ -163,6 +172,11 @@ impl Heap {
     /// size-specialised entry points' fast path: the slot check's constants are the bin's.
     #[inline(always)]
     pub fn free_bin_fast(&mut self, p: *mut u8, bin: usize) -> bool {
+        // The 8-byte bin's slots have no room for the free mark beside their link (a constant
+        // compare: `bin` is one in every entry point).
+        if bin == 0 {
+            return false;
+        }
         let Some((seg, _, info)) = self.fast_lookup(p) else {
             return false;
         };
@@ -170,9 +184,9 @@ impl Heap {
         if !starts_slot_of(p.addr().wrapping_sub(seg.addr()), info, bin) {
             return false;
         }
-        // SAFETY: `p` starts a slot of bin `bin` in a live segment of this heap (checked above).
-        // A double free declines, as in `free_small_fast`.
-        unsafe { self.free_small_marked_of(p, bin, sizes::BIN_SIZE[bin], true) }
+        // SAFETY: `p` starts a slot of bin `bin` (not bin 0) in a live segment of this heap
+        // (checked above). A double free declines, as in `free_small_fast`.
+        unsafe { self.free_small_marked_of(p, bin, sizes::BIN_SIZE[bin]) }
     }
 
     /// Frees `p` if it is a large block in one of this heap's aligned segments; false otherwise.
@@ -200,13 +214,13 @@ impl Heap {
             return false;
         };
         if let Some(bin) = small_bin(info) {
-            // A freed block (at the head of its bin's free list, or marked) goes to the slow path,
-            // which reports it if it is on the list.
+            // A freed block (marked) goes to the slow path, which reports it if it is on a list;
+            // so does the 8-byte bin's, which has no room for the mark.
             let bin = bin & (BIN_SLOTS - 1);
             return keeps_bin(bin, size)
-                && starts_slot(p, info)
-                && self.free_slot_head(bin).cast() != p
-                && !self.marked_free(p, bin);
+                && starts_wide_slot(p, info)
+                // SAFETY: `p` starts a slot of `bin`, not bin 0, of this heap (checked above).
+                && !unsafe { self.marked_free_wide(p) };
         }
         match info & PAGE_KIND_MASK {
             PAGE_LARGE => {
@@ -377,10 +391,69 @@ mod tests {
             }
             let usage = h.used();
             for &p in &blocks {
-                assert!(h.free_bin_fast(p, bin), "bin {bin}: a slot start");
+                if bin == 0 {
+                    // No room for the free mark beside the link: the slow path's.
+                    assert!(!h.free_bin_fast(p, bin), "bin 0 declined");
+                    h.free(p);
+                } else {
+                    assert!(h.free_bin_fast(p, bin), "bin {bin}: a slot start");
+                }
             }
             assert_eq!(h.used(), usage - blocks.len() * size);
         }
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn the_fast_paths_touch_only_a_blocks_first_two_words() {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread, borrowed alone.
+        let h = unsafe { &mut *heap };
+        for size in [16, 24, 64, 200, 1024, 3072] {
+            let p = h.alloc_small_fast(size);
+            let p = if p.is_null() {
+                h.alloc(size).unwrap()
+            } else {
+                p
+            };
+            // SAFETY: a block of `size` bytes of ours.
+            unsafe { ptr::write_bytes(p, 0xA5, size) };
+            assert!(h.free_small_fast(p), "{size}: freed on the fast path");
+            // SAFETY: the freed slot's memory is the heap's; the test reads it back.
+            let words = unsafe { [p.cast::<usize>().read(), p.cast::<usize>().add(1).read()] };
+            assert_eq!(
+                words[1],
+                super::super::small::FREED_MARK,
+                "{size}: marked beside its link"
+            );
+            // SAFETY: as above.
+            let rest = unsafe { core::slice::from_raw_parts(p.add(16), size - 16) };
+            assert!(
+                rest.iter().all(|&b| b == 0xA5),
+                "{size}: nothing past the first two words"
+            );
+            // (Miri reads no block as marked: see `small::is_marked`.)
+            if !cfg!(miri) {
+                assert!(
+                    !h.free_small_fast(p),
+                    "{size}: a second free is the slow path's"
+                );
+            }
+            let q = h.alloc_small_fast(size);
+            assert_eq!(q, p, "{size}: the same slot again");
+            // SAFETY: a block of ours again.
+            assert_ne!(
+                unsafe { q.cast::<usize>().add(1).read() },
+                words[1],
+                "{size}: unmarked"
+            );
+            h.free(q);
+        }
+        // The 8-byte bin's slots have only their link: its blocks take the slow paths.
+        let p = h.alloc(8).unwrap();
+        assert!(!h.free_small_fast(p) && h.alloc_small_fast(8).is_null());
+        h.free(p);
         // SAFETY: the heap dies with its blocks.
         unsafe { Heap::shutdown(heap, true) };
     }

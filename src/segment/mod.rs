@@ -126,10 +126,10 @@ pub(crate) struct SlotCheck {
     limit: u32,
 }
 
-// A `const`: the library addresses constants directly, statics through the GOT.
-const SLOT_CHECKS: [SlotCheck; PAGE_CLASSES] = {
+/// The slot checks of the bins from `first_bin` on, by page class.
+const fn slot_checks(first_bin: usize) -> [SlotCheck; PAGE_CLASSES] {
     let mut t = [SlotCheck { magic: 0, limit: 0 }; PAGE_CLASSES];
-    let mut bin = 0;
+    let mut bin = first_bin;
     while bin < crate::sizes::HEAP_BINS {
         t[SMALL_CLASS_BASE + bin] = SlotCheck {
             magic: crate::sizes::SLOT_MAGIC[bin],
@@ -138,7 +138,12 @@ const SLOT_CHECKS: [SlotCheck; PAGE_CLASSES] = {
         bin += 1;
     }
     t
-};
+}
+
+// `const`s: the library addresses constants directly, statics through the GOT.
+const SLOT_CHECKS: [SlotCheck; PAGE_CLASSES] = slot_checks(0);
+/// Without the 8-byte bin, whose slots have no room for a free mark beside their link.
+const WIDE_SLOT_CHECKS: [SlotCheck; PAGE_CLASSES] = slot_checks(1);
 
 /// Whether `p`, in a page whose entry is `info`, starts a slot of a small run: any other page
 /// kind, an interior, misaligned or run-tail pointer fails. One table load, a multiply and a
@@ -146,6 +151,14 @@ const SLOT_CHECKS: [SlotCheck; PAGE_CLASSES] = {
 #[inline(always)]
 pub(crate) fn starts_slot(p: *const u8, info: u32) -> bool {
     let check = SLOT_CHECKS[(info >> PAGE_CLASS_SHIFT) as usize];
+    crate::sizes::starts_slot(check.magic, check.limit, run_offset(p, info))
+}
+
+/// [`starts_slot`] for the fast paths, which leave the 8-byte bin to the slow paths: its slots
+/// fail too, at the same cost.
+#[inline(always)]
+pub(crate) fn starts_wide_slot(p: *const u8, info: u32) -> bool {
+    let check = WIDE_SLOT_CHECKS[(info >> PAGE_CLASS_SHIFT) as usize];
     crate::sizes::starts_slot(check.magic, check.limit, run_offset(p, info))
 }
 
