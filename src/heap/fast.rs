@@ -443,11 +443,8 @@ mod tests {
             let q = h.alloc_small_fast(size);
             assert_eq!(q, p, "{size}: the same slot again");
             // SAFETY: a block of ours again.
-            assert_ne!(
-                unsafe { q.cast::<usize>().add(1).read() },
-                words[1],
-                "{size}: unmarked"
-            );
+            let second = unsafe { q.cast::<usize>().add(1).read() };
+            assert_ne!(second, words[1], "{size}: unmarked");
             h.free(q);
         }
         // The 8-byte bin's slots have only their link: its blocks take the slow paths.
