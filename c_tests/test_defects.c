@@ -586,13 +586,13 @@ static void told_remote_realloc_inside(void *arg)
     }
 }
 
-/* Freed twice with another free of its size between: not the list's head, its last word says. */
+/* Freed twice with another free of its size between: not the list's head, its free mark says. */
 static void told_double_free_later(void *arg) { (void)arg; char *a = emalloc(64), *b = emalloc(64); keep(64); efree(a); efree(b); told(a, NULL, __LINE__); efree(a); }
 /* erealloc of a block just freed: to a bigger bin, and within its own bin (which would hand the
  * freed block back as if it were live). */
 static void told_realloc_freed(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a); told(a, NULL, __LINE__); a = erealloc(a, 200); }
 static void told_realloc_freed_same_bin(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a); told(a, NULL, __LINE__); a = erealloc(a, 60); }
-/* The same with another block freed after it: not the list's head, its last word says. */
+/* The same with another block freed after it: not the list's head, its free mark says. */
 static void told_realloc_freed_later(void *arg) { (void)arg; char *a = emalloc(64), *b = emalloc(64); keep(64); efree(a); efree(b); told(a, NULL, __LINE__); a = erealloc(a, 60); }
 static void told_release_abi(void *arg) { (void)arg; char *a = emalloc(96); keep(96); told(a + 48, a, 0); _efree_96(a + 48); }
 static void told_large_double_free(void *arg) { (void)arg; char *a = emalloc(5000); keep(5000); efree(a); told(a, NULL, __LINE__); efree(a); }

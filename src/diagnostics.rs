@@ -444,7 +444,7 @@ pub enum BadPointer {
     OnFreeList,
     /// The block is already on the list of blocks other threads freed.
     DoubleRemoteFree,
-    /// Freed from another thread, the small block was free already (its last word says so).
+    /// Freed from another thread, the small block was free already (its free mark says so).
     FreedAlready,
 }
 

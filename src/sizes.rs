@@ -175,6 +175,32 @@ const _: () = {
 /// library reaches constants directly, statics through the GOT.)
 pub(crate) const SIZE_TO_BIN: [u8; MAX_SMALL_SIZE + 1] = size_to_bin_table();
 
+/// The allocation fast path's bin for every request size: [`SIZE_TO_BIN`]'s, except that where the
+/// heaps have a slot past their last bin (PHP's build: 30 bins in 32 slots), the 8-byte bin's sizes
+/// name that slot, which never holds a block, so they fall to the slow path with no compare of
+/// their own (the fast paths leave that bin to the slow ones). The preload library's heaps use
+/// every slot: there the fast path compares the size.
+pub(crate) const FAST_SIZE_TO_BIN: [u8; MAX_SMALL_SIZE + 1] = {
+    let mut table = size_to_bin_table();
+    if FAST_TABLE_SKIPS_BIN_0 {
+        let mut size = 0;
+        while size <= BINS[0].size as usize {
+            table[size] = (BIN_SLOTS - 1) as u8;
+            size += 1;
+        }
+    }
+    table
+};
+/// Whether [`FAST_SIZE_TO_BIN`] sends the 8-byte bin's sizes to an empty slot.
+pub(crate) const FAST_TABLE_SKIPS_BIN_0: bool = HEAP_BINS < BIN_SLOTS;
+const _: () = {
+    let mut size = BINS[0].size as usize + 1;
+    while size <= MAX_SMALL_SIZE {
+        assert!(FAST_SIZE_TO_BIN[size] != 0 && FAST_SIZE_TO_BIN[size] == SIZE_TO_BIN[size]);
+        size += 1;
+    }
+};
+
 const fn size_to_bin_table() -> [u8; MAX_SMALL_SIZE + 1] {
     let mut table = [0u8; MAX_SMALL_SIZE + 1];
     let mut size = 0;

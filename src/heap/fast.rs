@@ -13,13 +13,15 @@ use core::cell::UnsafeCell;
 use core::ptr;
 
 use super::Heap;
+use super::small::mark_of;
 use crate::segment::{
     LARGE_PAGES_MASK, MAP_OFFSET, PAGE_CLASS_SHIFT, PAGE_KIND_MASK, PAGE_LARGE, SMALL_CLASS_BASE,
     Segment, small_bin, starts_slot_of, starts_wide_slot,
 };
 use crate::sizes;
 use crate::sizes::{
-    BIN_SLOTS, PAGE_SHIFT, ZEND_MM_PAGE_SIZE, ZEND_MM_SEG_SIZE, bin_of, is_small, keeps_bin,
+    BIN_SLOTS, FAST_SIZE_TO_BIN, FAST_TABLE_SKIPS_BIN_0, PAGE_SHIFT, ZEND_MM_PAGE_SIZE,
+    ZEND_MM_SEG_SIZE, is_small, keeps_bin,
 };
 use crate::storage::Storage;
 
@@ -74,12 +76,20 @@ impl Heap {
     /// link, and every other bin's mark is in the same place (see `small::mark_of`).
     #[inline(always)]
     pub fn alloc_small_fast(&mut self, size: usize) -> *mut u8 {
-        if size <= size_of::<usize>() || !is_small(size) {
+        if !is_small(size) || (!FAST_TABLE_SKIPS_BIN_0 && size <= sizes::BIN_SIZE[0]) {
             return ptr::null_mut();
         }
-        let bin = bin_of(size);
-        // SAFETY: sizes above 8 bytes are served by the bins above the first.
-        unsafe { self.pop_unmarked_wide_slot_of(bin, self.bin_size[bin] as usize) }
+        // The 8-byte bin's sizes name a slot that never holds a block, where there is one.
+        let bin = FAST_SIZE_TO_BIN[size] as usize;
+        // SAFETY: the table's entries are bins or that slot, all below `BIN_SLOTS`.
+        unsafe { core::hint::assert_unchecked(bin < BIN_SLOTS) };
+        let p = self.pop_free_slot_of(bin, self.bin_size[bin] as usize);
+        if !p.is_null() {
+            // SAFETY: a slot just handed out, of a bin above the first (the table names no other
+            // for these sizes): 16 bytes or more, its mark in its second word.
+            unsafe { mark_of(p, 2 * size_of::<usize>()).write(0) };
+        }
+        p
     }
 
     /// Pops a free slot of `bin`, a bin number from a size table, if it has one (the malloc fast
@@ -147,7 +157,7 @@ impl Heap {
 
     /// Frees `p` if it is a small block in one of this heap's aligned segments, of a bin above the
     /// 8-byte one; false otherwise (including pointers that do not start a slot, and a slot freed
-    /// already: the slow path reports them).
+    /// already: marked, or the last one freed in its bin; the slow path reports them).
     #[inline(always)]
     pub fn free_small_fast(&mut self, p: *mut u8) -> bool {
         let Some((_, _, info)) = self.fast_lookup(p) else {
@@ -164,7 +174,7 @@ impl Heap {
         // SAFETY: `p` starts a slot of bin `bin` (not bin 0) in a live segment of this heap
         // (checked above). A double free declines: the slow path reports it with the caller's
         // location.
-        unsafe { self.free_small_marked_of(p, bin, self.bin_size[bin] as usize) }
+        unsafe { self.free_small_marked_of(p, bin, self.bin_size[bin] as usize, true) }
     }
 
     /// Frees `p` if it is a small block of `bin` in one of this heap's aligned segments; false
@@ -186,7 +196,7 @@ impl Heap {
         }
         // SAFETY: `p` starts a slot of bin `bin` (not bin 0) in a live segment of this heap
         // (checked above). A double free declines, as in `free_small_fast`.
-        unsafe { self.free_small_marked_of(p, bin, sizes::BIN_SIZE[bin]) }
+        unsafe { self.free_small_marked_of(p, bin, sizes::BIN_SIZE[bin], false) }
     }
 
     /// Frees `p` if it is a large block in one of this heap's aligned segments; false otherwise.
@@ -214,11 +224,13 @@ impl Heap {
             return false;
         };
         if let Some(bin) = small_bin(info) {
-            // A freed block (marked) goes to the slow path, which reports it if it is on a list;
-            // so does the 8-byte bin's, which has no room for the mark.
+            // A freed block (at the head of its bin's free list, or marked) goes to the slow path,
+            // which reports it if it is on a list; so does the 8-byte bin's, which has no room for
+            // the mark.
             let bin = bin & (BIN_SLOTS - 1);
             return keeps_bin(bin, size)
                 && starts_wide_slot(p, info)
+                && self.free_slot_head(bin).cast() != p
                 // SAFETY: `p` starts a slot of `bin`, not bin 0, of this heap (checked above).
                 && !unsafe { self.marked_free_wide(p) };
         }
@@ -447,9 +459,21 @@ mod tests {
             assert_ne!(second, words[1], "{size}: unmarked");
             h.free(q);
         }
-        // The 8-byte bin's slots have only their link: its blocks take the slow paths.
+        // The 8-byte bin's slots have only their link: the fast paths leave them to the slow ones
+        // (its run has free slots here, and the fast allocation still declines).
         let p = h.alloc(8).unwrap();
         assert!(!h.free_small_fast(p) && h.alloc_small_fast(8).is_null());
+        assert!(h.alloc_small_fast(0).is_null() && h.alloc_small_fast(1).is_null());
+        h.free(p);
+        // A write after a free over the mark: the block freed last is still no block to free or
+        // resize (the list's head), on the general fast paths.
+        let p = h.alloc(64).unwrap();
+        h.free(p);
+        // SAFETY: the freed slot's memory is the heap's; the test plays a write after free.
+        unsafe { p.cast::<usize>().add(1).write(0) };
+        assert!(!h.free_small_fast(p), "the head of its list");
+        assert!(!h.realloc_in_place_fast(p, 60), "the head of its list");
+        assert_eq!(h.alloc_small_fast(64), p);
         h.free(p);
         // SAFETY: the heap dies with its blocks.
         unsafe { Heap::shutdown(heap, true) };

@@ -204,7 +204,7 @@ impl Heap {
         };
         // A tracked block never starts a slot (its header does): it goes to the general list.
         if let Some(bin) = small.filter(|_| !tracks) {
-            // A small block whose last word holds the mark is free already: on its owner's
+            // A small block whose second word holds the mark is free already: on its owner's
             // lists, or on a remote one (all handed-out blocks have it cleared; see `small`).
             let mark = mark_of(p, BIN_SIZE[bin]);
             // SAFETY: the block's memory, given up by the caller.

@@ -323,7 +323,7 @@ impl Heap {
             Block::Small { bin, .. } => {
                 // A block freed last in its bin heads the bin's free list: resizing it would hand
                 // it out twice (as the new block, or kept, while the list still holds it). One
-                // freed earlier is on the list further down (its last word says it may be).
+                // freed earlier is on the list further down (its free mark says it may be).
                 if self.free_slot_head(bin).cast() == p {
                     diagnostics::bad_pointer(call, p, BadPointer::DoubleFree);
                 }
