@@ -170,8 +170,8 @@ const _: () = {
 };
 
 /// Bin index for every request size 0..=[`MAX_SMALL_SIZE`]: `SIZE_TO_BIN[size]`. A table lookup
-/// replaces PHP's bit arithmetic on the allocation fast path, indexed by the size itself (3 KiB:
-/// two instructions fewer than rounding to 8-byte steps first). (A `const`, not a `static`: the
+/// replaces PHP's bit arithmetic, indexed by the size itself (3 KiB: two instructions fewer than
+/// rounding to 8-byte steps first; the allocation fast path reads its variant below). (A `const`, not a `static`: the
 /// library reaches constants directly, statics through the GOT.)
 pub(crate) const SIZE_TO_BIN: [u8; MAX_SMALL_SIZE + 1] = size_to_bin_table();
 

@@ -13,7 +13,6 @@ use core::cell::UnsafeCell;
 use core::ptr;
 
 use super::Heap;
-use super::small::mark_of;
 use crate::segment::{
     LARGE_PAGES_MASK, MAP_OFFSET, PAGE_CLASS_SHIFT, PAGE_KIND_MASK, PAGE_LARGE, SMALL_CLASS_BASE,
     Segment, small_bin, starts_slot_of, starts_wide_slot,
@@ -83,13 +82,8 @@ impl Heap {
         let bin = FAST_SIZE_TO_BIN[size] as usize;
         // SAFETY: the table's entries are bins or that slot, all below `BIN_SLOTS`.
         unsafe { core::hint::assert_unchecked(bin < BIN_SLOTS) };
-        let p = self.pop_free_slot_of(bin, self.bin_size[bin] as usize);
-        if !p.is_null() {
-            // SAFETY: a slot just handed out, of a bin above the first (the table names no other
-            // for these sizes): 16 bytes or more, its mark in its second word.
-            unsafe { mark_of(p, 2 * size_of::<usize>()).write(0) };
-        }
-        p
+        // SAFETY: not bin 0: the table names no other for these sizes.
+        unsafe { self.pop_unmarked_wide_slot_of(bin, self.bin_size[bin] as usize) }
     }
 
     /// Pops a free slot of `bin`, a bin number from a size table, if it has one (the malloc fast
