@@ -921,6 +921,31 @@ static void test_mem_block_check_prints_the_allocation_site(void)
     check_report(&r, "valid block", lines, "1\n");
 }
 
+/* The location-only entry points the emalloc(), erealloc() and efree() macros call hand the
+ * caller's site on: the block names where it was made and resized, and a double free where it
+ * happened. */
+static void sites_through_the_macros_entry_points(void *arg)
+{
+    (void)arg;
+    make_tracking();
+    char *p = _emalloc_at(42, "made_here.c", 101);
+    printf("%d\n", mem_block_check(p, 0));
+    p = _erealloc_at(p, 5000, "grown_here.c", 202);
+    printf("%d\n", mem_block_check(p, 0));
+    _efree_at(p, "freed_here.c", 303);
+    _efree_at(p, "freed_again_here.c", 404);
+    printf("after\n");
+}
+
+static void test_the_macros_entry_points_carry_the_site(void)
+{
+    child_result r = run_child(sites_through_the_macros_entry_points, NULL, NULL);
+    const char *lines[] = {"Beginning:  \tOK (allocated on made_here.c:101, 42 bytes)\n",
+                           "Beginning:  \tOK (allocated on grown_here.c:202, 5000 bytes)\n",
+                           "freed_again_here.c(404)", "Beginning:  \tFreed\n", NULL};
+    check_report(&r, "location entry points", lines, "1\n1\nafter\n");
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--probe") == 0) {
@@ -938,6 +963,7 @@ int main(int argc, char **argv)
     RUN(test_max_allocs_api);
     RUN(test_bad_pointers_are_reported_and_skipped);
     RUN(test_checks_report_sites_and_guards);
+    RUN(test_the_macros_entry_points_carry_the_site);
     RUN(test_mem_block_check_prints_the_allocation_site);
     RUN(test_bad_frees_from_other_threads_and_after_tracking_are_caught);
     RUN(test_tracking_switches_once_the_last_block_was_freed_elsewhere);

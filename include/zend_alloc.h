@@ -234,15 +234,27 @@ void *_emalloc(size_t size,
                uint32_t __zend_orig_lineno)
 ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE(1);
 
+/**
+ * `_emalloc` without the original caller's location: what the `emalloc()` macro calls, so a call
+ * site passes three arguments, not five (the location is a relayed caller's only in the `_rel`
+ * forms, which call `_emalloc`).
+ */
+ZEND_API ZEND_MM_NOPLT
+void *_emalloc_at(size_t size,
+                  const char *__zend_filename,
+                  uint32_t __zend_lineno)
+ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE(1);
+
 /* emalloc(size): size bytes, uninitialised, aligned to ZEND_MM_ALIGNMENT (emalloc(0) is a valid
  * 8-byte block). With GCC or Clang a compile-time-constant size goes straight to its size class's
  * entry point (see the size-specialised entry points); define ZEND_MM_NO_SIZED_CALLS to keep every
- * call on _emalloc(). */
+ * call on _emalloc_at(). The macro calls _emalloc_at(), _emalloc() without the origin (NULL, 0),
+ * so a call passes three arguments, not five. */
 #if defined(__GNUC__) && !defined(ZEND_MM_NO_SIZED_CALLS)
 # define emalloc(size) \
-    (__builtin_constant_p(size) ? ZEND_MM_EMALLOC_CONST_(size) : _emalloc((size) ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC))
+    (__builtin_constant_p(size) ? ZEND_MM_EMALLOC_CONST_(size) : _emalloc_at((size) ZEND_FILE_LINE_CC))
 #else
-# define emalloc(size)                          _emalloc((size) ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC)
+# define emalloc(size)                          _emalloc_at((size) ZEND_FILE_LINE_CC)
 #endif /* __GNUC__ && !ZEND_MM_NO_SIZED_CALLS */
 
 /**
@@ -275,13 +287,21 @@ void _efree(void *ptr,
             const char *__zend_orig_filename,
             uint32_t __zend_orig_lineno);
 
-/* efree(ptr): frees a block of the request heap; efree(NULL) does nothing. */
-#define efree(ptr)                              _efree((ptr) ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC)
+/**
+ * `_efree` without the original caller's location: what the `efree()` macro calls.
+ *
+ * As `_efree`.
+ */
+ZEND_API ZEND_MM_NOPLT void _efree_at(void *ptr, const char *__zend_filename, uint32_t __zend_lineno);
+
+/* efree(ptr): frees a block of the request heap; efree(NULL) does nothing. Calls _efree_at(),
+ * _efree() without the origin. */
+#define efree(ptr)                              _efree_at((ptr) ZEND_FILE_LINE_CC)
 /* efree_size(ptr, size): efree() for a block of a known size (a constant size takes the size
  * class's entry point with GCC or Clang). */
 #if defined(__GNUC__) && !defined(ZEND_MM_NO_SIZED_CALLS)
 # define efree_size(ptr, size) \
-    (__builtin_constant_p(size) ? ZEND_MM_EFREE_CONST_((ptr), size) : _efree((ptr) ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC))
+    (__builtin_constant_p(size) ? ZEND_MM_EFREE_CONST_((ptr), size) : _efree_at((ptr) ZEND_FILE_LINE_CC))
 #else
 # define efree_size(ptr, size)                  efree(ptr)
 #endif /* __GNUC__ && !ZEND_MM_NO_SIZED_CALLS */
@@ -318,8 +338,19 @@ void *_erealloc(void *ptr,
                 const char *__zend_orig_filename,
                 uint32_t __zend_orig_lineno);
 
-/* erealloc(ptr, size): the block resized to size bytes, contents kept; erealloc(NULL, size) allocates. */
-#define erealloc(ptr, size)                     _erealloc((ptr), (size), 0 ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC)
+/**
+ * `_erealloc` as the `erealloc()` macro calls it: no failure allowed, no original caller's
+ * location, so a call site passes four arguments in registers instead of seven (the seventh on the
+ * stack).
+ *
+ * As `_erealloc`.
+ */
+ZEND_API ZEND_MM_NOPLT void *_erealloc_at(void *ptr, size_t size, const char *__zend_filename, uint32_t __zend_lineno);
+
+/* erealloc(ptr, size): the block resized to size bytes, contents kept; erealloc(NULL, size) allocates.
+ * Calls _erealloc_at(), _erealloc() with no failure allowed and no origin: four arguments in
+ * registers instead of seven. */
+#define erealloc(ptr, size)                     _erealloc_at((ptr), (size) ZEND_FILE_LINE_CC)
 /* erealloc_recoverable(ptr, size): erealloc() that returns NULL on failure and leaves ptr intact. */
 #define erealloc_recoverable(ptr, size)         _erealloc((ptr), (size), 1 ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC)
 
@@ -750,7 +781,7 @@ ZEND_API ZEND_MM_NOPLT void _efree_at_3072(void *ptr ZEND_FILE_LINE_DC);
     (size) <= 2048 ? _emalloc_at_2048((size) ZEND_FILE_LINE_CC) : \
     (size) <= 2560 ? _emalloc_at_2560((size) ZEND_FILE_LINE_CC) : \
     (size) <= 3072 ? _emalloc_at_3072((size) ZEND_FILE_LINE_CC) : \
-    _emalloc((size) ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC))
+    _emalloc_at((size) ZEND_FILE_LINE_CC))
 # define ZEND_MM_EFREE_CONST_(ptr, size) ( \
     (size) <= 8 ? _efree_at_8((ptr) ZEND_FILE_LINE_CC) : \
     (size) <= 16 ? _efree_at_16((ptr) ZEND_FILE_LINE_CC) : \
@@ -782,7 +813,7 @@ ZEND_API ZEND_MM_NOPLT void _efree_at_3072(void *ptr ZEND_FILE_LINE_DC);
     (size) <= 2048 ? _efree_at_2048((ptr) ZEND_FILE_LINE_CC) : \
     (size) <= 2560 ? _efree_at_2560((ptr) ZEND_FILE_LINE_CC) : \
     (size) <= 3072 ? _efree_at_3072((ptr) ZEND_FILE_LINE_CC) : \
-    _efree((ptr) ZEND_FILE_LINE_CC ZEND_FILE_LINE_EMPTY_CC))
+    _efree_at((ptr) ZEND_FILE_LINE_CC))
 #endif /* __GNUC__ && !ZEND_MM_NO_SIZED_CALLS */
 
 /* ==============================================================================================

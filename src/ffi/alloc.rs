@@ -56,6 +56,24 @@ pub extern "C" fn _emalloc(
     )
 }
 
+/// `_emalloc` without the original caller's location: what the `emalloc()` macro calls, so a call
+/// site passes three arguments, not five (the location is a relayed caller's only in the `_rel`
+/// forms, which call `_emalloc`).
+/// cbindgen:postfix=ZEND_ATTRIBUTE_MALLOC ZEND_ATTRIBUTE_ALLOC_SIZE(1)
+#[unsafe(no_mangle)]
+pub extern "C" fn _emalloc_at(
+    size: usize,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+) -> *mut c_void {
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    let p = unsafe { (*runtime::fast()).alloc_small_fast(size) };
+    if !p.is_null() {
+        return p.cast();
+    }
+    emalloc_slow(size, __zend_filename, __zend_lineno, ptr::null(), 0)
+}
+
 /// Everything `_emalloc`'s fast path declines: making the heap, refilling a bin, large and huge
 /// blocks, custom handlers, errors.
 #[cold]
@@ -120,6 +138,23 @@ pub unsafe extern "C" fn _efree(
         __zend_orig_filename,
         __zend_orig_lineno,
     );
+}
+
+/// `_efree` without the original caller's location: what the `efree()` macro calls.
+///
+/// # Safety
+/// As `_efree`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _efree_at(
+    ptr: *mut c_void,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+) {
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    if unsafe { (*runtime::fast()).free_small_fast(ptr.cast()) } {
+        return;
+    }
+    efree_slow(ptr, __zend_filename, __zend_lineno, ptr::null(), 0);
 }
 
 /// Everything `_efree`'s fast path declines: NULL, large and huge blocks, unaligned segments,
@@ -218,6 +253,29 @@ pub unsafe extern "C" fn _erealloc(
     if unsafe { (*runtime::fast()).realloc_in_place_fast(ptr.cast(), size) } {
         return ptr;
     }
+    erealloc_declined(
+        ptr,
+        size,
+        allow_failure,
+        __zend_filename,
+        __zend_lineno,
+        __zend_orig_filename,
+        __zend_orig_lineno,
+    )
+}
+
+/// [`_erealloc`]'s declined calls, out of line so its fast path needs no stack frame.
+#[cold]
+#[inline(never)]
+fn erealloc_declined(
+    ptr: *mut c_void,
+    size: usize,
+    allow_failure: c_int,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+    __zend_orig_filename: *const c_char,
+    __zend_orig_lineno: u32,
+) -> *mut c_void {
     let mut site = site(
         __zend_filename,
         __zend_lineno,
@@ -227,6 +285,34 @@ pub unsafe extern "C" fn _erealloc(
     if allow_failure != 0 {
         site = site.may_fail();
     }
+    erealloc_slow(ptr, size, size, Call::new("erealloc", site))
+}
+
+/// `_erealloc` as the `erealloc()` macro calls it: no failure allowed, no original caller's
+/// location, so a call site passes four arguments in registers instead of seven (the seventh on the
+/// stack).
+///
+/// # Safety
+/// As `_erealloc`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _erealloc_at(
+    ptr: *mut c_void,
+    size: usize,
+    __zend_filename: *const c_char,
+    __zend_lineno: u32,
+) -> *mut c_void {
+    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+    if unsafe { (*runtime::fast()).realloc_in_place_fast(ptr.cast(), size) } {
+        return ptr;
+    }
+    erealloc_at_slow(ptr, size, __zend_filename, __zend_lineno)
+}
+
+/// [`_erealloc_at`]'s declined calls, out of line so its fast path needs no stack frame.
+#[cold]
+#[inline(never)]
+fn erealloc_at_slow(ptr: *mut c_void, size: usize, file: *const c_char, line: u32) -> *mut c_void {
+    let site = site(file, line, ptr::null(), 0);
     erealloc_slow(ptr, size, size, Call::new("erealloc", site))
 }
 
