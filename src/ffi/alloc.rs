@@ -42,12 +42,7 @@ pub extern "C" fn _emalloc(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) -> *mut c_void {
-    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
-    let p = unsafe { (*runtime::fast()).alloc_small_fast(size) };
-    if !p.is_null() {
-        return p.cast();
-    }
-    emalloc_slow(
+    emalloc_from(
         size,
         __zend_filename,
         __zend_lineno,
@@ -66,12 +61,24 @@ pub extern "C" fn _emalloc_at(
     __zend_filename: *const c_char,
     __zend_lineno: u32,
 ) -> *mut c_void {
+    emalloc_from(size, __zend_filename, __zend_lineno, ptr::null(), 0)
+}
+
+/// The body of `_emalloc` and `_emalloc_at`: the fast path, else the slow one.
+#[inline(always)]
+fn emalloc_from(
+    size: usize,
+    file: *const c_char,
+    line: u32,
+    orig_file: *const c_char,
+    orig_line: u32,
+) -> *mut c_void {
     // SAFETY: the fast heap is this thread's live current heap or the sentinel.
     let p = unsafe { (*runtime::fast()).alloc_small_fast(size) };
     if !p.is_null() {
         return p.cast();
     }
-    emalloc_slow(size, __zend_filename, __zend_lineno, ptr::null(), 0)
+    emalloc_slow(size, file, line, orig_file, orig_line)
 }
 
 /// Everything `_emalloc`'s fast path declines: making the heap, refilling a bin, large and huge
@@ -127,11 +134,7 @@ pub unsafe extern "C" fn _efree(
     __zend_orig_filename: *const c_char,
     __zend_orig_lineno: u32,
 ) {
-    // SAFETY: the fast heap is this thread's live current heap or the sentinel.
-    if unsafe { (*runtime::fast()).free_small_fast(ptr.cast()) } {
-        return;
-    }
-    efree_slow(
+    efree_from(
         ptr,
         __zend_filename,
         __zend_lineno,
@@ -150,11 +153,23 @@ pub unsafe extern "C" fn _efree_at(
     __zend_filename: *const c_char,
     __zend_lineno: u32,
 ) {
+    efree_from(ptr, __zend_filename, __zend_lineno, ptr::null(), 0);
+}
+
+/// The body of `_efree` and `_efree_at`: the fast path, else the slow one.
+#[inline(always)]
+fn efree_from(
+    ptr: *mut c_void,
+    file: *const c_char,
+    line: u32,
+    orig_file: *const c_char,
+    orig_line: u32,
+) {
     // SAFETY: the fast heap is this thread's live current heap or the sentinel.
     if unsafe { (*runtime::fast()).free_small_fast(ptr.cast()) } {
         return;
     }
-    efree_slow(ptr, __zend_filename, __zend_lineno, ptr::null(), 0);
+    efree_slow(ptr, file, line, orig_file, orig_line);
 }
 
 /// Everything `_efree`'s fast path declines: NULL, large and huge blocks, unaligned segments,
@@ -312,8 +327,7 @@ pub unsafe extern "C" fn _erealloc_at(
 #[cold]
 #[inline(never)]
 fn erealloc_at_slow(ptr: *mut c_void, size: usize, file: *const c_char, line: u32) -> *mut c_void {
-    let site = site(file, line, ptr::null(), 0);
-    erealloc_slow(ptr, size, size, Call::new("erealloc", site))
+    erealloc_declined(ptr, size, 0, file, line, ptr::null(), 0)
 }
 
 /// Everything `_erealloc`'s fast path declines: moves, growth, shrinking, NULL, huge blocks,
