@@ -594,6 +594,19 @@ static void told_realloc_freed(void *arg) { (void)arg; char *a = emalloc(64); ke
 static void told_realloc_freed_same_bin(void *arg) { (void)arg; char *a = emalloc(64); keep(64); efree(a); told(a, NULL, __LINE__); a = erealloc(a, 60); }
 /* The same with another block freed after it: not the list's head, its free mark says. */
 static void told_realloc_freed_later(void *arg) { (void)arg; char *a = emalloc(64), *b = emalloc(64); keep(64); efree(a); efree(b); told(a, NULL, __LINE__); a = erealloc(a, 60); }
+/* The same for 8-byte blocks, whose only word is the list's link (which carries their mark): a
+ * size known only at run time, and the constant-size calls. */
+static volatile size_t eight = 8;
+static void told_double_free_later_8(void *arg) { (void)arg; char *a = emalloc(eight), *b = emalloc(eight); keep(8); efree(a); efree(b); told(a, NULL, __LINE__); efree(a); }
+static void told_sized_double_free_later_8(void *arg) { (void)arg; char *a = emalloc(8), *b = emalloc(8); keep(8); efree_size(a, 8); efree_size(b, 8); told(a, NULL, __LINE__); efree_size(a, 8); }
+static void told_realloc_freed_later_8(void *arg) { (void)arg; char *a = emalloc(eight), *b = emalloc(eight); keep(8); efree(a); efree(b); told(a, NULL, __LINE__); a = erealloc(a, 6); }
+static void told_free_never_handed_out_8(void *arg)
+{
+    (void)arg;
+    shutdown_memory_manager(1, 0);
+    char *a = emalloc(eight);
+    told(a + 2 * 8, NULL, __LINE__); efree(a + 2 * 8);
+}
 static void told_release_abi(void *arg) { (void)arg; char *a = emalloc(96); keep(96); told(a + 48, a, 0); _efree_96(a + 48); }
 static void told_large_double_free(void *arg) { (void)arg; char *a = emalloc(5000); keep(5000); efree(a); told(a, NULL, __LINE__); efree(a); }
 static void told_large_interior(void *arg) { (void)arg; char *a = emalloc(5000); keep(5000); told(a + 100, a, __LINE__); efree(a + 100); }
@@ -672,6 +685,18 @@ static void test_corruption_names_the_call_the_pointer_and_the_location(void)
                               "(called at %s:%d)");
     check_told_nothing_before(told_realloc_freed_later,
                               "erealloc(%p): double free: the block is on its size class's free list already "
+                              "(freed before, other blocks of its size freed since) (called at %s:%d)");
+    check_told_nothing_before(told_double_free_later_8,
+                              "efree(%p): double free: the block is on its size class's free list already "
+                              "(freed before, other blocks of its size freed since) (called at %s:%d)");
+    check_told_nothing_before(told_sized_double_free_later_8,
+                              "efree(%p): double free: the block is on its size class's free list already "
+                              "(freed before, other blocks of its size freed since) (called at %s:%d)");
+    check_told_nothing_before(told_realloc_freed_later_8,
+                              "erealloc(%p): double free: the block is on its size class's free list already "
+                              "(freed before, other blocks of its size freed since) (called at %s:%d)");
+    check_told_nothing_before(told_free_never_handed_out_8,
+                              "efree(%p): double free: the block is on its size class's free list already "
                               "(freed before, other blocks of its size freed since) (called at %s:%d)");
     static const size_t remote_sizes[] = {100, 3000};
     for (size_t i = 0; i < sizeof remote_sizes / sizeof *remote_sizes; i++) {

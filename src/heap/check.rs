@@ -78,7 +78,7 @@ impl Heap {
             budget -= 1;
             let this = slot;
             // SAFETY: free slots hold their next link.
-            slot = unsafe { (*this).next };
+            slot = unsafe { FreeSlot::next_of(this) };
             Some(this)
         })
     }
@@ -127,7 +127,7 @@ impl Heap {
                     break;
                 }
                 // SAFETY: free slots hold their next link (checked above).
-                slot = unsafe { (*slot).next };
+                slot = unsafe { FreeSlot::next_of(slot) };
             }
             used_bytes += slots.saturating_sub(free) * BIN_SIZE[bin];
         }

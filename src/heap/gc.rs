@@ -72,9 +72,11 @@ impl Heap {
         let mut collected_pages = 0;
         for (bin, info) in BINS.iter().enumerate() {
             let mut link: *mut *mut FreeSlot = &mut self.free_slots[bin];
+            // The head is a plain pointer; a kept slot's link carries its tag.
+            let mut link_bytes = usize::MAX;
             loop {
                 // SAFETY: `link` points at the list head or at the `next` field of a kept slot.
-                let slot = unsafe { *link };
+                let slot = unsafe { FreeSlot::next_of(link.cast()) };
                 if slot.is_null() {
                     break;
                 }
@@ -88,10 +90,11 @@ impl Heap {
                 if !complete && !freed_already {
                     // SAFETY: a kept slot; advance to its link field.
                     link = unsafe { &mut (*slot).next };
+                    link_bytes = info.size as usize;
                     continue;
                 }
                 // SAFETY: unlinking a slot; its memory stays mapped until the walk ends.
-                unsafe { *link = (*slot).next };
+                unsafe { *link = FreeSlot::link_for(FreeSlot::next_of(slot), link_bytes) };
                 if complete {
                     // SAFETY: a live segment of this heap; the run is all free slots. Emptied
                     // segments stay filed (under their new class) until the walk ends.
@@ -160,7 +163,7 @@ impl Heap {
                 let first = s.small_run_start(page);
                 visit(s, first, bin);
                 // SAFETY: free slots hold their next link.
-                slot = unsafe { (*slot).next };
+                slot = unsafe { FreeSlot::next_of(slot) };
             }
         }
     }

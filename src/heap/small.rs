@@ -8,7 +8,9 @@
 //! Invariants: a slot is on `free_slots[bin]` iff it is free; its run's first page-map entry names
 //! `bin`. In a heap that does not track its blocks, a handed-out slot does not hold [`FREED_MARK`]
 //! in its second word unless its program wrote it there, and every free slot does, on a list since
-//! its run was made or freed since (16 bytes or more).
+//! its run was made or freed since (16 bytes or more). An 8-byte slot has no second word: its link
+//! carries [`NARROW_LINK_TAG`] instead (see [`FreeSlot::link_for`]), except on the slots a remote
+//! list brought in. The heads in `free_slots` are plain pointers.
 
 use super::pages::NoPages;
 use super::{Heap, NO_REQUEST_ENDS, Refusal};
@@ -16,10 +18,82 @@ use crate::diagnostics::{self, BadPointer, Call};
 use crate::segment::small_entry;
 use crate::sizes::{BINS, HEAP_BINS, ZEND_MM_PAGE_SIZE};
 
-/// A free slot of a small bin: the next free slot of the same bin.
+/// A free slot of a small bin: the next free slot of the same bin. In an 8-byte slot the link may
+/// carry [`NARROW_LINK_TAG`]: read it through [`FreeSlot::next_of`].
 #[repr(C)]
 pub(super) struct FreeSlot {
     pub(super) next: *mut FreeSlot,
+}
+
+/// What the top 16 bits of an 8-byte free slot's link hold (64-bit targets): the slot's free mark,
+/// as [`FREED_MARK`] is the wider slots'. No user-space pointer has them set, so a link is tagged
+/// and untagged without loss, and a freed slot tells itself from a live one whose program wrote
+/// other bytes there; a live one whose first word happens to carry the tag costs a walk of the
+/// bin's list when it is freed. It catches the 8-byte double frees the head check misses (`p`,
+/// `q`, `p`).
+const NARROW_LINK_TAG: usize = if usize::BITS == 64 {
+    (0xF4EE_u64 << 48) as usize
+} else {
+    0
+};
+const LINK_TAG_BITS: usize = if usize::BITS == 64 {
+    (0xFFFF_u64 << 48) as usize
+} else {
+    0
+};
+
+/// Whether `bytes`-byte slots have no room for [`FREED_MARK`] beside their link (the 8-byte bin on
+/// 64-bit targets): their link carries [`NARROW_LINK_TAG`].
+#[inline(always)]
+const fn narrow(bytes: usize) -> bool {
+    bytes <= size_of::<usize>()
+}
+
+impl FreeSlot {
+    /// The link a freed `bytes`-byte slot holds to `next`: tagged for a narrow slot whose `next`
+    /// has room for the tag.
+    #[inline(always)]
+    pub(super) fn link_for(next: *mut FreeSlot, bytes: usize) -> *mut FreeSlot {
+        if narrow(bytes) && next.addr() & LINK_TAG_BITS == 0 {
+            next.map_addr(|a| a | NARROW_LINK_TAG)
+        } else {
+            next
+        }
+    }
+
+    /// The next slot after `slot` on its list: its link without the tag.
+    ///
+    /// # Safety
+    /// `slot` is a free slot of this heap's (its first word is its link).
+    #[inline(always)]
+    pub(super) unsafe fn next_of(slot: *mut FreeSlot) -> *mut FreeSlot {
+        // SAFETY: caller contract.
+        let link = unsafe { (*slot).next };
+        if link.addr() & LINK_TAG_BITS == NARROW_LINK_TAG && NARROW_LINK_TAG != 0 {
+            link.map_addr(|a| a & !LINK_TAG_BITS)
+        } else {
+            link
+        }
+    }
+}
+
+/// Whether the `bytes`-byte slot at `p` carries its free mark: [`FREED_MARK`] in its second word,
+/// or for a narrow slot [`NARROW_LINK_TAG`] in its link. Either may be a live block's own bytes:
+/// the bin's list tells. Never under Miri (see [`is_marked`]).
+///
+/// # Safety
+/// `p` starts a slot of `bytes` bytes of this heap's.
+#[inline(always)]
+pub(super) unsafe fn slot_marked(p: *mut u8, bytes: usize) -> bool {
+    if narrow(bytes) {
+        // SAFETY: the slot's only word (caller contract); see `is_marked` for Miri.
+        !cfg!(miri)
+            && NARROW_LINK_TAG != 0
+            && unsafe { p.cast::<usize>().read() } & LINK_TAG_BITS == NARROW_LINK_TAG
+    } else {
+        // SAFETY: a word of the slot (caller contract).
+        unsafe { is_marked(mark_of(p, bytes)) }
+    }
 }
 
 /// What the second word of a freed slot holds (glibc's tcache key, in spirit): every free of a heap
@@ -28,8 +102,8 @@ pub(super) struct FreeSlot {
 /// there; the bin's lists tell which. It catches the double frees the head check misses (`p`, `q`,
 /// `p`), which otherwise hand one block out twice. A kernel address, so no link or pointer into
 /// the heap looks like it, and a sign-extended 32-bit immediate, so the check and the write are
-/// one instruction each. (An 8-byte slot's only word is its link: its double frees are caught at
-/// the head only.)
+/// one instruction each. (An 8-byte slot's only word is its link, which carries
+/// [`NARROW_LINK_TAG`] instead.)
 pub(super) const FREED_MARK: usize = 0xFFFF_FFFF_F4EE_D0FF;
 const _: () = assert!(FREED_MARK as i64 == FREED_MARK as u32 as i32 as i64);
 
@@ -104,7 +178,7 @@ impl Heap {
     /// `bin` is not bin 0; `bytes` is its size.
     #[inline(always)]
     pub(super) unsafe fn pop_unmarked_wide_slot_of(&mut self, bin: usize, bytes: usize) -> *mut u8 {
-        let p = self.pop_free_slot_of(bin, bytes);
+        let p = self.pop_wide_free_slot_of(bin, bytes);
         if !p.is_null() {
             // SAFETY: a slot just handed out of a bin above the first (caller contract): 16
             // bytes or more, its mark in its second word.
@@ -122,6 +196,22 @@ impl Heap {
     /// [`Heap::pop_free_slot`] with the bin's size given (an immediate where `bin` is constant).
     #[inline(always)]
     pub(super) fn pop_free_slot_of(&mut self, bin: usize, bytes: usize) -> *mut u8 {
+        if !narrow(bytes) {
+            return self.pop_wide_free_slot_of(bin, bytes);
+        }
+        let slot = self.free_slots[bin];
+        if !slot.is_null() {
+            // SAFETY: free-list slots are free slots of this heap holding the next link.
+            self.free_slots[bin] = unsafe { FreeSlot::next_of(slot) };
+            self.count_alloc(bytes);
+        }
+        slot.cast()
+    }
+
+    /// [`Heap::pop_free_slot_of`] for a bin whose links carry no tag (`bytes` is not narrow, or
+    /// `bin` names a slot past the last bin, whose list is empty).
+    #[inline(always)]
+    fn pop_wide_free_slot_of(&mut self, bin: usize, bytes: usize) -> *mut u8 {
         let slot = self.free_slots[bin];
         if !slot.is_null() {
             // SAFETY: free-list slots are free slots of this heap holding the next link.
@@ -169,7 +259,9 @@ impl Heap {
     /// Pushes slot `p` back on `bin`'s list (PHP's `zend_mm_free_small`). A slot that is already
     /// the head of the list is being freed twice (the commonest double free: free, then free
     /// again): pushing it would make it its own successor, so it is left alone and false returned
-    /// (the caller reports it, naming the call).
+    /// (the caller reports it, naming the call). For a tracking heap, whose blocks (header and
+    /// guard included) are never 8-byte slots: the link carries no tag ([`Heap::free_small_of`]
+    /// tags it).
     ///
     /// # Safety
     /// `p` must start a slot of a small run of `bin` in a live segment of this heap.
@@ -177,7 +269,7 @@ impl Heap {
     #[must_use]
     pub(super) unsafe fn free_small(&mut self, p: *mut u8, bin: usize) -> bool {
         // SAFETY: forwarded caller contract.
-        unsafe { self.free_small_of(p, bin, self.bin_size[bin] as usize) }
+        unsafe { self.push_free_slot(p, bin, self.bin_size[bin] as usize, false) }
     }
 
     /// [`Heap::free_small_of`] for a heap that does not track its blocks and a bin other than the
@@ -220,7 +312,7 @@ impl Heap {
     /// its blocks): it may be free.
     pub(super) fn marked_free(&self, p: *mut u8, bin: usize) -> bool {
         // SAFETY: `p` starts a slot of `bin` of this heap (callers: a located block).
-        !self.tracking && unsafe { is_marked(mark_of(p, self.bin_size[bin] as usize)) }
+        !self.tracking && unsafe { slot_marked(p, self.bin_size[bin] as usize) }
     }
 
     /// [`Heap::marked_free`] for a block the caller knows is not of the 8-byte bin: every other
@@ -255,7 +347,7 @@ impl Heap {
             diagnostics::bad_pointer(call, p, BadPointer::DoubleFree);
         }
         // SAFETY: `p` starts a slot of `bytes` bytes of this heap (caller contract).
-        if unsafe { is_marked(mark) } {
+        if unsafe { slot_marked(p, bytes) } {
             // Blocks other threads freed join the lists first: `p` may be among them.
             self.collect_remote_bin(bin);
             self.collect_remote_list();
@@ -279,13 +371,29 @@ impl Heap {
     #[inline(always)]
     #[must_use]
     pub(super) unsafe fn free_small_of(&mut self, p: *mut u8, bin: usize, bytes: usize) -> bool {
+        // SAFETY: forwarded caller contract.
+        unsafe { self.push_free_slot(p, bin, bytes, narrow(bytes)) }
+    }
+
+    /// Pushes `p` on `bin`'s list unless it heads it already (false), its link tagged if `tag`.
+    ///
+    /// # Safety
+    /// As [`Heap::free_small_of`].
+    #[inline(always)]
+    unsafe fn push_free_slot(&mut self, p: *mut u8, bin: usize, bytes: usize, tag: bool) -> bool {
         let slot = p.cast::<FreeSlot>();
         let head = self.free_slots[bin];
         if slot == head {
             return false;
         }
         // SAFETY: `p` is a slot of this heap's bin `bin` (caller contract): its memory is ours.
-        unsafe { (*slot).next = head };
+        let link = if tag {
+            FreeSlot::link_for(head, bytes)
+        } else {
+            head
+        };
+        // SAFETY: `p` is a slot of this heap's bin `bin` (caller contract): its memory is ours.
+        unsafe { (*slot).next = link };
         self.free_slots[bin] = slot;
         self.count_free(bytes);
         true
@@ -340,7 +448,11 @@ impl Heap {
                 if marks {
                     mark_of(slot, size).write(FREED_MARK);
                 }
-                (*slot.cast::<FreeSlot>()).next = next;
+                (*slot.cast::<FreeSlot>()).next = if marks {
+                    FreeSlot::link_for(next, size)
+                } else {
+                    next
+                };
             }
             next = slot.cast();
         }
@@ -354,5 +466,109 @@ impl Heap {
         }
         self.count_alloc(size);
         Ok(run)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_heap;
+    use super::*;
+
+    fn errors(h: &Heap) -> usize {
+        h.check_all(&mut |args| eprint!("{args}"))
+    }
+
+    #[test]
+    fn a_freed_eight_byte_slot_carries_its_mark_in_its_link() {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        let blocks: Vec<*mut u8> = (0..3).map(|_| h().alloc(8).unwrap()).collect();
+        // SAFETY: slots of the 8-byte bin of this heap, live or freed.
+        let marked = |p: *mut u8| unsafe { slot_marked(p, 8) };
+        assert!(blocks.iter().all(|&p| !marked(p)), "handed out unmarked");
+        h().free(blocks[0]);
+        h().free(blocks[1]);
+        // Under Miri no slot reads as marked (see `is_marked`).
+        assert_eq!(marked(blocks[0]), !cfg!(miri), "freed, not at the head");
+        assert_eq!(marked(blocks[1]), !cfg!(miri), "freed, at the head");
+        assert!(!marked(blocks[2]));
+        assert!(h().on_free_list(0, blocks[0]) && h().on_free_list(0, blocks[1]));
+        // The list still hands them back in LIFO order, as plain pointers.
+        assert_eq!(h().alloc(8).unwrap(), blocks[1]);
+        assert_eq!(h().alloc(8).unwrap(), blocks[0]);
+        assert!(
+            !marked(blocks[0]) && !marked(blocks[1]),
+            "unmarked when handed out again"
+        );
+        assert_eq!(errors(h()), 0);
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn live_eight_byte_blocks_holding_the_tag_are_freed_as_live() {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        let blocks: Vec<*mut u8> = (0..600).map(|_| h().alloc(8).unwrap()).collect();
+        for &p in &blocks {
+            // A program's bytes that read as a tagged link (to a slot of the list, even).
+            // SAFETY: a live 8-byte block.
+            unsafe { p.cast::<usize>().write(NARROW_LINK_TAG | blocks[0].addr()) };
+        }
+        for &p in blocks.iter().rev() {
+            h().free(p);
+        }
+        assert_eq!(errors(h()), 0);
+        let again: Vec<*mut u8> = (0..600).map(|_| h().alloc(8).unwrap()).collect();
+        assert_eq!(
+            again, blocks,
+            "every freed block comes back once, in LIFO order"
+        );
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn gc_keeps_the_eight_byte_list_whole_and_marked() {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        let per_run = BINS[0].count as usize;
+        // Three runs' worth; then all of the middle run freed (gc takes it back) and every other
+        // block of the first and last (gc keeps them, relinked around the middle run's).
+        let blocks: Vec<*mut u8> = (0..3 * per_run).map(|_| h().alloc(8).unwrap()).collect();
+        let freed: Vec<*mut u8> = blocks
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| (per_run..2 * per_run).contains(&i) || i % 2 == 0)
+            .map(|(_, &p)| p)
+            .collect();
+        for &p in &freed {
+            h().free(p);
+        }
+        let real = h().usage(true);
+        h().gc();
+        assert!(h().usage(true) <= real);
+        assert_eq!(errors(h()), 0);
+        let kept: Vec<*mut u8> = freed
+            .iter()
+            .copied()
+            .filter(|&p| !(blocks[per_run]..=blocks[2 * per_run - 1]).contains(&p))
+            .collect();
+        for &p in &kept {
+            assert!(h().on_free_list(0, p));
+            // SAFETY: a free slot of the 8-byte bin.
+            let marked = unsafe { slot_marked(p, 8) };
+            assert_eq!(marked, !cfg!(miri), "still marked after gc");
+        }
+        let mut again: Vec<*mut u8> = (0..kept.len()).map(|_| h().alloc(8).unwrap()).collect();
+        again.sort();
+        let mut want = kept.clone();
+        want.sort();
+        assert_eq!(again, want, "the kept free slots, each once");
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
     }
 }

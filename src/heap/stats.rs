@@ -368,7 +368,7 @@ impl Heap {
             while !slot.is_null() && free < slots[bin] {
                 free += 1;
                 // SAFETY: free slots hold their next link.
-                slot = unsafe { (*slot.cast::<FreeSlot>()).next };
+                slot = unsafe { FreeSlot::next_of(slot.cast::<FreeSlot>()) };
             }
             *live -= free;
         }
