@@ -691,6 +691,41 @@ mod tests {
     }
 
     #[test]
+    fn eight_byte_blocks_freed_here_and_elsewhere_share_one_list() {
+        let heap = thread_heap();
+        // SAFETY: a live heap of this thread, borrowed alone.
+        let h = unsafe { &mut *heap };
+        let base = h.used();
+        let per_run = BINS[0].count as usize;
+        let blocks: std::vec::Vec<*mut u8> = (0..per_run).map(|_| h.alloc(8).unwrap()).collect();
+        // Every other block freed here (tagged links), the rest by another thread (plain links on
+        // the remote list), then the remote list spliced onto the local one.
+        let (here, elsewhere): (std::vec::Vec<_>, std::vec::Vec<_>) =
+            blocks.iter().enumerate().partition(|&(i, _)| i % 2 == 0);
+        let here: std::vec::Vec<*mut u8> = here.into_iter().map(|(_, &p)| p).collect();
+        let elsewhere: std::vec::Vec<*mut u8> = elsewhere.into_iter().map(|(_, &p)| p).collect();
+        for &p in &here {
+            h.free(p);
+        }
+        free_elsewhere(h.id(), &elsewhere);
+        assert!(h.collect_remote_frees());
+        assert_eq!(h.used(), base);
+        assert_eq!(h.check_all(&mut |args| eprint!("{args}")), 0);
+        for &p in &blocks {
+            assert!(h.on_free_list(0, p));
+        }
+        let mut again: std::vec::Vec<*mut u8> =
+            (0..per_run).map(|_| h.alloc(8).unwrap()).collect();
+        again.sort();
+        again.dedup();
+        let mut expected = blocks.clone();
+        expected.sort();
+        assert_eq!(again, expected, "each freed block comes back once");
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
     fn blocks_freed_by_several_threads_while_their_owner_collects_all_come_back_once() {
         let heap = thread_heap();
         // SAFETY: a live heap of this thread, borrowed alone.
