@@ -709,6 +709,13 @@ static void test_corruption_names_the_call_the_pointer_and_the_location(void)
                                        "already (freed before, other blocks of its size freed since) "
                                        "(called at %s:%d)");
     }
+    /* An 8-byte block's remote link carries its mark as its local one does. (A second free of it
+     * from another thread is not caught: that thread cannot tell a link from the program's bytes.) */
+    static const size_t eight_bytes = 8;
+    check_told_nothing_before_with(told_remote_then_local_free, (void *)&eight_bytes,
+                                   "efree(%p): double free: the block is on its size class's free list "
+                                   "already (freed before, other blocks of its size freed since) "
+                                   "(called at %s:%d)");
     check_told_nothing_before(told_free_never_handed_out,
                               "efree(%p): double free: the block is on its size class's free list already "
                               "(freed before, other blocks of its size freed since) (called at %s:%d)");

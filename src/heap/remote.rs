@@ -214,7 +214,7 @@ impl Heap {
             // Marked on any list, so the owner's own free of it meanwhile is caught too.
             // SAFETY: as above.
             unsafe { mark.write(FREED_MARK) };
-            if bin < REMOTE_BINS && push_on_bin(&shared.bins[bin], p, call) {
+            if bin < REMOTE_BINS && push_on_bin(&shared.bins[bin], p, BIN_SIZE[bin], call) {
                 return;
             }
         }
@@ -357,14 +357,14 @@ impl Heap {
             // SAFETY: as above; the list ends with null after `count` blocks unless corrupted,
             // and a link is followed only while both say there is a next block.
             unsafe {
-                while seen < count && !(*last).next.is_null() {
-                    last = (*last).next;
+                while seen < count && !FreeSlot::next_of(last).is_null() {
+                    last = FreeSlot::next_of(last);
                     seen += 1;
                 }
-                if seen != count || !(*last).next.is_null() {
+                if seen != count || !FreeSlot::next_of(last).is_null() {
                     remote_list_corrupted(bin, count);
                 }
-                (*last).next = own;
+                (*last).next = FreeSlot::link_for(own, self.bin_size(bin));
             }
         }
         // SAFETY: the blocks start free slots of `bin` (checked by the threads that freed them),
@@ -395,8 +395,9 @@ impl Heap {
         // (Tracking changes only while no block is live, so no block waits here from before.)
         let tracks = self.is_tracking();
         while !p.is_null() {
-            // SAFETY: blocks on the remote list hold the next one in their link word.
-            let next = unsafe { remote_link(p, tracks).read() };
+            // SAFETY: blocks on the remote list hold the next one in their link word (an 8-byte
+            // slot's tagged, as on the bins' lists).
+            let next = unsafe { FreeSlot::next_of(remote_link(p, tracks).cast()) }.cast::<u8>();
             if self.is_tracking() {
                 // SAFETY: a tracked block of this heap, off the remote list.
                 unsafe { super::track::settle_remote_free(p) };
@@ -547,9 +548,11 @@ unsafe fn remote_block_start(
     Ok(small.filter(|_| p.addr() <= ADDRESS_MASK))
 }
 
-/// Pushes `p` onto the bin remote list `word`; false if the list is full. A block that is already
-/// the head of the list is being freed twice and is reported as handed to `call`.
-fn push_on_bin(word: &AtomicUsize, p: *mut u8, call: &Call) -> bool {
+/// Pushes `p`, a slot of `bytes` bytes, onto the bin remote list `word`; false if the list is full.
+/// A block that is already the head of the list is being freed twice and is reported as handed to
+/// `call`. An 8-byte slot's link carries its free mark, as on its owner's list, so the owner's own
+/// free of it meanwhile is caught.
+fn push_on_bin(word: &AtomicUsize, p: *mut u8, bytes: usize, call: &Call) -> bool {
     let addr = p.expose_provenance();
     let mut head = word.load(Ordering::Relaxed);
     loop {
@@ -560,9 +563,9 @@ fn push_on_bin(word: &AtomicUsize, p: *mut u8, call: &Call) -> bool {
         if count == MAX_BIN_COUNT {
             return false;
         }
-        let next: *mut u8 = ptr::with_exposed_provenance_mut(head & ADDRESS_MASK);
+        let next: *mut FreeSlot = ptr::with_exposed_provenance_mut(head & ADDRESS_MASK);
         // SAFETY: the block is live and given up by the caller: its first word is ours.
-        unsafe { p.cast::<*mut u8>().write(next) };
+        unsafe { p.cast::<*mut FreeSlot>().write(FreeSlot::link_for(next, bytes)) };
         let new = addr | (count + 1) << COUNT_SHIFT;
         match word.compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return true,
