@@ -211,6 +211,70 @@ static void test_cross_thread_free_and_realloc_are_performed(void)
     CHECK_EQ(zend_memory_usage(0), before);
 }
 
+/* 8-byte blocks (whose free lists carry the free mark in their links) freed by another thread while
+ * their own thread frees and allocates more of them: whatever the interleaving, no free is taken
+ * for a double free, and every freed block comes back exactly once. */
+enum { SMALL8_N = 4000 };
+static volatile size_t eight_bytes = 8;
+
+static void *free_even(void *arg)
+{
+    char **blocks = arg;
+    for (int i = 0; i < SMALL8_N; i += 2) {
+        efree(blocks[i]);
+    }
+    return NULL;
+}
+
+static int compare_pointers(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t) * (char *const *)a, y = (uintptr_t) * (char *const *)b;
+    return (x > y) - (x < y);
+}
+
+static void test_eight_byte_blocks_freed_here_and_elsewhere_at_once(void)
+{
+    static char *blocks[SMALL8_N], *again[SMALL8_N], *extra[SMALL8_N / 2];
+    size_t before = zend_memory_usage(0);
+    for (int i = 0; i < SMALL8_N; i++) {
+        blocks[i] = emalloc(eight_bytes);
+        memcpy(blocks[i], &i, sizeof i);
+    }
+    pthread_t t;
+    pthread_create(&t, NULL, free_even, blocks);
+    /* Meanwhile: the odd ones freed here, and as many new blocks made, then freed here too. */
+    int stamps_kept = 1;
+    for (int i = 1; i < SMALL8_N; i += 2) {
+        int stamp;
+        memcpy(&stamp, blocks[i], sizeof stamp);
+        stamps_kept &= stamp == i;
+        efree(blocks[i]);
+        extra[i / 2] = emalloc(eight_bytes);
+    }
+    pthread_join(t, NULL);
+    CHECK(stamps_kept);
+    for (int i = 0; i < SMALL8_N / 2; i++) {
+        efree(extra[i]);
+    }
+    CHECK_EQ(zend_memory_usage(0), before);
+    /* All the blocks are free: as many allocations hand out distinct blocks, the original ones
+     * among them (the extra ones took slots the frees gave back, or fresh ones). */
+    for (int i = 0; i < SMALL8_N; i++) {
+        again[i] = emalloc(eight_bytes);
+    }
+    qsort(again, SMALL8_N, sizeof *again, compare_pointers);
+    int distinct = 1;
+    for (int i = 1; i < SMALL8_N; i++) {
+        distinct &= again[i] != again[i - 1];
+    }
+    CHECK(distinct);
+    CHECK_EQ(full_mem_check(1), 0);
+    for (int i = 0; i < SMALL8_N; i++) {
+        efree(again[i]);
+    }
+    CHECK_EQ(zend_memory_usage(0), before);
+}
+
 static void *free_twice(void *p)
 {
     efree(p);
@@ -339,6 +403,7 @@ int main(void)
     RUN(test_cross_thread_free_and_realloc_are_performed);
     RUN(test_cross_thread_double_free_is_corruption);
     RUN(test_cross_thread_double_free_apart_is_corruption);
+    RUN(test_eight_byte_blocks_freed_here_and_elsewhere_at_once);
     RUN(test_explicit_heap_moves_between_threads);
     return test_summary();
 }
