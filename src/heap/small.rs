@@ -9,8 +9,8 @@
 //! `bin`. In a heap that does not track its blocks, a handed-out slot does not hold [`FREED_MARK`]
 //! in its second word unless its program wrote it there, and every free slot does, on a list since
 //! its run was made or freed since (16 bytes or more). An 8-byte slot has no second word: its link
-//! carries [`NARROW_LINK_TAG`] instead (see [`FreeSlot::link_for`]), except on the slots a remote
-//! list brought in. The heads in `free_slots` are plain pointers.
+//! carries [`NARROW_LINK_TAG`] instead (see [`FreeSlot::link_for`]), on the bins' lists and on
+//! their remote lists alike. The heads in `free_slots` are plain pointers.
 
 use super::pages::NoPages;
 use super::{Heap, NO_REQUEST_ENDS, Refusal};
@@ -386,7 +386,6 @@ impl Heap {
         if slot == head {
             return false;
         }
-        // SAFETY: `p` is a slot of this heap's bin `bin` (caller contract): its memory is ours.
         let link = if tag {
             FreeSlot::link_for(head, bytes)
         } else {
