@@ -8,6 +8,7 @@ use crate::diagnostics::{Call, Fatal, Site};
 use crate::heap::{Heap, api};
 use crate::region_map::{self, Region};
 use crate::runtime;
+use crate::sizes::BIN_SIZE;
 
 /// The current heap, made if the thread has none, entered from the calling frame.
 #[inline(always)]
@@ -86,6 +87,28 @@ fn emalloc_from(
 #[cold]
 #[inline(never)]
 pub(super) fn emalloc_slow(
+    size: usize,
+    file: *const c_char,
+    line: u32,
+    orig_file: *const c_char,
+    orig_line: u32,
+) -> *mut c_void {
+    // The 8-byte bin, which the fast path leaves out (its slots' free mark is in their link).
+    if size <= BIN_SIZE[0] {
+        // SAFETY: the fast heap is this thread's live current heap or the sentinel.
+        let p = unsafe { (*runtime::fast()).alloc_bin_fast(0) };
+        if !p.is_null() {
+            return p.cast();
+        }
+    }
+    emalloc_other(size, file, line, orig_file, orig_line)
+}
+
+/// What [`emalloc_slow`] does not serve at once, out of line so that the 8-byte bin's pop builds
+/// no stack frame.
+#[cold]
+#[inline(never)]
+fn emalloc_other(
     size: usize,
     file: *const c_char,
     line: u32,
@@ -186,10 +209,25 @@ fn efree_slow(
     if ptr.is_null() {
         return;
     }
+    // Large blocks and the 8-byte bin's (left out of the fast path) of the thread's heap.
     // SAFETY: the fast heap is this thread's live current heap or the sentinel.
-    if unsafe { (*runtime::fast()).free_large_fast(ptr.cast()) } {
+    if unsafe { (*runtime::fast()).free_large_or_narrow_fast(ptr.cast()) } {
         return;
     }
+    efree_other(ptr, file, line, orig_file, orig_line)
+}
+
+/// What [`efree_slow`] does not free at once, out of line so that its quick cases build no stack
+/// frame: other heaps' blocks, custom handlers, tracked blocks, errors.
+#[cold]
+#[inline(never)]
+fn efree_other(
+    ptr: *mut c_void,
+    file: *const c_char,
+    line: u32,
+    orig_file: *const c_char,
+    orig_line: u32,
+) {
     let call = Call::new("efree", site(file, line, orig_file, orig_line));
     if let Some((owner, region)) = other_heaps_block(ptr.cast()) {
         // SAFETY: the caller gives up a live block of `owner`'s, in `region`.

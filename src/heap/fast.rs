@@ -173,20 +173,22 @@ impl Heap {
 
     /// Frees `p` if it is a small block of `bin` in one of this heap's aligned segments; false
     /// otherwise (a block of another bin too: the slow path frees it by what it is, or reports it). The
-    /// size-specialised entry points' fast path: the slot check's constants are the bin's.
+    /// size-specialised entry points' fast path: the slot check's constants are the bin's. The
+    /// general free's slow path takes it for the 8-byte bin, which its fast path leaves out.
     #[inline(always)]
     pub fn free_bin_fast(&mut self, p: *mut u8, bin: usize) -> bool {
-        // The 8-byte bin's slots have no room for the free mark beside their link (a constant
-        // compare: `bin` is one in every entry point).
-        if bin == 0 {
-            return false;
-        }
         let Some((seg, _, info)) = self.fast_lookup(p) else {
             return false;
         };
         // Fast-table segments are aligned to their size (2 MiB).
         if !starts_slot_of(p.addr().wrapping_sub(seg.addr()), info, bin) {
             return false;
+        }
+        // A constant compare: `bin` is one in every caller.
+        if bin == 0 {
+            // SAFETY: `p` starts a slot of the 8-byte bin in a live segment of this heap (checked
+            // above). A double free declines.
+            return unsafe { self.free_narrow_marked(p) };
         }
         // SAFETY: `p` starts a slot of bin `bin` (not bin 0) in a live segment of this heap
         // (checked above). A double free declines, as in `free_small_fast`.
@@ -198,6 +200,31 @@ impl Heap {
         let Some((seg, page, info)) = self.fast_lookup(p) else {
             return false;
         };
+        self.free_large_at(p, seg, page, info)
+    }
+
+    /// [`Heap::free_large_fast`], and for a block of the 8-byte bin (which the general free's
+    /// fast path leaves out) [`Heap::free_bin_fast`], with one lookup: the general free's slow
+    /// path tries them first.
+    #[inline(always)]
+    pub fn free_large_or_narrow_fast(&mut self, p: *mut u8) -> bool {
+        let Some((seg, page, info)) = self.fast_lookup(p) else {
+            return false;
+        };
+        if self.free_large_at(p, seg, page, info) {
+            return true;
+        }
+        // Fast-table segments are aligned to their size (2 MiB).
+        // SAFETY: when the check passes, `p` starts a slot of the 8-byte bin in a live segment
+        // of this heap. A double free declines.
+        starts_slot_of(p.addr().wrapping_sub(seg.addr()), info, 0)
+            && unsafe { self.free_narrow_marked(p) }
+    }
+
+    /// Frees `p` if it starts the large run whose first page `page` of `seg` has map entry `info`
+    /// (a fast-table lookup); false if it is no large block's start.
+    #[inline(always)]
+    fn free_large_at(&mut self, p: *mut u8, seg: *mut Segment, page: usize, info: u32) -> bool {
         // The segment is page aligned: `p` starts its page when it is page aligned.
         if info & PAGE_KIND_MASK != PAGE_LARGE || p.addr() % ZEND_MM_PAGE_SIZE != 0 {
             return false;
@@ -397,14 +424,10 @@ mod tests {
             }
             let usage = h.used();
             for &p in &blocks {
-                if bin == 0 {
-                    // No room for the free mark beside the link: the slow path's.
-                    assert!(!h.free_bin_fast(p, bin), "bin 0 declined");
-                    h.free(p);
-                } else {
-                    assert!(h.free_bin_fast(p, bin), "bin {bin}: a slot start");
-                }
+                assert!(h.free_bin_fast(p, bin), "bin {bin}: a slot start");
             }
+            // Freed already: declined (the slow path reports it).
+            assert!(!h.free_bin_fast(blocks[0], bin), "bin {bin}: freed twice");
             assert_eq!(h.used(), usage - blocks.len() * size);
         }
         // SAFETY: the heap dies with its blocks.

@@ -565,7 +565,10 @@ fn push_on_bin(word: &AtomicUsize, p: *mut u8, bytes: usize, call: &Call) -> boo
         }
         let next: *mut FreeSlot = ptr::with_exposed_provenance_mut(head & ADDRESS_MASK);
         // SAFETY: the block is live and given up by the caller: its first word is ours.
-        unsafe { p.cast::<*mut FreeSlot>().write(FreeSlot::link_for(next, bytes)) };
+        unsafe {
+            p.cast::<*mut FreeSlot>()
+                .write(FreeSlot::link_for(next, bytes))
+        };
         let new = addr | (count + 1) << COUNT_SHIFT;
         match word.compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return true,
@@ -717,8 +720,7 @@ mod tests {
         for &p in &blocks {
             assert!(h.on_free_list(0, p));
         }
-        let mut again: std::vec::Vec<*mut u8> =
-            (0..per_run).map(|_| h.alloc(8).unwrap()).collect();
+        let mut again: std::vec::Vec<*mut u8> = (0..per_run).map(|_| h.alloc(8).unwrap()).collect();
         again.sort();
         again.dedup();
         let mut expected = blocks.clone();

@@ -308,6 +308,24 @@ impl Heap {
         true
     }
 
+    /// [`Heap::free_small_marked_of`] for the 8-byte bin: false, with nothing done, for a slot
+    /// whose link carries the tag (the slow path looks whether it is on a free list) or that
+    /// heads the bin's list.
+    ///
+    /// # Safety
+    /// `p` starts a slot of the 8-byte bin of this heap, which does not track its blocks.
+    #[inline(always)]
+    #[must_use]
+    pub(super) unsafe fn free_narrow_marked(&mut self, p: *mut u8) -> bool {
+        let bytes = BINS[0].size as usize;
+        // SAFETY: a slot of `bytes` bytes of this heap (caller contract).
+        if unsafe { slot_marked(p, bytes) } {
+            return false;
+        }
+        // SAFETY: as above.
+        unsafe { self.free_small_of(p, 0, bytes) }
+    }
+
     /// Whether the small block `p` of `bin` carries [`FREED_MARK`] (a heap that does not track
     /// its blocks): it may be free.
     pub(super) fn marked_free(&self, p: *mut u8, bin: usize) -> bool {
