@@ -73,7 +73,7 @@ impl Heap {
         for (bin, info) in BINS.iter().enumerate() {
             let mut link: *mut *mut FreeSlot = &mut self.free_slots[bin];
             // The head is a plain pointer; a kept slot's link carries its tag.
-            let mut link_bytes = usize::MAX;
+            let mut at_head = true;
             loop {
                 // SAFETY: `link` points at the list head or at the `next` field of a kept slot.
                 let slot = unsafe { FreeSlot::next_of(link.cast()) };
@@ -90,11 +90,18 @@ impl Heap {
                 if !complete && !freed_already {
                     // SAFETY: a kept slot; advance to its link field.
                     link = unsafe { &mut (*slot).next };
-                    link_bytes = info.size as usize;
+                    at_head = false;
                     continue;
                 }
                 // SAFETY: unlinking a slot; its memory stays mapped until the walk ends.
-                unsafe { *link = FreeSlot::link_for(FreeSlot::next_of(slot), link_bytes) };
+                let next = unsafe { FreeSlot::next_of(slot) };
+                let next = if at_head {
+                    next
+                } else {
+                    FreeSlot::link_for(next, info.size as usize)
+                };
+                // SAFETY: `link` is the head or a kept slot's link field (as above).
+                unsafe { *link = next };
                 if complete {
                     // SAFETY: a live segment of this heap; the run is all free slots. Emptied
                     // segments stay filed (under their new class) until the walk ends.

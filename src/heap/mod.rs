@@ -438,6 +438,15 @@ fn test_heap() -> *mut Heap {
     test_heap_on(crate::model_tests::StdStorage::<0>::ops(), 2 << 20)
 }
 
+/// Whether `got` holds exactly the blocks of `want`, each once, in any order.
+#[cfg(test)]
+fn same_blocks(got: &[*mut u8], want: &[*mut u8]) -> bool {
+    let (mut got, mut want) = (got.to_vec(), want.to_vec());
+    got.sort();
+    want.sort();
+    got == want
+}
+
 /// How many pages of `p..p + len` (page aligned, at most 256 pages) are resident.
 #[cfg(test)]
 fn resident_pages(p: *mut u8, len: usize) -> usize {

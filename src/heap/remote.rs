@@ -579,7 +579,7 @@ fn push_on_bin(word: &AtomicUsize, p: *mut u8, bytes: usize, call: &Call) -> boo
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_heap;
+    use super::super::{same_blocks, test_heap};
     use super::*;
     use crate::sizes::BINS;
 
@@ -680,12 +680,10 @@ mod tests {
         let again: std::vec::Vec<*mut u8> =
             (0..2 * per_run).map(|_| h.alloc(64).unwrap()).collect();
         assert_eq!(again[0], blocks[2 * per_run - 1]);
-        let mut sorted = again.clone();
-        sorted.sort();
-        sorted.dedup();
-        let mut expected = blocks.clone();
-        expected.sort();
-        assert_eq!(sorted, expected, "each freed block comes back once");
+        assert!(
+            same_blocks(&again, &blocks),
+            "each freed block comes back once"
+        );
         assert_eq!(h.real_size, real);
         assert_eq!(h.used(), base + 2 * per_run * 64);
         for p in again {
@@ -704,8 +702,8 @@ mod tests {
         let base = h.used();
         let per_run = BINS[0].count as usize;
         let blocks: std::vec::Vec<*mut u8> = (0..per_run).map(|_| h.alloc(8).unwrap()).collect();
-        // Every other block freed here (tagged links), the rest by another thread (plain links on
-        // the remote list), then the remote list spliced onto the local one.
+        // Every other block freed here, the rest by another thread (onto the bin's remote list),
+        // then the remote list spliced onto the local one: every link decoded on the way.
         let (here, elsewhere): (std::vec::Vec<_>, std::vec::Vec<_>) =
             blocks.iter().enumerate().partition(|&(i, _)| i % 2 == 0);
         let here: std::vec::Vec<*mut u8> = here.into_iter().map(|(_, &p)| p).collect();
@@ -720,12 +718,11 @@ mod tests {
         for &p in &blocks {
             assert!(h.on_free_list(0, p));
         }
-        let mut again: std::vec::Vec<*mut u8> = (0..per_run).map(|_| h.alloc(8).unwrap()).collect();
-        again.sort();
-        again.dedup();
-        let mut expected = blocks.clone();
-        expected.sort();
-        assert_eq!(again, expected, "each freed block comes back once");
+        let again: std::vec::Vec<*mut u8> = (0..per_run).map(|_| h.alloc(8).unwrap()).collect();
+        assert!(
+            same_blocks(&again, &blocks),
+            "each freed block comes back once"
+        );
         // SAFETY: the heap dies with its blocks.
         unsafe { Heap::shutdown(heap, true) };
     }
@@ -781,11 +778,9 @@ mod tests {
         assert!(h.collect_remote_frees());
         assert_eq!(h.used(), base);
         // Both sets are on the bin's list: the next 20 allocations return exactly them.
-        let mut again: std::vec::Vec<*mut u8> = (0..20).map(|_| h.alloc(64).unwrap()).collect();
-        again.sort();
-        let mut expected: std::vec::Vec<*mut u8> = mine.iter().chain(&theirs).copied().collect();
-        expected.sort();
-        assert_eq!(again, expected);
+        let again: std::vec::Vec<*mut u8> = (0..20).map(|_| h.alloc(64).unwrap()).collect();
+        let expected: std::vec::Vec<*mut u8> = mine.iter().chain(&theirs).copied().collect();
+        assert!(same_blocks(&again, &expected));
         // SAFETY: the heap dies with its blocks.
         unsafe { Heap::shutdown(heap, true) };
     }
