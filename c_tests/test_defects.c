@@ -487,6 +487,83 @@ static void told(const void *p, const void *block, int line)
     fflush(stdout);
 }
 
+/* A freed small block keeps its list's link in its first word and its free mark in its second (an
+ * 8-byte block: the mark in its link). A program that writes a freed block there must never get
+ * the memory the link then names, nor the block twice: the allocation that would hand it out
+ * reports it. Each child frees a, then b (the list: b, a), writes over b, and prints the address
+ * the report must name before the allocation that stops it. */
+static char chosen[256]; /* what a link made to point elsewhere names: no free block */
+static void small_link_to_chosen_memory(void *arg)
+{
+    size_t size = *(const size_t *)arg;
+    char *a = emalloc(size), *b = emalloc(size);
+    keep(size);
+    efree(a);
+    efree(b);
+    void *to = chosen;
+    memcpy(b, &to, sizeof to);
+    /* A wider slot still carries its mark: b goes out, then the list names `chosen`. An 8-byte
+     * slot's link lost its mark: b itself is stopped. */
+    if (size > 8) {
+        CHECK(emalloc(size) == b);
+    }
+    told(size > 8 ? (void *)chosen : (void *)b, NULL, __LINE__);
+    void *c = emalloc(size);
+    printf("handed out %p\n", c);
+}
+static void small_link_to_chosen_memory_64(void *arg)
+{
+    (void)arg;
+    char *a = emalloc(64), *b = emalloc(64);
+    keep(64);
+    efree_size(a, 64);
+    efree_size(b, 64);
+    void *to = chosen;
+    memcpy(b, &to, sizeof to);
+    CHECK(emalloc(64) == b);
+    told(chosen, NULL, __LINE__);
+    void *c = emalloc(64);
+    printf("handed out %p\n", c);
+}
+static void small_block_written_over(void *arg)
+{
+    size_t size = *(const size_t *)arg;
+    char *a = emalloc(size), *b = emalloc(size);
+    keep(size);
+    efree(a);
+    efree(b);
+    memcpy(b, "a string written after free", size < 28 ? size : 28);
+    told(b, NULL, __LINE__);
+    void *c = emalloc(size);
+    printf("handed out %p\n", c);
+}
+
+static void test_freed_small_blocks_written_after_free_are_corruption(void)
+{
+    static const size_t sizes[] = { 8, 16, 64, 1000, 3072 };
+    static const char format[] = "the free list of %zu-byte blocks leads to %p, which is no freed block of "
+                                 "that size (a block was written after it was freed, or past its end)";
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        void (*cases[])(void *) = { small_link_to_chosen_memory, small_block_written_over };
+        for (size_t c = 0; c < 2; c++) {
+            child_result r = run_child(cases[c], (void *)&sizes[i], NULL);
+            void *p = NULL, *block = NULL;
+            int line = -1;
+            char want[512];
+            CHECK(sscanf(r.out, "%p %p %d", &p, &block, &line) == 3);
+            snprintf(want, sizeof want, format, sizes[i] == 1000 ? (size_t)1024 : sizes[i], p);
+            CHECK_CORRUPTED_AS(r, want);
+            if (strstr(r.out, "handed out")) {
+                fprintf(stderr, "  (case %zu, %zu bytes)\n", c, sizes[i]);
+            }
+        }
+    }
+    child_result r = run_child(small_link_to_chosen_memory_64, NULL, NULL);
+    char want[512];
+    snprintf(want, sizeof want, format, (size_t)64, (void *)chosen);
+    CHECK_CORRUPTED_AS(r, want);
+}
+
 static void told_free_interior(void *arg) { (void)arg; char *a = emalloc(64); keep(64); told(a + 32, a, __LINE__); efree(a + 32); }
 static void told_realloc_interior(void *arg) { (void)arg; char *a = emalloc(64); keep(64); told(a + 8, a, __LINE__); erealloc(a + 8, 60); }
 static void told_block_size_interior(void *arg) { (void)arg; char *a = emalloc(64); told(a + 8, a, __LINE__); zend_mem_block_size(a + 8); }
@@ -913,6 +990,7 @@ int main(int argc, char **argv)
     RUN(test_use_zend_alloc_0_blocks_are_freed_from_any_thread);
     RUN(test_frees_that_name_no_block_are_corruption);
     RUN(test_freed_large_blocks_written_after_free_are_corruption);
+    RUN(test_freed_small_blocks_written_after_free_are_corruption);
     RUN(test_corruption_names_the_call_the_pointer_and_the_location);
     RUN(test_every_slot_of_every_bin_frees_and_reallocs);
     RUN(test_blocks_of_the_own_heap_survive_set_heap_null);

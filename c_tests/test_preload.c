@@ -1051,6 +1051,24 @@ static void test_blocks_a_little_over_a_page_take_at_most_a_third_more(void)
     }
 }
 
+/* A freed block's link made to name other memory (a write after free; the first step of making
+ * malloc return memory of the writer's choosing) is caught before that memory is handed out. */
+static char chosen_memory[256] __attribute__((aligned(64)));
+
+static void link_made_to_name_other_memory(void)
+{
+    char *p = malloc(opaque(64)), *q = malloc(opaque(64));
+    sink = p;
+    freed = q;
+    free(p);
+    free(q);
+    void *to = chosen_memory;
+    memcpy(freed, &to, sizeof to);
+    sink = malloc(opaque(64));
+    sink = malloc(opaque(64));
+    sink = malloc(opaque(64));
+}
+
 /* A block freed twice (p, q, p) is caught, as glibc's tcache catches it: the process aborts
  * instead of handing the block out twice. Freed again from another thread, glibc misses it (the
  * block is not in that thread's tcache); this library finds it marked free. */
@@ -1059,6 +1077,7 @@ static void test_double_frees_abort(void)
     CHECK(aborts_in_child(free_twice_with_another_free_between));
     if (getenv("ZEND_ALLOC_PRELOAD_EXPECTED")) {
         CHECK(aborts_in_child(free_twice_from_another_thread));
+        CHECK(aborts_in_child(link_made_to_name_other_memory));
     }
 }
 

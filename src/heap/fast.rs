@@ -486,13 +486,21 @@ mod tests {
         assert!(h.alloc_small_fast(0).is_null() && h.alloc_small_fast(1).is_null());
         h.free(p);
         // A write after a free over the mark: the block freed last is still no block to free or
-        // resize (the list's head), on the general fast paths.
+        // resize (the list's head), on the general fast paths, nor one to hand out (the slow
+        // path reports it).
         let p = h.alloc(64).unwrap();
         h.free(p);
         // SAFETY: the freed slot's memory is the heap's; the test plays a write after free.
         unsafe { p.cast::<usize>().add(1).write(0) };
         assert!(!h.free_small_fast(p), "the head of its list");
         assert!(!h.realloc_in_place_fast(p, 60), "the head of its list");
+        assert!(h.alloc_small_fast(64).is_null(), "no mark, not handed out");
+        // SAFETY: as above: the mark put back.
+        unsafe {
+            p.cast::<usize>()
+                .add(1)
+                .write(super::super::small::FREED_MARK)
+        };
         assert_eq!(h.alloc_small_fast(64), p);
         h.free(p);
         // SAFETY: the heap dies with its blocks.

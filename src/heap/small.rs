@@ -10,7 +10,10 @@
 //! in its second word unless its program wrote it there, and every free slot does, on a list since
 //! its run was made or freed since (16 bytes or more). An 8-byte slot has no second word: its link
 //! carries [`NARROW_LINK_TAG`] instead (see [`FreeSlot::link_for`]), on the bins' lists and on
-//! their remote lists alike. The heads in `free_slots` are plain pointers.
+//! their remote lists alike. The heads in `free_slots` are plain pointers. Such a heap hands out
+//! no slot without its mark (see [`Heap::pop_unmarked_slot_of`]).
+
+use core::ptr;
 
 use super::pages::NoPages;
 use super::{Heap, NO_REQUEST_ENDS, Refusal};
@@ -46,6 +49,19 @@ const LINK_TAG_BITS: usize = if usize::BITS == 64 {
 #[inline(always)]
 const fn tagged(word: usize) -> bool {
     NARROW_LINK_TAG != 0 && word & LINK_TAG_BITS == NARROW_LINK_TAG
+}
+
+/// Whether `word`, the first of a free 8-byte slot on a list, carries the slot's mark (every one
+/// does where links have room for the tag).
+#[inline(always)]
+const fn has_narrow_mark(word: usize) -> bool {
+    NARROW_LINK_TAG == 0 || tagged(word)
+}
+
+/// The slot a tagged link names.
+#[inline(always)]
+fn untag(link: *mut FreeSlot) -> *mut FreeSlot {
+    link.map_addr(|a| a & !LINK_TAG_BITS)
 }
 
 /// Whether `bytes`-byte slots have no room for [`FREED_MARK`] beside their link (the 8-byte bin on
@@ -127,6 +143,47 @@ pub(super) fn mark_of(p: *mut u8, bytes: usize) -> *mut usize {
     p.wrapping_add(offset).cast()
 }
 
+/// Clears the mark of the slot at `slot` (its second word, see [`mark_of`]) if it holds
+/// [`FREED_MARK`] and says whether it did; leaves it as it is otherwise. On x86-64 the test and
+/// the clear are one instruction, an `xor` with the mark's immediate (compiled from Rust, a copy
+/// of the word is kept for the other case: three more).
+///
+/// # Safety
+/// `slot` must be valid for reads and writes of two words.
+#[inline(always)]
+unsafe fn take_wide_mark(slot: *mut u8) -> bool {
+    const _: () = assert!(size_of::<usize>() == 8 || !cfg!(target_arch = "x86_64"));
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    // SAFETY: the slot's second word is valid for reads and writes (caller contract); the `xor`
+    // touches it alone and the flags, and the label undoes it.
+    unsafe {
+        core::arch::asm!(
+            "xor qword ptr [{slot} + 8], {key}",
+            "jne {other}",
+            slot = in(reg) slot,
+            key = const FREED_MARK as i64,
+            other = label {
+                let mark = mark_of(slot, 2 * size_of::<usize>());
+                // SAFETY: as above: the word back as it was.
+                unsafe { mark.write(mark.read() ^ FREED_MARK) };
+                return false;
+            },
+            options(nostack),
+        );
+        true
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    // SAFETY: as above.
+    unsafe {
+        let mark = mark_of(slot, 2 * size_of::<usize>());
+        if mark.read() != FREED_MARK {
+            return false;
+        }
+        mark.write(0);
+        true
+    }
+}
+
 /// Whether the word at `mark` holds [`FREED_MARK`]. The word is a block's second one: bytes its
 /// program may never have written, which Rust's abstract machine calls uninitialized (a reallocation
 /// copies them as they are). The hardware reads them as whatever they are, but Miri rejects the
@@ -153,25 +210,48 @@ impl Heap {
     }
 
     /// Pops a slot of `bin` to hand out on a slow path (any heap): its mark cleared unless the heap
-    /// tracks its blocks (whose headers say what is live, and whose freed bytes hold poison).
+    /// tracks its blocks (whose headers say what is live, and whose freed bytes hold poison). A
+    /// list head without the mark ends the process (see [`Heap::pop_unmarked_slot_of`]).
     fn pop_slot_to_hand_out(&mut self, bin: usize) -> *mut u8 {
         if self.tracking {
-            self.pop_free_slot(bin)
-        } else {
-            self.pop_unmarked_slot_of(bin, self.bin_size[bin] as usize)
+            return self.pop_free_slot(bin);
         }
-    }
-
-    /// [`Heap::pop_free_slot_of`] for a heap that does not track its blocks: the slot's
-    /// [`FREED_MARK`] is cleared, so the block reads as live.
-    #[inline(always)]
-    pub(super) fn pop_unmarked_slot_of(&mut self, bin: usize, bytes: usize) -> *mut u8 {
-        let p = self.pop_free_slot_of(bin, bytes);
-        if !p.is_null() {
-            // SAFETY: a slot of `bytes` bytes just handed out: its memory is ours.
-            unsafe { mark_of(p, bytes).write(0) };
+        let p = self.pop_unmarked_slot_of(bin, self.bin_size[bin] as usize);
+        if p.is_null() && !self.free_slots[bin].is_null() {
+            self.report_unmarked_head(bin);
         }
         p
+    }
+
+    /// Pops the first free slot of `bin` in a heap that does not track its blocks, clearing its
+    /// mark so the block reads as live; null if the list is empty, and null with the list left
+    /// as it is if its head carries no mark. Every slot on such a list carries one, so a head
+    /// without it is memory that is no free block of this heap's: a freed block written over
+    /// (its mark, or its predecessor's link), or a link made to point elsewhere, the first step
+    /// of making an allocation return chosen memory. The fast paths decline it and the slow
+    /// path reports it, before the block is handed out.
+    #[inline(always)]
+    pub(super) fn pop_unmarked_slot_of(&mut self, bin: usize, bytes: usize) -> *mut u8 {
+        if !narrow(bytes) {
+            // SAFETY: `bytes` is not narrow: a bin above the first, whose slots keep their mark
+            // in their second word.
+            return unsafe { self.pop_unmarked_wide_slot_of(bin, bytes) };
+        }
+        let slot = self.free_slots[bin];
+        if slot.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: the list's head, a slot of ours unless the list was written over (then the
+        // memory it names is read as PHP's lists would read it).
+        let link = unsafe { (*slot).next };
+        if !has_narrow_mark(link.addr()) {
+            return ptr::null_mut();
+        }
+        self.free_slots[bin] = untag(link);
+        self.count_alloc(bytes);
+        // SAFETY: a slot of `bytes` bytes just handed out: its memory is ours.
+        unsafe { mark_of(slot.cast(), bytes).write(0) };
+        slot.cast()
     }
 
     /// [`Heap::pop_unmarked_slot_of`] for the allocation fast paths, which never pop the 8-byte
@@ -182,13 +262,34 @@ impl Heap {
     /// `bin` is not bin 0; `bytes` is its size.
     #[inline(always)]
     pub(super) unsafe fn pop_unmarked_wide_slot_of(&mut self, bin: usize, bytes: usize) -> *mut u8 {
-        let p = self.pop_wide_free_slot_of(bin, bytes);
-        if !p.is_null() {
-            // SAFETY: a slot just handed out of a bin above the first (caller contract): 16
-            // bytes or more, its mark in its second word.
-            unsafe { mark_of(p, 2 * size_of::<usize>()).write(0) };
+        let slot = self.free_slots[bin];
+        if slot.is_null() {
+            return ptr::null_mut();
         }
-        p
+        // SAFETY: the list's head, a slot of ours of 16 bytes or more (caller contract) unless
+        // the list was written over (then the memory it names is read as PHP's lists would read
+        // it).
+        unsafe {
+            if !take_wide_mark(slot.cast()) {
+                return ptr::null_mut();
+            }
+            self.free_slots[bin] = (*slot).next;
+        }
+        self.count_alloc(bytes);
+        slot.cast()
+    }
+
+    /// Ends the process: the head of `bin`'s free list carries no free mark
+    /// (see [`Heap::pop_unmarked_slot_of`]).
+    #[cold]
+    #[inline(never)]
+    fn report_unmarked_head(&self, bin: usize) -> ! {
+        diagnostics::heap_corrupted(format_args!(
+            "the free list of {}-byte blocks leads to {:#x}, which is no freed block of that size \
+             (a block was written after it was freed, or past its end)",
+            self.bin_size[bin],
+            self.free_slots[bin].addr()
+        ))
     }
 
     /// Pops the first free slot of `bin` and counts it; null if the list is empty.
@@ -586,6 +687,78 @@ mod tests {
         }
         let again: Vec<*mut u8> = (0..kept.len()).map(|_| h().alloc(8).unwrap()).collect();
         assert!(same_blocks(&again, &kept), "the kept free slots, each once");
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn a_list_head_without_its_mark_is_never_handed_out() {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        let bin = 5;
+        let bytes = BINS[bin].size as usize;
+        let (a, b) = (h().alloc(bytes).unwrap(), h().alloc(bytes).unwrap());
+        h().free(a);
+        h().free(b);
+        // A write after free over b's second word (where its mark is).
+        // SAFETY: b is a free slot of ours; the word is restored below.
+        let mark = unsafe { &mut *b.add(8).cast::<usize>() };
+        *mark = 0x6f77_206f_6c6c_6568;
+        // SAFETY: `bin` is not bin 0.
+        assert!(unsafe { h().alloc_small_fast_in(bin) }.is_null());
+        assert!(h().alloc_small_fast(bytes).is_null());
+        assert!(h().alloc_bin_fast(bin).is_null());
+        assert_eq!(h().free_slot_head(bin).cast(), b, "the list as it was");
+        assert_eq!(*mark, 0x6f77_206f_6c6c_6568, "the word as it was");
+        *mark = FREED_MARK;
+        assert_eq!(h().alloc_small_fast(bytes), b);
+        assert_eq!(h().alloc_bin_fast(bin), a);
+        assert_eq!(errors(h()), 0);
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn a_link_written_over_is_caught_before_the_memory_it_names_is_handed_out() {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        // Memory a program wants an allocation to return: zeroed, so it carries no mark.
+        let mut target = [0usize; 8];
+        let target = target.as_mut_ptr().cast::<u8>();
+        for (bin, bytes) in [(5, BINS[5].size as usize), (0, 8)] {
+            let (a, b) = (h().alloc(bytes).unwrap(), h().alloc(bytes).unwrap());
+            h().free(a);
+            h().free(b);
+            // SAFETY: b is a free slot of ours: its link, made to name `target`.
+            unsafe { b.cast::<*mut u8>().write(target) };
+            if bin != 0 {
+                // The wide slot's mark is intact: b goes out, then the list ends at `target`.
+                assert_eq!(h().alloc_bin_fast(bin), b);
+                assert_eq!(h().free_slot_head(bin).cast(), target);
+            } else {
+                // The narrow slot's link lost its tag: b itself reads as no free slot.
+                assert_eq!(h().free_slot_head(bin).cast(), b);
+            }
+            assert!(h().alloc_bin_fast(bin).is_null(), "bin {bin}");
+            // SAFETY: `bin` is 5, not bin 0, where it is asked.
+            assert!(bin == 0 || unsafe { h().alloc_small_fast_in(bin) }.is_null());
+            assert!(h().alloc_small_fast(bytes).is_null() || bin == 0);
+            // SAFETY: a zeroed array of ours.
+            assert!(unsafe { (0..8).all(|i| target.cast::<usize>().add(i).read() == 0) });
+            // Repaired, so the heap can end: the list as it was before the write.
+            let head = if bin == 0 { b } else { a };
+            // SAFETY: the list's heads are ours to set; `a` (and b) are free slots of `bin`.
+            unsafe {
+                if bin == 0 {
+                    b.cast::<*mut FreeSlot>()
+                        .write(FreeSlot::link_for(a.cast(), bytes));
+                }
+                h().set_free_slot_head(bin, head.cast());
+            }
+            assert_eq!(errors(h()), 0);
+        }
         // SAFETY: the heap dies.
         unsafe { Heap::shutdown(heap, true) };
     }
