@@ -701,17 +701,21 @@ mod tests {
         let (a, b) = (h().alloc(bytes).unwrap(), h().alloc(bytes).unwrap());
         h().free(a);
         h().free(b);
-        // A write after free over b's second word (where its mark is).
+        // A write after free over b's second word (where its mark is). Raw accesses only: the
+        // heap reads the word too.
+        let mark = b.wrapping_add(8).cast::<usize>();
         // SAFETY: b is a free slot of ours; the word is restored below.
-        let mark = unsafe { &mut *b.add(8).cast::<usize>() };
-        *mark = 0x6f77_206f_6c6c_6568;
+        unsafe { mark.write(0x6f77_206f_6c6c_6568) };
         // SAFETY: `bin` is not bin 0.
         assert!(unsafe { h().alloc_small_fast_in(bin) }.is_null());
         assert!(h().alloc_small_fast(bytes).is_null());
         assert!(h().alloc_bin_fast(bin).is_null());
         assert_eq!(h().free_slot_head(bin).cast(), b, "the list as it was");
-        assert_eq!(*mark, 0x6f77_206f_6c6c_6568, "the word as it was");
-        *mark = FREED_MARK;
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(mark.read(), 0x6f77_206f_6c6c_6568, "the word as it was");
+            mark.write(FREED_MARK);
+        }
         assert_eq!(h().alloc_small_fast(bytes), b);
         assert_eq!(h().alloc_bin_fast(bin), a);
         assert_eq!(errors(h()), 0);
