@@ -92,7 +92,7 @@ impl FreeSlot {
         // SAFETY: caller contract.
         let link = unsafe { (*slot).next };
         if tagged(link.addr()) {
-            link.map_addr(|a| a & !LINK_TAG_BITS)
+            untag(link)
         } else {
             link
         }
