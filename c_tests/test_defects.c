@@ -538,6 +538,43 @@ static void small_block_written_over(void *arg)
     printf("handed out %p\n", c);
 }
 
+/* A program that stores a small number into the first field of a block it freed (a count, a
+ * length) leaves the slot's mark alone: b goes out, and the list then names that number, which no
+ * slot can be; popping it would read that address. */
+static void small_link_written_with_a_number(void *arg)
+{
+    size_t size = *(const size_t *)arg;
+    char *a = emalloc(size), *b = emalloc(size);
+    keep(size);
+    efree(a);
+    efree(b);
+    size_t count = 1 + size % 4000;
+    memcpy(b, &count, sizeof count);
+    CHECK(emalloc(size) == b);
+    told((void *)count, NULL, __LINE__);
+    void *c = emalloc(size);
+    printf("handed out %p\n", c);
+}
+
+/* The same number deeper in the list, then a second free of a block past it: the free looks for
+ * the block on its list, and the walk ends at the number instead of reading memory there. */
+static void small_link_written_with_a_number_then_double_free(void *arg)
+{
+    size_t size = *(const size_t *)arg;
+    char *a = emalloc(size), *b = emalloc(size), *c = emalloc(size);
+    keep(size);
+    efree(a);
+    efree(b);
+    efree(c);
+    size_t count = 2;
+    memcpy(b, &count, sizeof count);
+    efree(a);
+    told((void *)count, NULL, __LINE__);
+    for (int i = 0; i < 4; i++) {
+        printf("handed out %p\n", emalloc(size));
+    }
+}
+
 static void test_freed_small_blocks_written_after_free_are_corruption(void)
 {
     static const size_t sizes[] = { 8, 16, 64, 1000, 3072 };
@@ -556,6 +593,19 @@ static void test_freed_small_blocks_written_after_free_are_corruption(void)
             if (strstr(r.out, "handed out")) {
                 fprintf(stderr, "  (case %zu, %zu bytes)\n", c, sizes[i]);
             }
+        }
+    }
+    for (size_t i = 1; i < sizeof sizes / sizeof sizes[0]; i++) {
+        void (*cases[])(void *) = { small_link_written_with_a_number,
+                                    small_link_written_with_a_number_then_double_free };
+        for (size_t c = 0; c < 2; c++) {
+            child_result r = run_child(cases[c], (void *)&sizes[i], NULL);
+            void *p = NULL, *block = NULL;
+            int line = -1;
+            char want[512];
+            CHECK(sscanf(r.out, "%p %p %d", &p, &block, &line) == 3);
+            snprintf(want, sizeof want, format, sizes[i] == 1000 ? (size_t)1024 : sizes[i], p);
+            CHECK_CORRUPTED_AS(r, want);
         }
     }
     child_result r = run_child(small_link_to_chosen_memory_64, NULL, NULL);

@@ -1069,6 +1069,22 @@ static void link_made_to_name_other_memory(void)
     sink = malloc(opaque(64));
 }
 
+/* A count stored into the first field of a freed block: the list then names a small number,
+ * which the allocation stops at instead of reading memory there. */
+static void link_written_with_a_number(void)
+{
+    char *p = malloc(opaque(64)), *q = malloc(opaque(64));
+    sink = p;
+    freed = q;
+    free(p);
+    free(q);
+    size_t count = 3;
+    memcpy(freed, &count, sizeof count);
+    sink = malloc(opaque(64));
+    sink = malloc(opaque(64));
+    sink = malloc(opaque(64));
+}
+
 /* A block freed twice (p, q, p) is caught, as glibc's tcache catches it: the process aborts
  * instead of handing the block out twice. Freed again from another thread, glibc misses it (the
  * block is not in that thread's tcache); this library finds it marked free. */
@@ -1078,6 +1094,7 @@ static void test_double_frees_abort(void)
     if (getenv("ZEND_ALLOC_PRELOAD_EXPECTED")) {
         CHECK(aborts_in_child(free_twice_from_another_thread));
         CHECK(aborts_in_child(link_made_to_name_other_memory));
+        CHECK(aborts_in_child(link_written_with_a_number));
     }
 }
 

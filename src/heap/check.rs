@@ -10,7 +10,7 @@ use core::ptr;
 
 use super::Heap;
 use super::route::{Block, Lookup};
-use super::small::FreeSlot;
+use super::small::{FreeSlot, NO_SLOT_BELOW};
 use crate::region_map::{self, Region};
 use crate::segment::{
     LARGE_PAGES_MASK, PAGE_CACHED, PAGE_FREE, PAGE_KIND_MASK, PAGE_LARGE, PAGE_SMALL, Segment,
@@ -67,12 +67,14 @@ impl Heap {
     }
 
     /// The slots on `bin`'s free list, no more than the heap's memory can hold (a corrupted list
-    /// may loop). A slot's link is read before the slot is yielded: the caller may write into it.
+    /// may loop), and none from a link written over with a small number (the list ends there, as
+    /// the allocation that reaches it stops). A slot's link is read before the slot is yielded:
+    /// the caller may write into it.
     pub(super) fn free_list(&self, bin: usize) -> impl Iterator<Item = *mut FreeSlot> + use<> {
         let mut slot = self.free_slots[bin];
         let mut budget = self.real_size / BIN_SIZE[0] + 1;
         core::iter::from_fn(move || {
-            if slot.is_null() || budget == 0 {
+            if slot.addr() < NO_SLOT_BELOW || budget == 0 {
                 return None;
             }
             budget -= 1;

@@ -125,6 +125,13 @@ pub(super) unsafe fn slot_marked(p: *mut u8, bytes: usize) -> bool {
 /// one instruction each. (An 8-byte slot's only word is its link, which carries
 /// [`NARROW_LINK_TAG`] instead.)
 pub(super) const FREED_MARK: usize = 0xFFFF_FFFF_F4EE_D0FF;
+
+/// No slot lies below this address: no system maps the first page of the address space (Linux
+/// refuses it below `vm.mmap_min_addr`, 4096 or more). A list head below it is no slot but a
+/// small number written over a freed block's link (a count, a length, a flag: a program writing
+/// a field of a block it freed). Popping it would read that address, a fault; the pops decline
+/// it as they decline a head without its mark, with the test they make for an empty list.
+pub(super) const NO_SLOT_BELOW: usize = 4096;
 const _: () = assert!(FREED_MARK as i64 == FREED_MARK as u32 as i32 as i64);
 
 /// The word of the `bytes`-byte slot at `p` where a freed slot holds [`FREED_MARK`]: its second,
@@ -225,11 +232,11 @@ impl Heap {
 
     /// Pops the first free slot of `bin` in a heap that does not track its blocks, clearing its
     /// mark so the block reads as live; null if the list is empty, and null with the list left
-    /// as it is if its head carries no mark. Every slot on such a list carries one, so a head
-    /// without it is memory that is no free block of this heap's: a freed block written over
-    /// (its mark, or its predecessor's link), or a link made to point elsewhere, the first step
-    /// of making an allocation return chosen memory. The fast paths decline it and the slow
-    /// path reports it, before the block is handed out.
+    /// as it is if its head carries no mark or is below [`NO_SLOT_BELOW`]. Every slot on such a
+    /// list carries one, so a head without it is memory that is no free block of this heap's: a
+    /// freed block written over (its mark, or its predecessor's link), or a link made to point
+    /// elsewhere, the first step of making an allocation return chosen memory. The fast paths
+    /// decline it and the slow path reports it, before the block is handed out.
     #[inline(always)]
     pub(super) fn pop_unmarked_slot_of(&mut self, bin: usize, bytes: usize) -> *mut u8 {
         if !narrow(bytes) {
@@ -238,7 +245,8 @@ impl Heap {
             return unsafe { self.pop_unmarked_wide_slot_of(bin, bytes) };
         }
         let slot = self.free_slots[bin];
-        if slot.is_null() {
+        // An empty list, or a small number where a link was.
+        if slot.addr() < NO_SLOT_BELOW {
             return ptr::null_mut();
         }
         // SAFETY: the list's head, a slot of ours unless the list was written over (then the
@@ -263,7 +271,8 @@ impl Heap {
     #[inline(always)]
     pub(super) unsafe fn pop_unmarked_wide_slot_of(&mut self, bin: usize, bytes: usize) -> *mut u8 {
         let slot = self.free_slots[bin];
-        if slot.is_null() {
+        // An empty list, or a small number where a link was.
+        if slot.addr() < NO_SLOT_BELOW {
             return ptr::null_mut();
         }
         // SAFETY: the list's head, a slot of ours of 16 bytes or more (caller contract) unless
@@ -763,6 +772,35 @@ mod tests {
             }
             assert_eq!(errors(h()), 0);
         }
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn a_link_written_with_a_small_number_is_never_followed() {
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        let (bin, bytes) = (5, BINS[5].size as usize);
+        let (a, b) = (h().alloc(bytes).unwrap(), h().alloc(bytes).unwrap());
+        h().free(a);
+        h().free(b);
+        // A count stored into the first field of a freed block: its mark stays.
+        // SAFETY: b is a free slot of ours.
+        unsafe { b.cast::<usize>().write(17) };
+        assert_eq!(h().alloc_bin_fast(bin), b);
+        assert_eq!(h().free_slot_head(bin).addr(), 17);
+        // Every fast pop declines the number without reading memory there.
+        assert!(h().alloc_bin_fast(bin).is_null());
+        // SAFETY: `bin` is not bin 0.
+        assert!(unsafe { h().alloc_small_fast_in(bin) }.is_null());
+        assert!(h().alloc_small_fast(bytes).is_null());
+        assert_eq!(h().free_slot_head(bin).addr(), 17, "the list as it was");
+        // Repaired, so the heap can end: `a` is still a free slot of `bin`.
+        // SAFETY: the list's heads are ours to set.
+        unsafe { h().set_free_slot_head(bin, a.cast()) };
+        h().free(b);
+        assert_eq!(errors(h()), 0);
         // SAFETY: the heap dies.
         unsafe { Heap::shutdown(heap, true) };
     }
