@@ -580,9 +580,16 @@ static void test_freed_small_blocks_written_after_free_are_corruption(void)
     static const size_t sizes[] = { 8, 16, 64, 1000, 3072 };
     static const char format[] = "the free list of %zu-byte blocks leads to %p, which is no freed block of "
                                  "that size (a block was written after it was freed, or past its end)";
+    /* An 8-byte block's link carries its mark: a number written there is caught at the block
+     * itself, which the first two cases cover. */
+    void (*cases[])(void *) = { small_link_to_chosen_memory, small_block_written_over,
+                                small_link_written_with_a_number,
+                                small_link_written_with_a_number_then_double_free };
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-        void (*cases[])(void *) = { small_link_to_chosen_memory, small_block_written_over };
-        for (size_t c = 0; c < 2; c++) {
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            if (c >= 2 && sizes[i] == 8) {
+                continue;
+            }
             child_result r = run_child(cases[c], (void *)&sizes[i], NULL);
             void *p = NULL, *block = NULL;
             int line = -1;
@@ -593,19 +600,6 @@ static void test_freed_small_blocks_written_after_free_are_corruption(void)
             if (strstr(r.out, "handed out")) {
                 fprintf(stderr, "  (case %zu, %zu bytes)\n", c, sizes[i]);
             }
-        }
-    }
-    for (size_t i = 1; i < sizeof sizes / sizeof sizes[0]; i++) {
-        void (*cases[])(void *) = { small_link_written_with_a_number,
-                                    small_link_written_with_a_number_then_double_free };
-        for (size_t c = 0; c < 2; c++) {
-            child_result r = run_child(cases[c], (void *)&sizes[i], NULL);
-            void *p = NULL, *block = NULL;
-            int line = -1;
-            char want[512];
-            CHECK(sscanf(r.out, "%p %p %d", &p, &block, &line) == 3);
-            snprintf(want, sizeof want, format, sizes[i] == 1000 ? (size_t)1024 : sizes[i], p);
-            CHECK_CORRUPTED_AS(r, want);
         }
     }
     child_result r = run_child(small_link_to_chosen_memory_64, NULL, NULL);
