@@ -1017,6 +1017,127 @@ static int probe(const char *mode)
     return 2;
 }
 
+/* Random bad input, as a program with a memory error hands it over: each child allocates blocks of
+ * every kind (small, large, huge), frees some, then passes one bad pointer (inside a block, a
+ * flipped address bit, a stack, static or malloc address, a segment's or page's start, a random
+ * word) to efree, erealloc, zend_mem_block_size or efree_size, or asks for an absurd size. The
+ * answer must be PHP's: a report and an abort, a fatal error, or (a pointer that happens to name a
+ * block, a size that fits) nothing; never a fault. */
+static uint64_t random_state;
+static uint64_t random_next(void)
+{
+    uint64_t z = (random_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static size_t random_block_size(void)
+{
+    switch (random_next() % 3) {
+    case 0: return 1 + random_next() % 3072;
+    case 1: return 3073 + random_next() % (2u << 20);
+    default: return (2u << 20) + random_next() % (2u << 20);
+    }
+}
+static char random_static[256];
+static void random_bad_pointer(void *arg)
+{
+    random_state = *(const uint64_t *)arg;
+    enum { BLOCKS = 32 };
+    char *blocks[BLOCKS];
+    for (int i = 0; i < BLOCKS; i++) {
+        size_t size = random_block_size();
+        blocks[i] = emalloc(size);
+        memset(blocks[i], 'a', size < 64 ? size : 64);
+    }
+    for (int i = 0; i < BLOCKS / 2; i++) {
+        int j = (int)(random_next() % BLOCKS);
+        if (blocks[j]) {
+            efree(blocks[j]);
+            blocks[j] = NULL;
+        }
+    }
+    int k = (int)(random_next() % BLOCKS);
+    while (!blocks[k]) {
+        k = (k + 1) % BLOCKS;
+    }
+    char *block = blocks[k], on_stack[64];
+    uintptr_t at = (uintptr_t)block;
+    size_t size = zend_mem_block_size(block);
+    char *bad;
+    switch (random_next() % 9) {
+    case 0: bad = block + 1 + random_next() % (size - 1); break;
+    case 1: bad = (char *)(uintptr_t)random_next(); break;
+    case 2: bad = (char *)(at ^ ((uintptr_t)1 << (random_next() % 40))); break;
+    case 3: bad = on_stack + random_next() % 32; break;
+    case 4: bad = random_static + random_next() % 64; break;
+    case 5: bad = (char *)((at & ~(uintptr_t)0x1fffff) + random_next() % 0x200000); break;
+    case 6: bad = (char *)(at & ~(uintptr_t)0xfff); break;
+    case 7: bad = (char *)(at & ~(uintptr_t)0x1fffff); break;
+    default: bad = (char *)malloc(100) + (random_next() % 3) * 8; break;
+    }
+    switch (random_next() % 4) {
+    case 0: efree(bad); break;
+    case 1: erealloc(bad, random_block_size()); break;
+    case 2: zend_mem_block_size(bad); break;
+    default: efree_size(bad, 64); break;
+    }
+}
+static size_t random_edge_size(void)
+{
+    switch (random_next() % 5) {
+    case 0: return SIZE_MAX - random_next() % 8192;
+    case 1: return ((size_t)1 << (random_next() % 64)) + random_next() % 3 - 1;
+    case 2: return (size_t)random_next();
+    case 3: return (SIZE_MAX >> 1) + random_next() % 3 - 1;
+    default: return random_next() % 5000;
+    }
+}
+static void random_absurd_size(void *arg)
+{
+    random_state = *(const uint64_t *)arg;
+    if (random_next() % 2) {
+        zend_set_memory_limit(random_next() % (256u << 20));
+    }
+    char *p = emalloc(1 + random_next() % 100);
+    for (int i = 0; i < 20; i++) {
+        size_t a = random_edge_size(), b = random_edge_size(), c = random_edge_size();
+        switch (random_next() % 6) {
+        case 0: efree(emalloc(a)); break;
+        case 1: p = erealloc(p, a); break;
+        case 2: efree(ecalloc(a, b)); break;
+        case 3: efree(safe_emalloc(a, b, c)); break;
+        case 4: p = safe_erealloc(p, a, b, c); break;
+        default: p = erealloc2(p, a, random_next() % 8); break;
+        }
+    }
+    efree(p);
+}
+
+static void test_random_bad_input_is_answered_never_a_fault(void)
+{
+    static const char corrupted[] = "zend_mm_heap corrupted\n";
+    for (uint64_t seed = 1; seed <= 150; seed++) {
+        child_result r = run_child(random_bad_pointer, &seed, NULL);
+        int answered = r.exited ? r.status == 0
+                                : r.signal == SIGABRT && strncmp(r.err, corrupted, sizeof corrupted - 1) == 0;
+        CHECK(answered);
+        if (!answered) {
+            fprintf(stderr, "  (bad pointer, seed %llu)\n", (unsigned long long)seed);
+            report_child(&r, NULL);
+        }
+    }
+    for (uint64_t seed = 1; seed <= 150; seed++) {
+        child_result r = run_child(random_absurd_size, &seed, NULL);
+        int answered = r.exited && (r.status == 0 || (r.status == 255 && strstr(r.err, "Fatal error: ")));
+        CHECK(answered);
+        if (!answered) {
+            fprintf(stderr, "  (absurd size, seed %llu)\n", (unsigned long long)seed);
+            report_child(&r, NULL);
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--probe") == 0) {
@@ -1035,6 +1156,7 @@ int main(int argc, char **argv)
     RUN(test_frees_that_name_no_block_are_corruption);
     RUN(test_freed_large_blocks_written_after_free_are_corruption);
     RUN(test_freed_small_blocks_written_after_free_are_corruption);
+    RUN(test_random_bad_input_is_answered_never_a_fault);
     RUN(test_corruption_names_the_call_the_pointer_and_the_location);
     RUN(test_every_slot_of_every_bin_frees_and_reallocs);
     RUN(test_blocks_of_the_own_heap_survive_set_heap_null);
