@@ -125,6 +125,7 @@ pub(super) unsafe fn slot_marked(p: *mut u8, bytes: usize) -> bool {
 /// one instruction each. (An 8-byte slot's only word is its link, which carries
 /// [`NARROW_LINK_TAG`] instead.)
 pub(super) const FREED_MARK: usize = 0xFFFF_FFFF_F4EE_D0FF;
+const _: () = assert!(FREED_MARK as i64 == FREED_MARK as u32 as i32 as i64);
 
 /// No slot lies below this address: no system maps the first page of the address space (Linux
 /// refuses it below `vm.mmap_min_addr`, 4096 or more). A list head below it is no slot but a
@@ -132,7 +133,6 @@ pub(super) const FREED_MARK: usize = 0xFFFF_FFFF_F4EE_D0FF;
 /// a field of a block it freed). Popping it would read that address, a fault; the pops decline
 /// it as they decline a head without its mark, with the test they make for an empty list.
 pub(super) const NO_SLOT_BELOW: usize = 4096;
-const _: () = assert!(FREED_MARK as i64 == FREED_MARK as u32 as i32 as i64);
 
 /// The word of the `bytes`-byte slot at `p` where a freed slot holds [`FREED_MARK`]: its second,
 /// beside the link in its first, so a free and an allocation touch one cache line of the block.
