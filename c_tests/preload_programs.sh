@@ -12,7 +12,8 @@
 #   finds: blocks cross between it and the program, and the search path is the caller's;
 # - gcc compiling a C file (the object files must be identical);
 # - sort on 300,000 lines;
-# - git, perl, sqlite3, Node.js with worker threads, and CPython forking while threads allocate.
+# - git, perl, sqlite3, Node.js with worker threads, CPython forking while threads allocate, and
+#   rustc generating code on several threads, then the threaded program it built.
 # Prints one line per program, then "N passed, N failed".
 set -u
 lib=$1 dir=$2
@@ -264,6 +265,55 @@ if __name__ == '__main__':
     for t in threads: t.join()
 PY
 same "python3 fork while threads allocate" 'PYTHONMALLOC=malloc /usr/bin/python3 fork.py'
+
+# rustc: LLVM generating code on several threads at once (16 codegen units) must write the same
+# binary; that binary (threads sending strings over a channel, the receiver freeing them) must
+# print the same with and without the library.
+cat > "$dir/prog.rs" <<'RUST'
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
+use std::thread;
+
+fn main() {
+    let (tx, rx) = mpsc::channel::<Vec<String>>();
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for round in 0..50 {
+                    let batch = (0..200).map(|i| format!("{t}:{round}:{}", i * 7919 % 1000));
+                    tx.send(batch.collect()).unwrap();
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for batch in rx {
+        for s in batch {
+            *counts.entry(s.rsplit(':').next().unwrap().to_string()).or_default() += 1;
+        }
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    let sorted: BTreeMap<_, _> = counts.into_iter().collect();
+    let total: usize = sorted.values().sum();
+    println!("{} keys, {} strings, first {:?}", sorted.len(), total, sorted.iter().next());
+}
+RUST
+if command -v rustc >/dev/null; then
+    if (cd "$dir" && rustc -O -C codegen-units=16 prog.rs -o rust-plain &&
+        LD_PRELOAD=$lib rustc -O -C codegen-units=16 prog.rs -o rust-preload) &&
+        cmp -s "$dir/rust-plain" "$dir/rust-preload"; then
+        ok "rustc -O -C codegen-units=16 (threaded code generation)"
+    else
+        bad "rustc: the binaries differ or the compile failed"
+    fi
+    same "a Rust program built by rustc (threads, a channel)" ./rust-plain
+else
+    bad "rustc: missing"
+fi
 
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]
