@@ -120,37 +120,37 @@ impl<'a> PageBitmap<'a> {
 
     /// Calls `f(start, len)` for each free run, in address order, until it returns false.
     ///
-    /// Walks the words once, finding each run's ends with one `trailing_zeros` per end: full
-    /// words inside a run (or between runs) cost one comparison.
+    /// Walks the words once. In each, a run starts at a free page whose predecessor is used and
+    /// ends at a used page whose predecessor is free: two masks, whose bits alternate in address
+    /// order, so each run costs one `trailing_zeros` per end; full words inside a run (or between
+    /// runs) cost a few bit operations.
     pub fn for_each_free_run(&self, mut f: impl FnMut(usize, usize) -> bool) {
+        // The start of the run the walk is in, if any.
         let mut run_start = None;
         for (w, &used) in self.words.iter().enumerate() {
             let base = w * 64;
-            // The bit the search resumes at, always below 64.
-            let mut bit = 0;
+            let free = !used;
+            // Bit i: page i - 1 (of this word, or the last of the one before) is free.
+            let after_free = free << 1 | u64::from(run_start.is_some());
+            let mut starts = free & !after_free;
+            let mut ends = used & after_free;
             loop {
-                match run_start {
-                    None => {
-                        let free = !used >> bit;
-                        if free == 0 {
-                            break;
-                        }
-                        bit += free.trailing_zeros();
-                        run_start = Some(base + bit as usize);
+                if let Some(start) = run_start {
+                    if ends == 0 {
+                        break;
                     }
-                    Some(start) => {
-                        let taken = used >> bit;
-                        if taken == 0 {
-                            break;
-                        }
-                        bit += taken.trailing_zeros();
-                        run_start = None;
-                        let end = base + bit as usize;
-                        if !f(start, end - start) {
-                            return;
-                        }
+                    let end = base + ends.trailing_zeros() as usize;
+                    ends &= ends - 1;
+                    run_start = None;
+                    if !f(start, end - start) {
+                        return;
                     }
                 }
+                if starts == 0 {
+                    break;
+                }
+                run_start = Some(base + starts.trailing_zeros() as usize);
+                starts &= starts - 1;
             }
         }
         // Only a bitmap whose pages fill its last word can end inside a run.
