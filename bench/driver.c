@@ -54,6 +54,8 @@
 # define A_REQUEST_END()   shutdown_memory_manager(1, 0)
 # define A_HAS_REQUEST_END 1
 # define A_THREADS         1
+/* A thread's heap is destroyed when the thread exits (PHP's semantics): its blocks die with it. */
+# define A_OUTLIVES_THREAD 0
 #elif defined(ALLOC_PHP)
 /* PHP 8.2's release ABI: no file/line parameters, ZEND_FASTCALL is empty on x86-64, bool is a
  * byte. Declared here rather than taken from PHP's headers, which need a configured build tree. */
@@ -77,6 +79,7 @@ void shutdown_memory_manager(bool silent, bool full_shutdown);
 # define A_REQUEST_END()   shutdown_memory_manager(1, 0)
 # define A_HAS_REQUEST_END 1
 # define A_THREADS         0 /* NTS build: one global heap, not thread safe */
+# define A_OUTLIVES_THREAD 0
 #elif defined(ALLOC_MALLOC)
 # define A_NAME            "malloc"
 # define A_SYMBOL          "malloc"
@@ -90,6 +93,7 @@ void shutdown_memory_manager(bool silent, bool full_shutdown);
 # define A_REQUEST_END()   ((void)0)
 # define A_HAS_REQUEST_END 0
 # define A_THREADS         1
+# define A_OUTLIVES_THREAD 1 /* a block lives until freed, whichever thread made it */
 #else
 # error "define ALLOC_ZEND, ALLOC_PHP or ALLOC_MALLOC"
 #endif
@@ -861,6 +865,125 @@ static result_t run_larson(double scale)
     return res;
 }
 
+/* The thread-churn workload: TC_WAVES waves of TC_THREADS short-lived threads, as a server that
+ * starts a thread per job. Thread i of a wave first checks and frees the TC_HAND blocks that
+ * thread i of the wave before handed on (made by a thread that has exited since: its heap,
+ * cache or arena was left behind with them), then replaces random slots of its own TC_SLOTS-slot
+ * set TC_OPS times (90% 8..264 B, 10% 265 B..16 KiB), hands TC_HAND of its blocks on, frees the
+ * rest and exits. Thread start-up and exit are inside the clock: they are what this measures
+ * beside the allocation itself (a thread's first allocation makes its heap). */
+#define TC_THREADS 16
+#define TC_SLOTS 512
+#define TC_HAND 256
+#define TC_OPS 2000
+
+typedef struct {
+    unsigned char *p;
+    size_t size;
+    uint64_t stamp;
+} tcblock_t;
+
+typedef struct {
+    tcblock_t hand[2][TC_THREADS][TC_HAND]; /* by wave parity: read one, write the other */
+} tchurn_t;
+
+typedef struct {
+    tchurn_t *c;
+    int wave, t;
+    uint64_t checksum, ops;
+} tcworker_t;
+
+static void tc_make(tcblock_t *b, size_t size, uint64_t stamp)
+{
+    b->p = A_MALLOC(size);
+    b->size = size;
+    b->stamp = stamp;
+    memcpy(b->p, &stamp, sizeof stamp);
+    b->p[size - 1] = (unsigned char)(stamp >> 56);
+}
+
+static uint64_t tc_free(tcblock_t *b)
+{
+    uint64_t stamp;
+    memcpy(&stamp, b->p, sizeof stamp);
+    if (stamp != b->stamp || b->p[b->size - 1] != (unsigned char)(stamp >> 56))
+        die("thread churn: a block's stamp changed");
+    A_FREE(b->p);
+    b->p = NULL;
+    return stamp;
+}
+
+static void *tcworker(void *arg)
+{
+    tcworker_t *w = arg;
+    tcblock_t *in = w->c->hand[w->wave & 1][w->t], *out = w->c->hand[(w->wave + 1) & 1][w->t];
+    tcblock_t own[TC_SLOTS];
+    memset(own, 0, sizeof own);
+    for (int k = 0; k < TC_HAND; k++) {
+        if (in[k].p) {
+            w->checksum += tc_free(&in[k]);
+            w->ops++;
+        }
+    }
+    rng_t r = { (uint64_t)w->wave * 104729u + (uint64_t)w->t * 7919u + 1 };
+    for (int i = 0; i < TC_OPS; i++) {
+        tcblock_t *b = &own[below(&r, TC_SLOTS)];
+        if (b->p) {
+            w->checksum += tc_free(b);
+            w->ops++;
+        }
+        size_t size = below(&r, 10) ? uniform(&r, 8, 264) : uniform(&r, 265, 16 * KiB);
+        tc_make(b, size, ((uint64_t)w->wave << 40 | (uint64_t)w->t << 24 | (uint64_t)i) * 0x9E3779B97F4A7C15ull);
+        w->ops++;
+    }
+    for (int s = 0; s < TC_SLOTS; s++) {
+        if (s < TC_HAND) {
+            out[s] = own[s]; /* may be empty: that slot was never allocated */
+        } else if (own[s].p) {
+            w->checksum += tc_free(&own[s]);
+            w->ops++;
+        }
+    }
+    return NULL;
+}
+
+static result_t run_tchurn(double scale)
+{
+    tchurn_t *c = map(sizeof *c);
+    result_t res = { 0, 0, 0, 0 };
+    int waves = (int)(60 * scale) < 2 ? 2 : (int)(60 * scale);
+    tcworker_t w[TC_THREADS];
+    pthread_t tid[TC_THREADS];
+    uint64_t start = now_ns();
+    for (int wave = 0; wave <= waves; wave++) {
+        memset(w, 0, sizeof w);
+        for (int t = 0; t < TC_THREADS; t++) {
+            w[t].c = c;
+            w[t].wave = wave;
+            w[t].t = t;
+            if (pthread_create(&tid[t], NULL, tcworker, &w[t]))
+                die("pthread_create failed");
+        }
+        for (int t = 0; t < TC_THREADS; t++) {
+            pthread_join(tid[t], NULL);
+            res.checksum += w[t].checksum; /* a sum: independent of thread order */
+            res.ops += w[t].ops;
+        }
+    }
+    /* The last wave's hand-ons, freed by the main thread. */
+    for (int t = 0; t < TC_THREADS; t++) {
+        for (int k = 0; k < TC_HAND; k++) {
+            tcblock_t *b = &c->hand[(waves + 1) & 1][t][k];
+            if (b->p) {
+                res.checksum += tc_free(b);
+                res.ops++;
+            }
+        }
+    }
+    res.ns = now_ns() - start;
+    return res;
+}
+
 /* ---- Small-block fast path, for callgrind ------------------------------------------------- */
 /* run.py counts instructions inside bench_pair / bench_batch (--toggle-collect) and subtracts
  * the matching empty loop. Warm-up goes through copies with other names so it is not counted. */
@@ -958,7 +1081,7 @@ static int run_fast(const char *mode, size_t n)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s churn|phpmix|request|hugereq|strings|lifo|large|pages|threads|xthread|larson [SCALE]\n"
+        fprintf(stderr, "usage: %s churn|phpmix|request|hugereq|strings|lifo|large|pages|threads|xthread|larson|tchurn [SCALE]\n"
                         "       %s fast-pair|fast-batch|fast-pair-empty|fast-batch-empty N\n",
                 argv[0], argv[0]);
         return 2;
@@ -975,10 +1098,16 @@ int main(int argc, char **argv)
 
     result_t res = { 0, 0, 0, 0 };
     long rss_base;
-    if (!strcmp(name, "threads") || !strcmp(name, "xthread") || !strcmp(name, "larson")) {
+    if (!strcmp(name, "threads") || !strcmp(name, "xthread") || !strcmp(name, "larson") ||
+        !strcmp(name, "tchurn")) {
         if (!A_THREADS) {
             /* PHP's NTS heap is one global without locks: two threads would corrupt it. */
             printf("alloc=%s workload=%s status=na reason=not-thread-safe\n", A_NAME, name);
+            return 0;
+        }
+        if (!strcmp(name, "tchurn") && !A_OUTLIVES_THREAD) {
+            /* Its blocks handed on would die with the thread that made them. */
+            printf("alloc=%s workload=%s status=na reason=heap-ends-with-thread\n", A_NAME, name);
             return 0;
         }
         worker_t w[THREADS];
@@ -988,7 +1117,10 @@ int main(int argc, char **argv)
         rss_base = rss_now_kib();
         A_START();
         uint64_t c0 = cpu_ns();
-        res = !strcmp(name, "threads") ? run_threads(w) : !strcmp(name, "xthread") ? run_xthread(scale) : run_larson(scale);
+        res = !strcmp(name, "threads")   ? run_threads(w)
+            : !strcmp(name, "xthread") ? run_xthread(scale)
+            : !strcmp(name, "larson")  ? run_larson(scale)
+                                       : run_tchurn(scale);
         res.cpu_ns = cpu_ns() - c0;
     } else {
         trace_t t;

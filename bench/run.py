@@ -130,6 +130,10 @@ WORKLOADS = [
     ("larson", "server loop (after larson): 4 threads replace random blocks of 8..1000 B in 8192 shared "
                "slots, 20000 per round and thread; the threads' slot ranges rotate every round, so most "
                "blocks are freed by another thread than the one that made them; 40 rounds (php: n/a)"),
+    ("tchurn", "thread churn: 60 waves of 16 short-lived threads; each frees the 256 blocks its "
+               "predecessor of the wave before handed on, replaces random slots of a 512-slot set 2000 "
+               "times (90% 8..264 B, 10% ..16 KiB), hands 256 blocks on, frees the rest and exits; "
+               "thread start and exit inside the clock (zend, php: n/a, a thread's heap ends with it)"),
 ]
 
 FAST = [
@@ -1070,8 +1074,10 @@ def svg(m, summary, names, rounds, psum=None, php_rows=None):
             f'<text x="{W / 2}" y="79" text-anchor="middle" font-size="12" fill="#444">'
             f'{m["cpu"]}, {m["cores"]} cores, {m["kernel"]}; {m["date"]}. Tables: latest.md, php.md.</text>']
     foot = []
-    if any(title in ("threads", "xthread", "larson") for _, title, _, _ in panels):
+    if any(title in ("threads", "xthread", "larson", "tchurn") for _, title, _, _ in panels):
         foot.append("php: n/a on the threaded workloads (its NTS heap is not thread safe).")
+    if any(title == "tchurn" for _, title, _, _ in panels):
+        foot.append("zend: n/a on tchurn (a thread's emalloc heap ends with the thread).")
     if php_rows and php_rounds is None:
         foot.append("PHP scripts: medians from results/php.md (no per-round data, so no whiskers).")
     elif php_rows:
