@@ -300,25 +300,28 @@ fn malloc_semantics() -> bool {
 
 /// Lets a heap whose thread exited go. With PHP's semantics its blocks go with it (request memory
 /// of a thread that is gone, as PHP's `alloc_globals_dtor` releases it). As the process's `malloc`,
-/// a heap with live blocks is abandoned instead (other threads may hold and free them) and is
-/// released once they are all freed; abandoned heaps that became empty meanwhile go now.
+/// it is abandoned instead (other threads may hold and free its blocks) and released once they
+/// are all freed: the abandoned heaps that are empty by now, this one included, go now.
+///
+/// This heap joins the list before the pass over it, not after: the pass settles it with the
+/// others and puts the heaps it keeps back one by one, in reverse order. Measured on `tchurn`
+/// (waves of 16 threads, each freeing the 256 blocks its exited predecessor handed on; counts of
+/// 976 thread starts): threads that found no heap to take 6-17 instead of 44-51, heaps released
+/// 2-11 instead of 41-48, so page faults and time fell (see the README). Measured worse: keeping
+/// the list's order and giving a starting thread the heap retired last, or the one retired
+/// first, or an empty one; keeping up to 2, 4 or 8 emptied heaps for starting threads.
 ///
 /// # Safety
 /// `heap` must be live and used by no thread from now on.
 unsafe fn retire(heap: *mut Heap) {
-    if !malloc_semantics() {
-        // SAFETY: forwarded caller contract.
-        return unsafe { Heap::shutdown(heap, true) };
-    }
-    release_empty_abandoned();
     // SAFETY: forwarded caller contract.
     unsafe {
-        if (*heap).is_custom() || (*heap).settle_abandoned() {
-            Heap::shutdown(heap, true);
-        } else {
-            Heap::abandon(heap);
+        if !malloc_semantics() || (*heap).is_custom() {
+            return Heap::shutdown(heap, true);
         }
+        Heap::abandon(heap);
     }
+    release_empty_abandoned();
 }
 
 /// Releases the abandoned heaps whose blocks were all freed; puts the others back.
