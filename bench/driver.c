@@ -865,26 +865,21 @@ static result_t run_larson(double scale)
     return res;
 }
 
-/* The thread-churn workload: TC_WAVES waves of TC_THREADS short-lived threads, as a server that
- * starts a thread per job. Thread i of a wave first checks and frees the TC_HAND blocks that
+/* The thread-churn workload: waves (60 at scale 1) of TC_THREADS short-lived threads, as a server
+ * that starts a thread per job. Thread i of a wave first checks and frees the TC_HAND blocks that
  * thread i of the wave before handed on (made by a thread that has exited since: its heap,
  * cache or arena was left behind with them), then replaces random slots of its own TC_SLOTS-slot
  * set TC_OPS times (90% 8..264 B, 10% 265 B..16 KiB), hands TC_HAND of its blocks on, frees the
  * rest and exits. Thread start-up and exit are inside the clock: they are what this measures
- * beside the allocation itself (a thread's first allocation makes its heap). */
+ * beside the allocation itself (a thread's first allocation makes its heap). Blocks are stamped
+ * and checked as the traces' are. */
 #define TC_THREADS 16
 #define TC_SLOTS 512
 #define TC_HAND 256
 #define TC_OPS 2000
 
 typedef struct {
-    unsigned char *p;
-    size_t size;
-    uint64_t stamp;
-} tcblock_t;
-
-typedef struct {
-    tcblock_t hand[2][TC_THREADS][TC_HAND]; /* by wave parity: read one, write the other */
+    slot_t hand[2][TC_THREADS][TC_HAND]; /* by wave parity: read one, write the other */
 } tchurn_t;
 
 typedef struct {
@@ -893,46 +888,43 @@ typedef struct {
     uint64_t checksum, ops;
 } tcworker_t;
 
-static void tc_make(tcblock_t *b, size_t size, uint64_t stamp)
+static void tc_make(slot_t *s, uint32_t size, uint64_t stamp)
 {
-    b->p = A_MALLOC(size);
-    b->size = size;
-    b->stamp = stamp;
-    memcpy(b->p, &stamp, sizeof stamp);
-    b->p[size - 1] = (unsigned char)(stamp >> 56);
+    s->p = A_MALLOC(size);
+    s->size = size;
+    s->stamp = stamp;
+    stamp_block(s->p, size, stamp);
 }
 
-static uint64_t tc_free(tcblock_t *b)
+static uint64_t tc_free(slot_t *s, uint32_t slot)
 {
-    uint64_t stamp;
-    memcpy(&stamp, b->p, sizeof stamp);
-    if (stamp != b->stamp || b->p[b->size - 1] != (unsigned char)(stamp >> 56))
-        die("thread churn: a block's stamp changed");
-    A_FREE(b->p);
-    b->p = NULL;
-    return stamp;
+    uint64_t read = check_block(s, slot);
+    A_FREE(s->p);
+    s->p = NULL;
+    return read;
 }
 
 static void *tcworker(void *arg)
 {
     tcworker_t *w = arg;
-    tcblock_t *in = w->c->hand[w->wave & 1][w->t], *out = w->c->hand[(w->wave + 1) & 1][w->t];
-    tcblock_t own[TC_SLOTS];
+    slot_t *in = w->c->hand[w->wave & 1][w->t], *out = w->c->hand[(w->wave + 1) & 1][w->t];
+    slot_t own[TC_SLOTS];
     memset(own, 0, sizeof own);
     for (int k = 0; k < TC_HAND; k++) {
         if (in[k].p) {
-            w->checksum += tc_free(&in[k]);
+            w->checksum += tc_free(&in[k], (uint32_t)k);
             w->ops++;
         }
     }
     rng_t r = { (uint64_t)w->wave * 104729u + (uint64_t)w->t * 7919u + 1 };
     for (int i = 0; i < TC_OPS; i++) {
-        tcblock_t *b = &own[below(&r, TC_SLOTS)];
+        uint32_t slot = below(&r, TC_SLOTS);
+        slot_t *b = &own[slot];
         if (b->p) {
-            w->checksum += tc_free(b);
+            w->checksum += tc_free(b, slot);
             w->ops++;
         }
-        size_t size = below(&r, 10) ? uniform(&r, 8, 264) : uniform(&r, 265, 16 * KiB);
+        uint32_t size = below(&r, 10) ? uniform(&r, 8, 264) : uniform(&r, 265, 16 * KiB);
         tc_make(b, size, ((uint64_t)w->wave << 40 | (uint64_t)w->t << 24 | (uint64_t)i) * 0x9E3779B97F4A7C15ull);
         w->ops++;
     }
@@ -940,7 +932,7 @@ static void *tcworker(void *arg)
         if (s < TC_HAND) {
             out[s] = own[s]; /* may be empty: that slot was never allocated */
         } else if (own[s].p) {
-            w->checksum += tc_free(&own[s]);
+            w->checksum += tc_free(&own[s], (uint32_t)s);
             w->ops++;
         }
     }
@@ -973,9 +965,9 @@ static result_t run_tchurn(double scale)
     /* The last wave's hand-ons, freed by the main thread. */
     for (int t = 0; t < TC_THREADS; t++) {
         for (int k = 0; k < TC_HAND; k++) {
-            tcblock_t *b = &c->hand[(waves + 1) & 1][t][k];
+            slot_t *b = &c->hand[(waves + 1) & 1][t][k];
             if (b->p) {
-                res.checksum += tc_free(b);
+                res.checksum += tc_free(b, (uint32_t)k);
                 res.ops++;
             }
         }
