@@ -38,7 +38,7 @@ C_TESTS := test_api test_storage test_threads test_php_parity test_growth test_d
 # programs the preload library is tested on (c_tests/preload_programs.sh).
 DEPS := libphp8.2-embed libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 valgrind \
 	php8.2-cli python3.11 libpython3.11-testsuite gcc g++ clang cmake pkg-config \
-	git perl sqlite3 nodejs
+	git perl sqlite3 nodejs xz-utils
 
 all: build
 

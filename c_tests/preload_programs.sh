@@ -11,7 +11,7 @@
 # - a library opened with RTLD_DEEPBIND by another library, by a name only that library's RUNPATH
 #   finds: blocks cross between it and the program, and the search path is the caller's;
 # - gcc compiling a C file (the object files must be identical);
-# - sort on 300,000 lines;
+# - sort on 300,000 lines, and sort and xz on 4 threads;
 # - git, perl, sqlite3, Node.js with worker threads, CPython forking while threads allocate, and
 #   rustc generating code on several threads, then the threaded program it built.
 # Prints one line per program, then "N passed, N failed".
@@ -112,6 +112,18 @@ same() { # name, command... (run by sh -c in $dir)
         diff "$dir/same-plain.out" "$dir/same-preload.out" | head -10
     fi
 }
+
+# Threaded programs whose blocks cross threads: GNU sort merging on 4 threads, xz compressing on 4
+# (each worker's buffers are made and freed by the main thread and the others); the output must be
+# the same bytes.
+same "sort --parallel=4 (threaded merge)" \
+    'cat lines lines lines | sort --parallel=4 -S 20M -k2,2 -k1,1n | md5sum'
+if command -v xz >/dev/null; then
+    same "xz -T4 (threaded compression, round trip)" \
+        'cat lines lines | xz -T4 -3 --block-size=256KiB | tee lines.xz | md5sum && xz -T4 -dc lines.xz | md5sum'
+else
+    bad "xz: the xz CLI is missing (xz-utils)"
+fi
 
 # PHP with shared extensions (each dlopened with RTLD_DEEPBIND); pdo.so frees a block the engine
 # made at startup.
