@@ -113,9 +113,9 @@ same() { # name, command... (run by sh -c in $dir)
     fi
 }
 
-# Threaded programs whose blocks cross threads: GNU sort merging on 4 threads, xz compressing on 4
-# (each worker's buffers are made and freed by the main thread and the others); the output must be
-# the same bytes.
+# Threaded programs of the system: GNU sort sorting and merging on 4 threads, xz compressing and
+# decompressing on 4 (worker threads allocating and freeing at once, a main thread that starts and
+# ends them); the output must be the same bytes.
 same "sort --parallel=4 (threaded merge)" \
     'cat lines lines lines | sort --parallel=4 -S 20M -k2,2 -k1,1n | md5sum'
 if command -v xz >/dev/null; then
