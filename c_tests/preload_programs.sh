@@ -11,7 +11,7 @@
 # - a library opened with RTLD_DEEPBIND by another library, by a name only that library's RUNPATH
 #   finds: blocks cross between it and the program, and the search path is the caller's;
 # - gcc compiling a C file (the object files must be identical);
-# - sort on 300,000 lines, and sort and xz on 4 threads;
+# - sort on 300,000 lines; xz on 4 threads (blocks freed by other threads than their own);
 # - git, perl, sqlite3, Node.js with worker threads, CPython forking while threads allocate, and
 #   rustc generating code on several threads, then the threaded program it built.
 # Prints one line per program, then "N passed, N failed".
@@ -113,11 +113,9 @@ same() { # name, command... (run by sh -c in $dir)
     fi
 }
 
-# Threaded programs of the system: GNU sort sorting and merging on 4 threads, xz compressing and
-# decompressing on 4 (worker threads allocating and freeing at once, a main thread that starts and
-# ends them); the output must be the same bytes.
-same "sort --parallel=4 (threaded merge)" \
-    'cat lines lines lines | sort --parallel=4 -S 20M -k2,2 -k1,1n | md5sum'
+# xz on 4 threads, compressing and decompressing: its threads free blocks they did not allocate
+# (xz 5.4.1, counted by an interposer: the decompression workers free 56 blocks and allocate none;
+# the compression workers allocate 28 and free none); the output must be the same bytes.
 if command -v xz >/dev/null; then
     same "xz -T4 (threaded compression, round trip)" \
         'cat lines lines | xz -T4 -3 --block-size=256KiB | tee lines.xz | md5sum && xz -T4 -dc lines.xz | md5sum'
