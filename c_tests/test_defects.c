@@ -392,6 +392,21 @@ static void double_free_then_gc(void *arg)
 }
 
 
+/* Freed last, then written over where a freed block says it is free, then freed again: the free
+ * takes it (nothing says it is free), so the list holds it twice. The allocation that pops it the
+ * second time finds its mark cleared by the first and stops: one hand-out, never two. */
+static void double_free_over_mark_at_head(void *arg)
+{
+    (void)arg;
+    char *a = emalloc(64);
+    keep(64);
+    efree(a);
+    memset(a + 8, 0, 8);
+    efree(a);
+    char *first = emalloc(64), *second = emalloc(64);
+    printf("handed out %s\n", first == second ? "twice" : "once");
+}
+
 static void double_free_then_limit(void *arg)
 {
     (void)arg;
@@ -412,7 +427,7 @@ static void test_frees_that_name_no_block_are_corruption(void)
     void (*cases[])(void *) = {
         free_interior,     free_misaligned,      realloc_interior,       block_size_interior,
         free_run_tail,     free_page_boundary_of_multipage_run, double_free, double_free_then_gc,
-        double_free_then_limit, sized_free_interior, sized_free_page_boundary, sized_double_free,
+        double_free_over_mark_at_head, double_free_then_limit, sized_free_interior, sized_free_page_boundary, sized_double_free,
         release_abi_free_interior,
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -285,6 +285,33 @@ const fn slot_check_table() -> ([u32; BIN_SLOTS], [u32; BIN_SLOTS]) {
     (magic, limit)
 }
 
+/// The slot check of [`SLOT_MAGIC`] in 64 bits, for any 32-bit `n`: with `c = ceil(2^64 / size)`
+/// and `e = size * c - 2^64`, `n * c` (wrapping) is below `SLOT_LIMIT_WIDE[b]` exactly when `n` is
+/// a multiple of the size below `count` slots, however large `n` is (the argument above, where
+/// `(k + 1) * e < c` now holds for every `k` below `2^32 / size`). So a value whose high bits are
+/// set fails it too: the size-specialised frees fold their class compare into it. Power-of-two
+/// bins have `e = 0`, no bound on the index, and limit 0: they use a masked compare instead.
+pub(crate) const SLOT_MAGIC_WIDE: [u64; BIN_SLOTS] = wide_slot_check_table().0;
+pub(crate) const SLOT_LIMIT_WIDE: [u64; BIN_SLOTS] = wide_slot_check_table().1;
+
+const fn wide_slot_check_table() -> ([u64; BIN_SLOTS], [u64; BIN_SLOTS]) {
+    let (mut magic, mut limit) = ([0u64; BIN_SLOTS], [0u64; BIN_SLOTS]);
+    let mut i = 0;
+    while i < HEAP_BINS {
+        let (size, count) = (BINS[i].size as u128, BINS[i].count as u128);
+        let c = (1u128 << 64).div_ceil(size);
+        let e = size * c - (1 << 64);
+        // No wrap for any 32-bit value, and every slot index below the smallest remainder's.
+        assert!(e < size && ((1u128 << 32) / size + 1) * e < c && count * e < c);
+        if e > 0 {
+            magic[i] = c as u64;
+            limit[i] = (count * e) as u64;
+        }
+        i += 1;
+    }
+    (magic, limit)
+}
+
 /// Whether byte offset `n` (below the run's pages) into a run of `bin` starts a slot.
 #[inline(always)]
 pub(crate) fn starts_slot(magic: u32, limit: u32, n: usize) -> bool {
@@ -388,6 +415,30 @@ mod tests {
         }
         for bin in (0..BIN_SLOTS).skip(HEAP_BINS) {
             assert!(!starts_slot(SLOT_MAGIC[bin], SLOT_LIMIT[bin], 0));
+        }
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "exhaustive arithmetic, no unsafe code: too slow under Miri"
+    )]
+    fn the_wide_slot_check_also_fails_every_value_with_high_bits() {
+        // What the size-specialised frees give it: a run offset below 2^16, and above bit 24 the
+        // page class xored with the bin's (zero for a page of the bin's own runs).
+        for (bin, info) in BINS.iter().enumerate() {
+            let (size, count) = (info.size as u64, info.count as u64);
+            if size.is_power_of_two() {
+                continue;
+            }
+            for high in 0..1u64 << 7 {
+                for offset in 0..1u64 << 16 {
+                    let n = high << 25 | offset;
+                    let want = high == 0 && offset % size == 0 && offset / size < count;
+                    let got = n.wrapping_mul(SLOT_MAGIC_WIDE[bin]) < SLOT_LIMIT_WIDE[bin];
+                    assert_eq!(got, want, "bin {bin} high {high} offset {offset}");
+                }
+            }
         }
     }
 

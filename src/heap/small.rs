@@ -390,8 +390,8 @@ impl Heap {
     /// 8-byte one, with the [`FREED_MARK`] check: false, with nothing done, for a block whose
     /// second word holds the mark (the slow path looks whether it is on a free list), and with
     /// `check_head` for the block at the head of its bin's list: freed last, even if a write after
-    /// that free went over its mark. (The constant-size entry points, PHP's `_efree_N`, skip that
-    /// compare: it costs two instructions of their pair.)
+    /// that free went over its mark (the fast paths ask for it only under Miri, where no block
+    /// reads as marked: natively the allocation that pops such a block twice reports it).
     ///
     /// # Safety
     /// As [`Heap::free_small`]; `bin` is not bin 0 and `bytes` is its size.

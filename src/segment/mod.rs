@@ -181,12 +181,11 @@ pub(crate) fn starts_slot_of(offset: usize, info: u32, bin: usize) -> bool {
     if size.is_power_of_two() {
         return (info ^ low) & (CLASS_MASK | (size - 1)) == class;
     }
-    info & CLASS_MASK == class
-        && crate::sizes::starts_slot(
-            crate::sizes::SLOT_MAGIC[bin],
-            crate::sizes::SLOT_LIMIT[bin],
-            (low ^ info) as usize & RUN_OFFSET_MASK,
-        )
+    // The class bits equal to `class` and a slot's start, in one check: with the class xored out,
+    // a page of another class leaves high bits that no slot index reaches (see
+    // `sizes::SLOT_MAGIC_WIDE`): an instruction fewer than comparing the class bits apart.
+    let n = (info ^ low ^ class) & (CLASS_MASK | RUN_OFFSET_MASK as u32);
+    (n as u64).wrapping_mul(crate::sizes::SLOT_MAGIC_WIDE[bin]) < crate::sizes::SLOT_LIMIT_WIDE[bin]
 }
 const _: () = {
     assert!(
