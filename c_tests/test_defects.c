@@ -427,8 +427,8 @@ static void test_frees_that_name_no_block_are_corruption(void)
     void (*cases[])(void *) = {
         free_interior,     free_misaligned,      realloc_interior,       block_size_interior,
         free_run_tail,     free_page_boundary_of_multipage_run, double_free, double_free_then_gc,
-        double_free_over_mark_at_head, double_free_then_limit, sized_free_interior, sized_free_page_boundary, sized_double_free,
-        release_abi_free_interior,
+        double_free_over_mark_at_head, double_free_then_limit, sized_free_interior,
+        sized_free_page_boundary, sized_double_free, release_abi_free_interior,
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         child_result r = run_child(cases[i], NULL, NULL);

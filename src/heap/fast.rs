@@ -119,8 +119,9 @@ impl Heap {
         // The segment `p` would lie in, made from `p` rather than from the table: the read of its
         // page map then waits for `p` only, and the CPU issues it beside the table's load (behind
         // the compare's predicted branch), as PHP's free masks the address. The compare is for
-        // equality, so the read is of a segment of this heap or, for a pointer into the empty
-        // segment's own 2 MiB, of the empty segment itself (zeroes).
+        // equality, so what is read is a segment of this heap, or the empty segment (zeroes) in
+        // the one case an empty entry matches: the empty segment starting a 2 MiB boundary and
+        // `p` pointing into it.
         let seg = p.wrapping_sub(offset);
         if self.fast_segments[Self::fast_index(p.addr())].addr() != seg.addr() {
             return None;
