@@ -906,6 +906,80 @@ static void test_freed_small_blocks_serve_other_sizes(void)
     }
 }
 
+/* A thread that fills `n` small blocks, frees all but its first (a buffer it leaves behind, as a
+ * thread that printed leaves stdio's) and exits. */
+typedef struct {
+    int n;
+    unsigned char *left_behind;
+    size_t peak; /* resident growth at the thread's peak */
+    size_t before;
+} job_t;
+
+static void *small_job(void *arg)
+{
+    job_t *job = arg;
+    static void *blocks[300000];
+    if (job->n > (int)(sizeof blocks / sizeof *blocks) || !fill_blocks(blocks, job->n, 48)) {
+        return NULL;
+    }
+    job->peak = resident_bytes() - job->before;
+    job->left_behind = blocks[0];
+    for (int i = 1; i < job->n; i++) {
+        free(blocks[i]);
+    }
+    return NULL;
+}
+
+static size_t run_job(job_t *job)
+{
+    job->before = resident_bytes();
+    pthread_t t;
+    if (pthread_create(&t, NULL, small_job, job) != 0) {
+        CHECK(!"pthread_create");
+        return 0;
+    }
+    pthread_join(t, NULL);
+    CHECK(job->left_behind != NULL && job->peak >= (size_t)job->n * 48);
+    size_t now = resident_bytes();
+    return now > job->before ? now - job->before : 0;
+}
+
+/* What an exited thread freed goes back although it left a block behind: the library gives back
+ * what an exiting thread's heap holds unused beyond two segments (glibc keeps its arena's pages
+ * until malloc_trim), and malloc_trim from any thread gives back the rest of the exited threads'
+ * heaps (as glibc's trims every arena). The block left behind keeps its bytes and is freed last. */
+static void test_an_exited_threads_freed_memory_goes_back(void)
+{
+    malloc_trim(0);
+    job_t big = {.n = 300000}; /* 14.4 MB of blocks */
+    size_t after_exit = run_job(&big);
+    if (getenv("ZEND_ALLOC_PRELOAD_EXPECTED")) {
+        CHECK(after_exit < big.peak / 4);
+        if (after_exit >= big.peak / 4) {
+            fprintf(stderr, "  exited thread: peak %zu KiB, %zu KiB resident after its exit\n",
+                    big.peak >> 10, after_exit >> 10);
+        }
+    }
+    malloc_trim(0); /* glibc's next thread would reuse the resident pages of the arena */
+    job_t small = {.n = 40000}; /* 1.9 MB: an exiting heap keeps that much */
+    run_job(&small);
+    malloc_trim(0);
+    size_t now = resident_bytes(), after_trim = now > small.before ? now - small.before : 0;
+    CHECK(after_trim < small.peak / 4);
+    if (after_trim >= small.peak / 4) {
+        fprintf(stderr, "  exited thread: peak %zu KiB, %zu KiB resident after malloc_trim\n",
+                small.peak >> 10, after_trim >> 10);
+    }
+    for (job_t *job = &big; job; job = job == &big ? &small : NULL) {
+        if (job->left_behind) {
+            unsigned char expect[48];
+            memset(expect, 0x3c, sizeof expect);
+            CHECK(memcmp(job->left_behind, expect, sizeof expect) == 0);
+            free(job->left_behind);
+        }
+    }
+}
+
 /* Runs `fn` in a child process with stderr silenced; whether the child was killed by SIGABRT. */
 static int aborts_in_child(void (*fn)(void))
 {
@@ -1123,6 +1197,7 @@ int main(int argc, char **argv)
     test_freed_small_runs_go_back_after_a_while();
     test_freed_over_page_runs_go_back_after_a_while();
     test_freed_small_blocks_serve_other_sizes();
+    test_an_exited_threads_freed_memory_goes_back();
     test_blocks_a_little_over_a_page_take_at_most_a_third_more();
     test_double_frees_abort();
     test_usable_size_in_the_debug_mode();

@@ -298,17 +298,20 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
     }
 }
 
-/// Gives cached memory of the calling thread's heap back, and hands its free pages back to the
-/// system (as glibc's `malloc_trim` does with free pages inside its heap); whether any went back.
+/// Gives cached memory of the calling thread's heap and of the heaps of exited threads back, and
+/// hands their free pages back to the system (as glibc's `malloc_trim` does with free pages inside
+/// its arenas); whether any went back. Heaps of other live threads are theirs alone: they give
+/// back on their own slow paths.
 #[cfg_attr(not(feature = "preload"), allow(dead_code))] // the preload library's
 pub fn trim() -> bool {
+    let abandoned = runtime::trim_abandoned();
     let heap = runtime::current_or_own();
     if heap.is_null() {
-        return false;
+        return abandoned;
     }
     // SAFETY: the thread's live heap.
     let (given, handed_back) = unsafe { (*api::enter(heap)).trim() };
-    given + handed_back > 0
+    given + handed_back > 0 || abandoned
 }
 
 /// The calling thread's heap: bytes taken from the system and bytes handed out.

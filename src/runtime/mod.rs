@@ -300,7 +300,8 @@ fn malloc_semantics() -> bool {
 
 /// Lets a heap whose thread exited go. With PHP's semantics its blocks go with it (request memory
 /// of a thread that is gone, as PHP's `alloc_globals_dtor` releases it). As the process's `malloc`,
-/// it is abandoned instead (other threads may hold and free its blocks) and released once they
+/// it is abandoned instead (other threads may hold and free its blocks; what it holds unused
+/// beyond two segments goes back first, see [`Heap::trim_for_abandonment`]) and released once they
 /// are all freed: the abandoned heaps that are empty by now, this one included, go now.
 ///
 /// This heap joins the list before the pass over it, not after: the pass settles it with the
@@ -319,13 +320,28 @@ unsafe fn retire(heap: *mut Heap) {
         if !malloc_semantics() || (*heap).is_custom() {
             return Heap::shutdown(heap, true);
         }
+        (*heap).trim_for_abandonment();
         Heap::abandon(heap);
     }
     release_empty_abandoned();
 }
 
+/// `malloc_trim` for the heaps no thread uses: releases those whose blocks were all freed and
+/// gives back what the others hold unused ([`Heap::trim`]); whether any memory went back. A thread
+/// that starts meanwhile finds no heap to adopt and makes one.
+pub fn trim_abandoned() -> bool {
+    settle_abandoned(true)
+}
+
 /// Releases the abandoned heaps whose blocks were all freed; puts the others back.
 fn release_empty_abandoned() {
+    settle_abandoned(false);
+}
+
+/// Releases the abandoned heaps whose blocks were all freed and puts the others back, trimmed
+/// first if `trim`; whether any memory went back.
+fn settle_abandoned(trim: bool) -> bool {
+    let mut any = false;
     let mut heap = Heap::take_abandoned();
     while !heap.is_null() {
         // SAFETY: taken from the abandoned list: live, and no other thread uses it.
@@ -333,12 +349,18 @@ fn release_empty_abandoned() {
             let next = (*heap).next_abandoned();
             if (*heap).settle_abandoned() {
                 Heap::shutdown(heap, true);
+                any = true;
             } else {
+                if trim {
+                    let (given, handed_back) = (*heap).trim();
+                    any |= given + handed_back > 0;
+                }
                 Heap::abandon(heap);
             }
             heap = next;
         }
     }
+    any
 }
 
 /// An abandoned heap for a new thread to take as its own, if there is one (`malloc` mode).
