@@ -247,4 +247,43 @@ mod tests {
         // SAFETY: the heap dies.
         unsafe { Heap::shutdown(heap, true) };
     }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "more than 4 MiB of segments: minutes under Miri")]
+    fn an_abandoned_heap_gives_back_what_it_holds_unused_beyond_the_slack() {
+        const SEG: usize = 2 << 20;
+        let heap = super::super::test_heap();
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        let unused = || h().usage(true) - h().usage(false);
+        // 400 KiB blocks, five to a segment; each phase frees all but the first it made.
+        let size = 100 * ZEND_MM_PAGE_SIZE;
+        let phase = |count: usize| {
+            let blocks: Vec<*mut u8> = (0..count).map(|_| h().alloc(size).unwrap()).collect();
+            for &p in &blocks[1..] {
+                h().free(p);
+            }
+            blocks[0]
+        };
+        // Up to the slack it keeps what it holds, for the thread that adopts it.
+        let first = phase(8);
+        let held = h().usage(true);
+        assert!(held >= 2 * SEG && unused() <= ABANDONED_SLACK);
+        h().trim_for_abandonment();
+        assert_eq!(h().usage(true), held, "kept below the slack");
+        // Beyond it, what is unused goes: one segment more than the heap's own stays at most.
+        let second = phase(30);
+        assert!(unused() > ABANDONED_SLACK);
+        h().trim_for_abandonment();
+        let left = h().usage(true);
+        assert!(
+            left <= 2 * SEG,
+            "{left} bytes held for {}",
+            h().usage(false)
+        );
+        h().free(first);
+        h().free(second);
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
 }
