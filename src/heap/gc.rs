@@ -53,9 +53,10 @@ impl Heap {
     }
 
     /// For the heap of a thread that exited with blocks live, about to be abandoned: gives back
-    /// what it holds unused ([`Heap::trim`]) when that is more than [`ABANDONED_SLACK`]. An abandoned heap runs no slow path until a thread adopts it, so the timed purge of
-    /// its caches does not run meanwhile: a thread that did a big job and left one block behind
-    /// (a stdio buffer) would keep the job's memory for as long as no new thread starts.
+    /// what it holds unused ([`Heap::trim`]) when that is more than [`ABANDONED_SLACK`]. An
+    /// abandoned heap runs no slow path until a thread adopts it, so the timed purge of its caches
+    /// does not run meanwhile: a thread that did a big job and left one block behind (a stdio
+    /// buffer) would keep the job's memory for as long as no new thread starts.
     pub fn trim_for_abandonment(&mut self) {
         if self.usage(true).saturating_sub(self.usage(false)) > ABANDONED_SLACK {
             self.trim();
