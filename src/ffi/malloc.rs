@@ -165,7 +165,8 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     unsafe { malloc::usable_size(p.cast()) }
 }
 
-/// Gives cached memory of the calling thread's heap back to the system; 1 if any went back.
+/// Gives cached memory of the calling thread's heap and of exited threads' heaps back to the
+/// system; 1 if any went back.
 #[unsafe(no_mangle)]
 pub extern "C" fn malloc_trim(pad: usize) -> c_int {
     let _ = pad;
