@@ -330,17 +330,17 @@ unsafe fn retire(heap: *mut Heap) {
 /// gives back what the others hold unused ([`Heap::trim`]); whether any memory went back. A thread
 /// that starts meanwhile finds no heap to adopt and makes one.
 pub fn trim_abandoned() -> bool {
-    settle_abandoned(true)
+    pass_over_abandoned(true)
 }
 
 /// Releases the abandoned heaps whose blocks were all freed; puts the others back.
 fn release_empty_abandoned() {
-    settle_abandoned(false);
+    pass_over_abandoned(false);
 }
 
 /// Releases the abandoned heaps whose blocks were all freed and puts the others back, trimmed
 /// first if `trim`; whether any memory went back.
-fn settle_abandoned(trim: bool) -> bool {
+fn pass_over_abandoned(trim: bool) -> bool {
     let mut any = false;
     let mut heap = Heap::take_abandoned();
     while !heap.is_null() {
