@@ -86,6 +86,26 @@ impl<T, F: Field<T>> List<T, F> {
         self.head = item;
     }
 
+    /// Puts `item` right after `at`, an element of this list.
+    ///
+    /// # Safety
+    /// `at` must be an element of this list; `item` must be live and on no list linked through
+    /// `F`; the list's elements must be live.
+    pub unsafe fn insert_after(&mut self, at: *mut T, item: *mut T) {
+        // SAFETY: `at`, its successor and `item` are live (caller contract).
+        unsafe {
+            let at_links = F::links(at);
+            let next = (*at_links).next;
+            let links = F::links(item);
+            (*links).prev = at;
+            (*links).next = next;
+            if !next.is_null() {
+                (*F::links(next)).prev = item;
+            }
+            (*at_links).next = item;
+        }
+    }
+
     /// Takes `item` off the list.
     ///
     /// # Safety
@@ -289,6 +309,32 @@ mod tests {
             }
         }
         assert_eq!(values(&list), [3, 1]);
+    }
+
+    #[test]
+    fn insert_after_links_both_neighbours() {
+        let mut nodes: Vec<Node> = (0..4)
+            .map(|value| Node {
+                value,
+                links: Links::NONE,
+            })
+            .collect();
+        let p: Vec<*mut Node> = nodes.iter_mut().map(|n| n as *mut Node).collect();
+        let mut list = List::<Node, ByLinks>::new();
+        // SAFETY: the nodes live in `nodes` for the whole test and join the list once each.
+        unsafe {
+            list.push_front(p[0]);
+            list.insert_after(p[0], p[3]);
+            list.insert_after(p[0], p[1]);
+            list.insert_after(p[1], p[2]);
+            assert_eq!(values(&list), [0, 1, 2, 3]);
+            // The back links are right too: removing through them keeps the order.
+            list.remove(p[2]);
+            list.remove(p[3]);
+            assert_eq!(values(&list), [0, 1]);
+            list.remove(p[0]);
+            assert_eq!(values(&list), [1]);
+        }
     }
 
     #[test]

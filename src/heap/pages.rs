@@ -112,6 +112,9 @@ pub(super) const IDLE_RUNS_CHECK_EVERY: u16 = 16;
 const IDLE_RUNS_MAX_WAIT: u16 = 64;
 const IDLE_RUNS_CHEAP_WALK: usize = 4096;
 
+/// How far [`Heap::file_by_age`] walks a class list to put a segment behind the older ones.
+const AGE_ORDER_WALK: usize = 16;
+
 /// When something idle for `idle` ms at `now` may go back to storage (see [`PURGE_DELAY_MS`]).
 pub(super) fn purge_time(now: u64, idle: u32) -> u64 {
     (now + u64::from(PURGE_DELAY_MS) + 1).saturating_sub(u64::from(idle))
@@ -179,9 +182,10 @@ impl Heap {
         }
     }
 
-    /// A segment whose longest free run has at least `pages` pages, preferring old segments: the
-    /// oldest of the first segments of the lists that surely fit (PHP takes the first chunk, in
-    /// creation order, with room). Not the tightest fit: a block that moved to grow sits at the
+    /// A segment whose longest free run has at least `pages` pages: the oldest one, as PHP takes
+    /// the first chunk, in creation order, with room. Each class list is ordered oldest first
+    /// ([`Heap::file_by_age`]), so that is the oldest of the lists' heads that surely fit, or an
+    /// older segment of the class shared with shorter runs. Not the tightest fit: a block that moved to grow sits at the
     /// front of the youngest segment, whose free tail is then often the tightest run, while the
     /// holes it left in older segments are longer. Filling that tail first blocks the block's next
     /// in-place growth and makes it move again, into yet another new segment, leaving every hole
@@ -196,18 +200,22 @@ impl Heap {
         } else {
             class + 1
         };
-        if let Some(seg) = self.oldest_head_from(first_sure) {
-            return Some(seg);
+        let sure = self.oldest_head_from(first_sure);
+        if first_sure == class {
+            return sure;
         }
-        if first_sure != class {
-            // The shared class may still hold a fit; look at a few of its segments only.
-            // SAFETY: class lists hold live segments of this heap.
-            return unsafe { self.class_lists[class].iter() }
-                .take(8)
-                // SAFETY: as above.
-                .find(|&seg| unsafe { (*seg).longest_free() } >= wanted);
-        }
-        None
+        // The shared class may hold an older fit; look at a few of its segments (oldest first)
+        // that are older than the sure one.
+        // SAFETY: class lists hold live segments of this heap, and `sure` is one.
+        let sure_num = sure.map_or(u64::MAX, |seg| unsafe { (*seg).num() });
+        // SAFETY: as above.
+        unsafe { self.class_lists[class].iter() }
+            .take(8)
+            // SAFETY: as above.
+            .take_while(|&seg| unsafe { (*seg).num() } < sure_num)
+            // SAFETY: as above.
+            .find(|&seg| unsafe { (*seg).longest_free() } >= wanted)
+            .or(sure)
     }
 
     /// The oldest of the first segments of the non-empty class lists at or after `from`: one look
@@ -256,9 +264,36 @@ impl Heap {
             // SAFETY: as above; it is on no class list now, and the list holds live segments.
             unsafe {
                 (*seg).set_class(class);
-                self.class_lists[c].push_front(seg);
+                self.file_by_age(c, seg);
             }
             self.class_bits[c / 64] |= 1 << (c % 64);
+        }
+    }
+
+    /// Puts `seg` on class list `class` behind the older segments there, so that a list's head is
+    /// its oldest segment. The walk stops after [`AGE_ORDER_WALK`] segments (a list that long
+    /// is ordered by age at its front only), so filing costs the same however many segments
+    /// share a class.
+    ///
+    /// # Safety
+    /// `seg` must be a live segment of this heap on no class list.
+    unsafe fn file_by_age(&mut self, class: usize, seg: *mut Segment) {
+        let list = &mut self.class_lists[class];
+        // SAFETY: class lists hold live segments of this heap; `seg` is live (caller contract).
+        unsafe {
+            let num = (*seg).num();
+            let mut older: *mut Segment = ptr::null_mut();
+            for s in list.iter().take(AGE_ORDER_WALK) {
+                if (*s).num() > num {
+                    break;
+                }
+                older = s;
+            }
+            if older.is_null() {
+                list.push_front(seg);
+            } else {
+                list.insert_after(older, seg);
+            }
         }
     }
 
@@ -839,6 +874,63 @@ mod tests {
             "the older segment serves the run"
         );
         assert_eq!(h.realloc(y, 302 * PAGE, 0), Ok(y));
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn of_segments_with_equally_long_runs_the_oldest_serves() {
+        const SEG: usize = 64 << 10;
+        const PAGE: usize = ZEND_MM_PAGE_SIZE;
+        let heap = super::super::test_heap_on(crate::model_tests::StdStorage::<0>::ops(), SEG);
+        // SAFETY: a live heap of this thread.
+        let h = unsafe { &mut *heap };
+        let segment_of = |p: *mut u8| p.addr() & !(SEG - 1);
+        // SAFETY: the main segment is live.
+        let main_free = unsafe { (*h.main).longest_free() } as usize;
+        h.alloc(main_free * PAGE).unwrap();
+        // Blocks of over half a segment: each takes a new segment and leaves the same run there.
+        let half = SEG / PAGE / 2 + 1;
+        let older = segment_of(h.alloc(half * PAGE).unwrap());
+        let younger = segment_of(h.alloc(half * PAGE).unwrap());
+        assert_ne!(older, younger);
+        // SAFETY: both are live segments of this heap.
+        let left = unsafe { (*(older as *mut Segment)).longest_free() };
+        // SAFETY: as above.
+        assert_eq!(left, unsafe { (*(younger as *mut Segment)).longest_free() });
+        // The younger segment joined that run length's list last; the older one still serves.
+        let p = h.alloc(left as usize * PAGE).unwrap();
+        assert_eq!(segment_of(p), older, "the older segment serves the run");
+        // SAFETY: the heap dies with its blocks.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    fn an_older_segment_in_the_class_shared_with_shorter_runs_serves_before_a_younger_one() {
+        const PAGE: usize = ZEND_MM_PAGE_SIZE;
+        let heap = test_heap();
+        // SAFETY: a live heap of this thread.
+        let h = unsafe { &mut *heap };
+        let seg_size = h.segment_size;
+        let segment_of = |p: *mut u8| p.addr() & !(seg_size - 1);
+        // SAFETY: live segments of this heap (the main one and those blocks are in).
+        let longest = |seg: usize| unsafe { (*(seg as *mut Segment)).longest_free() } as usize;
+        h.alloc(longest(h.main.addr()) * PAGE).unwrap();
+        // The older segment keeps a run of 18 pages, the younger one of 40. Runs of 16 to 19
+        // pages share a class, so a 17-page block surely fits only the younger segment's class.
+        let mut leave = |run: usize| {
+            let seg = segment_of(h.alloc(400 * PAGE).unwrap());
+            let rest = h.alloc((longest(seg) - run) * PAGE).unwrap();
+            assert_eq!(segment_of(rest), seg);
+            assert_eq!(longest(seg), run);
+            seg
+        };
+        let older = leave(18);
+        let younger = leave(40);
+        assert_ne!(older, younger);
+        assert!(class_floor(class_of(18)) < 17 && class_floor(class_of(40)) >= 17);
+        let p = h.alloc(17 * PAGE).unwrap();
+        assert_eq!(segment_of(p), older, "the older segment serves the run");
         // SAFETY: the heap dies with its blocks.
         unsafe { Heap::shutdown(heap, true) };
     }
