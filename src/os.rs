@@ -183,6 +183,62 @@ pub unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8) -> bool {
     true
 }
 
+/// Moves the pages of `from..from + len` onto `to..to + len`, as [`move_pages`] does, but leaves
+/// the source range mapped, reading as zeros, with no page resident (`MREMAP_DONTUNMAP`, Linux
+/// 5.7): for memory another allocator owns, which must stay mapped for it. One call or nothing:
+/// false (nothing changed, `errno` kept) where the kernel refuses, as before 5.7, under valgrind,
+/// or when the source is several mappings to the kernel (pages were moved into it).
+///
+/// # Safety
+/// `from..from + len` must be private anonymous memory whose contents nobody needs, `to..to + len`
+/// part of a private mapping whose old contents nobody needs; they must not overlap; both page
+/// aligned.
+pub unsafe fn move_pages_leaving_source(from: *mut u8, len: usize, to: *mut u8) -> bool {
+    let saved = last_error();
+    // SAFETY: both ranges are the caller's (contract); the kernel moves the page tables or changes
+    // nothing.
+    let q = unsafe {
+        libc::mremap(
+            from.cast(),
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP,
+            to.cast::<libc::c_void>(),
+        )
+    };
+    set_last_error(saved);
+    q != libc::MAP_FAILED
+}
+
+/// Whether [`move_pages_leaving_source`] works here: tried once on two pages of a private
+/// mapping of its own, the answer kept.
+pub fn moves_pages_leaving_source() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    const UNKNOWN: u8 = 0;
+    const YES: u8 = 1;
+    const NO: u8 = 2;
+    static ANSWER: AtomicU8 = AtomicU8::new(UNKNOWN);
+    match ANSWER.load(Ordering::Relaxed) {
+        YES => return true,
+        NO => return false,
+        _ => {}
+    }
+    let p = map(2 * ZEND_MM_PAGE_SIZE, -1, false);
+    if p.is_null() {
+        return false; // out of memory now: ask again next time
+    }
+    // SAFETY: both pages are this fresh mapping's, which nothing else uses; it is unmapped whole.
+    let works = unsafe {
+        p.write(1);
+        let moved = move_pages_leaving_source(p, ZEND_MM_PAGE_SIZE, p.add(ZEND_MM_PAGE_SIZE));
+        let works = moved && p.read() == 0 && p.add(ZEND_MM_PAGE_SIZE).read() == 1;
+        unmap(p, 2 * ZEND_MM_PAGE_SIZE);
+        works
+    };
+    ANSWER.store(if works { YES } else { NO }, Ordering::Relaxed);
+    works
+}
+
 /// Asks the kernel to back the whole pages of `p..p + size` with transparent huge pages. A hint:
 /// failure (no THP in the kernel) changes nothing.
 pub fn advise_huge_pages(p: *mut u8, size: usize) {

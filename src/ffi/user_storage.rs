@@ -46,7 +46,7 @@ static C_OPS_NO_REALLOC: StorageOps = StorageOps {
     // Unknown: a C storage's memory may hold anything.
     fresh_zeroed: |_| false,
     moves_pages: || false,
-    move_pages: |_, _, _, _| false,
+    move_pages: |_, _, _, _, _| false,
 };
 
 /// A C storage's `discard`: nothing.

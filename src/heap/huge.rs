@@ -549,9 +549,15 @@ impl Heap {
     /// pages and enough cached segments to fill them, whole segments' worth, so every page of the
     /// block comes from a cached segment (resident already) and none is faulted in beside them; the
     /// few pages past the request stay with the block, for its growth or, once freed, for a cut.
+    /// Not to a size the storage would not cut (the `malloc` storage's powers of two, which it
+    /// takes from the C library): such a block could not give its tail to a segment later, and
+    /// growing it copies it out of the C library's heap.
     fn recycling_size(&self, fresh: usize) -> usize {
         let whole = fresh.next_multiple_of(self.segment_size);
-        if self.storage.moves_pages() && self.cached.len() * self.segment_size >= whole {
+        if self.storage.moves_pages()
+            && self.cached.len() * self.segment_size >= whole
+            && self.storage.splits(whole)
+        {
             whole
         } else {
             fresh
@@ -583,14 +589,15 @@ impl Heap {
         // it, and on failure it is registered again as it was.
         unsafe {
             let (base, capacity) = ((*block).alloc.base(), (*block).alloc.size());
-            let Some(keep) = capacity
-                .checked_sub(len)
-                .filter(|&k| k >= self.segment_size)
-            else {
+            // Only a storage allocation that may be cut can lose its tail (the `malloc`
+            // storage's own mappings: a block the C library gave must stay whole).
+            let Some(keep) = capacity.checked_sub(len).filter(|&k| {
+                k >= self.segment_size && self.storage.splits(capacity) && self.storage.splits(k)
+            }) else {
                 return 0;
             };
             region_map::unregister(base.addr(), base.addr() + capacity);
-            let moved = self.storage.move_pages(base.add(keep), len, to);
+            let moved = self.storage.move_pages(base.add(keep), len, to, false);
             if moved {
                 (*block).alloc.moved(base, keep);
                 (*block).size = (*block).size.min(keep - HUGE_HEADER);
@@ -1039,6 +1046,7 @@ mod tests {
     fn a_new_huge_block_takes_the_pages_of_cached_segments_and_grows_with_them() {
         huge_block_takes_cached_segments(b"mmap_anon");
         huge_block_takes_cached_segments(b"mmap_zero");
+        huge_block_takes_cached_segments(b"malloc");
     }
 
     fn huge_block_takes_cached_segments(storage: &[u8]) {
@@ -1046,7 +1054,7 @@ mod tests {
         // SAFETY: a live heap of this thread, borrowed for a statement.
         let h = || unsafe { &mut *heap };
         let moves = h().storage.moves_pages();
-        assert!(moves, "both mmap storages move pages, on every kernel");
+        assert!(moves, "the built-in storages move pages");
         for p in fill_new_segments(heap, 40 * KIB, 3) {
             h().free(p);
         }
@@ -1215,6 +1223,7 @@ mod tests {
     fn a_new_segment_takes_the_tail_of_a_cached_huge_block() {
         segment_takes_cached_huge_tail(b"mmap_anon");
         segment_takes_cached_huge_tail(b"mmap_zero");
+        segment_takes_cached_huge_tail(b"malloc");
     }
 
     fn segment_takes_cached_huge_tail(storage: &[u8]) {
@@ -1222,7 +1231,7 @@ mod tests {
         // SAFETY: a live heap of this thread, borrowed for a statement.
         let h = || unsafe { &mut *heap };
         let moves = h().storage.moves_pages();
-        assert!(moves, "both mmap storages move pages, on every kernel");
+        assert!(moves, "the built-in storages move pages");
         let size = 3 * SEG;
         let p = h().alloc(size).unwrap();
         // SAFETY: a live block of `size` bytes.
@@ -1269,16 +1278,53 @@ mod tests {
 
     #[test]
     #[cfg_attr(miri, ignore = "maps memory")]
+    fn a_huge_block_the_c_library_gave_is_never_cut() {
+        let heap = heap_on_builtin(b"malloc");
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        assert!(
+            h().storage.moves_pages(),
+            "the built-in storages move pages"
+        );
+        // A power of two: the `malloc` storage takes it from the C library, not from the kernel.
+        let total = 4 * SEG;
+        assert!(!h().storage.splits(total));
+        let p = h().alloc(total - HUGE_HEADER).unwrap();
+        // SAFETY: a live block of that size.
+        unsafe { ptr::write_bytes(p, 0x55, total - HUGE_HEADER) };
+        h().free(p);
+        assert_eq!(h().cached_huge_bytes(), total);
+        let blocks = fill_new_segments(heap, 40 * KIB, 1);
+        assert_eq!(
+            h().cached_huge_bytes(),
+            total,
+            "the new segment did not take the block's tail"
+        );
+        assert_eq!(h().alloc(total - HUGE_HEADER).unwrap(), p, "reused whole");
+        h().free(p);
+        for b in blocks {
+            h().free(b);
+        }
+        // SAFETY: the heap dies; the C library takes its block back whole.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps memory")]
     fn a_cached_block_grown_for_a_bigger_request_takes_cached_segments_instead_of_shedding_them() {
         cached_block_grows_into_cached_segments(b"mmap_anon");
         cached_block_grows_into_cached_segments(b"mmap_zero");
+        cached_block_grows_into_cached_segments(b"malloc");
     }
 
     fn cached_block_grows_into_cached_segments(storage: &[u8]) {
         let heap = heap_on_builtin(storage);
         // SAFETY: a live heap of this thread, borrowed for a statement.
         let h = || unsafe { &mut *heap };
-        assert!(h().storage.moves_pages(), "the mmap storages move pages");
+        assert!(
+            h().storage.moves_pages(),
+            "the built-in storages move pages"
+        );
         h().free(h().alloc(2 * SEG).unwrap());
         for b in fill_new_segments(heap, 40 * KIB, 4) {
             h().free(b);

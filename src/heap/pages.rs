@@ -185,8 +185,8 @@ impl Heap {
     /// A segment whose longest free run has at least `pages` pages: the oldest one, as PHP takes
     /// the first chunk, in creation order, with room. Each class list is ordered oldest first
     /// ([`Heap::file_by_age`]), so that is the oldest of the lists' heads that surely fit, or an
-    /// older segment of the class shared with shorter runs. Not the tightest fit: a block that moved to grow sits at the
-    /// front of the youngest segment, whose free tail is then often the tightest run, while the
+    /// older segment of the class shared with shorter runs. Not the tightest fit: a block that
+    /// moved to grow sits at the front of the youngest segment, whose free tail is then often the tightest run, while the
     /// holes it left in older segments are longer. Filling that tail first blocks the block's next
     /// in-place growth and makes it move again, into yet another new segment, leaving every hole
     /// behind (7x PHP's real memory for a literal table growing among 64 KiB arena blocks).
@@ -694,7 +694,7 @@ impl Heap {
             unsafe {
                 let base = (*seg).allocation().base();
                 region_map::unregister(base.addr(), base.addr() + size);
-                if !self.storage.move_pages(base, size, to.add(offset)) {
+                if !self.storage.move_pages(base, size, to.add(offset), true) {
                     self.reregister(base, size, Region::Segment(base));
                     self.cached.push_front(seg);
                     break;
@@ -885,7 +885,7 @@ mod tests {
         let heap = super::super::test_heap_on(crate::model_tests::StdStorage::<0>::ops(), SEG);
         // SAFETY: a live heap of this thread.
         let h = unsafe { &mut *heap };
-        let segment_of = |p: *mut u8| p.addr() & !(SEG - 1);
+        let segment_of = |p: *mut u8| p.with_addr(p.addr() & !(SEG - 1)).cast::<Segment>();
         // SAFETY: the main segment is live.
         let main_free = unsafe { (*h.main).longest_free() } as usize;
         h.alloc(main_free * PAGE).unwrap();
@@ -895,9 +895,9 @@ mod tests {
         let younger = segment_of(h.alloc(half * PAGE).unwrap());
         assert_ne!(older, younger);
         // SAFETY: both are live segments of this heap.
-        let left = unsafe { (*(older as *mut Segment)).longest_free() };
+        let left = unsafe { (*older).longest_free() };
         // SAFETY: as above.
-        assert_eq!(left, unsafe { (*(younger as *mut Segment)).longest_free() });
+        assert_eq!(left, unsafe { (*younger).longest_free() });
         // The younger segment joined that run length's list last; the older one still serves.
         let p = h.alloc(left as usize * PAGE).unwrap();
         assert_eq!(segment_of(p), older, "the older segment serves the run");
@@ -912,10 +912,10 @@ mod tests {
         // SAFETY: a live heap of this thread.
         let h = unsafe { &mut *heap };
         let seg_size = h.segment_size;
-        let segment_of = |p: *mut u8| p.addr() & !(seg_size - 1);
+        let segment_of = |p: *mut u8| p.with_addr(p.addr() & !(seg_size - 1)).cast::<Segment>();
         // SAFETY: live segments of this heap (the main one and those blocks are in).
-        let longest = |seg: usize| unsafe { (*(seg as *mut Segment)).longest_free() } as usize;
-        h.alloc(longest(h.main.addr()) * PAGE).unwrap();
+        let longest = |seg: *mut Segment| unsafe { (*seg).longest_free() } as usize;
+        h.alloc(longest(h.main) * PAGE).unwrap();
         // The older segment keeps a run of 18 pages, the younger one of 40. Runs of 16 to 19
         // pages share a class, so a 17-page block surely fits only the younger segment's class.
         let mut leave = |run: usize| {

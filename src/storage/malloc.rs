@@ -14,7 +14,13 @@
 //!   the memory back (it caches what it expects to reuse), so nothing is faulted in again for
 //!   nothing;
 //! - `compact` does nothing (PHP 5.3's `zend_mm_mem_dummy_compact`): trimming the C library's
-//!   heap at request end handed back pages the next request faulted in again.
+//!   heap at request end handed back pages the next request faulted in again;
+//! - cached segments and cached huge blocks give each other their pages, resident, as on the mmap
+//!   storages: a whole segment's pages leave its block with `MREMAP_DONTUNMAP` (the block stays
+//!   mapped, zero-filled, for the C library, and is freed), a mapped huge block's tail moves onto
+//!   a segment's block. Only where the kernel leaves a moved range mapped (Linux 5.7, not under
+//!   valgrind); elsewhere the heap gives cached segments back instead. On `hugereq` (median of 5):
+//!   peak RSS 37.4 to 31.8 MiB, 20.8k page faults instead of 23.9k, CPU 138.6 against 141.1 ms.
 
 use core::ffi::CStr;
 
@@ -46,6 +52,33 @@ impl SegmentSource for MallocStorage {
         // SAFETY: pages of a live allocation of ours whose contents are dead (caller contract);
         // the C library keeps nothing inside an allocation it handed out.
         unsafe { os::discard(p, keep, len) }
+    }
+
+    /// Where the kernel leaves a moved range mapped (Linux 5.7; not under valgrind): the C
+    /// library's blocks must stay mapped.
+    fn moves_pages() -> bool {
+        os::moves_pages_leaving_source()
+    }
+
+    unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8, whole: bool) -> bool {
+        if whole && !mapped(len) {
+            // A segment, the C library's block: its pages leave it mapped (zero-filled), and the
+            // block goes back to the C library.
+            // SAFETY: a live block of ours whose contents nobody needs and a range of ours
+            // (caller contract); the C library keeps nothing inside a block it handed out, and
+            // reads the block again only once it is freed here.
+            unsafe {
+                if !os::move_pages_leaving_source(from, len, to) {
+                    return false;
+                }
+                os::c_free(from);
+            }
+            return true;
+        }
+        // SAFETY: the tail of a mapped block of ours (caller contract); the target is ours too,
+        // a mapped block or the C library's block of one of our segments, which it replaces
+        // pages of.
+        unsafe { os::move_pages(from, len, to) }
     }
 
     fn alloc(size: usize) -> *mut u8 {

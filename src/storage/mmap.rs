@@ -37,7 +37,7 @@ impl SegmentSource for MmapAnon {
         true
     }
 
-    unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8) -> bool {
+    unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8, _whole: bool) -> bool {
         // SAFETY: parts of private mappings of ours (caller contract).
         unsafe { os::move_pages(from, len, to) }
     }
@@ -96,7 +96,7 @@ impl SegmentSource for MmapZero {
         true
     }
 
-    unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8) -> bool {
+    unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8, _whole: bool) -> bool {
         // SAFETY: parts of private mappings of ours (caller contract).
         unsafe { os::move_pages(from, len, to) }
     }

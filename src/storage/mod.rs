@@ -153,8 +153,8 @@ pub trait SegmentSource {
     ///
     /// # Safety
     /// As [`StorageOps::move_pages`].
-    unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8) -> bool {
-        let _ = (from, len, to);
+    unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8, whole: bool) -> bool {
+        let _ = (from, len, to, whole);
         false
     }
 }
@@ -200,15 +200,21 @@ pub struct StorageOps {
     /// Whether `move_pages` can move pages here (asked once, when a heap opens the storage): only
     /// storages whose allocations split may say yes.
     pub moves_pages: fn() -> bool,
-    /// Moves the whole pages of `from..from + len`, all of one allocation or its tail, onto
-    /// `to..to + len` inside another live allocation, replacing what was there, without copying
-    /// or faulting them in (`mremap` onto a fixed address). After it, the source range belongs to
-    /// no allocation: the allocation is gone, or shorter by `len` (its header then says the new
-    /// size: the caller's business). False: refused, nothing changed. Lets the heap give memory
-    /// one kind of cache holds (emptied segments, freed huge blocks) to the other kind, resident,
-    /// instead of keeping the one and faulting fresh pages in for the other.
-    pub move_pages:
-        unsafe fn(instance: *mut c_void, from: *mut u8, len: usize, to: *mut u8) -> bool,
+    /// Moves the whole pages of `from..from + len`, all of one allocation (`whole`) or its tail,
+    /// onto `to..to + len` inside another live allocation, replacing what was there, without
+    /// copying or faulting them in (`mremap` onto a fixed address). After it, the source range
+    /// belongs to no allocation: a whole allocation is gone (the storage gave back whatever of it
+    /// stays), a tail's allocation is shorter by `len` (its header then says the new size: the
+    /// caller's business). False: refused, nothing changed. Lets the heap give memory one kind of
+    /// cache holds (emptied segments, freed huge blocks) to the other kind, resident, instead of
+    /// keeping the one and faulting fresh pages in for the other.
+    pub move_pages: unsafe fn(
+        instance: *mut c_void,
+        from: *mut u8,
+        len: usize,
+        to: *mut u8,
+        whole: bool,
+    ) -> bool,
 }
 
 impl StorageOps {
@@ -276,9 +282,10 @@ unsafe fn source_move_pages<S: SegmentSource + ?Sized>(
     from: *mut u8,
     len: usize,
     to: *mut u8,
+    whole: bool,
 ) -> bool {
     // SAFETY: forwarded caller contract.
-    unsafe { S::move_pages(from, len, to) }
+    unsafe { S::move_pages(from, len, to, whole) }
 }
 
 /// Alignment the built-in storages give a block of `size` bytes: segments (sizes that are powers of
@@ -338,7 +345,7 @@ const NO_OPS: StorageOps = StorageOps {
     splits: None,
     fresh_zeroed: |_| false,
     moves_pages: || false,
-    move_pages: |_, _, _, _| false,
+    move_pages: |_, _, _, _, _| false,
 };
 
 impl Storage {
@@ -502,12 +509,13 @@ impl Storage {
     /// false if the storage cannot or refused, nothing changed.
     ///
     /// # Safety
-    /// `from..from + len` must be a whole live allocation of this storage or its tail, whose
-    /// contents nobody needs and which nothing uses after a move; `to..to + len` must lie inside
-    /// another live allocation of this storage whose bytes there nobody needs; both page aligned.
-    pub unsafe fn move_pages(self, from: *mut u8, len: usize, to: *mut u8) -> bool {
+    /// `from..from + len` must be a whole live allocation of this storage (`whole`) or its tail,
+    /// whose contents nobody needs and which nothing uses after a move; `to..to + len` must lie
+    /// inside another live allocation of this storage whose bytes there nobody needs; both page
+    /// aligned.
+    pub unsafe fn move_pages(self, from: *mut u8, len: usize, to: *mut u8, whole: bool) -> bool {
         // SAFETY: forwarded caller contract.
-        self.moves_pages && unsafe { (self.ops.move_pages)(self.instance, from, len, to) }
+        self.moves_pages && unsafe { (self.ops.move_pages)(self.instance, from, len, to, whole) }
     }
 
     /// Lets the storage give cached memory back to the system.
