@@ -144,8 +144,9 @@ pub unsafe fn remap(p: *mut u8, old_size: usize, new_size: usize, fd: i32) -> *m
 /// never stops halfway.
 ///
 /// # Safety
-/// Both ranges must be parts of private mappings made by [`map`] that do not overlap; nothing may
-/// use `from..from + len` after, nor the old contents at `to`.
+/// `from..from + len` must be part of a private mapping made by [`map`], `to..to + len` part of
+/// private anonymous memory (such a mapping, or a block the C library gave); they must not
+/// overlap; nothing may use `from..from + len` after, nor the old contents at `to`.
 pub unsafe fn move_pages(from: *mut u8, len: usize, to: *mut u8) -> bool {
     let saved = last_error();
     let len = page_round(len);
@@ -218,6 +219,9 @@ pub fn moves_pages_leaving_source() -> bool {
     const YES: u8 = 1;
     const NO: u8 = 2;
     static ANSWER: AtomicU8 = AtomicU8::new(UNKNOWN);
+    if cfg!(miri) {
+        return false; // Miri has no `mremap` onto a fixed address
+    }
     match ANSWER.load(Ordering::Relaxed) {
         YES => return true,
         NO => return false,
