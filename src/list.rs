@@ -274,15 +274,25 @@ mod tests {
         unsafe { list.iter().map(|n| (*n).value).collect() }
     }
 
-    #[test]
-    fn push_remove_and_pop_keep_order_links_and_length() {
-        let mut nodes: Vec<Node> = (0..4)
+    /// `count` nodes on no list, valued 0, 1, ...
+    fn unlinked(count: u32) -> Vec<Node> {
+        (0..count)
             .map(|value| Node {
                 value,
                 links: Links::NONE,
             })
-            .collect();
-        let p: Vec<*mut Node> = nodes.iter_mut().map(|n| n as *mut Node).collect();
+            .collect()
+    }
+
+    /// The nodes' addresses, as the lists link them.
+    fn addresses(nodes: &mut [Node]) -> Vec<*mut Node> {
+        nodes.iter_mut().map(|n| n as *mut Node).collect()
+    }
+
+    #[test]
+    fn push_remove_and_pop_keep_order_links_and_length() {
+        let mut nodes = unlinked(4);
+        let p = addresses(&mut nodes);
         let mut list = List::<Node, ByLinks>::new();
         // SAFETY: the nodes live in `nodes` for the whole test and join the list once each.
         unsafe {
@@ -313,13 +323,8 @@ mod tests {
 
     #[test]
     fn insert_after_links_both_neighbours() {
-        let mut nodes: Vec<Node> = (0..4)
-            .map(|value| Node {
-                value,
-                links: Links::NONE,
-            })
-            .collect();
-        let p: Vec<*mut Node> = nodes.iter_mut().map(|n| n as *mut Node).collect();
+        let mut nodes = unlinked(4);
+        let p = addresses(&mut nodes);
         let mut list = List::<Node, ByLinks>::new();
         // SAFETY: the nodes live in `nodes` for the whole test and join the list once each.
         unsafe {
@@ -339,13 +344,8 @@ mod tests {
 
     #[test]
     fn a_counted_list_counts() {
-        let mut nodes: Vec<Node> = (0..3)
-            .map(|value| Node {
-                value,
-                links: Links::NONE,
-            })
-            .collect();
-        let p: Vec<*mut Node> = nodes.iter_mut().map(|n| n as *mut Node).collect();
+        let mut nodes = unlinked(3);
+        let p = addresses(&mut nodes);
         let mut list = CountedList::<Node, ByLinks>::new();
         // SAFETY: the nodes live in `nodes` for the whole test and join the list once each.
         unsafe {
