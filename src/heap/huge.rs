@@ -1311,6 +1311,58 @@ mod tests {
 
     #[test]
     #[cfg_attr(miri, ignore = "maps memory")]
+    fn in_a_first_request_a_cached_segment_that_cannot_give_its_pages_goes_back_to_storage() {
+        let heap = heap_on_builtin(b"malloc");
+        // SAFETY: a live heap of this thread, borrowed for a statement.
+        let h = || unsafe { &mut *heap };
+        assert!(
+            h().storage.moves_pages(),
+            "the built-in storages move pages"
+        );
+        // A block of one and a half segments: two whole segments would make a power of two, a
+        // block the C library gives, so one segment moves in and the rest is fresh.
+        let total = SEG + SEG / 2;
+        assert!(!h().storage.splits(2 * SEG) && h().storage.splits(total));
+        let cached_segments = |heap: *mut Heap| {
+            for p in fill_new_segments(heap, 40 * KIB, 3) {
+                // SAFETY: a live heap of this thread.
+                unsafe { (*heap).free(p) };
+            }
+            // Freed large runs wait in the run cache; flushed, their segments are empty.
+            // SAFETY: as above.
+            unsafe { (*heap).flush_run_cache() };
+            // SAFETY: as above.
+            let cached = unsafe { (*heap).cached.len() };
+            assert!(cached >= 3, "emptied segments are cached");
+            cached
+        };
+        let cached = cached_segments(heap);
+        let real = h().usage(true);
+        let p = h().alloc(total - HUGE_HEADER).unwrap();
+        assert_eq!(
+            h().cached.len(),
+            cached - 2,
+            "one segment moved in, and one that stayed would be resident beside the fresh pages"
+        );
+        assert_eq!(h().usage(true), real + total - 2 * SEG);
+        h().free(p);
+        // Between requests the cache holds what the next request refills: the segment stays.
+        // SAFETY: a live heap; no block of it is used after.
+        unsafe { Heap::shutdown(heap, false) };
+        // The huge block cached at the request end goes, so that the new one is mapped.
+        h().gc();
+        let cached = cached_segments(heap);
+        let real = h().usage(true);
+        let p = h().alloc(total - HUGE_HEADER).unwrap();
+        assert_eq!(h().cached.len(), cached - 1, "one segment moved in");
+        assert_eq!(h().usage(true), real + total - SEG);
+        h().free(p);
+        // SAFETY: the heap dies.
+        unsafe { Heap::shutdown(heap, true) };
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps memory")]
     fn a_cached_block_grown_for_a_bigger_request_takes_cached_segments_instead_of_shedding_them() {
         cached_block_grows_into_cached_segments(b"mmap_anon");
         cached_block_grows_into_cached_segments(b"mmap_zero");
