@@ -674,9 +674,7 @@ impl Heap {
     /// memory the heap holds resident anyway instead of faulting in fresh pages beside it (see
     /// [`Heap::recycling_size`]): without request ends nothing else gives cached segments back
     /// before their delay, and with them a request that maps a huge block would otherwise unmap
-    /// cached segments and fault the block's pages in. Where a rest shorter than a segment is
-    /// left to fault in, a first request also gives back the cached segment that could not fill
-    /// it.
+    /// cached segments and fault the block's pages in.
     ///
     /// # Safety
     /// `to..to + len` must lie in a live allocation of this heap's storage whose bytes there
@@ -704,23 +702,6 @@ impl Heap {
             }
             self.forget_fast(seg);
             offset += size;
-        }
-        if self.requests == 0
-            && len - offset >= size / 2
-            && offset + size > len
-            && !self.cached.is_empty()
-        {
-            // Pages move a whole segment at a time (a part would leave the C library's block, or
-            // the segment, split into mappings that multiply as pages keep moving), and what is
-            // left of the range is shorter: the `malloc` storage's blocks of a power-of-two size
-            // are the C library's and take no pages (see `Heap::recycling_size`), so the rest is
-            // faulted in fresh. In a long first request (a script, a program without request
-            // ends) a cached segment that could have given them goes back to storage instead of
-            // staying resident beside them: `phpmix` on `malloc`, peak RSS 34.7 -> 31.6 MiB
-            // (mmap_anon: 32.3), 14% more page faults. Between requests the cache holds what the
-            // next request is expected to refill: there it cost `hugereq` 27% more page faults
-            // and 5% more time for 1.8 MiB less.
-            self.drop_one_cached_segment();
         }
         offset
     }
